@@ -1,0 +1,92 @@
+"""Training diagnostics.
+
+:class:`ShrinkageProbe` splits each step of an Adam-type optimizer into its data part and its decay
+part, per weight, and measures the effective shrinkage each weight receives (claim DEC-2, chapter 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+__all__ = ["ShrinkageProbe"]
+
+
+class ShrinkageProbe:
+    """Per-weight effective decay of Adam with an L2 penalty or decoupled decay, measured on a run.
+
+    Adam's first moment is linear in the gradients, so with ``g = g_data + lambda*theta`` it splits
+    exactly into ``m = m_data + m_penalty``. The probe keeps its own EMA ``m_data`` of the raw
+    gradients (same beta1, same lerp as torch), and after each step measures the decay part as what
+    the step moved beyond the data part::
+
+        decay_t = (theta_{t-1} - theta_t) - lr * m_data_hat / (sqrt(v_hat) + eps)
+
+    ``v_hat`` is the optimizer's own bias-corrected second moment. For AdamW ``decay_t`` comes out as
+    ``lr*lambda*theta_{t-1}``; for Adam+L2 as ``lr*m_penalty_hat/(sqrt(v_hat)+eps)``. Over the window
+    the per-weight shrinkage rate is the least-squares ratio ``sum_t decay_t*theta_{t-1} / sum_t
+    theta_{t-1}^2`` (per step), reported with the mean ``v_hat``.
+
+    Use: call :meth:`before_step` after ``backward()`` and before ``opt.step()``, and :meth:`after_step`
+    after it (``wdlib.train.fit`` does when the probe is passed in ``hooks``). Only steps at or after
+    ``start`` are accumulated. Works on an optimizer whose state has ``exp_avg_sq`` and ``step`` and whose
+    groups have ``betas``, ``eps`` and ``lr`` (``wdlib.optim.Adam``, ``torch.optim.Adam``/``AdamW``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], start: int = 0) -> None:
+        self.optimizer = optimizer
+        self.params = [p for p in params]
+        wanted = {id(p) for p in self.params}
+        self._group = {}
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                if id(p) in wanted:
+                    self._group[id(p)] = g
+        missing = [i for i, p in enumerate(self.params) if id(p) not in self._group]
+        if missing:
+            raise ValueError(f"params {missing} are not in the optimizer's param groups")
+        self.start = start
+        self.m_data = [torch.zeros_like(p) for p in self.params]
+        self._prev: list[torch.Tensor] = []
+        self._active = False
+        self.cross = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
+        self.sq = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
+        self.v_sum = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
+        self.count = 0
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        for p, m in zip(self.params, self.m_data):
+            beta1 = self._group[id(p)]["betas"][0]
+            m.lerp_(p.grad, 1 - beta1)
+        self._active = step >= self.start
+        if self._active:
+            self._prev = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        if not self._active:
+            return
+        for i, (p, prev, m) in enumerate(zip(self.params, self._prev, self.m_data)):
+            g = self._group[id(p)]
+            st = self.optimizer.state[p]
+            beta1, beta2 = g["betas"]
+            t = float(st["step"])
+            v_hat = st["exp_avg_sq"] / (1 - beta2 ** t)
+            data_part = g["lr"] * (m / (1 - beta1 ** t)) / (v_hat.sqrt() + g["eps"])
+            decay = (prev - p) - data_part
+            prev64 = prev.double()
+            self.cross[i] += decay.double() * prev64
+            self.sq[i] += prev64 * prev64
+            self.v_sum[i] += v_hat.double()
+        self.count += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``shrinkage`` (per-step decay rate per weight) and ``v_hat`` (its mean), flattened."""
+        if self.count == 0:
+            raise RuntimeError("the probe has accumulated no step yet")
+        shrink = torch.cat([(c / s.clamp_min(1e-300)).reshape(-1) for c, s in zip(self.cross, self.sq)])
+        v = torch.cat([(v / self.count).reshape(-1) for v in self.v_sum])
+        return {"shrinkage": shrink.cpu().numpy(), "v_hat": v.cpu().numpy()}
