@@ -90,6 +90,15 @@ class ClaimResult:
             raise ValueError(f"verdict {self.verdict!r} does not follow from the checks ({computed!r})")
         self.verdict = computed
 
+    def markdown(self) -> str:
+        """The verdict as a Markdown paragraph: claim, verdict, key number, and each check."""
+        checks = "; ".join(f"{k}: {'pass' if v else 'fail'}" for k, v in self.checks.items())
+        rule = f" Rule: {self.rule}" if self.rule else ""
+        return f"**{self.claim}: {self.verdict}.** {self.key_number}. Checks: {checks}.{rule}"
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown()
+
 
 class Ledger:
     """The claims of one chapter at one scale, written to ``<chapter>.claims.json`` as they are recorded."""
@@ -128,6 +137,9 @@ class Ledger:
             checks = ", ".join(f"{k}: {'pass' if v else 'fail'}" for k, v in r.checks.items())
             rows.append(f"| {r.claim} | **{r.verdict}** | {r.key_number} | {checks} |")
         return "\n".join(rows)
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown()
 
 
 def load_results(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
