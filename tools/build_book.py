@@ -97,14 +97,14 @@ def ledger_page(results: Path) -> str:
     if not chapters:
         lines.append("No chapter recorded a result in this build.")
         return "\n".join(lines) + "\n"
-    lines += ["| claim | source | statement | verdict | key number | scale | chapter |", "|---|---|---|---|---|---|---|"]
+    lines += ["| claim | source | statement | verdict | key number | chapter (scale) |", "|---|---|---|---|---|---|"]
     for ch in chapters:
         link = f"[{ch['chapter']}](../notebooks/{ch['chapter']}.ipynb)"
         for c in ch["claims"]:
             statement = c["statement"].replace("|", "\\|")
             key = str(c["key_number"]).replace("|", "\\|")
             lines.append(f"| {c['claim']} | {c['source']} | {statement} | **{c['verdict']}** | {key} | "
-                         f"{ch['scale']} | {link} |")
+                         f"{link} ({ch['scale']}) |")
     counts: dict[str, int] = {}
     for ch in chapters:
         for c in ch["claims"]:

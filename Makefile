@@ -1,0 +1,39 @@
+# Weight Decay, Reproduced: the two commands of the README.
+#   make book   execute every chapter (papermill, SCALE=smoke) and build the HTML book into _build/html
+#   make test   unit tests of wdlib, then the book, then a headless-Chromium check of the built HTML
+# Both set up .venv by themselves on a fresh machine. torch is installed first, pinned, so that the
+# project's `torch>=2.4` is already satisfied and pip never pulls a multi-GB CUDA build.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+SCALE       ?= smoke
+DEVICE      ?= auto
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.wdlib-installed
+
+.PHONY: book test unit browser-deps setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[book,test]"
+	@touch $(STAMP)
+
+book: $(STAMP)
+	$(PY) tools/build_book.py --scale $(SCALE) --device $(DEVICE)
+
+unit: $(STAMP)
+	$(PY) -m pytest -m "not book" -q
+
+browser-deps:
+	@sh tools/ensure_chromium.sh
+
+test: unit book browser-deps
+	$(PY) -m pytest -m book -q
+
+clean:
+	rm -rf _build

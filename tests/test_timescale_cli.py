@@ -1,0 +1,79 @@
+"""Timescales against hand-computed values, the lambda transfer, and the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wdlib.timescale import tau_epoch, tau_iter, transfer_weight_decay, weight_decay_for
+
+
+def test_tau_iter_and_epoch_hand_values():
+    assert tau_iter(1e-3, 0.1) == pytest.approx(1e4)
+    assert tau_epoch(1e-3, 0.1, 50_000, 128) == pytest.approx(128 / (1e-4 * 50_000))  # 25.6 epochs
+    assert weight_decay_for(25.6, 1e-3, 50_000, 128) == pytest.approx(0.1)
+
+
+def test_transfer_to_larger_dataset_keeps_tau_epoch():
+    t = transfer_weight_decay(1e-3, 0.1, 50_000, 128, to_dataset_size=200_000)
+    assert t.weight_decay == pytest.approx(0.025)
+    assert t.lr == 1e-3
+    assert tau_epoch(t.lr, t.weight_decay, 200_000, 128) == pytest.approx(25.6)
+
+
+def test_transfer_across_width_with_mup():
+    t = transfer_weight_decay(1e-3, 0.1, 50_000, 128, to_dataset_size=200_000, width=256, to_width=1024, mup=True)
+    assert t.lr == pytest.approx(2.5e-4)
+    assert t.weight_decay == pytest.approx(0.1)  # x4 for width, /4 for data
+    plain = transfer_weight_decay(1e-3, 0.1, 50_000, 128, width=256, to_width=1024)
+    assert plain.lr == 1e-3 and plain.weight_decay == pytest.approx(0.1)
+
+
+def test_transfer_with_batch_size():
+    t = transfer_weight_decay(1e-3, 0.1, 50_000, 128, to_batch_size=512)
+    assert t.weight_decay == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda: tau_iter(0.0, 0.1), "lr"),
+    (lambda: tau_epoch(1e-3, -0.1, 10, 1), "weight_decay"),
+    (lambda: tau_epoch(1e-3, 0.1, 0, 1), "dataset_size"),
+    (lambda: transfer_weight_decay(1e-3, 0.1, 10, 1, width=4), "width"),
+    (lambda: transfer_weight_decay(1e-3, 0.1, 10, 1, mup=True), "mup"),
+])
+def test_bad_inputs(call, name):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert str(err.value).startswith(name)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "wdlib", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_prints_timescales():
+    out = _cli("tau", "--lr", "0.001", "--weight-decay", "0.1", "--dataset-size", "50000", "--batch-size", "128")
+    assert out.returncode == 0, out.stderr
+    assert "tau_iter  = 10000 iterations" in out.stdout
+    assert "tau_epoch = 25.6 epochs" in out.stdout
+
+
+def test_cli_transfer_json():
+    out = _cli("tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", "50000", "--batch-size", "128",
+               "--to-dataset-size", "200000", "--width", "256", "--to-width", "1024", "--mup", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["transfer"]["lr"] == pytest.approx(2.5e-4)
+    assert result["transfer"]["weight_decay"] == pytest.approx(0.1)
+
+
+def test_cli_rejects_bad_values_with_the_argument_name():
+    out = _cli("tau", "--lr", "-1", "--weight-decay", "0.1", "--dataset-size", "10", "--batch-size", "1")
+    assert out.returncode == 2
+    assert "lr must be" in out.stderr
+    out = _cli("tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", "10", "--batch-size", "1",
+               "--to-width", "4")
+    assert out.returncode == 2 and "--width" in out.stderr
