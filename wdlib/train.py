@@ -16,7 +16,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+try:  # a notebook widget where ipywidgets exists (Colab, Jupyter), plain text elsewhere: no IProgress warning
+    import ipywidgets  # noqa: F401
+    from tqdm.auto import tqdm
+except ImportError:
+    from tqdm import tqdm
 
 from .data import Dataset, batches
 
