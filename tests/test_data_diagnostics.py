@@ -12,7 +12,6 @@ from wdlib.data import batches, mnist1d
 from wdlib.diagnostics import ShrinkageProbe
 from wdlib.models import MLP
 from wdlib.optim import Adam
-from wdlib.train import fit
 
 
 def test_mnist1d_is_generated_offline_and_deterministic():
@@ -52,37 +51,23 @@ def test_mlp_shape_and_bad_width():
         MLP(40, 0, 2, 10)
 
 
-def test_fit_repeats_exactly_on_cpu_and_learns():
-    data = mnist1d(1000, seed=0)
-
-    def run():
-        torch.manual_seed(0)
-        model = MLP(40, 32, 2, 10)
-        return fit(model, Adam(model.parameters(), lr=3e-3, weight_decay=0.01), data, 150, 50, seed=1,
-                   eval_every=50)
-    a, b = run(), run()
-    assert a.loss == b.loss and a.eval_step == [50, 100, 150]
-    assert a.loss[-1] < a.loss[0] and a.test_acc[-1] > 0.2  # better than chance (0.1)
-
-
 @pytest.mark.parametrize("decay", ["decoupled", "l2"])
 def test_shrinkage_probe(decay):
     """AdamW: every weight shrinks by exactly lr*lambda per step; Adam+L2: by less where v_hat is large."""
-    data = mnist1d(1000, seed=0)
-    torch.manual_seed(0)
-    model = MLP(40, 32, 1, 10).double()
+    from wdlib.config import RunConfig
+    from wdlib.stats import spearman
+    from wdlib.train import train
+
     lr, lam = 1e-3, 0.05
-    opt = Adam(model.parameters(), lr=lr, weight_decay=lam, decay=decay)
-    weights = [model[1].weight]
-    probe = ShrinkageProbe(opt, weights, start=20)
-    fit(model, opt, data.to("cpu", torch.float64), 120, 50, seed=1, hooks=[probe])
-    res = probe.result()
-    assert res["shrinkage"].shape == res["v_hat"].shape == (32 * 40,)
+    cfg = RunConfig(data="mnist1d", data_args={"num_samples": 1000}, model="mlp", model_args={"width": 32, "depth": 1},
+                    optimizer="adam", decay=decay, lr=lr, weight_decay=lam, decay_vectors=True, dtype="float64",
+                    steps=120, batch_size=50, probes=[{"name": "shrinkage", "start": 20}], scale="test")
+    res = train(cfg).probes
+    assert res["shrinkage/shrinkage"].shape == res["shrinkage/v_hat"].shape == (32 * 40 + 10 * 32,)
     if decay == "decoupled":
-        np.testing.assert_allclose(res["shrinkage"], lr * lam, rtol=1e-6)
+        np.testing.assert_allclose(res["shrinkage/shrinkage"], lr * lam, rtol=1e-6)
     else:
-        from wdlib.stats import spearman
-        assert spearman(res["shrinkage"], res["v_hat"]) < -0.5
+        assert spearman(res["shrinkage/shrinkage"], res["shrinkage/v_hat"]) < -0.5
 
 
 def test_probe_rejects_foreign_params():

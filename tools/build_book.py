@@ -6,6 +6,7 @@ Layout of the build tree (all of it a build product, ignored by git)::
 
     _build/src/          a copy of the book's sources with the *executed* notebooks in notebooks/
     _build/results/      <chapter>.claims.json written by each chapter (wdlib.claims)
+    _build/store/        the chapters' training runs (wdlib.runs), made afresh by every build
     _build/html/         the built book (Jupyter Book 1, its own execution off, warnings as errors)
 
 Every chapter runs even when an earlier one fails; the build then fails listing every failure.
@@ -65,6 +66,7 @@ def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: 
     import papermill as pm
 
     os.environ["WDLIB_RESULTS_DIR"] = str(results)
+    os.environ["WDLIB_STORE"] = str(results.parent / "store")  # the chapters' runs (wiped by main())
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     records = []
     for nb in notebooks:
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out).resolve()
     src, results, html = out / "src", out / "results", out / "html"
-    for d in (src, results):
+    # a fresh run store every build: the book shows what this code computes now, not an older cache
+    for d in (src, results, out / "store"):
         shutil.rmtree(d, ignore_errors=True)
     src.mkdir(parents=True)
     results.mkdir(parents=True)

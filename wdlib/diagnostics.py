@@ -2,16 +2,19 @@
 
 :class:`ShrinkageProbe` splits each step of an Adam-type optimizer into its data part and its decay
 part, per weight, and measures the effective shrinkage each weight receives (claim DEC-2, chapter 1).
+:data:`DIAGNOSTICS` and :data:`PROBES` name what a run configuration can ask the training loop
+(:mod:`wdlib.train`) to record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["ShrinkageProbe"]
+__all__ = ["ShrinkageProbe", "DIAGNOSTICS", "PROBES"]
 
 
 class ShrinkageProbe:
@@ -30,7 +33,7 @@ class ShrinkageProbe:
     theta_{t-1}^2`` (per step), reported with the mean ``v_hat``.
 
     Use: call :meth:`before_step` after ``backward()`` and before ``opt.step()``, and :meth:`after_step`
-    after it (``wdlib.train.fit`` does when the probe is passed in ``hooks``). Only steps at or after
+    after it (``wdlib.train.train`` does for the probes a run configuration names). Only steps at or after
     ``start`` are accumulated. Works on an optimizer whose state has ``exp_avg_sq`` and ``step`` and whose
     groups have ``betas``, ``eps`` and ``lr`` (``wdlib.optim.Adam``, ``torch.optim.Adam``/``AdamW``).
     """
@@ -83,6 +86,17 @@ class ShrinkageProbe:
             self.v_sum[i] += v_hat.double()
         self.count += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue accumulating after a resume."""
+        return {"m_data": [m.clone() for m in self.m_data], "cross": [c.clone() for c in self.cross],
+                "sq": [q.clone() for q in self.sq], "v_sum": [v.clone() for v in self.v_sum], "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("m_data", "cross", "sq", "v_sum"):
+            for mine, saved in zip(getattr(self, name), state[name]):
+                mine.copy_(saved)
+        self.count = int(state["count"])
+
     def result(self) -> dict[str, np.ndarray]:
         """``shrinkage`` (per-step decay rate per weight) and ``v_hat`` (its mean), flattened."""
         if self.count == 0:
@@ -90,3 +104,45 @@ class ShrinkageProbe:
         shrink = torch.cat([(c / s.clamp_min(1e-300)).reshape(-1) for c, s in zip(self.cross, self.sq)])
         v = torch.cat([(v / self.count).reshape(-1) for v in self.v_sum])
         return {"shrinkage": shrink.cpu().numpy(), "v_hat": v.cpu().numpy()}
+
+
+def _shrinkage_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, start: int = 0,
+                     tensors: str = "matrices") -> ShrinkageProbe:
+    """A :class:`ShrinkageProbe` on the model's weight matrices ("matrices") or on every tensor ("all")."""
+    if tensors not in ("matrices", "all"):
+        raise ValueError(f"tensors must be 'matrices' or 'all', got {tensors!r}")
+    params = [p for p in model.parameters() if p.requires_grad and (tensors == "all" or p.ndim >= 2)]
+    return ShrinkageProbe(optimizer, params, start=start)
+
+
+PARAMS_SNAPSHOT_MAX = 32_768
+
+
+def _params_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> np.ndarray:
+    """The parameters, flattened in model order, as float64, for trajectory comparisons between runs.
+
+    Every coordinate when there are at most ``PARAMS_SNAPSHOT_MAX`` (32,768); otherwise that many
+    evenly strided ones (the same for every run of the same model), to keep histories small.
+    """
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    if flat.numel() > PARAMS_SNAPSHOT_MAX:
+        flat = flat[torch.linspace(0, flat.numel() - 1, PARAMS_SNAPSHOT_MAX, device=flat.device).long()]
+    return flat.double().cpu().numpy()
+
+
+def _matrix_rms(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> np.ndarray:
+    """RMS of each weight matrix (tensors with >= 2 dims), in model order."""
+    return np.array([float(p.detach().double().pow(2).mean().sqrt()) for p in model.parameters() if p.ndim >= 2])
+
+
+#: Diagnostics recorded at each evaluation: ``name -> f(model, optimizer) -> float or array``.
+DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] = {
+    "params": _params_snapshot,
+    "matrix_rms": _matrix_rms,
+}
+
+#: Hooks that watch every step: ``name -> factory(model, optimizer, **args)`` returning an object with
+#: ``before_step(step)``, ``after_step(step)``, ``state_dict()``, ``load_state_dict()`` and ``result()``.
+PROBES: dict[str, Callable[..., Any]] = {
+    "shrinkage": _shrinkage_probe,
+}

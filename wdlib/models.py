@@ -1,11 +1,34 @@
-"""Models for the chapters, each sized by a few numbers so one class serves smoke and full scale."""
+"""Models for the chapters, each sized by a few numbers so one class serves smoke and full scale.
+
+    from wdlib import models
+    net = models.build("resnet18", num_classes=10, width=64, scale_invariant=True)
+
+``MODELS`` names what :func:`build` knows: an MLP, a VGG-style CNN without normalization, the CIFAR
+ResNet-18 (optionally scale-invariant, as in Andriushchenko et al., arXiv 2310.04415) and a nanoGPT-like
+GPT.
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "CNN", "ResNet18", "GPT", "MODELS", "attention_backend", "build", "flat_parameters"]
+
+
+def _check_int(name: str, value: object, minimum: int = 1) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
 
 
 class MLP(nn.Sequential):
@@ -26,6 +49,365 @@ class MLP(nn.Sequential):
             layers += [nn.Linear(a, b, bias=bias), nn.ReLU()]
         layers.append(nn.Linear(dims[-1], out_dim, bias=bias))
         super().__init__(*layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# CNN
+# --------------------------------------------------------------------------------------------------
+
+class _MaxPoolIfLarge(nn.Module):
+    """Max-pool by 2 over every spatial axis, or pass through when an axis is already shorter than 2."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[2:]) < 2:
+            return x
+        return F.max_pool1d(x, 2) if self.dim == 1 else F.max_pool2d(x, 2)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, kernel_size=2, skipped below size 2"
+
+
+class CNN(nn.Module):
+    """A VGG-style convolutional classifier without normalization layers, for 1-D or 2-D inputs.
+
+    Architecture: for each ``c`` in ``channels`` a stage conv3(c)-ReLU-conv3(c)-ReLU-maxpool(2)
+    (padding 1, convolutions with bias), then global average pooling over the spatial axes and a
+    ``Linear(channels[-1], num_classes)`` head. There is no BatchNorm anywhere, as in the VGG-16
+    without BN of Andriushchenko et al. (arXiv 2310.04415, figure 1), so the weight norm matters for
+    the function. Any number of stages works on any input size: a max-pool is skipped when a spatial
+    axis is already shorter than 2 (8x8 digits with ``channels=(32, 64, 128)`` pool 8 -> 4 -> 2 -> 1;
+    a fourth stage would not pool). Weights use PyTorch's default initialization.
+
+    Args:
+        in_channels: input channels (1 for MNIST-1D or digits, 3 for CIFAR).
+        num_classes: outputs of the head.
+        channels: width of each stage; its length is the number of stages.
+        dim: 1 for signals, input ``(N, L)`` or ``(N, C, L)`` (Conv1d); 2 for images, input
+            ``(N, C, H, W)``, or ``(N, H, W)`` when ``in_channels == 1`` (Conv2d).
+
+    Used in the vision chapters (MNIST-1D at ``dim=1``, digits 8x8 at ``dim=2``) at CPU scale.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: tuple[int, ...] = (32, 64, 128),
+                 dim: int = 2) -> None:
+        super().__init__()
+        _check_int("in_channels", in_channels)
+        _check_int("num_classes", num_classes)
+        if not isinstance(channels, (tuple, list)) or len(channels) == 0:
+            raise ValueError(f"channels must be a non-empty tuple of integers >= 1, got {channels!r}")
+        for c in channels:
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+                raise ValueError(f"channels must be a non-empty tuple of integers >= 1, got {channels!r}")
+        if dim not in (1, 2) or isinstance(dim, bool):
+            raise ValueError(f"dim must be 1 or 2, got {dim!r}")
+        self.in_channels, self.dim, self.channels = in_channels, dim, tuple(channels)
+        conv = nn.Conv1d if dim == 1 else nn.Conv2d
+        stages: list[nn.Module] = []
+        c_in = in_channels
+        for c in self.channels:
+            stages.append(nn.Sequential(conv(c_in, c, 3, padding=1), nn.ReLU(),
+                                        conv(c, c, 3, padding=1), nn.ReLU(), _MaxPoolIfLarge(dim)))
+            c_in = c
+        self.features = nn.Sequential(*stages)
+        self.head = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)``."""
+        if x.dim() == self.dim + 1 and self.in_channels == 1:
+            x = x.unsqueeze(1)
+        elif x.dim() != self.dim + 2:
+            shape = "(N, L) or (N, C, L)" if self.dim == 1 else "(N, C, H, W)"
+            raise ValueError(f"CNN(dim={self.dim}) expects input of shape {shape}, got {tuple(x.shape)}")
+        x = self.features(x)
+        return self.head(x.mean(dim=tuple(range(2, x.dim()))))
+
+
+# --------------------------------------------------------------------------------------------------
+# ResNet-18
+# --------------------------------------------------------------------------------------------------
+
+class _BasicBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), shortcut bn(conv1x1(x)) where the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, affine: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out, affine=affine)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out, affine=affine)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(c_out, affine=affine))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """The CIFAR ResNet-18, optionally made scale-invariant in every trainable weight.
+
+    Architecture: a 3x3 stem convolution (stride 1, no max-pool) with BatchNorm and ReLU, four stages
+    of two BasicBlocks with widths ``width * (1, 2, 4, 8)`` and strides 1, 2, 2, 2 (1x1 convolution
+    plus BatchNorm on the shortcut where the shape changes), global average pooling and a
+    ``Linear(8 * width, num_classes)`` head. Convolutions have no bias; every convolution is followed
+    by a BatchNorm2d. PyTorch's default initialization.
+
+    ``scale_invariant=False`` (default): BatchNorm2d with a learnable affine, trainable head with bias:
+    the "ResNet-18 with BN" of Andriushchenko et al. (arXiv 2310.04415, figures 1 and 3).
+
+    ``scale_invariant=True``: BatchNorm2d(affine=False) after every convolution, shortcut convolutions
+    included, and the head frozen at its random initialization (weight and bias with
+    ``requires_grad=False``). The trainable parameters are then the convolution weights only, and the
+    logits are unchanged when any of them is multiplied by a positive number (in train mode exactly
+    up to BatchNorm's eps; in eval mode once the running statistics are re-estimated), so weight decay
+    only changes the effective learning rate. Source: the scale-invariant runs of Andriushchenko et
+    al. (code tml-epfl/why-weight-decay, ``get_models_scale_inv.py`` with ``learnable_bn=False`` and
+    ``freeze_last_layer=True``, which freezes the last layer's weight and bias "to ensure scale
+    invariance"). Their network is a pre-activation ResNet-18 with an extra BatchNorm on the input
+    and on the shortcut branch and with biased convolutions; ours keeps the post-activation CIFAR
+    layout of the default model and drops the conv biases, so each weight tensor is scale-invariant
+    on its own. Frozen parameters stay in ``parameters()`` and ``state_dict()``; optimizers skip them
+    because their ``grad`` stays ``None``, and ``requires_grad_(True)`` on the whole model would
+    unfreeze the head.
+
+    Args:
+        num_classes: outputs of the head.
+        width: channels of the first stage (64 is the standard ResNet-18; 4 or 8 for CPU smoke runs).
+        in_channels: input channels (3 for CIFAR).
+        scale_invariant: see above.
+
+    Input ``(N, in_channels, H, W)``, any H, W >= 1 (32x32 at full scale). Used in the vision chapter
+    (large-LR SGD, scale-invariant networks and the effective learning rate).
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3,
+                 scale_invariant: bool = False) -> None:
+        super().__init__()
+        _check_int("num_classes", num_classes)
+        _check_int("width", width)
+        _check_int("in_channels", in_channels)
+        _check_bool("scale_invariant", scale_invariant)
+        self.scale_invariant = scale_invariant
+        affine = not scale_invariant
+        self.stem = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width, affine=affine)
+        stages: list[nn.Module] = []
+        c_in = width
+        for mult, stride in zip((1, 2, 4, 8), (1, 2, 2, 2)):
+            c_out = width * mult
+            stages.append(nn.Sequential(_BasicBlock(c_in, c_out, stride, affine),
+                                        _BasicBlock(c_out, c_out, 1, affine)))
+            c_in = c_out
+        self.layers = nn.Sequential(*stages)
+        self.head = nn.Linear(c_in, num_classes)
+        if scale_invariant:
+            self.head.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)``."""
+        out = F.relu(self.bn(self.stem(x)))
+        out = self.layers(out)
+        return self.head(out.mean(dim=(2, 3)))
+
+
+# --------------------------------------------------------------------------------------------------
+# GPT
+# --------------------------------------------------------------------------------------------------
+
+class _CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)  # residual projection
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=True)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)  # residual projection
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class _Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = _CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.ln2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = _FeedForward(n_embd, dropout, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """A nanoGPT-like decoder-only transformer: ``forward(idx)`` gives next-token logits.
+
+    Architecture: token embedding ``wte`` plus learned position embedding ``wpe``, dropout, ``n_layer``
+    pre-LayerNorm blocks ``x + attn(ln1(x))``, ``x + mlp(ln2(x))`` (causal multi-head self-attention
+    through ``F.scaled_dot_product_attention(..., is_causal=True)``; MLP ``n_embd -> 4 n_embd -> n_embd``
+    with exact GELU), a final LayerNorm ``ln_f`` and an LM head ``lm_head`` without bias whose weight
+    *is* ``wte.weight`` (tied). Initialization: every Linear and Embedding weight normal with std 0.02,
+    the residual projections (``attn.proj`` and ``mlp.proj``) std ``0.02 / sqrt(2 * n_layer)``, biases
+    zero, LayerNorm weight 1 and bias 0.
+
+    Source: karpathy/nanoGPT ``model.py``, the code base of the language-model runs of Andriushchenko
+    et al. (arXiv 2310.04415): GPT-2 small is ``GPT(50304, 256, 12, 12, 768)`` with ``bias=False``
+    (their main runs at context 256; 1024 for the bf16 runs). Parameter names differ from nanoGPT's
+    (``blocks.i.attn.qkv`` for ``transformer.h.i.attn.c_attn``, ``proj`` for ``c_proj``, ``fc`` for
+    ``c_fc``).
+
+    Args:
+        vocab_size: tokens in the vocabulary.
+        block_size: the longest context ``forward`` accepts.
+        n_layer, n_head, n_embd: depth, heads, width (``n_embd`` divisible by ``n_head``).
+        dropout: on embeddings, attention weights and residual branches, in [0, 1).
+        bias: biases in Linear and LayerNorm layers.
+
+    Used in the language-model chapter (a few layers of width 64-128 on CPU, GPT-2 small on a GPU).
+    """
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
+                 dropout: float = 0.0, bias: bool = False) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
+                            ("n_head", n_head), ("n_embd", n_embd)):
+            _check_int(name, value)
+        if n_embd % n_head:
+            raise ValueError(f"n_embd must be divisible by n_head, got n_embd={n_embd}, n_head={n_head}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        _check_bool("bias", bias)
+        self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
+        self.n_head, self.n_embd, self.dropout = n_head, n_embd, float(dropout)
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(_Block(n_embd, n_head, float(dropout), bias) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        std_resid = 0.02 / math.sqrt(2 * n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=std_resid)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=std_resid)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, T, vocab_size)`` for token ids ``idx`` of shape ``(B, T)``, ``T <= block_size``."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
+        T = idx.shape[1]
+        if T > self.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        """Number of parameters, the tied ``wte``/``lm_head`` weight counted once.
+
+        With ``non_embedding=True`` the position embedding is left out; the token embedding stays in
+        because it is also the LM head (nanoGPT's convention, the "N" of scaling laws).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wpe.weight.numel()
+        return n
+
+
+def attention_backend(device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                      head_dim: int = 64, dropout: float = 0.0) -> str:
+    """The kernel ``F.scaled_dot_product_attention(..., is_causal=True)`` would use, e.g. ``"flash_attention (cpu, float32)"``.
+
+    Asks torch's own dispatcher (``torch._fused_sdp_choice``, private) about a small causal
+    self-attention on ``device`` (default: CUDA when available, else CPU) with ``dtype`` (pass the
+    autocast dtype, e.g. ``torch.bfloat16``, for mixed-precision runs), ``head_dim`` (``n_embd //
+    n_head``) and ``dropout``. The answer is one of ``math``, ``flash_attention``,
+    ``efficient_attention``, ``cudnn_attention``, ``overrideable``; on CPU recent torch has a fused
+    "flash" kernel of its own (torch 2.13 picks it for float32 without dropout, math with dropout). On CUDA the global
+    ``torch.backends.cuda.*_sdp_enabled()`` switches are appended. If torch offers no such query the
+    answer starts with ``unknown``. Recorded with each language-model run because the kernel is a known
+    confounder of divergence in nanoGPT reproductions.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    try:
+        from torch.nn.attention import SDPBackend
+
+        q = torch.zeros(1, 1, 8, head_dim, device=dev, dtype=dtype)
+        name = SDPBackend(int(torch._fused_sdp_choice(q, q, q, None, float(dropout), True))).name.lower()
+    except Exception:  # a private API: absent or refusing on some builds and devices
+        name = "unknown"
+    text = f"{name} ({dev.type}, {dtype_name})"
+    if dev.type == "cuda":
+        cuda = torch.backends.cuda
+        switches = [("flash", cuda.flash_sdp_enabled), ("mem_efficient", cuda.mem_efficient_sdp_enabled),
+                    ("math", cuda.math_sdp_enabled), ("cudnn", getattr(cuda, "cudnn_sdp_enabled", None))]
+        enabled = [label for label, flag in switches if flag is not None and flag()]
+        text += f"; enabled: {', '.join(enabled) or 'none'}"
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet18": ResNet18, "gpt": GPT}
+MODELS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def build(name: str, **kwargs: object) -> nn.Module:
+    """The model ``name`` (one of ``MODELS``) constructed from ``kwargs``.
+
+    Raises ``ValueError`` for an unknown name (listing the allowed ones), for a keyword the
+    constructor does not take or a required one that is missing (naming it), and for any value the
+    constructor rejects. Used by the chapters and the CLI to build a model from a configuration.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+    cls = _REGISTRY[name]
+    params = dict(inspect.signature(cls).parameters)
+    for key in kwargs:
+        if key not in params:
+            raise ValueError(f"{name}: unknown argument {key!r}; allowed: {', '.join(params)}")
+    for key, p in params.items():
+        if p.default is inspect.Parameter.empty and key not in kwargs:
+            raise ValueError(f"{name}: missing required argument {key!r}")
+    return cls(**kwargs)
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:

@@ -1,90 +1,470 @@
-"""A small, deterministic training loop for classification models.
+"""One training loop for every chapter: schedules, precision, metrics, EMA, divergence, checkpoints, DDP.
 
-Batches come from a ``torch.Generator`` seeded per run, so two runs with the same seed see the same
-batches in the same order (how chapter 1 compares optimizers step for step). Hooks with
-``before_step(step)`` / ``after_step(step)`` methods see every step (diagnostics such as
-:class:`wdlib.diagnostics.ShrinkageProbe`).
+:func:`train` runs a :class:`~wdlib.config.RunConfig` and returns a :class:`RunResult`. What it does
+each step ``t`` (0-based):
+
+1. set the LR and weight decay of every param group from the two schedules
+   (:class:`~wdlib.schedules.HyperparameterScheduler`; groups without decay have ``wd_mult = 0``);
+2. take the global batch of step ``t`` (:meth:`wdlib.data.Dataset.batch`: a pure function of the
+   seed and ``t``, so the data position of a checkpoint is just ``t``), this rank's shard of it
+   under DDP, split into ``grad_accum`` micro-batches;
+3. forward and backward in the chosen precision, clip the gradient norm if asked, step, update the
+   EMA of the weights if asked;
+4. stop and record ``diverged_at = t`` if the loss is not finite or exceeds ``divergence_factor``
+   times its running minimum (never an exception out of the loop);
+5. every ``eval_every`` steps and at the end, record train and validation loss and accuracy, weight
+   norm and RMS per param group, LR, WD, wall time and the configuration's diagnostics;
+6. every ``checkpoint_every`` steps, write a checkpoint atomically (temp file, then rename): model,
+   optimizer, schedules, EMA, probes, history, RNG states. :func:`train` with the same checkpoint
+   path continues from it and, on CPU, ends bit-identical to an uninterrupted run.
+
+Precision ``"fp32"`` (parameters in ``dtype``), ``"bf16-autocast"`` (float32 master weights, matmuls
+in bfloat16 under ``torch.autocast``, as in nanoGPT and the sources) or ``"bf16-pure"`` (parameters
+and optimizer state stored in bfloat16).
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) the model is wrapped in DistributedDataParallel
+(gloo on CPU, NCCL on GPU); every rank takes its shard of the same global batch, and rank 0 alone
+evaluates and writes.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+import os
+import random
+import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-try:  # a notebook widget where ipywidgets exists (Colab, Jupyter), plain text elsewhere: no IProgress warning
-    import ipywidgets  # noqa: F401
-    from tqdm.auto import tqdm
-except ImportError:
-    from tqdm import tqdm
 
-from .data import Dataset, batches
+from .config import RunConfig, schedule_from_spec
+from .diagnostics import DIAGNOSTICS, PROBES
+from .params import decay_groups, group_counts
+from .runtime import resolve_device
+from .schedules import HyperparameterScheduler
 
-__all__ = ["train_step", "evaluate", "History", "fit"]
-
-
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               hooks: Sequence[Any] = (), step: int = 0) -> float:
-    """One optimizer step on the cross-entropy of ``model(x)`` against ``y``; returns the loss."""
-    opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    for h in hooks:
-        h.before_step(step)
-    opt.step()
-    for h in hooks:
-        h.after_step(step)
-    return float(loss.detach())
+__all__ = ["RunResult", "train", "build_data", "build_model", "build_optimizer", "evaluate",
+           "init_distributed", "load_checkpoint"]
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
-    was_training = model.training
-    model.eval()
-    logits = model(x)
-    model.train(was_training)
-    return float(F.cross_entropy(logits, y)), float((logits.argmax(-1) == y).float().mean())
+def _tqdm():
+    try:  # a notebook widget where ipywidgets exists (Colab, Jupyter), plain text elsewhere
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
+    return tqdm
 
 
 @dataclass
-class History:
-    """Per-step training loss and the periodic evaluations of a :func:`fit` run."""
+class RunResult:
+    """What a run produced.
 
-    loss: list[float] = field(default_factory=list)
-    eval_step: list[int] = field(default_factory=list)
-    test_loss: list[float] = field(default_factory=list)
-    test_acc: list[float] = field(default_factory=list)
-    wall_time: float = 0.0
-
-
-def fit(model: nn.Module, opt: torch.optim.Optimizer, data: Dataset, steps: int, batch_size: int, seed: int,
-        scheduler: Any = None, hooks: Sequence[Any] = (), eval_every: int = 0,
-        progress: bool = False) -> History:
-    """Train ``model`` for ``steps`` steps on ``data`` with batches drawn from ``seed``.
-
-    ``scheduler.step()`` (a torch LR scheduler or :class:`wdlib.schedules.HyperparameterScheduler`)
-    runs after each optimizer step. Evaluates on the test split every ``eval_every`` steps (0: only at
-    the end).
+    ``history`` maps a metric to its values at the evaluation steps ``history["step"]``; array-valued
+    diagnostics are stacked along the first axis. ``final`` holds the last evaluation's scalars.
+    ``probes`` holds each probe's result arrays (``"<probe>/<array>"``). ``model_state`` is the final
+    weights (CPU tensors), ``ema_state`` those of the EMA.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    gen = torch.Generator().manual_seed(seed)
-    hist = History()
-    start = time.perf_counter()
-    it = batches(data.x_train, data.y_train, batch_size, steps, gen)
-    for step, (x, y) in enumerate(tqdm(it, total=steps, disable=not progress, mininterval=2.0, desc="train")):
-        hist.loss.append(train_step(model, opt, x, y, hooks, step))
-        if scheduler is not None:
-            scheduler.step()
-        if (eval_every and (step + 1) % eval_every == 0) or step + 1 == steps:
-            tl, ta = evaluate(model, data.x_test, data.y_test)
-            hist.eval_step.append(step + 1)
-            hist.test_loss.append(tl)
-            hist.test_acc.append(ta)
-    hist.wall_time = time.perf_counter() - start
-    return hist
+
+    config: dict[str, Any]
+    history: dict[str, np.ndarray]
+    final: dict[str, float]
+    diverged_at: int | None
+    steps_done: int
+    wall_time: float
+    probes: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    model_state: dict[str, torch.Tensor] | None = None
+    ema_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    def summary(self) -> dict[str, Any]:
+        """A one-line summary: final metrics, ``diverged_at``, wall time."""
+        return {"final": self.final, "diverged_at": self.diverged_at, "steps_done": self.steps_done,
+                "wall_time": round(self.wall_time, 3)}
+
+
+# --- construction --------------------------------------------------------------------------------------
+
+def build_data(cfg: RunConfig) -> Any:
+    """The dataset of ``cfg`` (:func:`wdlib.data.load`), cut to ``cfg.subset`` training samples if set."""
+    from . import data as wd_data
+
+    ds = wd_data.load(cfg.data, **cfg.data_args)
+    if cfg.subset is not None:
+        if not isinstance(ds, wd_data.Dataset):
+            raise ValueError(f"subset applies to classification data, not to {cfg.data!r}")
+        ds = wd_data.subset(ds, cfg.subset, cfg.data_seed)
+    return ds
+
+
+def _is_language(ds: Any) -> bool:
+    return hasattr(ds, "vocab_size")
+
+
+def build_model(cfg: RunConfig, ds: Any) -> nn.Module:
+    """The model of ``cfg`` (:func:`wdlib.models.build`), its input and output sizes filled from the data."""
+    from .models import build
+
+    args = dict(cfg.model_args)
+    if _is_language(ds):
+        args.setdefault("vocab_size", ds.vocab_size)
+        args.setdefault("block_size", cfg.block_size)
+    else:
+        sample = ds.x_train[0]
+        fills = {"mlp": {"in_dim": int(sample.numel()), "out_dim": ds.num_classes},
+                 "cnn": {"in_channels": int(sample.shape[0]) if sample.ndim > 1 else 1,
+                         "num_classes": ds.num_classes},
+                 "resnet18": {"in_channels": int(sample.shape[0]), "num_classes": ds.num_classes}}
+        for k, v in fills.get(cfg.model, {}).items():
+            args.setdefault(k, v)
+    torch.manual_seed(cfg.seed)
+    return build(cfg.model, **args)
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, list[dict[str, Any]]]:
+    """The optimizer of ``cfg`` over :func:`wdlib.params.decay_groups` of ``model``."""
+    from .optim import SGD, Adam
+
+    groups = decay_groups(model, cfg.decay_vectors)
+    counts = group_counts(groups)
+    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        opt = Adam(groups, betas=cfg.betas, eps=cfg.eps, decay=cfg.decay, **common)
+    elif cfg.optimizer == "sgd":
+        opt = SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, decay=cfg.decay, **common)
+    elif cfg.optimizer == "torch.adam":
+        opt = torch.optim.Adam(groups, betas=cfg.betas, eps=cfg.eps, **common)
+    elif cfg.optimizer == "torch.adamw":
+        opt = torch.optim.AdamW(groups, betas=cfg.betas, eps=cfg.eps, **common)
+    else:
+        opt = torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+    return opt, [{"name": g["name"], **counts[g["name"]]} for g in groups]
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when launched by ``torchrun``; return ``(rank, world_size)`` ((0, 1) alone)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+def _loss_and_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(x).float()
+    if logits.ndim == 3:  # language model: (B, T, V)
+        logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+    return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(-1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Any, autocast: Any = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``(x, y)`` batches (per token for language)."""
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        with autocast() if autocast is not None else _nullcontext():
+            loss, right = _loss_and_correct(model, x, y)
+        total += float(loss)
+        correct += int(right)
+        count += y.numel()
+    model.train(was_training)
+    return total / max(count, 1), correct / max(count, 1)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(_flatten(random.getstate())),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _flatten(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A checkpoint written by :func:`train`, or None if it is missing or unreadable (then the run restarts).
+
+    Loaded with ``weights_only=True``: a checkpoint is data, never code.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated or foreign file: start over rather than trust it
+        return None
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == "wdlib-checkpoint-1" else None
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+
+def _group_norms(opt: torch.optim.Optimizer) -> dict[str, float]:
+    out = {}
+    for g in opt.param_groups:
+        ps = [p for p in g["params"]]
+        sq = sum(float(p.detach().double().pow(2).sum()) for p in ps)
+        n = sum(p.numel() for p in ps)
+        name = g.get("name", "group")
+        out[f"weight_norm/{name}"] = math.sqrt(sq)
+        out[f"weight_rms/{name}"] = math.sqrt(sq / max(n, 1))
+    return out
+
+
+def _show_progress(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    if os.environ.get("CI"):
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+        in_notebook = "ipykernel" in sys.modules
+    except ImportError:
+        in_notebook = False
+    return in_notebook or sys.stderr.isatty()
+
+
+def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: str | os.PathLike[str] | None = None,
+          resume: bool = True, progress: bool | None = None, data: Any = None) -> RunResult:
+    """Train ``cfg``; with ``checkpoint``, write checkpoints there and (``resume``) continue from one.
+
+    ``data`` may pass an already loaded dataset (it must be the one ``cfg`` names). ``progress``:
+    a tqdm bar (None: only on a terminal or in a notebook with widgets, never when ``CI`` is set).
+    """
+    if not isinstance(cfg, RunConfig):
+        raise ValueError(f"cfg must be a wdlib.config.RunConfig, got {type(cfg).__name__}")
+    rank, world = init_distributed()
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if cfg.precision != "fp32" and cfg.dtype != "float32":
+        raise ValueError(f"dtype {cfg.dtype!r} applies to precision 'fp32' only, got precision {cfg.precision!r}")
+    ds = data if data is not None else build_data(cfg)
+    language = _is_language(ds)
+    if not language and dev.type != "cpu":
+        ds = ds.to(dev)
+
+    param_dtype = {"fp32": getattr(torch, cfg.dtype), "bf16-autocast": torch.float32,
+                   "bf16-pure": torch.bfloat16}[cfg.precision]
+    model = build_model(cfg, ds).to(device=dev, dtype=param_dtype)
+    opt, groups_info = build_optimizer(cfg, model)
+    total = cfg.steps
+    sched = HyperparameterScheduler(
+        opt, lr=schedule_from_spec(cfg.lr_schedule, cfg.lr, total, weight_decay=cfg.weight_decay),
+        weight_decay=schedule_from_spec(cfg.wd_schedule, cfg.weight_decay, total))
+    ema_model = copy.deepcopy(model) if cfg.ema is not None else None
+    probes = {}
+    for spec in cfg.probes:
+        args = {k: v for k, v in spec.items() if k != "name"}
+        if spec["name"] not in PROBES:
+            raise ValueError(f"probes: unknown probe {spec['name']!r}; known: {sorted(PROBES)}")
+        probes[spec["name"]] = PROBES[spec["name"]](model, opt, **args)
+    for name in cfg.diagnostics:
+        if name not in DIAGNOSTICS:
+            raise ValueError(f"diagnostics: unknown diagnostic {name!r}; known: {sorted(DIAGNOSTICS)}")
+
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def autocast():
+        if cfg.precision == "bf16-autocast":
+            return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+        return _nullcontext()
+
+    def cast(x: torch.Tensor) -> torch.Tensor:
+        return x.to(param_dtype) if x.is_floating_point() else x
+
+    def batch(step: int, rank_: int, world_: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if language:
+            x, y = ds.batch(step, cfg.batch_size, cfg.block_size, cfg.seed, device=dev, rank=rank_,
+                            world_size=world_)
+        else:
+            x, y = ds.batch(step, cfg.batch_size, cfg.seed, device=dev, rank=rank_, world_size=world_)
+        return cast(x), y
+
+    def eval_sets() -> dict[str, Any]:
+        if language:
+            return {"val": lambda: ((cast(x), y) for x, y in ds.eval_batches(
+                        cfg.batch_size, cfg.block_size, cfg.eval_batches, seed=0, split="val", device=dev)),
+                    "train": lambda: ((cast(x), y) for x, y in ds.eval_batches(
+                        cfg.batch_size, cfg.block_size, cfg.eval_batches, seed=0, split="train", device=dev))}
+        return {"val": lambda: ((cast(x), y) for x, y in ds.eval_batches("test")),
+                "train": lambda: ((cast(x), y) for x, y in ds.eval_batches("train", limit=4096))}
+
+    history: dict[str, list[Any]] = {}
+    start, running_min, diverged_at, wall_before = 0, math.inf, None, 0.0
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if ckpt_path is not None and resume:
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt is not None and ckpt["config_key"] == cfg.key():
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            if ema_model is not None and ckpt.get("ema") is not None:
+                ema_model.load_state_dict(ckpt["ema"])
+            for name, probe in probes.items():
+                probe.load_state_dict(ckpt["probes"][name])
+            history = {k: list(v) for k, v in ckpt["history"].items()}
+            start, running_min, wall_before = ckpt["step"], ckpt["running_min"], ckpt["wall_time"]
+            _set_rng_state(ckpt["rng"])
+
+    def save_checkpoint(next_step: int, wall: float) -> None:
+        if ckpt_path is None or rank != 0:
+            return
+        _atomic_save({"format": "wdlib-checkpoint-1", "config_key": cfg.key(), "step": next_step,
+                      "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "ema": ema_model.state_dict() if ema_model is not None else None,
+                      "probes": {n: p.state_dict() for n, p in probes.items()},
+                      "history": history, "running_min": running_min, "wall_time": wall,
+                      "rng": _rng_state()}, ckpt_path)
+
+    def record(step: int, train_loss: float, wall: float) -> None:
+        row: dict[str, Any] = {"step": step, "last_loss": train_loss, "lr": opt.param_groups[0]["lr"],
+                               "wd": max(g["weight_decay"] for g in opt.param_groups), "wall_time": wall}
+        if rank == 0:
+            sets = eval_sets()
+            row["val_loss"], row["val_acc"] = evaluate(model, sets["val"](), autocast)
+            row["train_loss"], row["train_acc"] = evaluate(model, sets["train"](), autocast)
+            if ema_model is not None:
+                row["ema_val_loss"], row["ema_val_acc"] = evaluate(ema_model, eval_sets()["val"](), autocast)
+            row.update(_group_norms(opt))
+            for name in cfg.diagnostics:
+                row[f"diag/{name}"] = DIAGNOSTICS[name](model, opt)
+        for k, v in row.items():
+            history.setdefault(k, []).append(v)
+
+    micro = cfg.batch_size // world // cfg.grad_accum
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by world size x grad_accum "
+                         f"({world} x {cfg.grad_accum})")
+    model.train()
+    t0 = time.perf_counter()
+    bar = _tqdm()(total=total, initial=start, disable=not (_show_progress(progress) and rank == 0),
+                  mininterval=1.0, desc=f"{cfg.model} {cfg.optimizer}")
+    step, loss_value = start, float("nan")
+    for step in range(start, total):
+        x, y = batch(step, rank, world)
+        opt.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        for m in range(cfg.grad_accum):
+            xb, yb = x[m * micro:(m + 1) * micro], y[m * micro:(m + 1) * micro]
+            sync = m == cfg.grad_accum - 1 or world == 1
+            ctx = net.no_sync() if (world > 1 and not sync) else _nullcontext()
+            with ctx:
+                with autocast():
+                    logits = net(xb).float()
+                    if logits.ndim == 3:
+                        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+                    else:
+                        loss = F.cross_entropy(logits, yb)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach().double()
+        loss_t = loss_sum / cfg.grad_accum
+        if world > 1:
+            import torch.distributed as dist
+            dist.all_reduce(loss_t)
+            loss_t /= world
+        loss_value = float(loss_t)
+        if not math.isfinite(loss_value) or loss_value > cfg.divergence_factor * running_min:
+            diverged_at = step
+            break
+        running_min = min(running_min, loss_value)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for p in probes.values():
+            p.before_step(step)
+        opt.step()
+        for p in probes.values():
+            p.after_step(step)
+        sched.step()
+        if ema_model is not None:
+            with torch.no_grad():
+                ema_p = list(ema_model.parameters())
+                torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - cfg.ema)
+                for eb, b in zip(ema_model.buffers(), model.buffers()):
+                    eb.copy_(b)
+        bar.update(1)
+        done = step + 1
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == total:
+            record(done, loss_value, wall_before + time.perf_counter() - t0)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            save_checkpoint(done, wall_before + time.perf_counter() - t0)
+    bar.close()
+    wall = wall_before + time.perf_counter() - t0
+    steps_done = diverged_at if diverged_at is not None else total
+    arrays = {k: np.asarray(v) for k, v in history.items()}
+    final = {k: float(v[-1]) for k, v in arrays.items() if v.ndim == 1 and len(v)}
+    if diverged_at is not None:  # the evaluations before it stay in the history; the loss that tripped it here
+        final["last_loss"] = loss_value
+    probe_arrays: dict[str, np.ndarray] = {}
+    for name, p in probes.items():
+        if getattr(p, "count", 1) > 0:
+            for k, v in p.result().items():
+                probe_arrays[f"{name}/{k}"] = np.asarray(v)
+    from .models import attention_backend
+
+    info = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "world_size": world, "groups": groups_info, "precision": cfg.precision,
+            "attention_backend": attention_backend(dev, torch.bfloat16 if cfg.precision != "fp32" else param_dtype)
+            if cfg.model == "gpt" else None,
+            "resumed_from": start}
+    to_cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
+    return RunResult(config=cfg.to_dict(), history=arrays, final=final, diverged_at=diverged_at,
+                     steps_done=steps_done, wall_time=wall, probes=probe_arrays, info=info,
+                     model_state=to_cpu(model.state_dict()),
+                     ema_state=to_cpu(ema_model.state_dict()) if ema_model is not None else None)
+

@@ -1,27 +1,26 @@
 """Experiments of chapter 1, "L2 regularization versus decoupled weight decay" (DEC-1, 2, 3, 7, 9).
 
-Each function runs one measurement on a real model and data (MNIST-1D and an MLP) or on a quadratic
-and returns plain arrays and numbers; the notebook draws them and computes the verdicts.
+Each function runs one measurement on a real model and data (MNIST-1D and an MLP, trained through
+:func:`wdlib.runs.run`, so a finished run is found again in the store and an interrupted one resumes)
+or on a quadratic, and returns plain arrays and numbers; the notebook draws them and computes the
+verdicts.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..data import Dataset, batches, mnist1d
-from ..diagnostics import ShrinkageProbe
-from ..models import MLP
-from ..optim import SGD, Adam, convert_weight_decay
-from ..schedules import Cosine, HyperparameterScheduler, Warmup
+from ..config import RunConfig
+from ..data import Dataset, mnist1d
+from ..optim import SGD, convert_weight_decay
+from ..runs import Store, run
 from ..stats import spearman
-from ..train import evaluate, fit, train_step
 
-__all__ = ["SCALE_SETTINGS", "Setup", "setup", "trajectory_gap", "shrinkage_vs_second_moment",
+__all__ = ["SCALE_SETTINGS", "Setup", "setup", "base_config", "trajectory_gap", "one_step_gap", "shrinkage_vs_second_moment",
            "quadratic_fixed_points", "convention_runs", "warmup_delay_runs"]
 
 
@@ -29,6 +28,7 @@ __all__ = ["SCALE_SETTINGS", "Setup", "setup", "trajectory_gap", "shrinkage_vs_s
 class Setup:
     """Data and model size of one scale."""
 
+    scale: str
     num_samples: int
     width: int
     depth: int
@@ -38,73 +38,102 @@ class Setup:
 
 SCALE_SETTINGS: dict[str, Setup] = {
     # 2 CPU cores, a few seconds per run
-    "smoke": Setup(num_samples=4000, width=128, depth=2, batch_size=100, steps=1000),
+    "smoke": Setup(scale="smoke", num_samples=4000, width=128, depth=2, batch_size=100, steps=1000),
     # one GPU (or a patient CPU): 10x the data, 4x the width, 10x the steps
-    "full": Setup(num_samples=40000, width=512, depth=3, batch_size=128, steps=10000),
+    "full": Setup(scale="full", num_samples=40000, width=512, depth=3, batch_size=128, steps=10000),
 }
 
 
 def setup(scale: str, device: torch.device | str = "cpu") -> tuple[Setup, Dataset]:
-    """The settings and the MNIST-1D data of ``scale`` ("smoke" or "full")."""
+    """The settings of ``scale`` ("smoke" or "full") and its MNIST-1D data (for describing it)."""
     if scale not in SCALE_SETTINGS:
         raise ValueError(f"scale must be one of {', '.join(repr(s) for s in SCALE_SETTINGS)}, got {scale!r}")
     s = SCALE_SETTINGS[scale]
-    return s, mnist1d(num_samples=s.num_samples).to(device)
+    return s, mnist1d(num_samples=s.num_samples)
 
 
-def _model(s: Setup, data: Dataset, seed: int, dtype: torch.dtype) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(data.input_dim, s.width, s.depth, data.num_classes).to(device=data.x_train.device, dtype=dtype)
+def base_config(s: Setup, seed: int = 0, **changes: Any) -> RunConfig:
+    """The chapter's run: an MLP on MNIST-1D, every parameter decayed (as ``opt(model.parameters())`` does)."""
+    cfg = RunConfig(data="mnist1d", data_args={"num_samples": s.num_samples}, model="mlp",
+                    model_args={"width": s.width, "depth": s.depth}, steps=s.steps, batch_size=s.batch_size,
+                    decay_vectors=True, seed=seed, scale=s.scale)
+    return cfg.replace(**changes) if changes else cfg
 
 
-def trajectory_gap(s: Setup, data: Dataset, *, lr: float, weight_decay: float, momentum: float,
-                   dtype: torch.dtype = torch.float64, seed: int = 0, steps: int | None = None) -> np.ndarray:
-    """Train SGD+L2 and SGDW side by side from one init on the same batches (DEC-1).
+def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v.reshape(-1).double() for v in state.values()])
 
-    Returns ``max_i |theta_L2[i] - theta_SGDW[i]|`` after each step. Both use the lr-multiplied
-    lambda, so without momentum the two updates are the same algebra:
-    ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``.
+
+def trajectory_gap(s: Setup, *, lr: float, weight_decay: float, momentum: float, dtype: str = "float64",
+                   seed: int = 0, snapshots: int = 50, device: str | torch.device = "cpu",
+                   store: Store | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """SGD+L2 and SGDW from one init on the same batches: ``max_i |theta_L2[i] - theta_SGDW[i]|`` along the way (DEC-1).
+
+    Two runs through :func:`wdlib.runs.run` that record the parameters ``snapshots`` times
+    (diagnostic ``"params"``, at most 32,768 evenly strided coordinates). Both use the lr-multiplied
+    lambda, so without momentum the updates are the same algebra:
+    ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``. Returns (steps, gap, final
+    weights of the L2 run).
     """
-    steps = steps or s.steps
-    data = data.to(data.x_train.device, dtype)
-    a = _model(s, data, seed, dtype)
-    b = copy.deepcopy(a)
-    opt_a = SGD(a.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, decay="l2")
-    opt_b = SGD(b.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, decay="decoupled")
-    gen = torch.Generator().manual_seed(seed)
-    gap = np.empty(steps)
-    for t, (x, y) in enumerate(batches(data.x_train, data.y_train, s.batch_size, steps, gen)):
-        train_step(a, opt_a, x, y)
-        train_step(b, opt_b, x, y)
-        with torch.no_grad():
-            gap[t] = max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
-    return gap
+    every = max(s.steps // snapshots, 1)
+    common = dict(optimizer="sgd", lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype,
+                  eval_every=every, diagnostics=["params"])
+    a = run(base_config(s, seed, decay="l2", **common), store, device=str(device))
+    b = run(base_config(s, seed, decay="decoupled", **common), store, device=str(device))
+    gap = np.abs(a.history["diag/params"] - b.history["diag/params"]).max(axis=1)
+    return a.history["step"], gap, a.model_state
 
 
-def shrinkage_vs_second_moment(s: Setup, data: Dataset, *, decay: str, lr: float, weight_decay: float,
-                               seed: int = 0, steps: int | None = None, window: int | None = None,
-                               dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+def one_step_gap(s: Setup, state: dict[str, torch.Tensor], *, lr: float, weight_decay: float, seed: int = 0,
+                 batches: int = 10) -> float:
+    """Largest parameter difference after one SGD+L2 step and one SGDW step from the same state (DEC-1).
+
+    The algebra alone, without a trajectory that could amplify rounding: for ``batches`` batches,
+    the model in ``state`` (float64) takes one step of each rule (no momentum) on the same gradient.
+    """
+    from ..train import build_data, build_model
+
+    cfg = base_config(s, seed, dtype="float64")
+    data = build_data(cfg)
+    worst = 0.0
+    for step in range(batches):
+        model = build_model(cfg, data).double()
+        model.load_state_dict(state)
+        x, y = data.batch(step, s.batch_size, seed)
+        torch.nn.functional.cross_entropy(model(x.double()), y).backward()
+        params = [p.detach() for p in model.parameters()]
+        grads = [p.grad.detach() for p in model.parameters()]
+        after = []
+        for decay in ("l2", "decoupled"):
+            copies = [torch.nn.Parameter(p.clone()) for p in params]
+            for c, g in zip(copies, grads):
+                c.grad = g.clone()
+            SGD(copies, lr=lr, weight_decay=weight_decay, decay=decay).step()
+            after.append(torch.cat([c.detach().reshape(-1) for c in copies]))
+        worst = max(worst, float((after[0] - after[1]).abs().max()))
+    return worst
+
+
+def shrinkage_vs_second_moment(s: Setup, *, decay: str, lr: float, weight_decay: float, seed: int = 0,
+                               window: int | None = None, device: str | torch.device = "cpu",
+                               store: Store | None = None) -> dict[str, Any]:
     """Per-weight effective shrinkage against Adam's second moment, for one decay rule (DEC-2).
 
-    Trains an MLP with ``Adam(decay=...)`` and measures, over the last ``window`` steps (default: the
-    last third), each weight's decay rate per step with :class:`~wdlib.diagnostics.ShrinkageProbe`
-    (weight matrices only: the decayed tensors). Returns the rates divided by ``lr*weight_decay``
-    (1 means "decayed like AdamW"), the mean ``v_hat``, their Spearman rank correlation and the
-    relative spread of the rates.
+    Trains the MLP with ``Adam(decay=...)`` in float64 and measures, over the last ``window`` steps
+    (default: the last third), each weight's decay rate per step with the ``"shrinkage"`` probe
+    (:class:`~wdlib.diagnostics.ShrinkageProbe`, weight matrices only). Returns the rates divided by
+    ``lr*weight_decay`` (1 means "decayed like AdamW"), the mean ``v_hat``, their Spearman rank
+    correlation and the relative spread of the rates.
     """
-    steps = steps or s.steps
-    window = window or max(steps // 3, 1)
-    data = data.to(data.x_train.device, dtype)
-    model = _model(s, data, seed, dtype)
-    opt = Adam(model.parameters(), lr=lr, weight_decay=weight_decay, decay=decay)
-    matrices = [p for p in model.parameters() if p.ndim >= 2]
-    probe = ShrinkageProbe(opt, matrices, start=steps - window)
-    hist = fit(model, opt, data, steps=steps, batch_size=s.batch_size, seed=seed, hooks=[probe])
-    res = probe.result()
-    rel = res["shrinkage"] / (lr * weight_decay)
-    return {"relative_shrinkage": rel, "v_hat": res["v_hat"], "spearman": spearman(rel, res["v_hat"]),
-            "relative_spread": float(np.std(rel) / abs(np.mean(rel))), "test_acc": hist.test_acc[-1],
-            "final_loss": float(np.mean(hist.loss[-50:]))}
+    window = window or max(s.steps // 3, 1)
+    cfg = base_config(s, seed, optimizer="adam", decay=decay, lr=lr, weight_decay=weight_decay, dtype="float64",
+                      probes=[{"name": "shrinkage", "start": s.steps - window, "tensors": "matrices"}])
+    r = run(cfg, store, device=str(device))
+    rel = r.probes["shrinkage/shrinkage"] / (lr * weight_decay)
+    v = r.probes["shrinkage/v_hat"]
+    return {"relative_shrinkage": rel, "v_hat": v, "spearman": spearman(rel, v),
+            "relative_spread": float(np.std(rel) / abs(np.mean(rel))), "test_acc": r.final["val_acc"],
+            "final_loss": r.final["train_loss"]}
 
 
 def quadratic_fixed_points(*, dim: int = 20, lrs: tuple[float, ...] = (0.01, 0.03, 0.1),
@@ -147,70 +176,53 @@ def quadratic_fixed_points(*, dim: int = 20, lrs: tuple[float, ...] = (0.01, 0.0
     return out
 
 
-def _lr_schedule(s: Setup, peak_lr: float, steps: int) -> Warmup:
-    warm = max(steps // 20, 1)
-    return Warmup(Cosine(peak=peak_lr, steps=steps - warm, final=peak_lr / 10), steps=warm)
+def _warmup_cosine(steps: int, warmup: int) -> dict[str, Any]:
+    return {"name": "cosine", "final": 0.1, "warmup": warmup}
 
 
-def convention_runs(s: Setup, data: Dataset, *, peak_lr: float, weight_decay: float, seed: int = 0,
-                    steps: int | None = None, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+def convention_runs(s: Setup, *, peak_lr: float, weight_decay: float, seed: int = 0, dtype: str = "float64",
+                    device: str | torch.device = "cpu", store: Store | None = None) -> dict[str, Any]:
     """One AdamW run in the torch convention and the same run in the paper's convention (DEC-9).
 
-    Under warmup + cosine (:class:`~wdlib.schedules.HyperparameterScheduler`), trains from one init
-    on the same batches: ``torch.optim.AdamW(weight_decay=lambda)``, ``wdlib Adam(decay="decoupled")``
-    with the same lambda, ``Adam(decay="independent")`` with ``lambda*peak_lr`` (the conversion), and,
-    as a control, ``Adam(decay="independent")`` with the unconverted lambda. Returns the final
-    parameter vectors' max differences from the torch run, and the final weight norms.
+    Under warmup (5%) + cosine to a tenth, from one init on the same batches:
+    ``torch.optim.AdamW(weight_decay=lambda)``, ``wdlib Adam(decay="decoupled")`` with the same
+    lambda, ``Adam(decay="independent")`` with ``lambda*peak_lr`` (the conversion), and, as a
+    control, ``Adam(decay="independent")`` with the unconverted lambda. Returns the final parameter
+    vectors' max differences from the torch run, and the final weight norms.
     """
-    steps = steps or s.steps
-    data = data.to(data.x_train.device, dtype)
-    init = _model(s, data, seed, dtype)
     lam_paper = convert_weight_decay(weight_decay, peak_lr, "decoupled", "independent")
-    makers = {
-        "torch AdamW": lambda p: torch.optim.AdamW(p, lr=peak_lr, weight_decay=weight_decay),
-        "wdlib decoupled": lambda p: Adam(p, lr=peak_lr, weight_decay=weight_decay, decay="decoupled"),
-        "wdlib independent, converted": lambda p: Adam(p, lr=peak_lr, weight_decay=lam_paper, decay="independent"),
-        "wdlib independent, unconverted": lambda p: Adam(p, lr=peak_lr, weight_decay=weight_decay,
-                                                         decay="independent"),
+    common = dict(lr=peak_lr, dtype=dtype, lr_schedule=_warmup_cosine(s.steps, max(s.steps // 20, 1)))
+    configs = {
+        "torch AdamW": base_config(s, seed, optimizer="torch.adamw", weight_decay=weight_decay, **common),
+        "wdlib decoupled": base_config(s, seed, optimizer="adam", decay="decoupled", weight_decay=weight_decay,
+                                       **common),
+        "wdlib independent, converted": base_config(s, seed, optimizer="adam", decay="independent",
+                                                    weight_decay=lam_paper, **common),
+        "wdlib independent, unconverted": base_config(s, seed, optimizer="adam", decay="independent",
+                                                      weight_decay=weight_decay, **common),
     }
-    finals, accs = {}, {}
-    for name, make in makers.items():
-        model = copy.deepcopy(init)
-        opt = make(model.parameters())
-        sched = HyperparameterScheduler(opt, lr=_lr_schedule(s, peak_lr, steps))
-        hist = fit(model, opt, data, steps=steps, batch_size=s.batch_size, seed=seed, scheduler=sched)
-        finals[name] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        accs[name] = hist.test_acc[-1]
+    results = {name: run(cfg, store, device=str(device)) for name, cfg in configs.items()}
+    finals = {name: _flat(r.model_state) for name, r in results.items()}
     ref = finals["torch AdamW"]
     return {"weight_decay_torch": weight_decay, "weight_decay_paper": lam_paper,
             "max_abs_diff": {k: float((v - ref).abs().max()) for k, v in finals.items()},
-            "weight_norm": {k: float(v.norm()) for k, v in finals.items()}, "test_acc": accs}
+            "weight_norm": {k: float(v.norm()) for k, v in finals.items()},
+            "test_acc": {k: r.final["val_acc"] for k, r in results.items()}}
 
 
-def warmup_delay_runs(s: Setup, data: Dataset, *, peak_lr: float, weight_decay: float, warmup_steps: int,
-                      seed: int = 0, steps: int | None = None) -> dict[str, Any]:
+def warmup_delay_runs(s: Setup, *, peak_lr: float, weight_decay: float, warmup_steps: int, seed: int = 0,
+                      device: str | torch.device = "cpu", store: Store | None = None) -> dict[str, Any]:
     """AdamW with warmup + cosine, decay on from step 0 against decay switched on after warmup (DEC-7).
 
-    Returns final weight RMS of the weight matrices and test accuracy for both runs.
+    Returns the final RMS of the weight matrices, test loss and accuracy of both runs.
     """
-    from ..schedules import Constant, Delayed
-
-    steps = steps or s.steps
-    init = _model(s, data, seed, torch.float32)
-    lr = Warmup(Cosine(peak=peak_lr, steps=steps - warmup_steps, final=peak_lr / 10), steps=warmup_steps)
     out = {}
-    for name, wd in (("decay from step 0", Constant(weight_decay)),
-                     ("decay after warmup", Delayed(Constant(weight_decay), warmup_steps))):
-        model = copy.deepcopy(init)
-        opt = Adam(model.parameters(), lr=peak_lr, weight_decay=weight_decay, decay="decoupled")
-        hist = fit(model, opt, data, steps=steps, batch_size=s.batch_size, seed=seed,
-                   scheduler=HyperparameterScheduler(opt, lr=lr, weight_decay=wd))
-        mats = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.ndim >= 2])
-        out[name] = {"weight_rms": float(mats.pow(2).mean().sqrt()), "test_acc": hist.test_acc[-1],
-                     "test_loss": hist.test_loss[-1]}
+    for name, wd_schedule in (("decay from step 0", None),
+                              ("decay after warmup", {"name": "constant", "delay": warmup_steps})):
+        cfg = base_config(s, seed, optimizer="adam", decay="decoupled", lr=peak_lr, weight_decay=weight_decay,
+                          lr_schedule=_warmup_cosine(s.steps, warmup_steps), wd_schedule=wd_schedule)
+        r = run(cfg, store, device=str(device))
+        mats = torch.cat([v.reshape(-1).double() for v in r.model_state.values() if v.ndim >= 2])
+        out[name] = {"weight_rms": float(mats.pow(2).mean().sqrt()), "test_acc": r.final["val_acc"],
+                     "test_loss": r.final["val_loss"]}
     return out
-
-
-def accuracy(model: torch.nn.Module, data: Dataset) -> float:
-    """Test accuracy of ``model`` on ``data``."""
-    return evaluate(model, data.x_test, data.y_test)[1]

@@ -1,0 +1,261 @@
+"""The experiment engine: training loop, checkpoints and resume, the run store, sweeps, DDP, the CLI."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wdlib.config import RunConfig
+from wdlib.runs import Store, expand_grid, run, sweep
+from wdlib.train import train
+
+TINY = dict(data="mnist1d", data_args={"num_samples": 600}, model="mlp", model_args={"width": 16, "depth": 1},
+            optimizer="adam", lr=3e-3, weight_decay=0.1, steps=40, batch_size=32, eval_every=10, scale="test")
+
+
+def tiny(**changes) -> RunConfig:
+    return RunConfig.from_dict({**TINY, **changes})
+
+
+def same_history(a, b, skip=("wall_time",)) -> bool:
+    keys = set(a.history) - set(skip)
+    return keys == set(b.history) - set(skip) and all(np.array_equal(a.history[k], b.history[k]) for k in keys)
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+
+def test_same_seed_same_metrics_on_cpu():
+    cfg = tiny(ema=0.9, lr_schedule={"name": "cosine", "warmup": 5}, wd_schedule={"name": "constant", "delay": 5})
+    a, b = train(cfg), train(cfg)
+    assert same_history(a, b) and same_weights(a, b)
+    assert list(a.history["step"]) == [10, 20, 30, 40]
+    assert {"val_loss", "val_acc", "train_loss", "train_acc", "lr", "wd", "ema_val_loss", "weight_rms/decay",
+            "weight_norm/no_decay"} <= set(a.history)
+    assert a.history["wd"][0] == pytest.approx(0.1)
+    assert not same_weights(a, train(cfg.replace(seed=1)))
+
+
+def test_divergence_is_recorded_not_raised():
+    r = train(tiny(optimizer="sgd", lr=1e4, steps=50))
+    assert r.diverged and 0 <= r.diverged_at < 50 and r.steps_done == r.diverged_at
+
+
+def test_grad_accum_and_clipping_in_float64():
+    base = tiny(dtype="float64", steps=20)
+    one, two = train(base), train(base.replace(grad_accum=2))
+    for k in one.model_state:
+        torch.testing.assert_close(one.model_state[k], two.model_state[k], rtol=1e-10, atol=1e-12)
+    clipped = train(base.replace(grad_clip=1e-3))
+    assert not same_weights(one, clipped)
+
+
+@pytest.mark.parametrize("precision", ["bf16-autocast", "bf16-pure"])
+def test_bf16_precisions_train(precision):
+    r = train(tiny(precision=precision, steps=60))
+    state_dtype = {t.dtype for t in r.model_state.values()}
+    assert state_dtype == ({torch.bfloat16} if precision == "bf16-pure" else {torch.float32})
+    assert r.history["val_loss"][-1] < r.history["val_loss"][0] or r.final["val_acc"] > 0.15
+
+
+def test_probe_and_diagnostics_are_recorded():
+    cfg = tiny(dtype="float64", decay_vectors=True, diagnostics=["params", "matrix_rms"],
+               probes=[{"name": "shrinkage", "start": 10}])
+    r = train(cfg)
+    n = sum(v.numel() for v in r.model_state.values())
+    assert r.history["diag/params"].shape == (4, n)
+    assert r.history["diag/matrix_rms"].shape == (4, 2)
+    np.testing.assert_allclose(r.probes["shrinkage/shrinkage"], 3e-3 * 0.1, rtol=1e-6)  # AdamW: lr*lambda
+
+
+def test_language_model_run():
+    cfg = RunConfig(data="stdlib_chars", data_args={"max_bytes": 100_000}, model="gpt",
+                    model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, block_size=16, batch_size=8, steps=10,
+                    eval_batches=2, scale="test")
+    r = train(cfg)
+    assert np.isfinite(r.final["val_loss"]) and r.info["attention_backend"]
+
+
+# --- the store -------------------------------------------------------------------------------------------------
+
+def test_store_reuses_a_finished_run_and_separates_changed_configs(tmp_path):
+    first = run(tiny(), tmp_path)
+    again = run(tiny(), tmp_path)
+    assert not first.info["cached"] and again.info["cached"]
+    assert same_history(first, again, skip=()) and same_weights(first, again)
+    changed = run(tiny(weight_decay=0.2), tmp_path)
+    assert not changed.info["cached"] and changed.info["key"] != first.info["key"]
+    prov = Store(tmp_path).list()[0]["provenance"]
+    assert {"wdlib", "git_commit", "torch", "device_name", "wall_time", "date"} <= set(prov)
+
+
+def test_scales_never_mix(tmp_path):
+    smoke = run(tiny(scale="smoke"), tmp_path)
+    full = run(tiny(scale="full"), tmp_path)
+    assert smoke.info["key"] != full.info["key"] and not full.info["cached"]
+    assert [r["scale"] for r in Store(tmp_path).list("smoke")] == ["smoke"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+def test_damaged_entry_is_detected_and_rerun(tmp_path, damage):
+    first = run(tiny(), tmp_path)
+    npz = tmp_path / "results" / f"{first.info['key']}.npz"
+    if damage == "truncate":
+        npz.write_bytes(npz.read_bytes()[:50])
+    elif damage == "garbage":
+        npz.write_bytes(b"not an npz")
+    else:
+        npz.unlink()
+    again = run(tiny(), tmp_path)
+    assert not again.info["cached"] and same_history(first, again)
+
+
+def _worker(root: str, wd: float) -> None:
+    torch.set_num_threads(1)
+    run(tiny(weight_decay=wd), Store(root), progress=False)
+
+
+def test_parallel_writers(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path), wd)) for wd in (0.0, 0.1, 0.2, 0.2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+        assert p.exitcode == 0
+    rows = Store(tmp_path).list()
+    assert sorted(r["config"]["weight_decay"] for r in rows) == [0.0, 0.1, 0.2]
+    assert all(run(tiny(weight_decay=wd), tmp_path).info["cached"] for wd in (0.0, 0.1, 0.2))
+
+
+def test_sweep_table_with_two_workers(tmp_path):
+    table = sweep(tiny(), {"lr": [1e-3, 3e-3], "weight_decay": [0.0, 0.1]}, tmp_path, workers=2)
+    assert len(table) == 4 and {"lr", "weight_decay", "key", "val_loss", "diverged_at"} <= set(table.columns)
+    assert len(Store(tmp_path).list()) == 4
+    with pytest.raises(ValueError, match="grid"):
+        expand_grid(tiny(), {"lr": []})
+
+
+# --- bad configurations ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes,field", [
+    ({"stpes": 10}, "stpes"), ({"model": "vgg"}, "model"), ({"data": "mnist"}, "data"), ({"steps": -1}, "steps"),
+    ({"precision": "fp16"}, "precision"), ({"decay": "adamw"}, "decay"), ({"lr_schedule": {"name": "exp"}}, "lr_schedule"),
+    ({"batch_size": 10, "grad_accum": 3}, "batch_size"), ({"betas": [0.9, 1.0]}, "betas"),
+])
+def test_bad_configuration_names_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        tiny(**changes)
+
+
+def test_bad_model_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="widht"):
+        train(tiny(model_args={"widht": 3, "depth": 1}))
+
+
+# --- the command line: run, kill, resume -------------------------------------------------------------------
+
+def _cli(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "wdlib", *args], capture_output=True, text=True, timeout=300,
+                          env=env, **kw)
+
+
+def _write_config(path: Path, **changes) -> Path:
+    path.write_text(json.dumps({**TINY, **changes}))
+    return path
+
+
+def test_cli_run_runs_and_help(tmp_path):
+    cfg = _write_config(tmp_path / "c.json")
+    out = _cli("run", str(cfg), "--store", str(tmp_path / "s"), "--set", "steps=20")
+    assert out.returncode == 0, out.stderr
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["cached"] is False and line["diverged_at"] is None and "val_loss" in line["final"]
+    assert "1 run(s)" in _cli("runs", "--store", str(tmp_path / "s")).stdout
+    helptext = _cli("run", "--help").stdout
+    assert all(name in helptext for name in RunConfig.__dataclass_fields__)
+    bad = _cli("run", str(_write_config(tmp_path / "b.json", optimizer="adagrad")), "--store", str(tmp_path / "s"))
+    assert bad.returncode == 2 and "optimizer must be one of" in bad.stderr
+    yaml_cfg = tmp_path / "c.yaml"
+    yaml_cfg.write_text("data: mnist1d\ndata_args: {num_samples: 600}\nmodel: mlp\nmodel_args: {width: 8, depth: 1}\n"
+                        "steps: 5\nbatch_size: 32\nscale: test\n")
+    assert _cli("run", str(yaml_cfg), "--store", str(tmp_path / "s")).returncode == 0
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    """SIGKILL a CLI run twice at checkpoints, resume it each time, compare with an uninterrupted run."""
+    changes = dict(steps=2500, checkpoint_every=100, eval_every=250, model_args={"width": 48, "depth": 2})
+    cfg_file = _write_config(tmp_path / "c.json", **changes)
+    whole = _cli("run", str(cfg_file), "--store", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    store = tmp_path / "killed"
+    key = tiny(**changes).key()
+    ckpt = store / "checkpoints" / f"{key}.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kills = []
+    for _ in range(2):
+        before = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+        proc = subprocess.Popen([sys.executable, "-m", "wdlib", "run", str(cfg_file), "--store", str(store)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
+                break
+            time.sleep(0.02)
+        time.sleep(0.1)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills.append(True)
+        proc.wait()
+    assert kills, "the run finished before it could be interrupted: make it longer"
+    done = _cli("run", str(cfg_file), "--store", str(store))
+    assert done.returncode == 0, done.stderr
+    a = run(tiny(**changes), tmp_path / "whole")
+    b = run(tiny(**changes), store)
+    assert a.info["cached"] and b.info["cached"]
+    assert b.info["provenance"]["resumed_from"] > 0, "the last process did not resume from a checkpoint"
+    assert same_history(a, b) and same_weights(a, b)
+
+
+# --- DDP -------------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    result = train(tiny(dtype="float64", steps=30), device="cpu")
+    if rank == 0:
+        torch.save(result.model_state, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    single = train(tiny(dtype="float64", steps=30)).model_state
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], rtol=1e-9, atol=1e-11)

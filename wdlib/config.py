@@ -1,0 +1,264 @@
+"""A run's configuration: plain, serializable values, checked field by field.
+
+A :class:`RunConfig` names everything a training run depends on (data, model, optimizer and its
+decay convention, schedules, steps, batch size, precision, seed) and nothing it does not (device,
+where it is stored). Its :meth:`~RunConfig.key` is the hash that the run store (:mod:`wdlib.runs`)
+files results under, so the same configuration is trained once. Used by every chapter's runs.
+
+Schedules are small dicts, ``{"name": "cosine", "final": 0.1, "warmup": 100, "delay": 0}``:
+
+``name``
+    ``"constant"``, ``"cosine"``, ``"linear"``, ``"wsd"`` (warmup-stable-decay; ``decay_fraction``
+    of the steps after warmup decays linearly) or ``"equal_contribution"`` (``eta_s =
+    eta/(lambda*eta*s + 1)``, Su's schedule, seed 000).
+``final``
+    The value at the end as a fraction of the peak (cosine, linear, wsd; default 0).
+``warmup``
+    Linear warmup steps before the schedule (default 0).
+``delay``
+    Steps at 0 before the value switches on (for weight decay after warmup; default 0).
+
+The peak is the config's ``lr`` (for ``lr_schedule``) or ``weight_decay`` (for ``wd_schedule``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .schedules import (Constant, Cosine, Delayed, EqualContribution, LinearDecay, Schedule, Warmup,
+                        WarmupStableDecay)
+
+__all__ = ["RunConfig", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "DTYPES", "schedule_from_spec", "FIELD_HELP"]
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "torch.adam", "torch.adamw", "torch.sgd")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16-autocast", "bf16-pure")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "wsd", "equal_contribution")
+DTYPES: tuple[str, ...] = ("float32", "float64")
+_DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent")
+_SCALES: tuple[str, ...] = ("smoke", "full", "test")
+
+FIELD_HELP: dict[str, str] = {
+    "data": "dataset name (wdlib.data.load): mnist1d, digits, stdlib_chars, cifar10, openwebtext",
+    "data_args": "keyword arguments of the dataset (e.g. {\"num_samples\": 4000})",
+    "subset": "number of training samples to keep (a nested subset fixed by data_seed); null keeps all",
+    "data_seed": "seed of the subset (default 0)",
+    "model": "model name (wdlib.models.build): mlp, cnn, resnet18, gpt",
+    "model_args": "keyword arguments of the model; in_dim/in_channels/num_classes/vocab_size are filled in",
+    "optimizer": "adam or sgd (wdlib, with `decay`), or torch.adam, torch.adamw, torch.sgd (their own rule)",
+    "lr": "peak learning rate",
+    "weight_decay": "lambda (peak), in the convention named by `decay`",
+    "decay": "l2, decoupled (lr-multiplied, torch AdamW) or independent (the AdamW paper's)",
+    "momentum": "SGD momentum (default 0)",
+    "nesterov": "SGD Nesterov momentum (default false)",
+    "betas": "Adam betas (default [0.9, 0.999])",
+    "eps": "Adam epsilon (default 1e-8)",
+    "decay_vectors": "also decay 1-D parameters (biases, norms); default false",
+    "lr_schedule": "schedule of the LR: {name, final, warmup, delay} (default constant)",
+    "wd_schedule": "schedule of the weight decay, same form (default constant)",
+    "steps": "optimizer steps",
+    "batch_size": "global batch size (samples or sequences per step)",
+    "block_size": "sequence length for language data",
+    "grad_accum": "micro-batches per step (the batch is split; default 1)",
+    "grad_clip": "clip the global gradient norm to this value (null: off)",
+    "precision": "fp32, bf16-autocast (float32 weights) or bf16-pure (weights and state in bfloat16)",
+    "dtype": "float32 or float64 parameters for fp32 precision (float64 for exactness tests)",
+    "seed": "seed of the initialization and of the batch order",
+    "eval_every": "evaluate every this many steps (0: only at the end)",
+    "eval_batches": "evaluation batches for language data (default 20)",
+    "ema": "decay of an EMA of the weights evaluated alongside (null: off)",
+    "checkpoint_every": "write a checkpoint every this many steps (0: none; an interrupted run then starts over)",
+    "divergence_factor": "a loss above this multiple of its running minimum counts as divergence",
+    "diagnostics": "names of diagnostics recorded at each evaluation (wdlib.diagnostics.DIAGNOSTICS)",
+    "probes": "hooks that watch every step, as {name, ...args} (wdlib.diagnostics.PROBES)",
+    "scale": "smoke, full or test: results of different scales never mix",
+}
+
+
+def _check_schedule_spec(name: str, spec: Any) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{name} must be a dict like {{\"name\": \"cosine\", \"warmup\": 100}} or null, got {spec!r}")
+    allowed = {"name", "final", "warmup", "delay", "decay_fraction"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ValueError(f"{name} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    if spec.get("name", "constant") not in SCHEDULES:
+        raise ValueError(f"{name}.name must be one of {', '.join(repr(s) for s in SCHEDULES)}, got {spec.get('name')!r}")
+    for key in ("warmup", "delay"):
+        v = spec.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name}.{key} must be an integer >= 0, got {v!r}")
+    for key in ("final", "decay_fraction"):
+        v = spec.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ValueError(f"{name}.{key} must be a number in [0, 1], got {v!r}")
+    return dict(spec)
+
+
+def schedule_from_spec(spec: dict[str, Any] | None, peak: float, steps: int,
+                       weight_decay: float | None = None) -> Schedule:
+    """The :class:`~wdlib.schedules.Schedule` a spec describes, peaking at ``peak`` over ``steps`` steps.
+
+    ``weight_decay`` is the lambda the equal-contribution LR schedule is built for.
+    """
+    spec = _check_schedule_spec("schedule", spec) or {"name": "constant"}
+    name = spec.get("name", "constant")
+    warm, delay = spec.get("warmup", 0), spec.get("delay", 0)
+    final = spec.get("final", 0.0) * peak
+    rest = max(steps - warm, 1)
+    if name == "constant":
+        sched: Schedule = Constant(peak)
+    elif name == "cosine":
+        sched = Cosine(peak=peak, steps=rest, final=final)
+    elif name == "linear":
+        sched = LinearDecay(peak=peak, steps=rest, final=final)
+    elif name == "wsd":
+        decay_steps = max(int(round(spec.get("decay_fraction", 0.2) * rest)), 1)
+        sched = WarmupStableDecay(peak=peak, steps=rest, decay_steps=decay_steps, final=final)
+    else:
+        if weight_decay is None:
+            raise ValueError("the equal_contribution schedule needs the weight decay it is built for")
+        sched = EqualContribution(peak=peak, weight_decay=weight_decay)
+    if warm:
+        sched = Warmup(sched, steps=warm)
+    if delay:
+        sched = Delayed(sched, steps=delay)
+    return sched
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run depends on. See :data:`FIELD_HELP` (and ``python -m wdlib run --help``)."""
+
+    data: str = "mnist1d"
+    data_args: dict[str, Any] = field(default_factory=dict)
+    subset: int | None = None
+    data_seed: int = 0
+    model: str = "mlp"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    decay: str = "decoupled"
+    momentum: float = 0.0
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    decay_vectors: bool = False
+    lr_schedule: dict[str, Any] | None = None
+    wd_schedule: dict[str, Any] | None = None
+    steps: int = 100
+    batch_size: int = 64
+    block_size: int = 64
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    precision: str = "fp32"
+    dtype: str = "float32"
+    seed: int = 0
+    eval_every: int = 0
+    eval_batches: int = 20
+    ema: float | None = None
+    checkpoint_every: int = 0
+    divergence_factor: float = 100.0
+    diagnostics: tuple[str, ...] = ()
+    probes: tuple[dict[str, Any], ...] = ()
+    scale: str = "smoke"
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, minimum: int = 1) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+        def number(name: str, low: float = 0.0, high: float | None = None, open_high: bool = False,
+                   optional: bool = False) -> None:
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < low
+            if not bad and high is not None:
+                bad = v >= high if open_high else v > high
+            if bad:
+                rng = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
+                raise ValueError(f"{name} must be a number {rng}{' or null' if optional else ''}, got {v!r}")
+
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            v = getattr(self, name)
+            if v not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {v!r}")
+
+        for name in ("data", "model"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a name (string), got {getattr(self, name)!r}")
+        from .data import DATASETS
+        from .models import MODELS
+
+        choice("data", tuple(DATASETS))
+        choice("model", tuple(MODELS))
+        for name in ("data_args", "model_args"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict of keyword arguments, got {getattr(self, name)!r}")
+        choice("optimizer", OPTIMIZERS)
+        choice("decay", _DECAYS)
+        choice("precision", PRECISIONS)
+        choice("dtype", DTYPES)
+        choice("scale", _SCALES)
+        for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_batches"):
+            positive_int(name)
+        for name in ("seed", "data_seed", "eval_every", "checkpoint_every"):
+            positive_int(name, 0)
+        if self.subset is not None:
+            positive_int("subset")
+        number("lr")
+        number("weight_decay")
+        number("momentum", 0.0, 1.0, open_high=True)
+        number("eps")
+        number("grad_clip", optional=True)
+        number("ema", 0.0, 1.0, open_high=True, optional=True)
+        number("divergence_factor", 1.0)
+        if not isinstance(self.nesterov, bool) or not isinstance(self.decay_vectors, bool):
+            raise ValueError("nesterov and decay_vectors must be true or false")
+        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else None
+        if betas is None or len(betas) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float))
+                                                     or not 0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        object.__setattr__(self, "lr_schedule", _check_schedule_spec("lr_schedule", self.lr_schedule))
+        object.__setattr__(self, "wd_schedule", _check_schedule_spec("wd_schedule", self.wd_schedule))
+        if isinstance(self.diagnostics, str) or not all(isinstance(d, str) for d in self.diagnostics):
+            raise ValueError(f"diagnostics must be a list of names, got {self.diagnostics!r}")
+        object.__setattr__(self, "diagnostics", tuple(self.diagnostics))
+        if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in self.probes):
+            raise ValueError(f"probes must be a list of {{\"name\": ..., ...}} dicts, got {self.probes!r}")
+        object.__setattr__(self, "probes", tuple(dict(p) for p in self.probes))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Build from a plain dict (a parsed JSON or YAML file); an unknown field raises ValueError naming it."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a run configuration must be a mapping of fields, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration field(s) {unknown}; known fields: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (checked again)."""
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def key(self) -> str:
+        """A stable hash of the configuration: the run store's key (24 hex digits of SHA-256)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:24]
