@@ -82,6 +82,19 @@ def test_probe_and_diagnostics_are_recorded():
     np.testing.assert_allclose(r.probes["shrinkage/shrinkage"], 3e-3 * 0.1, rtol=1e-6)  # AdamW: lr*lambda
 
 
+def test_a_chapter_can_register_its_own_diagnostic():
+    from wdlib.diagnostics import DIAGNOSTICS, register_diagnostic
+
+    register_diagnostic("test_first_weight_mean", lambda model, opt: float(next(model.parameters()).mean()))
+    try:
+        r = train(tiny(diagnostics=["test_first_weight_mean"]))
+        assert r.history["diag/test_first_weight_mean"].shape == (4,)
+    finally:
+        DIAGNOSTICS.pop("test_first_weight_mean")
+    with pytest.raises(ValueError, match="unknown diagnostic"):
+        train(tiny(diagnostics=["nope"]))
+
+
 def test_language_model_run():
     cfg = RunConfig(data="stdlib_chars", data_args={"max_bytes": 100_000}, model="gpt",
                     model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, block_size=16, batch_size=8, steps=10,
@@ -240,22 +253,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
+    """What torchrun sets up, by hand: the env variables, then the same code as a single process."""
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    result = train(tiny(dtype="float64", steps=30), device="cpu")
-    if rank == 0:
-        torch.save(result.model_state, out)
+    run(tiny(dtype="float64", steps=30, checkpoint_every=10), Store(root), device="cpu", progress=False)
+    again = run(tiny(dtype="float64", steps=30, checkpoint_every=10), Store(root), device="cpu", progress=False)
+    assert again.info["cached"]
     dist.destroy_process_group()
 
 
 def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
-    out = str(tmp_path / "ddp.pt")
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rows = Store(tmp_path).list()
+    assert len(rows) == 1 and rows[0]["summary"]["info"]["world_size"] == 2  # rank 0 alone wrote
+    ddp = run(tiny(dtype="float64", steps=30, checkpoint_every=10), tmp_path).model_state
     single = train(tiny(dtype="float64", steps=30)).model_state
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-9, atol=1e-11)

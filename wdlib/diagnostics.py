@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ShrinkageProbe", "DIAGNOSTICS", "PROBES"]
+__all__ = ["ShrinkageProbe", "DIAGNOSTICS", "PROBES", "register_diagnostic"]
 
 
 class ShrinkageProbe:
@@ -146,3 +146,15 @@ DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] 
 PROBES: dict[str, Callable[..., Any]] = {
     "shrinkage": _shrinkage_probe,
 }
+
+
+def register_diagnostic(name: str, fn: Callable[[torch.nn.Module, torch.optim.Optimizer], Any]) -> None:
+    """Add a chapter's own diagnostic ``fn(model, optimizer) -> float or array`` under ``name``.
+
+    A run configuration then names it in ``diagnostics``. The name, not the function, enters the
+    run's key: register a changed function under a new name, or results stored for the old one are
+    returned for it.
+    """
+    if not isinstance(name, str) or not name or not callable(fn):
+        raise ValueError("register_diagnostic needs a non-empty name and a callable fn(model, optimizer)")
+    DIAGNOSTICS[name] = fn

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .train import RunResult, train
+from .train import RunResult, init_distributed, train
 
 __all__ = ["Store", "run", "sweep", "default_store", "expand_grid"]
 
@@ -218,11 +218,29 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
     """The result of ``cfg``: from the store, resumed from its checkpoint, or trained now.
 
     ``result.info["cached"]`` tells whether it came from the store, ``result.info["key"]`` its key.
+    Under ``torchrun`` every rank calls it; rank 0 looks up, locks and writes, the others follow.
     ``resume=False`` ignores a checkpoint (the run starts over); a finished result is still reused.
     """
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(dict(cfg))
     store = store if isinstance(store, Store) else Store(store)
     key = cfg.key()
+    rank, world = init_distributed()
+    if world > 1:  # under torchrun: rank 0 decides and alone holds the lock and writes; the others follow
+        import torch.distributed as tdist
+
+        decision = [store.get(cfg) is not None if rank == 0 else None]
+        tdist.broadcast_object_list(decision, src=0)
+        if decision[0]:
+            return store.get(cfg)  # type: ignore[return-value]
+        with store.lock(key) if rank == 0 else contextlib.nullcontext():
+            result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume,
+                           progress=progress)
+            if rank == 0:
+                store.put(cfg, result)
+                store.checkpoint_path(key).unlink(missing_ok=True)
+        tdist.barrier()
+        result.info.update({"cached": False, "key": key})
+        return result
     found = store.get(cfg)
     if found is not None:
         return found
@@ -231,10 +249,8 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
         if found is not None:
             return found
         result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume, progress=progress)
-        import torch.distributed as tdist
-        if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_rank() == 0:
-            store.put(cfg, result)
-            store.checkpoint_path(key).unlink(missing_ok=True)
+        store.put(cfg, result)
+        store.checkpoint_path(key).unlink(missing_ok=True)
     result.info.update({"cached": False, "key": key})
     return result
 

@@ -382,8 +382,9 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
             if ema_model is not None:
                 row["ema_val_loss"], row["ema_val_acc"] = evaluate(ema_model, eval_sets()["val"](), autocast)
             row.update(_group_norms(opt))
-            for name in cfg.diagnostics:
-                row[f"diag/{name}"] = DIAGNOSTICS[name](model, opt)
+            with torch.no_grad():
+                for name in cfg.diagnostics:
+                    row[f"diag/{name}"] = DIAGNOSTICS[name](model, opt)
         for k, v in row.items():
             history.setdefault(k, []).append(v)
 
