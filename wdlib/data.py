@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import operator
 import os
 import pickle
@@ -41,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ._registry import call_checked
 
 __all__ = [
     "DATASETS", "DataNotFoundError", "Dataset", "TokenDataset", "batch_indices", "batches", "check_vocab",
@@ -636,14 +637,4 @@ def load(name: str, **kwargs: Any) -> Dataset | TokenDataset:
     An unknown name, an unknown keyword or a missing required one raises ValueError naming it.
     ``load("digits", seed=1)`` is ``digits(seed=1)``. Used by every chapter to pick data by scale.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(repr(n) for n in DATASETS)}")
-    fn = _REGISTRY[name]
-    params = inspect.signature(fn).parameters
-    for key in kwargs:
-        if key not in params:
-            raise ValueError(f"{name} takes no argument {key!r}; it takes {', '.join(params)}")
-    for key, p in params.items():
-        if p.default is inspect.Parameter.empty and key not in kwargs:
-            raise ValueError(f"{name} needs the argument {key!r}")
-    return fn(**kwargs)
+    return call_checked("dataset", name, _REGISTRY, kwargs)

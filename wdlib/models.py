@@ -10,12 +10,13 @@ GPT.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._registry import call_checked
 
 __all__ = ["MLP", "CNN", "ResNet18", "GPT", "MODELS", "attention_backend", "build", "flat_parameters"]
 
@@ -397,17 +398,7 @@ def build(name: str, **kwargs: object) -> nn.Module:
     constructor does not take or a required one that is missing (naming it), and for any value the
     constructor rejects. Used by the chapters and the CLI to build a model from a configuration.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
-    cls = _REGISTRY[name]
-    params = dict(inspect.signature(cls).parameters)
-    for key in kwargs:
-        if key not in params:
-            raise ValueError(f"{name}: unknown argument {key!r}; allowed: {', '.join(params)}")
-    for key, p in params.items():
-        if p.default is inspect.Parameter.empty and key not in kwargs:
-            raise ValueError(f"{name}: missing required argument {key!r}")
-    return cls(**kwargs)
+    return call_checked("model", name, _REGISTRY, kwargs, quote_names=False)
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
