@@ -156,8 +156,10 @@ def test_parallel_writers(tmp_path):
 
 
 def test_sweep_table_with_two_workers(tmp_path):
-    table = sweep(tiny(), {"lr": [1e-3, 3e-3], "weight_decay": [0.0, 0.1]}, tmp_path, workers=2)
-    assert len(table) == 4 and {"lr", "weight_decay", "key", "val_loss", "diverged_at"} <= set(table.columns)
+    base = tiny(lr_schedule={"name": "cosine"})  # the last scheduled LR must not overwrite the grid's lr column
+    table = sweep(base, {"lr": [1e-3, 3e-3], "weight_decay": [0.0, 0.1]}, tmp_path, workers=2)
+    assert len(table) == 4 and {"lr", "weight_decay", "key", "val_loss", "diverged_at", "final_lr"} <= set(table.columns)
+    assert sorted(set(table["lr"])) == [1e-3, 3e-3]
     assert len(Store(tmp_path).list()) == 4
     with pytest.raises(ValueError, match="grid"):
         expand_grid(tiny(), {"lr": []})
@@ -169,10 +171,55 @@ def test_sweep_table_with_two_workers(tmp_path):
     ({"stpes": 10}, "stpes"), ({"model": "vgg"}, "model"), ({"data": "mnist"}, "data"), ({"steps": -1}, "steps"),
     ({"precision": "fp16"}, "precision"), ({"decay": "adamw"}, "decay"), ({"lr_schedule": {"name": "exp"}}, "lr_schedule"),
     ({"batch_size": 10, "grad_accum": 3}, "batch_size"), ({"betas": [0.9, 1.0]}, "betas"),
+    ({"grad_clip": 0}, "grad_clip"), ({"wd_schedule": {"name": "equal_contribution"}}, "wd_schedule"),
+    ({"lr": "fast"}, "lr"),
 ])
 def test_bad_configuration_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
         tiny(**changes)
+
+
+def test_equal_values_give_equal_keys():
+    assert tiny(weight_decay=0).key() == tiny(weight_decay=0.0).key()
+    assert tiny(lr="1e-3").key() == tiny(lr=0.001).key()  # YAML 1.1 reads 1e-3 as a string
+    assert tiny(lr_schedule={"name": "cosine", "final": 0}).key() == tiny(lr_schedule={"name": "cosine", "final": 0.0}).key()
+
+
+def test_late_failures_are_caught_before_training():
+    with pytest.raises(ValueError, match="start"):
+        train(tiny(probes=[{"name": "shrinkage", "start": 40}]))
+    with pytest.raises(ValueError, match="Adam-type"):
+        train(tiny(optimizer="sgd", probes=[{"name": "shrinkage"}]))
+
+
+def test_a_diagnostic_of_the_wrong_kind_fails_at_the_first_evaluation():
+    from wdlib.diagnostics import DIAGNOSTICS, register_diagnostic
+
+    calls = []
+    register_diagnostic("test_ragged", lambda model, opt: calls.append(1) or np.zeros(len(calls)))
+    try:
+        with pytest.raises(ValueError, match="changed shape"):
+            train(tiny(diagnostics=["test_ragged"]))
+        assert len(calls) == 2
+    finally:
+        DIAGNOSTICS.pop("test_ragged")
+
+
+def test_ema_is_kept_in_float32_under_bf16_pure():
+    r = train(tiny(precision="bf16-pure", ema=0.9, steps=30))
+    assert {t.dtype for t in r.ema_state.values()} == {torch.float32}
+    w = next(k for k in r.ema_state if k.endswith("weight"))
+    assert not torch.equal(r.ema_state[w], r.model_state[w].float())
+    assert np.isfinite(r.final["ema_val_loss"])
+
+
+def test_params_snapshot_strides_stay_in_range():
+    from wdlib.diagnostics import PARAMS_SNAPSHOT_MAX, _params_snapshot
+
+    model = torch.nn.Linear(300, 200)  # 60,200 parameters > 32,768
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().numpy()
+    snap = _params_snapshot(model, None)
+    assert snap.shape == (PARAMS_SNAPSHOT_MAX,) and snap[0] == flat[0] and snap[-1] == flat[-1]
 
 
 def test_bad_model_arguments_name_the_argument():
@@ -212,7 +259,9 @@ def test_cli_run_runs_and_help(tmp_path):
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
     """SIGKILL a CLI run twice at checkpoints, resume it each time, compare with an uninterrupted run."""
-    changes = dict(steps=2500, checkpoint_every=100, eval_every=250, model_args={"width": 48, "depth": 2})
+    changes = dict(steps=2500, checkpoint_every=100, eval_every=250, model_args={"width": 48, "depth": 2},
+                   ema=0.99, grad_accum=2, lr_schedule={"name": "cosine", "warmup": 100},
+                   diagnostics=["matrix_rms"], probes=[{"name": "shrinkage", "start": 1000}])
     cfg_file = _write_config(tmp_path / "c.json", **changes)
     whole = _cli("run", str(cfg_file), "--store", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
@@ -243,6 +292,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     assert a.info["cached"] and b.info["cached"]
     assert b.info["provenance"]["resumed_from"] > 0, "the last process did not resume from a checkpoint"
     assert same_history(a, b) and same_weights(a, b)
+    assert all(torch.equal(a.ema_state[k], b.ema_state[k]) for k in a.ema_state)
+    assert all(np.array_equal(a.probes[k], b.probes[k]) for k in a.probes) and a.probes
 
 
 # --- DDP -------------------------------------------------------------------------------------------------------

@@ -93,11 +93,14 @@ def _check_schedule_spec(name: str, spec: Any) -> dict[str, Any] | None:
         v = spec.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name}.{key} must be an integer >= 0, got {v!r}")
+    spec = dict(spec)
     for key in ("final", "decay_fraction"):
         v = spec.get(key, 0.0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise ValueError(f"{name}.{key} must be a number in [0, 1], got {v!r}")
-    return dict(spec)
+        if key in spec:
+            spec[key] = float(v)
+    return spec
 
 
 def schedule_from_spec(spec: dict[str, Any] | None, peak: float, steps: int,
@@ -170,6 +173,18 @@ class RunConfig:
     scale: str = "smoke"
 
     def __post_init__(self) -> None:
+        # one key per value: 0 and 0.0 (JSON), "1e-3" (YAML 1.1 reads a float without a dot as a string)
+        for name in ("lr", "weight_decay", "momentum", "eps", "grad_clip", "ema", "divergence_factor"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise ValueError(f"{name} must be a number, got {v!r}") from None
+            if isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            object.__setattr__(self, name, v)
+
         def positive_int(name: str, minimum: int = 1) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -219,6 +234,8 @@ class RunConfig:
         number("momentum", 0.0, 1.0, open_high=True)
         number("eps")
         number("grad_clip", optional=True)
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be a number > 0 or null, got {self.grad_clip!r}")
         number("ema", 0.0, 1.0, open_high=True, optional=True)
         number("divergence_factor", 1.0)
         if not isinstance(self.nesterov, bool) or not isinstance(self.decay_vectors, bool):
@@ -232,6 +249,8 @@ class RunConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         object.__setattr__(self, "lr_schedule", _check_schedule_spec("lr_schedule", self.lr_schedule))
         object.__setattr__(self, "wd_schedule", _check_schedule_spec("wd_schedule", self.wd_schedule))
+        if (self.wd_schedule or {}).get("name") == "equal_contribution":
+            raise ValueError("wd_schedule.name 'equal_contribution' is an LR schedule; use it in lr_schedule")
         if isinstance(self.diagnostics, str) or not all(isinstance(d, str) for d in self.diagnostics):
             raise ValueError(f"diagnostics must be a list of names, got {self.diagnostics!r}")
         object.__setattr__(self, "diagnostics", tuple(self.diagnostics))

@@ -42,14 +42,18 @@ class ShrinkageProbe:
         self.optimizer = optimizer
         self.params = [p for p in params]
         wanted = {id(p) for p in self.params}
-        self._group = {}
-        for g in optimizer.param_groups:
+        # group *indices*, not the group dicts: optimizer.load_state_dict (a resumed run) replaces the dicts
+        self._group_index: dict[int, int] = {}
+        for gi, g in enumerate(optimizer.param_groups):
             for p in g["params"]:
                 if id(p) in wanted:
-                    self._group[id(p)] = g
-        missing = [i for i, p in enumerate(self.params) if id(p) not in self._group]
+                    self._group_index[id(p)] = gi
+        missing = [i for i, p in enumerate(self.params) if id(p) not in self._group_index]
         if missing:
             raise ValueError(f"params {missing} are not in the optimizer's param groups")
+        if any("betas" not in optimizer.param_groups[gi] or "eps" not in optimizer.param_groups[gi]
+               for gi in self._group_index.values()):
+            raise ValueError("ShrinkageProbe needs an Adam-type optimizer (param groups with betas and eps)")
         self.start = start
         self.m_data = [torch.zeros_like(p) for p in self.params]
         self._prev: list[torch.Tensor] = []
@@ -59,10 +63,13 @@ class ShrinkageProbe:
         self.v_sum = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
         self.count = 0
 
+    def _group(self, p: torch.Tensor) -> dict[str, Any]:
+        return self.optimizer.param_groups[self._group_index[id(p)]]
+
     @torch.no_grad()
     def before_step(self, step: int) -> None:
         for p, m in zip(self.params, self.m_data):
-            beta1 = self._group[id(p)]["betas"][0]
+            beta1 = self._group(p)["betas"][0]
             m.lerp_(p.grad, 1 - beta1)
         self._active = step >= self.start
         if self._active:
@@ -73,7 +80,7 @@ class ShrinkageProbe:
         if not self._active:
             return
         for i, (p, prev, m) in enumerate(zip(self.params, self._prev, self.m_data)):
-            g = self._group[id(p)]
+            g = self._group(p)
             st = self.optimizer.state[p]
             beta1, beta2 = g["betas"]
             t = float(st["step"])
@@ -126,7 +133,8 @@ def _params_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
     """
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     if flat.numel() > PARAMS_SNAPSHOT_MAX:
-        flat = flat[torch.linspace(0, flat.numel() - 1, PARAMS_SNAPSHOT_MAX, device=flat.device).long()]
+        n, k = flat.numel(), PARAMS_SNAPSHOT_MAX
+        flat = flat[torch.arange(k, device=flat.device, dtype=torch.int64) * (n - 1) // (k - 1)]
     return flat.double().cpu().numpy()
 
 

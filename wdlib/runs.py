@@ -31,6 +31,7 @@ import os
 import platform
 import sqlite3
 import subprocess
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,16 +172,17 @@ class Store:
         row = self._row(key)
         if row is None or row["scale"] != cfg.scale:
             return None
-        files = json.loads(row["files"])
         npz, pt = self.root / "results" / f"{key}.npz", self.root / "results" / f"{key}.pt"
         try:
+            files = json.loads(row["files"])
             if _sha256(npz) != files["npz"] or _sha256(pt) != files["pt"]:
                 raise ValueError("hash mismatch")
             with np.load(npz, allow_pickle=False) as z:
                 arrays = {name: z[name] for name in z.files}
             weights = torch.load(pt, map_location="cpu", weights_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError, EOFError):
-            self.discard(key)  # corrupted or half-written: train it again
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile):
+            # missing, corrupted or half-written: not a result. run() trains it again under the key's
+            # lock and put() replaces the entry; nothing is deleted here, where another process may be writing.
             return None
         history = {k[len("history" + _SEP):].replace(_SEP, "/"): v for k, v in arrays.items()
                    if k.startswith("history" + _SEP)}
@@ -218,27 +220,29 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
     """The result of ``cfg``: from the store, resumed from its checkpoint, or trained now.
 
     ``result.info["cached"]`` tells whether it came from the store, ``result.info["key"]`` its key.
-    Under ``torchrun`` every rank calls it; rank 0 looks up, locks and writes, the others follow.
+    Under ``torchrun`` every rank calls it; rank 0 locks, looks up and writes, the others follow. The
+    store (and so the checkpoints) must then be on a filesystem that every rank sees.
     ``resume=False`` ignores a checkpoint (the run starts over); a finished result is still reused.
     """
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(dict(cfg))
     store = store if isinstance(store, Store) else Store(store)
     key = cfg.key()
     rank, world = init_distributed()
-    if world > 1:  # under torchrun: rank 0 decides and alone holds the lock and writes; the others follow
+    if world > 1:  # under torchrun: rank 0 locks, looks up and writes; the others follow its decision
         import torch.distributed as tdist
 
-        decision = [store.get(cfg) is not None if rank == 0 else None]
-        tdist.broadcast_object_list(decision, src=0)
+        with store.lock(key) if rank == 0 else contextlib.nullcontext():
+            decision = [store.get(cfg) is not None if rank == 0 else None]
+            tdist.broadcast_object_list(decision, src=0)
+            if not decision[0]:
+                result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume,
+                               progress=progress)
+                if rank == 0:
+                    store.put(cfg, result)
+                    store.checkpoint_path(key).unlink(missing_ok=True)
+            tdist.barrier()
         if decision[0]:
             return store.get(cfg)  # type: ignore[return-value]
-        with store.lock(key) if rank == 0 else contextlib.nullcontext():
-            result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume,
-                           progress=progress)
-            if rank == 0:
-                store.put(cfg, result)
-                store.checkpoint_path(key).unlink(missing_ok=True)
-        tdist.barrier()
         result.info.update({"cached": False, "key": key})
         return result
     found = store.get(cfg)
@@ -302,7 +306,8 @@ def sweep(base: RunConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]]
     results = [run(c, store, device=device, progress=progress) for c in configs]
     rows = []
     for c, r in zip(configs, results):
-        row = {name: getattr(c, name) for name in grid}
-        row.update({"key": r.info["key"], "diverged_at": r.diverged_at, "wall_time": r.wall_time, **r.final})
+        row = {f"final_{k}" if k in ("lr", "wd", "wall_time", "step") else k: v for k, v in r.final.items()}
+        row.update({"key": r.info["key"], "diverged_at": r.diverged_at, "wall_time": r.wall_time})
+        row.update({name: getattr(c, name) for name in grid})  # the grid's values, never a metric of the same name
         rows.append(row)
     return pd.DataFrame(rows)

@@ -35,6 +35,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,9 +162,9 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
-    if backend == "nccl":
+    if backend == "nccl":  # before the process group, so its first collective lands on this rank's GPU
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -244,12 +245,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a truncated or foreign file: start over rather than trust it
+    except Exception as err:  # a truncated or foreign file: start over rather than trust it
+        warnings.warn(f"checkpoint {path} could not be read ({type(err).__name__}); the run starts over",
+                      RuntimeWarning, stacklevel=2)
         return None
     return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == "wdlib-checkpoint-1" else None
 
 
 # --- the loop ------------------------------------------------------------------------------------------
+
+def _diagnostic_value(name: str, value: Any, history: dict[str, list[Any]]) -> torch.Tensor:
+    """A diagnostic's value as a float64 CPU tensor (checkpoints load with weights_only=True), same shape each time."""
+    try:
+        out = torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"diagnostic {name!r} must return a number or a numeric array, got {type(value).__name__}") \
+            from err
+    before = history.get(f"diag/{name}")
+    if before and tuple(before[0].shape) != tuple(out.shape):
+        raise ValueError(f"diagnostic {name!r} changed shape from {tuple(before[0].shape)} to {tuple(out.shape)}")
+    return out
+
 
 def _group_norms(opt: torch.optim.Optimizer) -> dict[str, float]:
     out = {}
@@ -304,12 +320,16 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     sched = HyperparameterScheduler(
         opt, lr=schedule_from_spec(cfg.lr_schedule, cfg.lr, total, weight_decay=cfg.weight_decay),
         weight_decay=schedule_from_spec(cfg.wd_schedule, cfg.weight_decay, total))
-    ema_model = copy.deepcopy(model) if cfg.ema is not None else None
+    # the EMA is kept in float32 at least: in bfloat16 a lerp by 1 - ema (say 1e-3) rounds to no change
+    ema_model = copy.deepcopy(model).to(torch.float64 if param_dtype == torch.float64 else torch.float32) \
+        if cfg.ema is not None else None
     probes = {}
     for spec in cfg.probes:
         args = {k: v for k, v in spec.items() if k != "name"}
         if spec["name"] not in PROBES:
             raise ValueError(f"probes: unknown probe {spec['name']!r}; known: {sorted(PROBES)}")
+        if not 0 <= args.get("start", 0) < total:
+            raise ValueError(f"probes: {spec['name']} start must be in [0, steps={total}), got {args.get('start')!r}")
         probes[spec["name"]] = PROBES[spec["name"]](model, opt, **args)
     for name in cfg.diagnostics:
         if name not in DIAGNOSTICS:
@@ -372,19 +392,22 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
                       "history": history, "running_min": running_min, "wall_time": wall,
                       "rng": _rng_state()}, ckpt_path)
 
-    def record(step: int, train_loss: float, wall: float) -> None:
-        row: dict[str, Any] = {"step": step, "last_loss": train_loss, "lr": opt.param_groups[0]["lr"],
-                               "wd": max(g["weight_decay"] for g in opt.param_groups), "wall_time": wall}
+    def record(step: int, train_loss: float, lr_used: float, wd_used: float, wall: float) -> None:
+        row: dict[str, Any] = {"step": step, "last_loss": train_loss, "lr": lr_used, "wd": wd_used,
+                               "wall_time": wall}
         if rank == 0:
             sets = eval_sets()
             row["val_loss"], row["val_acc"] = evaluate(model, sets["val"](), autocast)
             row["train_loss"], row["train_acc"] = evaluate(model, sets["train"](), autocast)
             if ema_model is not None:
-                row["ema_val_loss"], row["ema_val_acc"] = evaluate(ema_model, eval_sets()["val"](), autocast)
+                ema_dtype = next(ema_model.parameters()).dtype
+                row["ema_val_loss"], row["ema_val_acc"] = evaluate(
+                    ema_model, ((x.to(ema_dtype) if x.is_floating_point() else x, y) for x, y in eval_sets()["val"]()),
+                    autocast)
             row.update(_group_norms(opt))
             with torch.no_grad():
                 for name in cfg.diagnostics:
-                    row[f"diag/{name}"] = DIAGNOSTICS[name](model, opt)
+                    row[f"diag/{name}"] = _diagnostic_value(name, DIAGNOSTICS[name](model, opt), history)
         for k, v in row.items():
             history.setdefault(k, []).append(v)
 
@@ -431,23 +454,26 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
         opt.step()
         for p in probes.values():
             p.after_step(step)
+        lr_used, wd_used = opt.param_groups[0]["lr"], max(g["weight_decay"] for g in opt.param_groups)
         sched.step()
         if ema_model is not None:
             with torch.no_grad():
                 ema_p = list(ema_model.parameters())
-                torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - cfg.ema)
+                torch._foreach_lerp_(ema_p, [p.detach().to(ema_p[0].dtype) for p in model.parameters()],
+                                     1.0 - cfg.ema)
                 for eb, b in zip(ema_model.buffers(), model.buffers()):
                     eb.copy_(b)
         bar.update(1)
         done = step + 1
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == total:
-            record(done, loss_value, wall_before + time.perf_counter() - t0)
+            record(done, loss_value, lr_used, wd_used, wall_before + time.perf_counter() - t0)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
             save_checkpoint(done, wall_before + time.perf_counter() - t0)
     bar.close()
     wall = wall_before + time.perf_counter() - t0
     steps_done = diverged_at if diverged_at is not None else total
-    arrays = {k: np.asarray(v) for k, v in history.items()}
+    arrays = {k: (torch.stack(v).numpy() if v and isinstance(v[0], torch.Tensor) else np.asarray(v, dtype=np.float64))
+              for k, v in history.items()}
     final = {k: float(v[-1]) for k, v in arrays.items() if v.ndim == 1 and len(v)}
     if diverged_at is not None:  # the evaluations before it stay in the history; the loss that tripped it here
         final["last_loss"] = loss_value

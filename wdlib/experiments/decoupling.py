@@ -80,6 +80,10 @@ def trajectory_gap(s: Setup, *, lr: float, weight_decay: float, momentum: float,
                   eval_every=every, diagnostics=["params"])
     a = run(base_config(s, seed, decay="l2", **common), store, device=str(device))
     b = run(base_config(s, seed, decay="decoupled", **common), store, device=str(device))
+    for r in (a, b):
+        if r.diverged:
+            raise RuntimeError(f"run {r.info['key']} ({r.config['decay']}) diverged at step {r.diverged_at}: "
+                               "no trajectory to compare; lower the learning rate")
     gap = np.abs(a.history["diag/params"] - b.history["diag/params"]).max(axis=1)
     return a.history["step"], gap, a.model_state
 
