@@ -67,6 +67,7 @@ def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: 
 
     os.environ["WDLIB_RESULTS_DIR"] = str(results)
     os.environ["WDLIB_STORE"] = str(results.parent / "store")  # the chapters' runs (wiped by main())
+    os.environ["WDLIB_PROGRESS"] = "0"  # no progress bars in the executed copies
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     records = []
     for nb in notebooks:

@@ -72,6 +72,7 @@ FIELD_HELP: dict[str, str] = {
     "ema": "decay of an EMA of the weights evaluated alongside (null: off)",
     "checkpoint_every": "write a checkpoint every this many steps (0: none; an interrupted run then starts over)",
     "divergence_factor": "a loss above this multiple of its running minimum counts as divergence",
+    "perturb_step": "replace the batch of this step by one from another seed (memory experiments); null: off",
     "diagnostics": "names of diagnostics recorded at each evaluation (wdlib.diagnostics.DIAGNOSTICS)",
     "probes": "hooks that watch every step, as {name, ...args} (wdlib.diagnostics.PROBES)",
     "scale": "smoke, full or test: results of different scales never mix",
@@ -168,6 +169,7 @@ class RunConfig:
     ema: float | None = None
     checkpoint_every: int = 0
     divergence_factor: float = 100.0
+    perturb_step: int | None = None
     diagnostics: tuple[str, ...] = ()
     probes: tuple[dict[str, Any], ...] = ()
     scale: str = "smoke"
@@ -229,6 +231,8 @@ class RunConfig:
             positive_int(name, 0)
         if self.subset is not None:
             positive_int("subset")
+        if self.perturb_step is not None:
+            positive_int("perturb_step", 0)
         number("lr")
         number("weight_decay")
         number("momentum", 0.0, 1.0, open_high=True)

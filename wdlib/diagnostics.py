@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ShrinkageProbe", "DIAGNOSTICS", "PROBES", "register_diagnostic"]
+__all__ = ["ShrinkageProbe", "UpdateRecorder", "DIAGNOSTICS", "PROBES", "register_diagnostic"]
 
 
 class ShrinkageProbe:
@@ -113,6 +113,74 @@ class ShrinkageProbe:
         return {"shrinkage": shrink.cpu().numpy(), "v_hat": v.cpu().numpy()}
 
 
+class UpdateRecorder:
+    """Records, for ``coords`` evenly strided coordinates of one weight matrix, everything the EMA
+    closed form needs: ``theta_0``, each step's Adam direction ``u_t = m_hat/(sqrt(v_hat)+eps)`` (read
+    from the optimizer's state after the step, not from the parameters), ``eta_t``, the decay factor
+    ``eta_t*lambda_t`` (``lr/initial_lr*lambda`` for the independent rule) and the final values.
+    Chapter 2 (EMA-1) rebuilds ``theta_T`` from these with :func:`wdlib.ema.reconstruct`.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, param: torch.Tensor, coords: int = 1024) -> None:
+        self.optimizer, self.param = optimizer, param
+        n = param.numel()
+        k = min(int(coords), n)
+        self.index = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)
+        self.group_index = next(i for i, g in enumerate(optimizer.param_groups)
+                                if any(q is param for q in g["params"]))
+        g = optimizer.param_groups[self.group_index]
+        if "betas" not in g or g.get("decay", "decoupled") == "l2":
+            raise ValueError("UpdateRecorder needs Adam with decoupled or independent decay")
+        self.theta0: torch.Tensor | None = None
+        self.updates: list[torch.Tensor] = []
+        self.lr: list[float] = []
+        self.shrink: list[float] = []
+
+    def _take(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().reshape(-1)[self.index.to(t.device)].double().cpu()
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        if self.theta0 is None:
+            self.theta0 = self._take(self.param)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        g = self.optimizer.param_groups[self.group_index]
+        st = self.optimizer.state[self.param]
+        beta1, beta2 = g["betas"]
+        t = float(st["step"])
+        m_hat = self._take(st["exp_avg"]) / (1 - beta1**t)
+        v_hat = self._take(st["exp_avg_sq"]) / (1 - beta2**t)
+        self.updates.append(m_hat / (v_hat.sqrt() + g["eps"]))
+        self.lr.append(float(g["lr"]))
+        shrink = g["lr"] / g["initial_lr"] * g["weight_decay"] if g.get("decay") == "independent" \
+            else g["lr"] * g["weight_decay"]
+        self.shrink.append(float(shrink))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"theta0": self.theta0, "updates": list(self.updates), "lr": list(self.lr), "shrink": list(self.shrink)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.theta0 = state["theta0"]
+        self.updates, self.lr, self.shrink = list(state["updates"]), list(state["lr"]), list(state["shrink"])
+
+    def result(self) -> dict[str, np.ndarray]:
+        if not self.updates or self.theta0 is None:
+            raise RuntimeError("the recorder has seen no step")
+        return {"theta0": self.theta0.numpy(), "updates": torch.stack(self.updates).numpy(),
+                "lr": np.array(self.lr), "shrink": np.array(self.shrink), "final": self._take(self.param).numpy()}
+
+
+def _update_recorder(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, tensor: int = 0,
+                     coords: int = 1024) -> UpdateRecorder:
+    """An :class:`UpdateRecorder` on the ``tensor``-th weight matrix of the model."""
+    mats = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    if not 0 <= tensor < len(mats):
+        raise ValueError(f"tensor must index one of the model's {len(mats)} weight matrices, got {tensor!r}")
+    return UpdateRecorder(optimizer, mats[tensor], coords)
+
+
 def _shrinkage_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, start: int = 0,
                      tensors: str = "matrices") -> ShrinkageProbe:
     """A :class:`ShrinkageProbe` on the model's weight matrices ("matrices") or on every tensor ("all")."""
@@ -153,6 +221,7 @@ DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] 
 #: ``before_step(step)``, ``after_step(step)``, ``state_dict()``, ``load_state_dict()`` and ``result()``.
 PROBES: dict[str, Callable[..., Any]] = {
     "shrinkage": _shrinkage_probe,
+    "updates": _update_recorder,
 }
 
 

@@ -35,10 +35,16 @@ def _check_bool(name: str, value: object) -> None:
 class MLP(nn.Sequential):
     """``depth`` hidden layers of ``width`` units with ReLU: in_dim -> width -> ... -> out_dim.
 
-    Used in chapter 1 on MNIST-1D (40 -> 100 -> 100 -> 10 at smoke scale).
+    With ``scale_invariant=True`` each hidden layer is a bias-free Linear followed by a LayerNorm
+    without affine parameters, so the output does not change when a hidden weight matrix is scaled
+    (the setting where the weight norm is set by decay and noise alone; chapter 2, EMA-3).
+    Used in chapter 1 on MNIST-1D (40 -> 128 -> 128 -> 10 at smoke scale) and chapter 2.
     """
 
-    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int, bias: bool = True) -> None:
+    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int, bias: bool = True,
+                 scale_invariant: bool = False) -> None:
+        if not isinstance(scale_invariant, bool):
+            raise ValueError(f"scale_invariant must be True or False, got {scale_invariant!r}")
         for name, value in (("in_dim", in_dim), ("width", width), ("out_dim", out_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -47,7 +53,10 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = [nn.Flatten()]
         dims = [in_dim] + [width] * depth
         for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b, bias=bias), nn.ReLU()]
+            if scale_invariant:
+                layers += [nn.Linear(a, b, bias=False), nn.LayerNorm(b, elementwise_affine=False), nn.ReLU()]
+            else:
+                layers += [nn.Linear(a, b, bias=bias), nn.ReLU()]
         layers.append(nn.Linear(dims[-1], out_dim, bias=bias))
         super().__init__(*layers)
 

@@ -28,6 +28,7 @@ __all__ = [
     "Cosine",
     "LinearDecay",
     "WarmupStableDecay",
+    "InverseSqrt",
     "EqualContribution",
     "Warmup",
     "Delayed",
@@ -170,6 +171,27 @@ class EqualContribution(Schedule):
     def __call__(self, step: Any) -> ArrayOrFloat:
         s = _steps(step)
         return _out(self.peak / (self.weight_decay * self.peak * s + 1.0), step)
+
+
+@dataclass(frozen=True)
+class InverseSqrt(Schedule):
+    """``peak / sqrt(rate*s + 1)``.
+
+    With ``rate = 2*lambda_max*eta_max`` and both the LR and the weight decay following it, every
+    step weighs the same in the final parameters (Su 2025, seed 000, "WD proportional to LR"):
+    ``eta_s*lambda_s = eta_max*lambda_max/(rate*s + 1)`` and ``d/ds log eta_s = -eta_s*lambda_s``.
+    """
+
+    peak: float
+    rate: float
+
+    def __post_init__(self) -> None:
+        _positive("peak", self.peak)
+        _positive("rate", self.rate, allow_zero=True)
+
+    def __call__(self, step: Any) -> ArrayOrFloat:
+        s = _steps(step)
+        return _out(self.peak / np.sqrt(self.rate * s + 1.0), step)
 
 
 @dataclass(frozen=True)

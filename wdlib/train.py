@@ -282,7 +282,7 @@ def _group_norms(opt: torch.optim.Optimizer) -> dict[str, float]:
 def _show_progress(progress: bool | None) -> bool:
     if progress is not None:
         return progress
-    if os.environ.get("CI"):
+    if os.environ.get("CI") or os.environ.get("WDLIB_PROGRESS") == "0":  # CI logs, the book build
         return False
     try:
         import ipywidgets  # noqa: F401
@@ -348,12 +348,11 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     def cast(x: torch.Tensor) -> torch.Tensor:
         return x.to(param_dtype) if x.is_floating_point() else x
 
-    def batch(step: int, rank_: int, world_: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(step: int, rank_: int, world_: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         if language:
-            x, y = ds.batch(step, cfg.batch_size, cfg.block_size, cfg.seed, device=dev, rank=rank_,
-                            world_size=world_)
+            x, y = ds.batch(step, cfg.batch_size, cfg.block_size, seed, device=dev, rank=rank_, world_size=world_)
         else:
-            x, y = ds.batch(step, cfg.batch_size, cfg.seed, device=dev, rank=rank_, world_size=world_)
+            x, y = ds.batch(step, cfg.batch_size, seed, device=dev, rank=rank_, world_size=world_)
         return cast(x), y
 
     def eval_sets() -> dict[str, Any]:
@@ -421,7 +420,7 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
                   mininterval=1.0, desc=f"{cfg.model} {cfg.optimizer}")
     step, loss_value = start, float("nan")
     for step in range(start, total):
-        x, y = batch(step, rank, world)
+        x, y = batch(step, rank, world, cfg.seed + 1 if step == cfg.perturb_step else cfg.seed)
         opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
         for m in range(cfg.grad_accum):
