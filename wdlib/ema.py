@@ -23,7 +23,7 @@ import torch
 from .optim import Adam
 from .schedules import contribution_weights
 
-__all__ = ["predicted_rms", "no_decay_rms", "update_rms", "reconstruct", "simulate_rms", "contribution_figure_data",
+__all__ = ["predicted_rms", "no_decay_rms", "update_rms", "reconstruct", "simulate_rms", "rms_recursion", "contribution_figure_data",
            "SCHEDULE_NAMES", "explorer"]
 
 
@@ -41,6 +41,24 @@ def no_decay_rms(rms0: float, lr: float, steps: Any) -> Any:
     t = np.asarray(steps, dtype=np.float64)
     out = np.sqrt(rms0**2 + lr**2 * t)
     return float(out) if out.ndim == 0 else out
+
+
+def rms_recursion(lr: Any, weight_decay: Any, rms0: float) -> np.ndarray:
+    """Mean-field weight RMS along a schedule: ``E theta_t^2 = (1 - eta_t*lambda_t)^2 E theta_{t-1}^2 + eta_t^2``.
+
+    The recursion behind ``sqrt(eta/(2*lambda))`` (unit-RMS updates uncorrelated with the weights),
+    followed step by step instead of assuming the weights sit at the equilibrium of the current
+    ``eta_t, lambda_t``: when the LR falls on the timescale ``1/(eta*lambda)`` they lag behind it.
+    Returns the RMS after each step.
+    """
+    eta = np.asarray(lr, dtype=np.float64)
+    keep = (1.0 - eta * np.broadcast_to(np.asarray(weight_decay, dtype=np.float64), eta.shape)) ** 2
+    out = np.empty_like(eta)
+    m = rms0**2
+    for t in range(eta.size):  # a scalar recursion over steps: cheap, and not vectorizable without cumprod overflow
+        m = keep[t] * m + eta[t] ** 2
+        out[t] = m
+    return np.sqrt(out)
 
 
 def update_rms(beta1: float) -> float:
@@ -124,8 +142,10 @@ def contribution_figure_data(lr: float, weight_decay: float, steps: int, schedul
 
     ``schedule`` is one of "constant", "cosine", "wsd", "equal contribution" (constant lambda,
     ``eta_s = eta/(lambda*eta*s + 1)``) and "inverse sqrt" (eta and lambda both ``/sqrt(2*lambda*eta*s + 1)``).
-    Returns ``step``, ``lr``, ``wd``, ``weights`` (each step's weight in the final parameters, exact)
-    and ``rms`` (``sqrt(eta_s/(2*lambda_s))``, the instantaneous steady-state prediction).
+    Returns ``step``, ``lr``, ``wd``, ``weights`` (each step's weight in the final parameters, exact),
+    ``rms`` (the mean-field recursion :func:`rms_recursion`, started at the equilibrium of step 0) and
+    ``rms_instant`` (``sqrt(eta_s/(2*lambda_s))``, the equilibrium of each step's own values).
+    The cosine and WSD shapes here go to lr/100 without warmup.
     """
     from .schedules import Constant, Cosine, EqualContribution, InverseSqrt, WarmupStableDecay, values
 
@@ -143,7 +163,8 @@ def contribution_figure_data(lr: float, weight_decay: float, steps: int, schedul
     lr_s, wd_s = (values(m, steps) for m in makers[schedule])
     w, w0 = contribution_weights(lr_s, wd_s)
     return {"step": np.arange(steps), "lr": lr_s, "wd": wd_s, "weights": w, "theta0_weight": w0,
-            "rms": np.sqrt(lr_s / (2 * wd_s))}
+            "rms": rms_recursion(lr_s, wd_s, math.sqrt(lr_s[0] / (2 * wd_s[0]))),
+            "rms_instant": np.sqrt(lr_s / (2 * wd_s))}
 
 
 SCHEDULE_NAMES: tuple[str, ...] = ("constant", "cosine", "wsd", "equal contribution", "inverse sqrt")
@@ -164,9 +185,11 @@ def explorer(steps: int = 20_000) -> Any:
         a.set_xlabel("step")
         a.set_ylabel("share of the final parameters")
         a.set_title(f"theta_0 keeps {d['theta0_weight']:.2%}", fontsize=10)
-        b.plot(d["step"], d["rms"])
+        b.plot(d["step"], d["rms"], label="mean-field recursion")
+        b.plot(d["step"], d["rms_instant"], ":", label=r"$\sqrt{\eta_s/(2\lambda_s)}$")
         b.set_xlabel("step")
-        b.set_ylabel(r"predicted RMS $\sqrt{\eta_s/(2\lambda_s)}$")
+        b.set_ylabel("predicted weight RMS")
+        b.legend(fontsize=7)
         fig.tight_layout()
         plt.show()
 
