@@ -325,3 +325,31 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
     single = train(tiny(dtype="float64", steps=30)).model_state
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-9, atol=1e-11)
+
+
+def test_mup_groups_multipliers_and_zero_readout():
+    from wdlib.models import MLP
+    from wdlib.params import mup_groups
+
+    torch.manual_seed(0)
+    model = MLP(40, 256, 2, 10)
+    groups = {g["name"]: g for g in mup_groups(model, base_width=64, width=256, decay="scaled")}
+    assert set(groups) == {"input", "hidden", "readout", "vectors"}
+    assert groups["hidden"]["lr_mult"] == 0.25 and groups["hidden"]["wd_mult"] == 4.0
+    assert groups["readout"]["lr_mult"] == 0.25 and groups["vectors"]["wd_mult"] == 0.0
+    assert len(groups["hidden"]["params"]) == 1 and torch.count_nonzero(model[-1].weight) == 0
+    const = {g["name"]: g for g in mup_groups(MLP(40, 256, 2, 10), 64, 256, decay="constant", zero_readout=False)}
+    assert const["hidden"]["wd_mult"] == 1.0
+    with pytest.raises(ValueError, match="decay"):
+        mup_groups(model, 64, 256, decay="both")
+
+
+def test_mup_run_applies_the_multipliers():
+    cfg = tiny(model_args={"width": 32, "depth": 2}, mup={"base_width": 16, "decay": "scaled"}, steps=5)
+    r = train(cfg)
+    groups = {g["name"]: g for g in r.info["groups"]}
+    assert set(groups) == {"input", "hidden", "readout", "vectors"}
+    with pytest.raises(ValueError, match="mup"):
+        tiny(mup={"decay": "scaled"})
+    with pytest.raises(ValueError, match="independent"):
+        tiny(model_args={"width": 32, "depth": 2}, mup={"base_width": 16}, decay="independent")

@@ -57,6 +57,7 @@ FIELD_HELP: dict[str, str] = {
     "betas": "Adam betas (default [0.9, 0.999])",
     "eps": "Adam epsilon (default 1e-8)",
     "decay_vectors": "also decay 1-D parameters (biases, norms); default false",
+    "mup": "muP groups (wdlib.params.mup_groups): {base_width, decay: scaled|constant, zero_readout}; null: off",
     "lr_schedule": "schedule of the LR: {name, final, warmup, delay} (default constant)",
     "wd_schedule": "schedule of the weight decay, same form (default constant)",
     "steps": "optimizer steps",
@@ -154,6 +155,7 @@ class RunConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     decay_vectors: bool = False
+    mup: dict[str, Any] | None = None
     lr_schedule: dict[str, Any] | None = None
     wd_schedule: dict[str, Any] | None = None
     steps: int = 100
@@ -242,6 +244,17 @@ class RunConfig:
             raise ValueError(f"grad_clip must be a number > 0 or null, got {self.grad_clip!r}")
         number("ema", 0.0, 1.0, open_high=True, optional=True)
         number("divergence_factor", 1.0)
+        if self.mup is not None:
+            allowed = {"base_width", "decay", "zero_readout"}
+            if not isinstance(self.mup, dict) or not set(self.mup) <= allowed or "base_width" not in self.mup:
+                raise ValueError(f"mup must be null or a dict with base_width and optionally decay, zero_readout; "
+                                 f"got {self.mup!r}")
+            if self.mup.get("decay", "scaled") not in ("scaled", "constant"):
+                raise ValueError(f"mup.decay must be 'scaled' or 'constant', got {self.mup.get('decay')!r}")
+            if self.decay == "independent":
+                raise ValueError("mup with decay='independent' is not supported: its lr multipliers would scale the decay too")
+            if "width" not in self.model_args:
+                raise ValueError("mup needs model_args.width (the width that base_width is compared with)")
         if not isinstance(self.nesterov, bool) or not isinstance(self.decay_vectors, bool):
             raise ValueError("nesterov and decay_vectors must be true or false")
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else None

@@ -47,7 +47,7 @@ from torch import nn
 
 from .config import RunConfig, schedule_from_spec
 from .diagnostics import DIAGNOSTICS, PROBES
-from .params import decay_groups, group_counts
+from .params import decay_groups, group_counts, mup_groups
 from .runtime import resolve_device
 from .schedules import HyperparameterScheduler
 
@@ -137,7 +137,11 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> tuple[torch.optim.Optim
     """The optimizer of ``cfg`` over :func:`wdlib.params.decay_groups` of ``model``."""
     from .optim import SGD, Adam
 
-    groups = decay_groups(model, cfg.decay_vectors)
+    if cfg.mup is not None:
+        groups = mup_groups(model, int(cfg.mup["base_width"]), int(cfg.model_args["width"]),
+                            cfg.mup.get("decay", "scaled"), bool(cfg.mup.get("zero_readout", True)))
+    else:
+        groups = decay_groups(model, cfg.decay_vectors)
     counts = group_counts(groups)
     common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
