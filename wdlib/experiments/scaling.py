@@ -47,10 +47,10 @@ def _grid(start: float, n: int) -> tuple[float, ...]:
 
 
 SCALE_SETTINGS: dict[str, Setup] = {
-    "smoke": Setup("smoke", pool=10_000, sizes=(2000, 4000, 8000), lams=_grid(0.25, 6), seeds=(0, 1, 2), width=256,
+    "smoke": Setup("smoke", pool=10_000, sizes=(2000, 4000, 8000), lams=_grid(0.125, 7), seeds=(0, 1, 2), width=256,
                    lr=1e-3, batch_size=128, epochs=40, widths=(64, 128, 256, 512), base_width=64,
                    base_lrs=_grid(2e-3, 6), s3_size=4000, s3_epochs=60, s3_lambda=1.0, s3_seeds=(0, 1), workers=2),
-    "full": Setup("full", pool=200_000, sizes=(10_000, 20_000, 40_000, 80_000, 160_000), lams=_grid(0.0625, 8),
+    "full": Setup("full", pool=200_000, sizes=(10_000, 20_000, 40_000, 80_000, 160_000), lams=_grid(0.015625, 10),
                   seeds=(0, 1, 2), width=1024, lr=1e-3, batch_size=128, epochs=40, widths=(128, 256, 512, 1024, 2048),
                   base_width=128, base_lrs=_grid(1e-3, 7), s3_size=40_000, s3_epochs=60, s3_lambda=1.0,
                   s3_seeds=(0, 1, 2), workers=1),
