@@ -29,6 +29,7 @@ evaluates and writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -188,21 +189,13 @@ def evaluate(model: nn.Module, batches: Any, autocast: Any = None) -> tuple[floa
     model.eval()
     total, correct, count = 0.0, 0, 0
     for x, y in batches:
-        with autocast() if autocast is not None else _nullcontext():
+        with autocast() if autocast is not None else contextlib.nullcontext():
             loss, right = _loss_and_correct(model, x, y)
         total += float(loss)
         correct += int(right)
         count += y.numel()
     model.train(was_training)
     return total / max(count, 1), correct / max(count, 1)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
@@ -347,7 +340,7 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     def autocast():
         if cfg.precision == "bf16-autocast":
             return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-        return _nullcontext()
+        return contextlib.nullcontext()
 
     def cast(x: torch.Tensor) -> torch.Tensor:
         return x.to(param_dtype) if x.is_floating_point() else x
@@ -430,7 +423,7 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
         for m in range(cfg.grad_accum):
             xb, yb = x[m * micro:(m + 1) * micro], y[m * micro:(m + 1) * micro]
             sync = m == cfg.grad_accum - 1 or world == 1
-            ctx = net.no_sync() if (world > 1 and not sync) else _nullcontext()
+            ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx:
                 with autocast():
                     logits = net(xb).float()

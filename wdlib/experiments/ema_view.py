@@ -198,7 +198,3 @@ def schedule_comparison(s: Setup, *, lr: float, weight_decay: float, seed: int =
                                                           / np.linalg.norm(p["updates"][-tenth:], axis=1).mean())}
     return out
 
-
-def flatten_state(state: dict[str, torch.Tensor]) -> np.ndarray:
-    """All tensors of a state dict in one float64 vector."""
-    return torch.cat([v.reshape(-1).double() for v in state.values()]).numpy()
