@@ -9,10 +9,11 @@ Schedules are small dicts, ``{"name": "cosine", "final": 0.1, "warmup": 100, "de
 
 ``name``
     ``"constant"``, ``"cosine"``, ``"linear"``, ``"wsd"`` (warmup-stable-decay; ``decay_fraction``
-    of the steps after warmup decays linearly) or ``"equal_contribution"`` (``eta_s =
+    of the steps after warmup decays linearly), ``"step"`` (one drop to ``final`` for the last
+    ``decay_fraction`` of the steps after warmup) or ``"equal_contribution"`` (``eta_s =
     eta/(lambda*eta*s + 1)``, Su's schedule, seed 000).
 ``final``
-    The value at the end as a fraction of the peak (cosine, linear, wsd; default 0).
+    The value at the end as a fraction of the peak (cosine, linear, wsd, step; default 0).
 ``warmup``
     Linear warmup steps before the schedule (default 0).
 ``delay``
@@ -29,14 +30,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schedules import (Constant, Cosine, Delayed, EqualContribution, LinearDecay, Schedule, Warmup,
+from .schedules import (Constant, Cosine, Delayed, EqualContribution, LinearDecay, Schedule, StepDrop, Warmup,
                         WarmupStableDecay)
 
 __all__ = ["RunConfig", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "DTYPES", "schedule_from_spec", "FIELD_HELP"]
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "torch.adam", "torch.adamw", "torch.sgd")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16-autocast", "bf16-pure")
-SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "wsd", "equal_contribution")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "wsd", "step", "equal_contribution")
 DTYPES: tuple[str, ...] = ("float32", "float64")
 _DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent")
 _SCALES: tuple[str, ...] = ("smoke", "full", "test")
@@ -45,8 +46,9 @@ FIELD_HELP: dict[str, str] = {
     "data": "dataset name (wdlib.data.load): mnist1d, digits, stdlib_chars, cifar10, openwebtext",
     "data_args": "keyword arguments of the dataset (e.g. {\"num_samples\": 4000})",
     "subset": "number of training samples to keep (a nested subset fixed by data_seed); null keeps all",
-    "data_seed": "seed of the subset (default 0)",
-    "model": "model name (wdlib.models.build): mlp, cnn, resnet18, gpt",
+    "data_seed": "seed of the subset and of the label noise (default 0)",
+    "label_noise": "fraction of training labels replaced by a wrong class drawn at random (test labels stay clean)",
+    "model": "model name (wdlib.models.build): mlp, cnn, convnet, resnet18, gpt",
     "model_args": "keyword arguments of the model; in_dim/in_channels/num_classes/vocab_size are filled in",
     "optimizer": "adam or sgd (wdlib, with `decay`), or torch.adam, torch.adamw, torch.sgd (their own rule)",
     "lr": "peak learning rate",
@@ -76,6 +78,9 @@ FIELD_HELP: dict[str, str] = {
     "perturb_step": "replace the batch of this step by one from another seed (memory experiments); null: off",
     "diagnostics": "names of diagnostics recorded at each evaluation (wdlib.diagnostics.DIAGNOSTICS)",
     "probes": "hooks that watch every step, as {name, ...args} (wdlib.diagnostics.PROBES)",
+    "measures": "measurements of the final model on the data, as {name, ...args} (wdlib.diagnostics.MEASURES)",
+    "snapshots": "steps after which the weights are kept in the result (for runs that start from them)",
+    "init_from": "start from a snapshot of a stored run: {run: <key>, step: <step>} (wdlib.runs.run resolves it)",
     "scale": "smoke, full or test: results of different scales never mix",
 }
 
@@ -125,6 +130,9 @@ def schedule_from_spec(spec: dict[str, Any] | None, peak: float, steps: int,
     elif name == "wsd":
         decay_steps = max(int(round(spec.get("decay_fraction", 0.2) * rest)), 1)
         sched = WarmupStableDecay(peak=peak, steps=rest, decay_steps=decay_steps, final=final)
+    elif name == "step":
+        drop_at = rest - int(round(spec.get("decay_fraction", 0.5) * rest))
+        sched = StepDrop(peak=peak, drop_at=drop_at, final=final)
     else:
         if weight_decay is None:
             raise ValueError("the equal_contribution schedule needs the weight decay it is built for")
@@ -144,6 +152,7 @@ class RunConfig:
     data_args: dict[str, Any] = field(default_factory=dict)
     subset: int | None = None
     data_seed: int = 0
+    label_noise: float = 0.0
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adam"
@@ -174,11 +183,14 @@ class RunConfig:
     perturb_step: int | None = None
     diagnostics: tuple[str, ...] = ()
     probes: tuple[dict[str, Any], ...] = ()
+    measures: tuple[dict[str, Any], ...] = ()
+    snapshots: tuple[int, ...] = ()
+    init_from: dict[str, Any] | None = None
     scale: str = "smoke"
 
     def __post_init__(self) -> None:
         # one key per value: 0 and 0.0 (JSON), "1e-3" (YAML 1.1 reads a float without a dot as a string)
-        for name in ("lr", "weight_decay", "momentum", "eps", "grad_clip", "ema", "divergence_factor"):
+        for name in ("lr", "weight_decay", "momentum", "eps", "grad_clip", "ema", "divergence_factor", "label_noise"):
             v = getattr(self, name)
             if isinstance(v, str):
                 try:
@@ -244,6 +256,7 @@ class RunConfig:
             raise ValueError(f"grad_clip must be a number > 0 or null, got {self.grad_clip!r}")
         number("ema", 0.0, 1.0, open_high=True, optional=True)
         number("divergence_factor", 1.0)
+        number("label_noise", 0.0, 1.0, open_high=True)
         if self.mup is not None:
             allowed = {"base_width", "decay", "zero_readout"}
             if not isinstance(self.mup, dict) or not set(self.mup) <= allowed or "base_width" not in self.mup:
@@ -274,6 +287,23 @@ class RunConfig:
         if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in self.probes):
             raise ValueError(f"probes must be a list of {{\"name\": ..., ...}} dicts, got {self.probes!r}")
         object.__setattr__(self, "probes", tuple(dict(p) for p in self.probes))
+        if isinstance(self.measures, (str, dict)) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                                             for m in self.measures):
+            raise ValueError(f"measures must be a list of {{\"name\": ..., ...}} dicts, got {self.measures!r}")
+        object.__setattr__(self, "measures", tuple(dict(m) for m in self.measures))
+        if isinstance(self.snapshots, (str, int)) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= self.steps for s in self.snapshots):
+            raise ValueError(f"snapshots must be a list of steps in [1, steps={self.steps}], got {self.snapshots!r}")
+        object.__setattr__(self, "snapshots", tuple(sorted(set(self.snapshots))))
+        if self.init_from is not None:
+            f = self.init_from
+            ok = (isinstance(f, dict) and set(f) == {"run", "step"} and isinstance(f["run"], str) and len(f["run"]) == 24
+                  and all(c in "0123456789abcdef" for c in f["run"]) and isinstance(f["step"], int)
+                  and not isinstance(f["step"], bool) and f["step"] >= 1)
+            if not ok:
+                raise ValueError(f"init_from must be null or {{\"run\": <24-hex run key>, \"step\": <step >= 1>}}, "
+                                 f"got {self.init_from!r}")
+            object.__setattr__(self, "init_from", dict(f))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:

@@ -46,7 +46,7 @@ from ._registry import call_checked
 __all__ = [
     "DATASETS", "DataNotFoundError", "Dataset", "TokenDataset", "batch_indices", "batches", "check_vocab",
     "cifar10", "digits", "encode_gpt2", "load", "mnist1d", "openwebtext", "stdlib_chars", "subset",
-    "token_file", "write_tokens",
+    "token_file", "with_label_noise", "write_tokens",
 ]
 
 _MAX_SEED = 2**32  # seeds and steps live in [0, 2**32): the generator seeds below stay within 64 bits
@@ -148,6 +148,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    noisy: torch.Tensor | None = None  # bool mask of training samples whose label was replaced (with_label_noise)
 
     @property
     def input_dim(self) -> int:
@@ -158,7 +159,8 @@ class Dataset:
         def cast(x: torch.Tensor) -> torch.Tensor:
             return x.to(device=device, dtype=dtype) if dtype is not None and x.is_floating_point() else x.to(device)
         return Dataset(self.name, cast(self.x_train), self.y_train.to(device), cast(self.x_test),
-                       self.y_test.to(device), self.num_classes)
+                       self.y_test.to(device), self.num_classes,
+                       self.noisy.to(device) if self.noisy is not None else None)
 
     def batch(self, step: int, batch_size: int, seed: int, device: str | torch.device = "cpu", rank: int = 0,
               world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +202,36 @@ def subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     seed = _int("seed", seed, 0, _MAX_SEED)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].to(dataset.x_train.device)
     return Dataset(f"{dataset.name}[{size} of {n}, seed {seed}]", dataset.x_train[idx], dataset.y_train[idx],
-                   dataset.x_test, dataset.y_test, dataset.num_classes)
+                   dataset.x_test, dataset.y_test, dataset.num_classes,
+                   dataset.noisy[idx] if dataset.noisy is not None else None)
+
+
+def with_label_noise(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """A copy whose training labels are wrong for ``round(fraction * N)`` samples; the test split stays clean.
+
+    The samples are the first ``k`` of ``torch.randperm(N)`` under a generator seeded by ``seed``; each
+    gets a class drawn uniformly from the ``num_classes - 1`` wrong ones (so exactly ``k`` labels are
+    wrong). ``noisy`` marks them, for measuring how much of the noise a model memorized. Label noise
+    gives a small, easy task the overfitting that CIFAR-10 without augmentation has in the
+    overparameterized-regime chapter (Andriushchenko et al., arXiv 2310.04415, train on clean labels).
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be a number in [0, 1), got {fraction!r}")
+    seed = _int("seed", seed, 0, _MAX_SEED)
+    n = dataset.x_train.shape[0]
+    k = int(round(fraction * n))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=g)[:k]
+    shift = torch.randint(1, dataset.num_classes, (k,), generator=g)
+    y = dataset.y_train.clone()
+    dev = y.device
+    y[idx.to(dev)] = (y[idx.to(dev)] + shift.to(dev)) % dataset.num_classes
+    noisy = torch.zeros(n, dtype=torch.bool, device=dev)
+    noisy[idx.to(dev)] = True
+    if dataset.noisy is not None:
+        noisy |= dataset.noisy
+    return Dataset(f"{dataset.name}[{fraction:g} label noise, seed {seed}]", dataset.x_train, y, dataset.x_test,
+                   dataset.y_test, dataset.num_classes, noisy)
 
 
 @functools.lru_cache(maxsize=8)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ._registry import call_checked
 
-__all__ = ["MLP", "CNN", "ResNet18", "GPT", "MODELS", "attention_backend", "build", "flat_parameters"]
+__all__ = ["MLP", "CNN", "ConvNet", "ResNet18", "GPT", "MODELS", "attention_backend", "build", "flat_parameters"]
 
 
 def _check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -134,6 +134,61 @@ class CNN(nn.Module):
             raise ValueError(f"CNN(dim={self.dim}) expects input of shape {shape}, got {tuple(x.shape)}")
         x = self.features(x)
         return self.head(x.mean(dim=tuple(range(2, x.dim()))))
+
+
+class ConvNet(nn.Module):
+    """A small strided convolutional classifier without normalization: conv-ReLU blocks, then a
+    flatten and one ``Linear`` head (no pooling).
+
+    Block ``i`` is ``Conv(c_{i-1}, channels[i], kernels[i], stride=strides[i], padding=kernels[i]//2)``
+    followed by ReLU. With the defaults on MNIST-1D (length 40): 1 -> 32 (k5) -> 32 (k3, s2) -> 32
+    (k3, s2), length 40 -> 40 -> 20 -> 10, head 320 -> 10, 9,610 parameters. It is the CPU stand-in for
+    the VGG without BatchNorm of Andriushchenko et al. (arXiv 2310.04415) in chapter 4: no
+    normalization, so the weight norm matters for the function, and plain SGD trains it at large
+    learning rates.
+
+    Args:
+        in_channels: input channels (1 for MNIST-1D).
+        num_classes: outputs of the head.
+        input_size: the input's spatial size (an int: length for ``dim=1``, side for ``dim=2``).
+        channels, kernels, strides: one entry per block (same lengths).
+        dim: 1 (Conv1d; input ``(N, L)`` or ``(N, C, L)``) or 2 (Conv2d; ``(N, C, H, W)``).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: int, channels: tuple[int, ...] = (32, 32, 32),
+                 kernels: tuple[int, ...] = (5, 3, 3), strides: tuple[int, ...] = (1, 2, 2), dim: int = 1) -> None:
+        super().__init__()
+        _check_int("in_channels", in_channels)
+        _check_int("num_classes", num_classes)
+        _check_int("input_size", input_size)
+        for name, seq in (("channels", channels), ("kernels", kernels), ("strides", strides)):
+            if not isinstance(seq, (tuple, list)) or not seq or any(
+                    isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in seq):
+                raise ValueError(f"{name} must be a non-empty tuple of integers >= 1, got {seq!r}")
+        if not len(channels) == len(kernels) == len(strides):
+            raise ValueError(f"channels, kernels and strides must have the same length, got "
+                             f"{len(channels)}, {len(kernels)}, {len(strides)}")
+        if dim not in (1, 2) or isinstance(dim, bool):
+            raise ValueError(f"dim must be 1 or 2, got {dim!r}")
+        self.in_channels, self.dim = in_channels, dim
+        conv = nn.Conv1d if dim == 1 else nn.Conv2d
+        layers: list[nn.Module] = []
+        c_in, size = in_channels, input_size
+        for c, k, st in zip(channels, kernels, strides):
+            layers += [conv(c_in, c, k, stride=st, padding=k // 2), nn.ReLU()]
+            c_in, size = c, (size + 2 * (k // 2) - k) // st + 1
+            if size < 1:
+                raise ValueError(f"input_size {input_size} is too small for kernels {kernels} and strides {strides}")
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in * size**dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)``."""
+        if x.dim() == self.dim + 1 and self.in_channels == 1:
+            x = x.unsqueeze(1)
+        elif x.dim() != self.dim + 2:
+            raise ValueError(f"ConvNet(dim={self.dim}) expects input with {self.dim + 2} dims, got {tuple(x.shape)}")
+        return self.head(self.features(x).flatten(1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,7 +451,7 @@ def attention_backend(device: str | torch.device | None = None, dtype: torch.dty
 # Registry
 # --------------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet18": ResNet18, "gpt": GPT}
+_REGISTRY: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "convnet": ConvNet, "resnet18": ResNet18, "gpt": GPT}
 MODELS: tuple[str, ...] = tuple(_REGISTRY)
 
 

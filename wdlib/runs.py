@@ -9,7 +9,8 @@ The store is a directory::
     index.sqlite            one row per finished run: key, scale, status, configuration, summary,
                             provenance (wdlib, git commit, torch, device, wall time, date), file hashes
     results/<key>.npz       history and probe arrays (loaded with allow_pickle=False)
-    results/<key>.pt        final weights (and EMA), loaded with weights_only=True
+    results/<key>.pt        final weights (and EMA, and the snapshots the configuration asks for),
+                            loaded with weights_only=True
     checkpoints/<key>.pt    the checkpoint of a run in progress
     locks/<key>.lock        held while a process trains that configuration
 
@@ -42,7 +43,7 @@ import torch
 from .config import RunConfig
 from .train import RunResult, init_distributed, train
 
-__all__ = ["Store", "run", "sweep", "default_store", "expand_grid"]
+__all__ = ["Store", "run", "run_many", "sweep", "default_store", "expand_grid"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -147,7 +148,8 @@ class Store:
         npz = self.root / "results" / f"{key}.npz"
         _atomic_write(npz, buf.getvalue())
         buf = io.BytesIO()
-        torch.save({"model": result.model_state, "ema": result.ema_state}, buf)
+        torch.save({"model": result.model_state, "ema": result.ema_state,
+                    "snapshots": {int(k): v for k, v in result.snapshots.items()}}, buf)
         pt = self.root / "results" / f"{key}.pt"
         _atomic_write(pt, buf.getvalue())
         files = {"npz": _sha256(npz), "pt": _sha256(pt)}
@@ -194,7 +196,25 @@ class Store:
         return RunResult(config=json.loads(row["config"]), history=history, final=summary["final"],
                          diverged_at=summary["diverged_at"], steps_done=summary["steps_done"],
                          wall_time=summary["wall_time"], probes=probes, info=info,
-                         model_state=weights["model"], ema_state=weights["ema"])
+                         model_state=weights["model"], ema_state=weights["ema"],
+                         snapshots=weights.get("snapshots", {}))
+
+    def snapshot(self, key: str, step: int) -> dict[str, torch.Tensor]:
+        """The weights of stored run ``key`` after ``step`` steps (a step its configuration's ``snapshots``
+        names, or its last step). ValueError when the run is not in the store or has no such snapshot."""
+        row = self._row(key)
+        if row is None:
+            raise ValueError(f"init_from: run {key} is not in the store {self.root}; run its configuration first")
+        cfg = RunConfig.from_dict(json.loads(row["config"]))
+        result = self.get(cfg)
+        if result is None:
+            raise ValueError(f"init_from: the stored files of run {key} are missing or corrupted; run it again")
+        if step in result.snapshots:
+            return result.snapshots[step]
+        if step == cfg.steps and not result.diverged and result.model_state is not None:
+            return result.model_state
+        raise ValueError(f"init_from: run {key} has no snapshot at step {step}; it kept "
+                         f"{sorted(result.snapshots) + [cfg.steps]}")
 
     def discard(self, key: str) -> None:
         """Forget a run (its row and files)."""
@@ -223,10 +243,14 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
     Under ``torchrun`` every rank calls it; rank 0 locks, looks up and writes, the others follow. The
     store (and so the checkpoints) must then be on a filesystem that every rank sees.
     ``resume=False`` ignores a checkpoint (the run starts over); a finished result is still reused.
+    A configuration with ``init_from`` starts from that stored run's snapshot (:meth:`Store.snapshot`).
     """
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(dict(cfg))
     store = store if isinstance(store, Store) else Store(store)
     key = cfg.key()
+    init = None
+    if cfg.init_from is not None and store.get(cfg) is None:
+        init = store.snapshot(cfg.init_from["run"], cfg.init_from["step"])
     rank, world = init_distributed()
     if world > 1:  # under torchrun: rank 0 locks, looks up and writes; the others follow its decision
         import torch.distributed as tdist
@@ -236,7 +260,7 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
             tdist.broadcast_object_list(decision, src=0)
             if not decision[0]:
                 result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume,
-                               progress=progress)
+                               progress=progress, init_state=init)
                 if rank == 0:
                     store.put(cfg, result)
                     store.checkpoint_path(key).unlink(missing_ok=True)
@@ -252,7 +276,10 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
         found = store.get(cfg)  # another process may have finished it while we waited
         if found is not None:
             return found
-        result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume, progress=progress)
+        if cfg.init_from is not None and init is None:
+            init = store.snapshot(cfg.init_from["run"], cfg.init_from["step"])
+        result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume, progress=progress,
+                       init_state=init)
         store.put(cfg, result)
         store.checkpoint_path(key).unlink(missing_ok=True)
     result.info.update({"cached": False, "key": key})
@@ -278,6 +305,31 @@ def _run_in_worker(cfg_dict: dict[str, Any], root: str, device: str) -> str:
     return result.info["key"]
 
 
+def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], store: Store | str | os.PathLike[str] | None = None, *,
+             workers: int = 1, device: str = "auto", progress: bool | None = None) -> list[RunResult]:
+    """The results of ``configs`` in order, training those the store lacks in ``workers`` processes.
+
+    ``workers > 1`` trains in that many single-thread processes (for models under about 1M
+    parameters two such workers beat one process with two threads on 2 cores). Configurations that
+    start from another's snapshot (``init_from``) must come in a later call than that run.
+    """
+    configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(dict(c)) for c in configs]
+    store = store if isinstance(store, Store) else Store(store)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    missing = list({c.key(): c for c in configs if store.get(c) is None}.values())
+    if workers > 1 and len(missing) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            futures = [pool.submit(_run_in_worker, c.to_dict(), str(store.root), device) for c in missing]
+            for f in futures:
+                f.result()
+    return [run(c, store, device=device, progress=progress) for c in configs]
+
+
 def sweep(base: RunConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]],
           store: Store | str | os.PathLike[str] | None = None, *, workers: int = 1, device: str = "auto",
           progress: bool | None = None) -> Any:
@@ -290,20 +342,7 @@ def sweep(base: RunConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]]
     import pandas as pd
 
     configs = expand_grid(base, grid)
-    store = store if isinstance(store, Store) else Store(store)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    missing = [c for c in configs if store.get(c) is None]
-    if workers > 1 and len(missing) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            futures = [pool.submit(_run_in_worker, c.to_dict(), str(store.root), device) for c in missing]
-            for f in futures:
-                f.result()
-    results = [run(c, store, device=device, progress=progress) for c in configs]
+    results = run_many(configs, store, workers=workers, device=device, progress=progress)
     rows = []
     for c, r in zip(configs, results):
         row = {f"final_{k}" if k in ("lr", "wd", "wall_time", "step") else k: v for k, v in r.final.items()}

@@ -28,6 +28,7 @@ __all__ = [
     "Cosine",
     "LinearDecay",
     "WarmupStableDecay",
+    "StepDrop",
     "InverseSqrt",
     "EqualContribution",
     "Warmup",
@@ -151,6 +152,28 @@ class WarmupStableDecay(Schedule):
         start = self.steps - self.decay_steps
         frac = np.clip((s - start) / self.decay_steps, 0.0, 1.0)
         return _out(self.peak + (self.final - self.peak) * frac, step)
+
+
+@dataclass(frozen=True)
+class StepDrop(Schedule):
+    """``peak`` for the first ``drop_at`` steps, then ``final``: one LR drop, as in the vision runs of
+    Andriushchenko et al. (arXiv 2310.04415: a large LR, then at half the epochs a small "flow" LR).
+
+    ``eta_s = peak`` for ``s < drop_at``, ``final`` from then on.
+    """
+
+    peak: float
+    drop_at: int
+    final: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("peak", self.peak, allow_zero=True)
+        _positive("drop_at", self.drop_at, allow_zero=True)
+        _positive("final", self.final, allow_zero=True)
+
+    def __call__(self, step: Any) -> ArrayOrFloat:
+        s = _steps(step)
+        return _out(np.where(s < self.drop_at, self.peak, self.final), step)
 
 
 @dataclass(frozen=True)

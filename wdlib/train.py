@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RunConfig, schedule_from_spec
-from .diagnostics import DIAGNOSTICS, PROBES
+from .diagnostics import DIAGNOSTICS, MEASURES, PROBES
 from .params import decay_groups, group_counts, mup_groups
 from .runtime import resolve_device
 from .schedules import HyperparameterScheduler
@@ -72,7 +72,8 @@ class RunResult:
     ``history`` maps a metric to its values at the evaluation steps ``history["step"]``; array-valued
     diagnostics are stacked along the first axis. ``final`` holds the last evaluation's scalars.
     ``probes`` holds each probe's result arrays (``"<probe>/<array>"``). ``model_state`` is the final
-    weights (CPU tensors), ``ema_state`` those of the EMA.
+    weights (CPU tensors), ``ema_state`` those of the EMA, ``snapshots`` the weights after each step
+    that ``cfg.snapshots`` names. The configuration's measures are in ``final`` as ``"<measure>/<value>"``.
     """
 
     config: dict[str, Any]
@@ -85,6 +86,7 @@ class RunResult:
     info: dict[str, Any] = field(default_factory=dict)
     model_state: dict[str, torch.Tensor] | None = None
     ema_state: dict[str, torch.Tensor] | None = None
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
@@ -99,14 +101,18 @@ class RunResult:
 # --- construction --------------------------------------------------------------------------------------
 
 def build_data(cfg: RunConfig) -> Any:
-    """The dataset of ``cfg`` (:func:`wdlib.data.load`), cut to ``cfg.subset`` training samples if set."""
+    """The dataset of ``cfg`` (:func:`wdlib.data.load`), cut to ``cfg.subset`` training samples if set,
+    then with ``cfg.label_noise`` of its training labels made wrong (:func:`wdlib.data.with_label_noise`)."""
     from . import data as wd_data
 
     ds = wd_data.load(cfg.data, **cfg.data_args)
+    for name, active in (("subset", cfg.subset is not None), ("label_noise", cfg.label_noise > 0)):
+        if active and not isinstance(ds, wd_data.Dataset):
+            raise ValueError(f"{name} applies to classification data, not to {cfg.data!r}")
     if cfg.subset is not None:
-        if not isinstance(ds, wd_data.Dataset):
-            raise ValueError(f"subset applies to classification data, not to {cfg.data!r}")
         ds = wd_data.subset(ds, cfg.subset, cfg.data_seed)
+    if cfg.label_noise > 0:
+        ds = wd_data.with_label_noise(ds, cfg.label_noise, cfg.data_seed)
     return ds
 
 
@@ -127,6 +133,8 @@ def build_model(cfg: RunConfig, ds: Any) -> nn.Module:
         fills = {"mlp": {"in_dim": int(sample.numel()), "out_dim": ds.num_classes},
                  "cnn": {"in_channels": int(sample.shape[0]) if sample.ndim > 1 else 1,
                          "num_classes": ds.num_classes},
+                 "convnet": {"in_channels": int(sample.shape[0]) if sample.ndim > 1 else 1,
+                             "num_classes": ds.num_classes, "input_size": int(sample.shape[-1])},
                  "resnet18": {"in_channels": int(sample.shape[0]), "num_classes": ds.num_classes}}
         for k, v in fills.get(cfg.model, {}).items():
             args.setdefault(k, v)
@@ -290,14 +298,20 @@ def _show_progress(progress: bool | None) -> bool:
 
 
 def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: str | os.PathLike[str] | None = None,
-          resume: bool = True, progress: bool | None = None, data: Any = None) -> RunResult:
+          resume: bool = True, progress: bool | None = None, data: Any = None,
+          init_state: dict[str, torch.Tensor] | None = None) -> RunResult:
     """Train ``cfg``; with ``checkpoint``, write checkpoints there and (``resume``) continue from one.
 
     ``data`` may pass an already loaded dataset (it must be the one ``cfg`` names). ``progress``:
     a tqdm bar (None: only on a terminal or in a notebook with widgets, never when ``CI`` is set).
+    ``init_state``: the weights to start from instead of the seed's initialization, required when
+    ``cfg.init_from`` is set (:func:`wdlib.runs.run` looks them up in the store); the optimizer starts fresh.
     """
     if not isinstance(cfg, RunConfig):
         raise ValueError(f"cfg must be a wdlib.config.RunConfig, got {type(cfg).__name__}")
+    if (cfg.init_from is not None) != (init_state is not None):
+        raise ValueError("init_state must be given exactly when cfg.init_from is set; "
+                         "wdlib.runs.run loads it from the store")
     rank, world = init_distributed()
     dev = resolve_device(device)
     if world > 1 and dev.type == "cuda":
@@ -311,7 +325,10 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
 
     param_dtype = {"fp32": getattr(torch, cfg.dtype), "bf16-autocast": torch.float32,
                    "bf16-pure": torch.bfloat16}[cfg.precision]
-    model = build_model(cfg, ds).to(device=dev, dtype=param_dtype)
+    model = build_model(cfg, ds)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device=dev, dtype=param_dtype)
     opt, groups_info = build_optimizer(cfg, model)
     total = cfg.steps
     sched = HyperparameterScheduler(
@@ -331,6 +348,9 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     for name in cfg.diagnostics:
         if name not in DIAGNOSTICS:
             raise ValueError(f"diagnostics: unknown diagnostic {name!r}; known: {sorted(DIAGNOSTICS)}")
+    for spec in cfg.measures:
+        if spec["name"] not in MEASURES:
+            raise ValueError(f"measures: unknown measure {spec['name']!r}; known: {sorted(MEASURES)}")
 
     net: nn.Module = model
     if world > 1:
@@ -362,6 +382,7 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
                 "train": lambda: ((cast(x), y) for x, y in ds.eval_batches("train", limit=4096))}
 
     history: dict[str, list[Any]] = {}
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
     start, running_min, diverged_at, wall_before = 0, math.inf, None, 0.0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume:
@@ -375,6 +396,7 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
             for name, probe in probes.items():
                 probe.load_state_dict(ckpt["probes"][name])
             history = {k: list(v) for k, v in ckpt["history"].items()}
+            snapshots = dict(ckpt.get("snapshots", {}))
             start, running_min, wall_before = ckpt["step"], ckpt["running_min"], ckpt["wall_time"]
             _set_rng_state(ckpt["rng"])
 
@@ -385,7 +407,7 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
                       "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "ema": ema_model.state_dict() if ema_model is not None else None,
                       "probes": {n: p.state_dict() for n, p in probes.items()},
-                      "history": history, "running_min": running_min, "wall_time": wall,
+                      "history": history, "snapshots": snapshots, "running_min": running_min, "wall_time": wall,
                       "rng": _rng_state()}, ckpt_path)
 
     def record(step: int, train_loss: float, lr_used: float, wd_used: float, wall: float) -> None:
@@ -461,6 +483,8 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
                     eb.copy_(b)
         bar.update(1)
         done = step + 1
+        if done in cfg.snapshots:
+            snapshots[done] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == total:
             record(done, loss_value, lr_used, wd_used, wall_before + time.perf_counter() - t0)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
@@ -473,6 +497,11 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     final = {k: float(v[-1]) for k, v in arrays.items() if v.ndim == 1 and len(v)}
     if diverged_at is not None:  # the evaluations before it stay in the history; the loss that tripped it here
         final["last_loss"] = loss_value
+    elif rank == 0:
+        for spec in cfg.measures:
+            args = {k: v for k, v in spec.items() if k != "name"}
+            for k, v in MEASURES[spec["name"]](model, ds, **args).items():
+                final[f"{spec['name']}/{k}"] = float(v)
     probe_arrays: dict[str, np.ndarray] = {}
     for name, p in probes.items():
         if getattr(p, "count", 1) > 0:
@@ -489,5 +518,6 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     return RunResult(config=cfg.to_dict(), history=arrays, final=final, diverged_at=diverged_at,
                      steps_done=steps_done, wall_time=wall, probes=probe_arrays, info=info,
                      model_state=to_cpu(model.state_dict()),
-                     ema_state=to_cpu(ema_model.state_dict()) if ema_model is not None else None)
+                     ema_state=to_cpu(ema_model.state_dict()) if ema_model is not None else None,
+                     snapshots=snapshots)
 
