@@ -2,8 +2,12 @@
 
 :class:`ShrinkageProbe` splits each step of an Adam-type optimizer into its data part and its decay
 part, per weight, and measures the effective shrinkage each weight receives (claim DEC-2, chapter 1).
-:data:`DIAGNOSTICS` and :data:`PROBES` name what a run configuration can ask the training loop
-(:mod:`wdlib.train`) to record.
+:class:`AngularProbe` records the norm, gradient norm and angular update of weight matrices every
+step, and :func:`effective_lr` / :func:`adam_effective_lr` the effective learning rates of
+scale-invariant layers (OVER-5, chapter 4). The Hessian measurements (:func:`hutchinson_trace`,
+:func:`top_eigenvalue`, :func:`hvp`) live in :mod:`wdlib.hessian` and are re-exported here.
+:data:`DIAGNOSTICS`, :data:`PROBES` and :data:`MEASURES` name what a run configuration can ask the
+training loop (:mod:`wdlib.train`) to record at each evaluation, at each step, and on the final model.
 """
 
 from __future__ import annotations
@@ -14,7 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ShrinkageProbe", "UpdateRecorder", "DIAGNOSTICS", "PROBES", "register_diagnostic"]
+from .hessian import EigenEstimate, TraceEstimate, hutchinson_trace, hvp, scale_aware_trace, top_eigenvalue
+
+__all__ = ["ShrinkageProbe", "UpdateRecorder", "AngularProbe", "DIAGNOSTICS", "PROBES", "MEASURES",
+           "register_diagnostic", "effective_lr", "adam_effective_lr", "weight_norms", "update_to_weight_ratio",
+           "hvp", "hutchinson_trace", "top_eigenvalue", "scale_aware_trace", "TraceEstimate", "EigenEstimate"]
+
 
 
 class ShrinkageProbe:
@@ -190,6 +199,133 @@ def _shrinkage_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *
     return ShrinkageProbe(optimizer, params, start=start)
 
 
+# --- norms and effective learning rates ----------------------------------------------------------------
+
+def weight_norms(model: torch.nn.Module, *, matrices_only: bool = False) -> dict[str, float]:
+    """``||w||`` (Frobenius) of each named parameter (only tensors with >= 2 dims if ``matrices_only``)."""
+    return {n: float(p.detach().double().norm()) for n, p in model.named_parameters()
+            if not matrices_only or p.ndim >= 2}
+
+
+def effective_lr(lr: float | np.ndarray, weight_norm: float | np.ndarray, rule: str = "sgd") -> float | np.ndarray:
+    """The effective learning rate of a scale-invariant weight ``w`` (one whose loss satisfies L(c w) = L(w)).
+
+    Scale invariance gives ``grad L(w) = grad L(w/||w||) / ||w||``: the gradient shrinks like
+    ``1/||w||`` and is orthogonal to ``w``. The angular step ``||dw|| / ||w||`` is then
+
+    * SGD, ``dw = -eta * grad``: ``eta * ||grad L(w_hat)|| / ||w||^2``, so ``eta_eff = eta / ||w||^2``;
+    * Adam-type, whose update size ignores the gradient's scale (``m / sqrt(v)`` is invariant to
+      rescaling every gradient by ``1/||w||``): ``||dw|| ~ eta``, so ``eta_eff = eta / ||w||``.
+
+    Without weight decay the norm only grows (each SGD step adds ``eta^2 ||grad||^2`` to ``||w||^2``),
+    so ``eta_eff`` decays; decay holds the norm at an equilibrium and with it ``eta_eff``
+    (Andriushchenko et al., arXiv 2310.04415; van Laarhoven 2017, arXiv 1706.05350; OVER-5).
+
+    ``rule``: "sgd" or "adam". Works elementwise on arrays.
+    """
+    if rule not in ("sgd", "adam"):
+        raise ValueError(f"rule must be 'sgd' or 'adam', got {rule!r}")
+    norm = np.asarray(weight_norm, dtype=np.float64)
+    out = np.asarray(lr, dtype=np.float64) / (norm**2 if rule == "sgd" else norm)
+    return float(out) if out.ndim == 0 else out
+
+
+@torch.no_grad()
+def adam_effective_lr(optimizer: torch.optim.Optimizer) -> float:
+    """Mean over every weight of ``lr / (sqrt(v_hat) + eps)``: the per-weight step size of an Adam-type
+    optimizer (what the source's nanoGPT fork logs as ``avg_adam_elr``; Andriushchenko et al.).
+
+    ``v_hat = exp_avg_sq / (1 - beta2^t)`` is the bias-corrected second moment; weights without state
+    yet are skipped. NaN before the first step.
+    """
+    total, count = 0.0, 0
+    for g in optimizer.param_groups:
+        if "betas" not in g:
+            raise ValueError("adam_effective_lr needs an Adam-type optimizer (param groups with betas and eps)")
+        for p in g["params"]:
+            st = optimizer.state.get(p, {})
+            if "exp_avg_sq" not in st:
+                continue
+            step = float(st["step"])
+            v_hat = st["exp_avg_sq"].double() / (1 - g["betas"][1] ** step)
+            total += float((g["lr"] / (v_hat.sqrt() + g["eps"])).sum())
+            count += p.numel()
+    return total / count if count else float("nan")
+
+
+def update_to_weight_ratio(before: Iterable[torch.Tensor], after: Iterable[torch.Tensor]) -> np.ndarray:
+    """``||w_after - w_before|| / ||w_before||`` per tensor (the relative update of one step)."""
+    return np.array([float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
+                     for b, a in zip(before, after)])
+
+
+class AngularProbe:
+    """Per step, for chosen weight matrices: ``||w||``, the gradient norm, the update norm and the angle
+    between ``w_t`` and ``w_{t+1}`` (the angular update, in radians).
+
+    For a scale-invariant matrix the angle is set by the effective learning rate
+    (:func:`effective_lr`): ``eta * ||grad L(w_hat)|| / ||w||^2`` for SGD. ``grad_norm`` is ``p.grad``
+    as the optimizer receives it (the data gradient; an L2 penalty is added inside the optimizer).
+    Records every ``every`` steps from ``start``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1,
+                 start: int = 0) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        self.optimizer, self.params, self.every, self.start = optimizer, list(params), every, start
+        self.rows: dict[str, list[Any]] = {k: [] for k in ("step", "lr", "norm", "grad_norm", "update_norm", "angle")}
+        self._prev: list[torch.Tensor] | None = None
+        self.count = 0
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        self._prev = None
+        if step < self.start or (step - self.start) % self.every:
+            return
+        self._prev = [p.detach().double().clone() for p in self.params]
+        self.rows["step"].append(step)
+        self.rows["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
+        self.rows["norm"].append([float(w.norm()) for w in self._prev])
+        self.rows["grad_norm"].append([float(p.grad.double().norm()) if p.grad is not None else float("nan")
+                                       for p in self.params])
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        if self._prev is None:
+            return
+        upd, ang = [], []
+        for w0, p in zip(self._prev, self.params):
+            w1 = p.detach().double()
+            upd.append(float((w1 - w0).norm()))
+            cos = float((w0 * w1).sum() / (w0.norm() * w1.norm()).clamp_min(1e-300))
+            ang.append(float(np.arccos(np.clip(cos, -1.0, 1.0))))
+        self.rows["update_norm"].append(upd)
+        self.rows["angle"].append(ang)
+        self._prev = None
+        self.count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": {k: list(v) for k, v in self.rows.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = {k: list(v) for k, v in state["rows"].items()}
+        self.count = state["count"]
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, dtype=np.float64) for k, v in self.rows.items()}
+
+
+def _angular_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, tensors: list[int] | None = None,
+                   every: int = 1, start: int = 0) -> AngularProbe:
+    """An :class:`AngularProbe` on the weight matrices of the given indices (model order), all by default."""
+    mats = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    idx = list(range(len(mats))) if tensors is None else list(tensors)
+    if not idx or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(mats) for i in idx):
+        raise ValueError(f"tensors must index the model's {len(mats)} weight matrices, got {tensors!r}")
+    return AngularProbe(optimizer, [mats[i] for i in idx], every=every, start=start)
+
+
 PARAMS_SNAPSHOT_MAX = 32_768
 
 
@@ -211,10 +347,21 @@ def _matrix_rms(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> np.
     return np.array([float(p.detach().double().pow(2).mean().sqrt()) for p in model.parameters() if p.ndim >= 2])
 
 
+def _matrix_norm(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> np.ndarray:
+    """Frobenius norm of each weight matrix (tensors with >= 2 dims), in model order."""
+    return np.array(list(weight_norms(model, matrices_only=True).values()))
+
+
+def _adam_elr(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    return adam_effective_lr(optimizer)
+
+
 #: Diagnostics recorded at each evaluation: ``name -> f(model, optimizer) -> float or array``.
 DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] = {
     "params": _params_snapshot,
     "matrix_rms": _matrix_rms,
+    "matrix_norm": _matrix_norm,
+    "adam_elr": _adam_elr,
 }
 
 #: Hooks that watch every step: ``name -> factory(model, optimizer, **args)`` returning an object with
@@ -222,6 +369,73 @@ DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] 
 PROBES: dict[str, Callable[..., Any]] = {
     "shrinkage": _shrinkage_probe,
     "updates": _update_recorder,
+    "angular": _angular_probe,
+}
+
+
+# --- measures of the final model on its data ------------------------------------------------------------
+
+def _train_points(model: torch.nn.Module, ds: Any, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``samples`` training points (a fixed subset: the training split is already in a seeded
+    order), on the model's device and in its dtype."""
+    if not hasattr(ds, "x_train"):
+        raise ValueError("this measure applies to classification data (x_train, y_train)")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    p = next(model.parameters())
+    n = min(samples, ds.x_train.shape[0])
+    return ds.x_train[:n].to(p.device, p.dtype), ds.y_train[:n].to(p.device)
+
+
+def _measure_trace(model: torch.nn.Module, ds: Any, *, probes: int = 10, samples: int = 1000, seed: int = 0,
+                   probe_chunk: int | None = None, data_chunk: int | None = 250) -> dict[str, float]:
+    """Hutchinson trace of the training-loss Hessian on the first ``samples`` training points, eval mode.
+
+    Returns ``value``, ``stderr``, ``probes``, ``samples`` and ``scale_aware`` (sum over tensors of the
+    tensor's trace times its squared norm, :func:`wdlib.hessian.scale_aware_trace`). ``data_chunk`` (250)
+    bounds the memory of the batched probes and was the fastest setting on CPU
+    (``benchmarks/hessian_trace.py``).
+    """
+    x, y = _train_points(model, ds, samples)
+    est = hutchinson_trace(model, x, y, probes=probes, seed=seed, probe_chunk=probe_chunk, data_chunk=data_chunk,
+                           mode="eval")
+    return {"value": est.value, "stderr": est.stderr, "probes": est.probes, "samples": est.samples,
+            "scale_aware": scale_aware_trace(est, model)}
+
+
+def _measure_top_eigenvalue(model: torch.nn.Module, ds: Any, *, iters: int = 100, samples: int = 1000,
+                            seed: int = 0, tol: float = 1e-4) -> dict[str, float]:
+    """Largest-magnitude Hessian eigenvalue on the first ``samples`` training points (power iteration, eval mode)."""
+    x, y = _train_points(model, ds, samples)
+    est = top_eigenvalue(model, x, y, iters=iters, tol=tol, seed=seed, mode="eval")
+    return {"value": est.value, "iterations": est.iterations, "residual": est.residual}
+
+
+@torch.no_grad()
+def _measure_noise_fit(model: torch.nn.Module, ds: Any) -> dict[str, float]:
+    """Of the training samples with a wrong label (:func:`wdlib.data.with_label_noise`), the fraction the
+    model predicts as that wrong label (``noisy_fit``: memorized noise); of the others, the fraction it
+    gets right (``clean_fit``). Eval mode."""
+    if getattr(ds, "noisy", None) is None:
+        raise ValueError("noise_fit needs a dataset with label noise (RunConfig.label_noise > 0)")
+    was = model.training
+    model.eval()
+    p = next(model.parameters())
+    pred = torch.cat([model(ds.x_train[i:i + 1024].to(p.device, p.dtype)).argmax(-1).cpu()
+                      for i in range(0, ds.x_train.shape[0], 1024)])
+    model.train(was)
+    right = pred == ds.y_train.cpu()
+    noisy = ds.noisy.cpu()
+    return {"noisy_fit": float(right[noisy].double().mean()) if noisy.any() else float("nan"),
+            "clean_fit": float(right[~noisy].double().mean())}
+
+
+#: Measurements of the final model on its dataset: ``name -> f(model, dataset, **args) -> {value: float}``;
+#: a run configuration names them in ``measures`` and the values land in ``final["<name>/<value>"]``.
+MEASURES: dict[str, Callable[..., dict[str, float]]] = {
+    "hessian_trace": _measure_trace,
+    "top_eigenvalue": _measure_top_eigenvalue,
+    "noise_fit": _measure_noise_fit,
 }
 
 

@@ -1,0 +1,242 @@
+"""Engine pieces of chapter 4: the step schedule, label noise, snapshots and runs that start from them,
+measures of the final model, the effective learning rates, the angular probe and the ConvNet."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wdlib import data as wd_data
+from wdlib.config import RunConfig, schedule_from_spec
+from wdlib.diagnostics import AngularProbe, adam_effective_lr, effective_lr, update_to_weight_ratio
+from wdlib.experiments import overparam as op
+from wdlib.models import ConvNet, build
+from wdlib.optim import SGD, Adam
+from wdlib.runs import Store, run, run_many
+from wdlib.schedules import StepDrop
+from wdlib.train import build_data, train
+
+
+def _tiny(**changes):
+    fields = dict(data="mnist1d", data_args={"num_samples": 400}, subset=256, model="convnet",
+                  model_args={"channels": [4, 4, 4]}, optimizer="sgd", decay="l2", lr=0.05, weight_decay=1e-3,
+                  batch_size=32, steps=24, scale="test", divergence_factor=1e6)
+    fields.update(changes)
+    return RunConfig(**fields)
+
+
+# --- schedule ------------------------------------------------------------------------------------------
+
+def test_step_drop_schedule():
+    s = StepDrop(peak=0.3, drop_at=5, final=0.03)
+    assert s(0) == 0.3 and s(4) == 0.3 and s(5) == 0.03 and s(100) == 0.03
+    np.testing.assert_allclose(s(np.arange(7)), [0.3] * 5 + [0.03] * 2)
+    spec = schedule_from_spec({"name": "step", "final": 0.1, "decay_fraction": 0.5}, 0.2, 100)
+    assert spec(49) == pytest.approx(0.2) and spec(50) == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="drop_at"):
+        StepDrop(peak=0.1, drop_at=-1)
+
+
+# --- label noise ---------------------------------------------------------------------------------------
+
+def test_label_noise_exact_fraction_wrong_and_seeded():
+    ds = wd_data.mnist1d(num_samples=500)
+    noisy = wd_data.with_label_noise(ds, 0.3, seed=7)
+    wrong = noisy.y_train != ds.y_train
+    assert int(wrong.sum()) == round(0.3 * ds.y_train.numel())          # every chosen label is wrong
+    assert torch.equal(wrong, noisy.noisy)
+    assert torch.equal(noisy.y_test, ds.y_test)                          # the test split stays clean
+    assert int(noisy.y_train.min()) >= 0 and int(noisy.y_train.max()) < ds.num_classes
+    again = wd_data.with_label_noise(ds, 0.3, seed=7)
+    assert torch.equal(again.y_train, noisy.y_train)
+    other = wd_data.with_label_noise(ds, 0.3, seed=8)
+    assert not torch.equal(other.noisy, noisy.noisy)
+    with pytest.raises(ValueError, match="fraction"):
+        wd_data.with_label_noise(ds, 1.0, seed=0)
+
+
+def test_build_data_applies_label_noise_after_subset():
+    cfg = _tiny(label_noise=0.25)
+    ds = build_data(cfg)
+    assert ds.x_train.shape[0] == 256 and int(ds.noisy.sum()) == 64
+    with pytest.raises(ValueError, match="label_noise"):
+        _tiny(label_noise=1.5)
+
+
+# --- model ---------------------------------------------------------------------------------------------
+
+def test_convnet_shapes_and_parameter_count():
+    net = ConvNet(in_channels=1, num_classes=10, input_size=40)
+    assert sum(p.numel() for p in net.parameters()) == 9610          # the chapter's 1-D CNN
+    assert net(torch.randn(3, 40)).shape == (3, 10)
+    two = build("convnet", in_channels=1, num_classes=4, input_size=8, channels=[4, 4], kernels=[3, 3],
+                strides=[1, 2], dim=2)
+    assert two(torch.randn(2, 1, 8, 8)).shape == (2, 4)
+    with pytest.raises(ValueError, match="same length"):
+        ConvNet(1, 10, 40, channels=(4,), kernels=(3, 3), strides=(1, 1))
+
+
+# --- snapshots, init_from, measures ------------------------------------------------------------------
+
+def test_snapshot_equals_a_shorter_run(tmp_path):
+    store = Store(tmp_path)
+    long = run(_tiny(snapshots=[8, 16]), store)
+    short = run(_tiny(steps=16), store)
+    assert sorted(long.snapshots) == [8, 16]
+    for k, v in short.model_state.items():
+        torch.testing.assert_close(long.snapshots[16][k], v, rtol=0, atol=0)
+    again = store.get(_tiny(snapshots=[8, 16]))                       # read back from the store
+    torch.testing.assert_close(again.snapshots[8], long.snapshots[8], rtol=0, atol=0)
+
+
+def test_init_from_starts_at_the_snapshot(tmp_path):
+    store = Store(tmp_path)
+    parent_cfg = _tiny(snapshots=[8])
+    parent = run(parent_cfg, store)
+    child_cfg = _tiny(steps=1, lr=0.0, weight_decay=0.0, init_from={"run": parent_cfg.key(), "step": 8})
+    child = run(child_cfg, store)                                       # lr 0: the weights stay where they started
+    for k, v in parent.snapshots[8].items():
+        torch.testing.assert_close(child.model_state[k], v, rtol=0, atol=0)
+    # the last step is always available, a step never kept is a clear error
+    run(_tiny(steps=1, init_from={"run": parent_cfg.key(), "step": 24}), store)
+    with pytest.raises(ValueError, match="no snapshot at step 5"):
+        run(_tiny(steps=1, init_from={"run": parent_cfg.key(), "step": 5}), store)
+    with pytest.raises(ValueError, match="not in the store"):
+        run(_tiny(steps=1, init_from={"run": "0" * 24, "step": 5}), store)
+    with pytest.raises(ValueError, match="init_state"):
+        train(child_cfg)
+
+
+def test_interrupted_run_keeps_its_snapshots(tmp_path):
+    cfg = _tiny(snapshots=[4, 20], checkpoint_every=8)
+    ck = tmp_path / "ck.pt"
+    full = train(cfg, checkpoint=ck)          # leaves its step-16 checkpoint behind (run() would delete it)
+    resumed = train(cfg, checkpoint=ck)       # so this one continues from step 16, as after a crash there
+    assert resumed.info["resumed_from"] == 16
+    assert sorted(resumed.snapshots) == [4, 20]
+    for step in (4, 20):
+        for k in full.snapshots[step]:
+            torch.testing.assert_close(resumed.snapshots[step][k], full.snapshots[step][k], rtol=0, atol=0)
+
+
+def test_noise_fit_measure(tmp_path):
+    r = run(_tiny(label_noise=0.3, measures=[{"name": "noise_fit"}]), Store(tmp_path))
+    assert 0 <= r.final["noise_fit/noisy_fit"] <= 1 and 0 <= r.final["noise_fit/clean_fit"] <= 1
+    with pytest.raises(ValueError, match="unknown measure"):
+        train(_tiny(measures=[{"name": "nope"}]))
+    with pytest.raises(ValueError, match="label noise"):
+        train(_tiny(measures=[{"name": "noise_fit"}]))
+
+
+def test_run_many_dedupes_and_keeps_order(tmp_path):
+    store = Store(tmp_path)
+    a, b = _tiny(seed=1), _tiny(seed=2)
+    out = run_many([a, b, a], store)
+    assert [r.info["key"] for r in out] == [a.key(), b.key(), a.key()]
+    with pytest.raises(ValueError, match="workers"):
+        run_many([a], store, workers=0)
+
+
+# --- effective learning rates ----------------------------------------------------------------------------
+
+def test_effective_lr_formulas():
+    assert effective_lr(0.1, 2.0, "sgd") == pytest.approx(0.025)
+    assert effective_lr(0.1, 2.0, "adam") == pytest.approx(0.05)
+    np.testing.assert_allclose(effective_lr(np.array([0.1, 0.2]), np.array([1.0, 2.0])), [0.1, 0.05])
+    with pytest.raises(ValueError, match="rule"):
+        effective_lr(0.1, 1.0, "lion")
+
+
+def test_scale_invariance_gives_the_effective_lr_exponents():
+    """Gradient ~ 1/c, SGD angle ~ 1/c^2 and Adam angle ~ 1/c for a Linear followed by LayerNorm."""
+    from wdlib.stats import loglog_slope
+
+    torch.manual_seed(0)
+    net = build("mlp", in_dim=8, width=16, depth=1, out_dim=3, scale_invariant=True, bias=False).double()
+    x, y = torch.randn(64, 8, dtype=torch.float64), torch.randint(0, 3, (64,))
+    w = net[1].weight
+    base = w.detach().clone()
+    cs, gn, sgd_angle, adam_angle = (0.5, 1.0, 2.0, 4.0), [], [], []
+    for c in cs:
+        with torch.no_grad():
+            w.copy_(c * base)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        g, = torch.autograd.grad(loss, [w])
+        gn.append(float(g.norm()))
+        sgd_angle.append(0.1 * float(g.norm()) / float(w.detach().norm()))  # one SGD step moves w by lr*||g||
+        before = w.detach().clone()
+        w.grad = g
+        Adam([w], lr=1e-3, decay="decoupled").step()                    # one step from a fresh state
+        adam_angle.append(update_to_weight_ratio([before], [w.detach()])[0])
+    assert loglog_slope(cs, gn) == pytest.approx(-1.0, abs=0.02)
+    assert loglog_slope(cs, sgd_angle) == pytest.approx(-2.0, abs=0.02)
+    assert loglog_slope(cs, adam_angle) == pytest.approx(-1.0, abs=0.02)
+
+
+def test_adam_effective_lr_is_lr_over_sqrt_vhat():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = Adam([p], lr=0.1, betas=(0.9, 0.99), eps=1e-8, decay="decoupled")
+    assert math.isnan(adam_effective_lr(opt))
+    p.grad = torch.tensor([0.5, 4.0], dtype=torch.float64)
+    opt.step()
+    # after one step v_hat = g^2
+    assert adam_effective_lr(opt) == pytest.approx(np.mean([0.1 / (0.5 + 1e-8), 0.1 / (4.0 + 1e-8)]))
+    with pytest.raises(ValueError, match="Adam-type"):
+        adam_effective_lr(SGD([p], lr=0.1))
+
+
+def test_angular_probe_matches_the_sgd_step():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    opt = SGD([w], lr=0.1)
+    probe = AngularProbe(opt, [w], every=2)
+    for step in range(4):
+        w.grad = torch.randn(4, 3, dtype=torch.float64)
+        g = w.grad.clone()
+        w0 = w.detach().clone()
+        probe.before_step(step)
+        opt.step()
+        probe.after_step(step)
+        if step % 2 == 0:
+            row = len(probe.rows["step"]) - 1
+            assert probe.rows["norm"][row][0] == pytest.approx(float(w0.norm()))
+            assert probe.rows["grad_norm"][row][0] == pytest.approx(float(g.norm()))
+            assert probe.rows["update_norm"][row][0] == pytest.approx(0.1 * float(g.norm()))
+            cos = float((w0 * w.detach()).sum() / (w0.norm() * w.detach().norm()))
+            assert probe.rows["angle"][row][0] == pytest.approx(math.acos(min(cos, 1.0)), abs=1e-9)
+    out = probe.result()
+    assert out["step"].tolist() == [0, 2] and out["angle"].shape == (2, 1)
+
+
+# --- the chapter's experiment functions at test scale ------------------------------------------------------
+
+def test_overparam_pipeline_at_test_scale(tmp_path):
+    s = op.setup("test")
+    store = Store(tmp_path)
+    g = op.grid_runs(s, store=store)
+    assert len(g) == 2 * 2 * len(s.o1_seeds) and g["noisy_fit"].between(0, 1).all()
+    mean, se, d = op.paired_gain(g, s.o1_lrs[1])
+    assert len(d) == len(s.o1_seeds) and math.isfinite(mean)
+    table, hist = op.plateau_runs(s, store=store)
+    assert set(table["key"]) == set(hist)
+    assert math.isfinite(op.plateau_level(hist[table["key"].iloc[0]]))
+    copies = op.flow_copies(s, store=store)
+    per_run = len(range(s.o4_every, s.o4_epochs + 1, s.o4_every))
+    assert len(copies) == 2 * len(s.o4_seeds) * per_run
+    assert (copies["trace_se"] > 0).all() and copies["trace"].notna().all()
+    ang = op.angular_runs(s, store=store)
+    assert set(ang) == {("sgd", True), ("sgd", False), ("adam", True), ("adam", False)}
+    chk = op.rescaling_check(ang[("sgd", False)], s, samples=64)
+    assert chk["slope_grad"] == pytest.approx(-1.0, abs=0.05)
+    assert chk["slope_sgd"] == pytest.approx(-2.0, abs=0.05)
+    assert chk["slope_adam"] == pytest.approx(-1.0, abs=0.05)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        op.setup("huge")
+
+
+def test_spoiled_rule():
+    # early copies have a higher loss and are kept; a spike (above twice the best earlier copy) is dropped
+    assert op.spoiled([0.3, 0.1, 0.12, 0.5, 0.09]).tolist() == [False, False, False, True, False]

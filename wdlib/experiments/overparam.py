@@ -1,0 +1,320 @@
+"""Experiments of chapter 4, "Weight decay in the overparameterized regime" (OVER-1 to OVER-5).
+
+The source is Andriushchenko, D'Angelo, Varre and Flammarion, "Why do we need weight decay in modern
+deep learning?" (arXiv 2310.04415; seed 003): plain SGD with momentum 0 and a coupled L2 penalty on
+every parameter, no BatchNorm, no augmentation, a large LR and one drop to a small LR at half the
+epochs. At CPU scale the network is :class:`wdlib.models.ConvNet` on MNIST-1D.
+
+Every run goes through :func:`wdlib.runs.run_many` (cached in the run store, in parallel
+single-thread workers). The Hessian-trace protocol (OVER-4): the large-LR phase keeps snapshots of its
+weights every few epochs; each snapshot is fine-tuned for a few epochs at a small LR (a run whose
+``init_from`` names the snapshot), and the fine-tuned copy's Hessian trace
+(:func:`wdlib.hessian.hutchinson_trace`, a fixed number of Rademacher probes on a fixed training
+subset, eval mode) and test error are measured. The notebook computes the verdicts from the tables
+returned here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from ..runs import Store, run_many
+from ..stats import loglog_slope, spearman
+
+__all__ = ["Setup", "OVER_SETTINGS", "setup", "grid_runs", "plateau_runs", "flow_copies", "spoiled",
+           "plateau_level", "paired_gain", "angular_runs", "rescaling_check", "trace_correlations"]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Sizes of one scale (see the chapter for the source's own values)."""
+
+    scale: str
+    data: str
+    data_args: dict[str, Any]
+    train_size: int
+    batch_size: int
+    model: str
+    model_args: dict[str, Any]
+    # OVER-1 (and OVER-2's companion table): (small, large) LR x (0, wd), one drop to lr/10 at half
+    o1_noise: float
+    o1_lrs: tuple[float, float]
+    o1_wd: float
+    o1_epochs: int
+    o1_seeds: tuple[int, ...]
+    # OVER-3 and OVER-4: constant large LR, clean labels
+    o4_lr: float
+    o4_wd: float
+    o4_epochs: int
+    o4_every: int                       # epochs between snapshots of the large-LR phase
+    o4_finetune_epochs: int
+    o4_finetune_factor: float           # fine-tune LR = factor * large LR
+    o4_seeds: tuple[int, ...]
+    trace_probes: int
+    trace_samples: int
+    o3_pairs: tuple[tuple[float, float], ...]   # further (lr, wd) of the plateau runs (seed o4_seeds[0])
+    # OVER-5: a scale-invariant MLP, SGD and Adam, with and without decay
+    o5_width: int
+    o5_steps: int
+    o5_sgd: tuple[float, float]         # (lr, wd) of SGD (L2 penalty, as the source)
+    o5_adam: tuple[float, float]        # (lr, wd) of AdamW (decoupled, torch convention)
+    workers: int
+    eval_epochs: int                    # epochs between evaluations
+
+
+OVER_SETTINGS: dict[str, Setup] = {
+    "smoke": Setup("smoke", "mnist1d", {"num_samples": 5000}, train_size=4000, batch_size=128, model="convnet",
+                   model_args={}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=200, o1_seeds=(0, 1, 2),
+                   o4_lr=0.2, o4_wd=5e-3, o4_epochs=240, o4_every=20, o4_finetune_epochs=10, o4_finetune_factor=0.1,
+                   o4_seeds=(0, 1), trace_probes=30, trace_samples=1000,
+                   o3_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
+                   o5_width=128, o5_steps=6000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), workers=2, eval_epochs=5),
+    "full": Setup("full", "mnist1d", {"num_samples": 25_000}, train_size=20_000, batch_size=128, model="convnet",
+                  model_args={"channels": [64, 64, 64]}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=400,
+                  o1_seeds=(0, 1, 2, 3, 4), o4_lr=0.2, o4_wd=5e-3, o4_epochs=600, o4_every=50, o4_finetune_epochs=20,
+                  o4_finetune_factor=0.1, o4_seeds=(0, 1, 2), trace_probes=50, trace_samples=5000,
+                  o3_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
+                  o5_width=512, o5_steps=20_000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), workers=1, eval_epochs=10),
+    "test": Setup("test", "mnist1d", {"num_samples": 1000}, train_size=512, batch_size=64, model="convnet",
+                  model_args={"channels": [8, 8, 8]}, o1_noise=0.3, o1_lrs=(0.05, 0.2), o1_wd=5e-3, o1_epochs=4,
+                  o1_seeds=(0, 1), o4_lr=0.2, o4_wd=5e-3, o4_epochs=4, o4_every=2, o4_finetune_epochs=1,
+                  o4_finetune_factor=0.1, o4_seeds=(0,), trace_probes=4, trace_samples=128,
+                  o3_pairs=((0.1, 1e-2), (0.1, 0.0)), o5_width=16, o5_steps=40, o5_sgd=(0.2, 5e-3),
+                  o5_adam=(3e-3, 1.0), workers=1, eval_epochs=1),
+}
+
+
+def setup(scale: str) -> Setup:
+    """The settings of ``scale`` ("smoke", "full", or "test" for the unit tests)."""
+    if scale not in OVER_SETTINGS:
+        raise ValueError(f"scale must be one of {', '.join(repr(s) for s in OVER_SETTINGS)}, got {scale!r}")
+    return OVER_SETTINGS[scale]
+
+
+def _spe(s: Setup) -> int:
+    """Steps per epoch."""
+    return s.train_size // s.batch_size
+
+
+def _base(s: Setup, **changes: Any) -> RunConfig:
+    """Plain SGD, momentum 0, coupled L2 on every parameter (torch SGD's weight_decay, as the source)."""
+    fields: dict[str, Any] = dict(data=s.data, data_args=s.data_args, subset=s.train_size, data_seed=0, model=s.model,
+                                  model_args=s.model_args, optimizer="sgd", decay="l2", momentum=0.0,
+                                  decay_vectors=True, batch_size=s.batch_size, eval_every=s.eval_epochs * _spe(s),
+                                  divergence_factor=1e6, scale=s.scale)
+    fields.update(changes)
+    return RunConfig(**fields)
+
+
+def _table(configs: list[RunConfig], results: list[Any], extra: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    rows = []
+    for c, r, e in zip(configs, results, extra):
+        row = {k: v for k, v in r.final.items() if k not in ("step", "lr", "wd", "wall_time")}
+        row.update({"key": r.info["key"], "diverged_at": r.diverged_at, "wall_time": r.wall_time,
+                    "weight_norm": float(np.sqrt(sum(r.final.get(k, 0.0) ** 2 for k in r.final
+                                                     if k.startswith("weight_norm/")))),
+                    "lr": c.lr, "weight_decay": c.weight_decay, "seed": c.seed})
+        row.update(e)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def grid_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
+    """OVER-1: (small, large) LR x (0, wd) x seeds on labels with ``o1_noise`` of them wrong.
+
+    ``o1_epochs`` epochs, the LR dropping to a tenth at half. Returns a DataFrame with lr,
+    weight_decay, seed, val_acc, val_loss, train_loss, train_acc, weight_norm, and ``noisy_fit``
+    (fraction of the wrong training labels the final model reproduces) and ``clean_fit``.
+    """
+    configs, extra = [], []
+    for lr in s.o1_lrs:
+        for wd in (0.0, s.o1_wd):
+            for seed in s.o1_seeds:
+                configs.append(_base(s, lr=lr, weight_decay=wd, seed=seed, label_noise=s.o1_noise,
+                                     steps=s.o1_epochs * _spe(s), measures=[{"name": "noise_fit"}],
+                                     lr_schedule={"name": "step", "final": 0.1, "decay_fraction": 0.5}))
+                extra.append({"lr_role": "large" if lr == max(s.o1_lrs) else "small"})
+    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    t = _table(configs, results, extra)
+    return t.rename(columns={"noise_fit/noisy_fit": "noisy_fit", "noise_fit/clean_fit": "clean_fit"})
+
+
+def _plateau_configs(s: Setup) -> list[RunConfig]:
+    snaps = list(range(s.o4_every * _spe(s), s.o4_epochs * _spe(s) + 1, s.o4_every * _spe(s)))
+    pairs = [(s.o4_lr, s.o4_wd, seed) for seed in s.o4_seeds] + [(s.o4_lr, 0.0, seed) for seed in s.o4_seeds]
+    pairs += [(lr, wd, s.o4_seeds[0]) for lr, wd in s.o3_pairs]
+    out = []
+    for lr, wd, seed in pairs:
+        out.append(_base(s, lr=lr, weight_decay=wd, seed=seed, steps=s.o4_epochs * _spe(s), snapshots=snaps))
+    return out
+
+
+def plateau_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> tuple[Any, dict[str, Any]]:
+    """OVER-3 (and the large-LR phases of OVER-4): constant LR, clean labels, ``o4_epochs`` epochs.
+
+    Runs (o4_lr, o4_wd) and (o4_lr, 0) for every seed of ``o4_seeds``, and the ``o3_pairs`` for the
+    first seed. Each keeps snapshots of its weights every ``o4_every`` epochs. Returns the table (one
+    row per run) and the histories by key.
+    """
+    configs = _plateau_configs(s)
+    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    t = _table(configs, results, [{} for _ in configs])
+    t["lr_wd"] = t["lr"] * t["weight_decay"]
+    return t, {r.info["key"]: r.history for r in results}
+
+
+def flow_copies(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
+    """OVER-4: every snapshot of the (o4_lr, o4_wd) and (o4_lr, 0) runs, fine-tuned and measured.
+
+    Each copy trains ``o4_finetune_epochs`` epochs at ``o4_finetune_factor * o4_lr`` with the same
+    weight decay and batch order seed ``1000 + seed`` (a gradient-flow proxy, as the source's
+    fine-tuning at a small LR), then its Hessian trace is measured with ``trace_probes`` Rademacher
+    probes on the first ``trace_samples`` training points (eval mode). Returns one row per copy: seed,
+    weight_decay, epoch (of the snapshot), trace, trace_se, scale_aware, val_acc, test_err,
+    train_loss, weight_norm.
+    """
+    parents = [c for c in _plateau_configs(s) if c.lr == s.o4_lr and c.weight_decay in (s.o4_wd, 0.0)]
+    run_many(parents, store, workers=s.workers, device=device, progress=False)
+    configs, extra = [], []
+    for p in parents:
+        for step in p.snapshots:
+            configs.append(p.replace(init_from={"run": p.key(), "step": step}, snapshots=[],
+                                     steps=s.o4_finetune_epochs * _spe(s), lr=s.o4_lr * s.o4_finetune_factor,
+                                     seed=1000 + p.seed, eval_every=0,
+                                     measures=[{"name": "hessian_trace", "probes": s.trace_probes,
+                                                "samples": s.trace_samples, "seed": 0}]))
+            extra.append({"epoch": step // _spe(s), "parent_seed": p.seed})
+    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    t = _table(configs, results, extra)
+    t["seed"] = t["parent_seed"]
+    t = t.drop(columns=["parent_seed"]).rename(columns={"hessian_trace/value": "trace",
+                                                        "hessian_trace/stderr": "trace_se",
+                                                        "hessian_trace/scale_aware": "scale_aware"})
+    t["test_err"] = 1.0 - t["val_acc"]
+    return t
+
+
+def spoiled(train_loss: Any, factor: float = 2.0) -> np.ndarray:
+    """The rule that drops copies spoiled by a loss spike of the large-LR phase, judged on the training
+    loss alone: a copy (in snapshot order) whose training loss after fine-tuning exceeds ``factor``
+    times the lowest loss of the earlier copies of its run did not get back to the valley floor, and
+    its trace is not comparable. The first copy is always kept.
+
+    (A first version compared with the median of all the run's copies; it also dropped the earliest
+    copies, whose loss is higher because they are early, not because of a spike.)
+    """
+    loss = np.asarray(train_loss, dtype=np.float64)
+    best_before = np.minimum.accumulate(np.concatenate([[np.inf], loss[:-1]]))
+    return loss > factor * best_before
+
+
+def plateau_level(history: dict[str, np.ndarray], window: tuple[float, float] = (0.8, 1.0)) -> float:
+    """Median training loss (whole training set, eval mode) over the evaluations in the fraction
+    ``window`` of the run (the median: the large-LR phase has loss spikes)."""
+    step = np.asarray(history["step"], dtype=np.float64)
+    loss = np.asarray(history["train_loss"], dtype=np.float64)
+    end = step.max()
+    sel = (step > window[0] * end) & (step <= window[1] * end)
+    return float(np.median(loss[sel]))
+
+
+def paired_gain(table: Any, lr: float, metric: str = "val_acc") -> tuple[float, float, np.ndarray]:
+    """WD's gain in ``metric`` at learning rate ``lr``: mean and standard error over seeds of the paired
+    differences (same seed, so the same initialization and batch order), and the differences."""
+    sub = table[table["lr"] == lr]
+    on = sub[sub["weight_decay"] > 0].set_index("seed")[metric]
+    off = sub[sub["weight_decay"] == 0].set_index("seed")[metric]
+    d = (on - off.reindex(on.index)).to_numpy(dtype=np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()), se, d
+
+
+# --- OVER-5: effective learning rate of scale-invariant layers ---------------------------------------------
+
+def _o5_base(s: Setup, optimizer: str, lr: float, wd: float, decay: str) -> RunConfig:
+    return RunConfig(data=s.data, data_args=s.data_args, subset=s.train_size, data_seed=0, model="mlp",
+                     model_args={"width": s.o5_width, "depth": 2, "scale_invariant": True, "bias": False},
+                     optimizer=optimizer, lr=lr, weight_decay=wd, decay=decay, batch_size=s.batch_size,
+                     steps=s.o5_steps, eval_every=max(s.o5_steps // 10, 1), divergence_factor=1e6, scale=s.scale,
+                     probes=[{"name": "angular", "tensors": [0, 1], "every": 1}])
+
+
+def angular_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> dict[tuple[str, bool], Any]:
+    """OVER-5: a scale-invariant MLP (two hidden layers, each bias-free and followed by LayerNorm without
+    affine parameters) trained by SGD (L2 penalty) and by AdamW, each with and without decay.
+
+    Returns ``{(rule, with_wd): RunResult}``, ``rule`` "sgd" or "adam"; each result's probes hold the
+    per-step norm, gradient norm, update norm and angle of the two hidden matrices.
+    """
+    specs = [("sgd", True, _o5_base(s, "sgd", s.o5_sgd[0], s.o5_sgd[1], "l2")),
+             ("sgd", False, _o5_base(s, "sgd", s.o5_sgd[0], 0.0, "l2")),
+             ("adam", True, _o5_base(s, "adam", s.o5_adam[0], s.o5_adam[1], "decoupled")),
+             ("adam", False, _o5_base(s, "adam", s.o5_adam[0], 0.0, "decoupled"))]
+    results = run_many([c for _, _, c in specs], store, workers=s.workers, device=device, progress=False)
+    return {(rule, wd): r for (rule, wd, _), r in zip(specs, results)}
+
+
+def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
+                    samples: int = 512) -> dict[str, Any]:
+    """Rescale the hidden (scale-invariant) matrices of a trained model by ``c`` and measure, on a fixed
+    batch of ``samples`` training points: the loss (unchanged if the layers are scale-invariant), the
+    gradient norm of those matrices (``~ 1/c``), the angular step of one SGD step (``~ 1/c^2``) and of
+    one Adam step from a fresh state (``~ 1/c``: Adam's step size ignores the gradient's scale).
+
+    Returns the arrays and their log-log slopes against ``c``.
+    """
+    from ..models import build
+    from ..optim import Adam
+    from ..train import build_data
+
+    cfg = RunConfig.from_dict(result.config)
+    ds = build_data(cfg)
+    x, y = ds.x_train[:samples], ds.y_train[:samples]
+    loss_, grad_, sgd_, adam_ = [], [], [], []
+    for c in scales:
+        model = build("mlp", in_dim=int(ds.x_train[0].numel()), out_dim=ds.num_classes, **cfg.model_args)
+        model.load_state_dict(result.model_state)
+        model = model.double()
+        mats = [p for p in model.parameters() if p.ndim >= 2][:2]
+        with torch.no_grad():
+            for p in mats:
+                p.mul_(c)
+        loss = F.cross_entropy(model(x.double()), y)
+        grads = torch.autograd.grad(loss, mats)
+        loss_.append(float(loss.detach()))
+        gnorm = float(torch.sqrt(sum((g**2).sum() for g in grads)))
+        wnorm = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in mats)))
+        grad_.append(gnorm)
+        lr_sgd = cfg.lr if cfg.optimizer == "sgd" else s.o5_sgd[0]
+        sgd_.append(lr_sgd * gnorm / wnorm)  # one SGD step moves the weights by lr*||g||
+        before = [p.detach().clone() for p in mats]
+        opt = Adam(mats, lr=s.o5_adam[0], weight_decay=0.0, decay="decoupled")
+        for p, g in zip(mats, grads):
+            p.grad = g
+        opt.step()
+        adam_.append(float(torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(mats, before)))) / wnorm)
+    sc = np.asarray(scales, dtype=np.float64)
+    return {"scales": sc, "loss": np.asarray(loss_), "grad_norm": np.asarray(grad_), "sgd_angle": np.asarray(sgd_),
+            "adam_angle": np.asarray(adam_), "slope_grad": loglog_slope(sc, grad_),
+            "slope_sgd": loglog_slope(sc, sgd_), "slope_adam": loglog_slope(sc, adam_),
+            "loss_spread": float(np.ptp(loss_) / np.mean(loss_))}
+
+
+def trace_correlations(copies: Any, seed: int, weight_decay: float) -> dict[str, float]:
+    """For one run's retained copies: Spearman(trace, test error), Spearman(scale-aware trace, test error),
+    Spearman(trace, epoch), and the trace and error at the first and last retained copy."""
+    sub = copies[(copies["seed"] == seed) & (copies["weight_decay"] == weight_decay)].sort_values("epoch")
+    sub = sub[~sub["spoiled"]]
+    return {"n": len(sub), "rho_trace_err": spearman(sub["trace"], sub["test_err"]),
+            "rho_scale_aware_err": spearman(sub["scale_aware"], sub["test_err"]),
+            "rho_trace_epoch": spearman(sub["epoch"], sub["trace"]),
+            "trace_first": float(sub["trace"].iloc[0]), "trace_last": float(sub["trace"].iloc[-1]),
+            "err_first": float(sub["test_err"].iloc[0]), "err_last": float(sub["test_err"].iloc[-1])}
