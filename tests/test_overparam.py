@@ -56,6 +56,20 @@ def test_label_noise_exact_fraction_wrong_and_seeded():
     assert not torch.equal(other.noisy, noisy.noisy)
     with pytest.raises(ValueError, match="fraction"):
         wd_data.with_label_noise(ds, 1.0, seed=0)
+    with pytest.raises(ValueError, match="already has label noise"):
+        wd_data.with_label_noise(noisy, 0.1, seed=0)
+
+
+def test_new_fields_at_default_keep_old_keys():
+    cfg = RunConfig()
+    import hashlib
+    import json
+    d = cfg.to_dict()
+    for name in ("label_noise", "measures", "snapshots", "init_from"):
+        d.pop(name)
+    old = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
+    assert cfg.key() == old                                             # stored runs keep their keys
+    assert RunConfig(label_noise=0.1).key() != cfg.key()
 
 
 def test_build_data_applies_label_noise_after_subset():
@@ -219,13 +233,15 @@ def test_overparam_pipeline_at_test_scale(tmp_path):
     g = op.grid_runs(s, store=store)
     assert len(g) == 2 * 2 * len(s.o1_seeds) and g["noisy_fit"].between(0, 1).all()
     mean, se, d = op.paired_gain(g, s.o1_lrs[1])
-    assert len(d) == len(s.o1_seeds) and math.isfinite(mean)
+    assert list(d.index) == list(s.o1_seeds) and math.isfinite(mean)
     table, hist = op.plateau_runs(s, store=store)
     assert set(table["key"]) == set(hist)
     assert math.isfinite(op.plateau_level(hist[table["key"].iloc[0]]))
     copies = op.flow_copies(s, store=store)
     per_run = len(range(s.o4_every, s.o4_epochs + 1, s.o4_every))
-    assert len(copies) == 2 * len(s.o4_seeds) * per_run
+    assert (copies["role"] == "trajectory").sum() == 2 * len(s.o4_seeds) * per_run
+    assert (copies["role"] == "final").sum() == len(s.o3_pairs)
+    assert set(copies[copies["role"] == "final"]["epoch"]) == {s.o4_epochs}
     assert (copies["trace_se"] > 0).all() and copies["trace"].notna().all()
     ang = op.angular_runs(s, store=store)
     assert set(ang) == {("sgd", True), ("sgd", False), ("adam", True), ("adam", False)}
@@ -240,3 +256,17 @@ def test_overparam_pipeline_at_test_scale(tmp_path):
 def test_spoiled_rule():
     # early copies have a higher loss and are kept; a spike (above twice the best earlier copy) is dropped
     assert op.spoiled([0.3, 0.1, 0.12, 0.5, 0.09]).tolist() == [False, False, False, True, False]
+    # near zero loss, doubling within the 0.01 margin is noise, not a spike
+    assert not op.spoiled([2e-3, 8e-4, 5e-4, 1.2e-3, 4e-4, 9e-4]).any()
+
+
+def test_window_means_and_stats_helpers():
+    from wdlib.stats import t_interval, two_proportion_p
+
+    np.testing.assert_allclose(op.window_means(np.arange(10.0), 5), [0.5, 2.5, 4.5, 6.5, 8.5])
+    m, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and hi - m == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)   # t_{0.975, 2} = 4.30
+    assert two_proportion_p(0.1, 0.1, 1000) == 1.0
+    assert two_proportion_p(0.05, 0.10, 1000) < 1e-4 < two_proportion_p(0.08, 0.09, 1000)
+    with pytest.raises(ValueError):
+        t_interval([1.0])

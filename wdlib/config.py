@@ -144,6 +144,10 @@ def schedule_from_spec(spec: dict[str, Any] | None, peak: float, steps: int,
     return sched
 
 
+#: Fields added after the first stored runs, with their (JSON) defaults: left out of the key at these values.
+_LATER_FIELDS: dict[str, Any] = {"label_noise": 0.0, "measures": [], "snapshots": [], "init_from": None}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a training run depends on. See :data:`FIELD_HELP` (and ``python -m wdlib run --help``)."""
@@ -325,6 +329,14 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
     def key(self) -> str:
-        """A stable hash of the configuration: the run store's key (24 hex digits of SHA-256)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the configuration: the run store's key (24 hex digits of SHA-256).
+
+        Fields added after the store format was fixed (:data:`_LATER_FIELDS`) enter the hash only when
+        they differ from their default, so runs stored before they existed keep their keys.
+        """
+        d = self.to_dict()
+        for name, default in _LATER_FIELDS.items():
+            if d.get(name) == default:
+                d.pop(name)
+        canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:24]

@@ -218,6 +218,8 @@ def with_label_noise(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise ValueError(f"fraction must be a number in [0, 1), got {fraction!r}")
     seed = _int("seed", seed, 0, _MAX_SEED)
+    if dataset.noisy is not None:
+        raise ValueError("the dataset already has label noise; apply with_label_noise to the clean dataset once")
     n = dataset.x_train.shape[0]
     k = int(round(fraction * n))
     g = torch.Generator().manual_seed(seed)
@@ -228,8 +230,6 @@ def with_label_noise(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     y[idx.to(dev)] = (y[idx.to(dev)] + shift.to(dev)) % dataset.num_classes
     noisy = torch.zeros(n, dtype=torch.bool, device=dev)
     noisy[idx.to(dev)] = True
-    if dataset.noisy is not None:
-        noisy |= dataset.noisy
     return Dataset(f"{dataset.name}[{fraction:g} label noise, seed {seed}]", dataset.x_train, y, dataset.x_test,
                    dataset.y_test, dataset.num_classes, noisy)
 

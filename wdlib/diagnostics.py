@@ -306,13 +306,16 @@ class AngularProbe:
         self.count += 1
 
     def state_dict(self) -> dict[str, Any]:
+        """The rows recorded so far (plain lists: checkpoints load with ``weights_only=True``)."""
         return {"rows": {k: list(v) for k, v in self.rows.items()}, "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (a resumed run)."""
         self.rows = {k: list(v) for k, v in state["rows"].items()}
         self.count = state["count"]
 
     def result(self) -> dict[str, np.ndarray]:
+        """``step``, ``lr`` (steps,), and ``norm``, ``grad_norm``, ``update_norm``, ``angle`` (steps, tensors)."""
         return {k: np.asarray(v, dtype=np.float64) for k, v in self.rows.items()}
 
 
@@ -353,6 +356,7 @@ def _matrix_norm(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> np
 
 
 def _adam_elr(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """:func:`adam_effective_lr` as a diagnostic recorded at each evaluation."""
     return adam_effective_lr(optimizer)
 
 

@@ -195,7 +195,12 @@ def _measuring(model: nn.Module, mode: str | None) -> Iterator[None]:
     """
     modes = [(m, m.training) for m in model.modules()]
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    # torch's forward-AD decompositions call torch.jit.script on first use, which torch 2.13 deprecates:
+    # a warning about torch's internals, not about the measurement, kept out of the user's output
+    caught = warnings.catch_warnings()
+    caught.__enter__()
     try:
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=DeprecationWarning)
         if mode == "eval":
             model.eval()
         elif mode == "train":
@@ -205,6 +210,7 @@ def _measuring(model: nn.Module, mode: str | None) -> Iterator[None]:
                 m.track_running_stats = False
         yield
     finally:
+        caught.__exit__(None, None, None)
         for m in norms:
             m.track_running_stats = True
         for m, training in modes:

@@ -28,7 +28,7 @@ from ..runs import Store, run_many
 from ..stats import loglog_slope, spearman
 
 __all__ = ["Setup", "OVER_SETTINGS", "setup", "grid_runs", "plateau_runs", "flow_copies", "spoiled",
-           "plateau_level", "paired_gain", "angular_runs", "rescaling_check", "trace_correlations"]
+           "plateau_level", "paired_gain", "angular_runs", "rescaling_check", "trace_correlations", "window_means", "test_size"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Setup:
     o4_seeds: tuple[int, ...]
     trace_probes: int
     trace_samples: int
+    trace_probe_chunk: int | None       # probes per vmap call (None: all at once; bounds memory at full scale)
     o3_pairs: tuple[tuple[float, float], ...]   # further (lr, wd) of the plateau runs (seed o4_seeds[0])
     # OVER-5: a scale-invariant MLP, SGD and Adam, with and without decay
     o5_width: int
@@ -72,19 +73,19 @@ OVER_SETTINGS: dict[str, Setup] = {
     "smoke": Setup("smoke", "mnist1d", {"num_samples": 5000}, train_size=4000, batch_size=128, model="convnet",
                    model_args={}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=200, o1_seeds=(0, 1, 2),
                    o4_lr=0.2, o4_wd=5e-3, o4_epochs=240, o4_every=20, o4_finetune_epochs=10, o4_finetune_factor=0.1,
-                   o4_seeds=(0, 1), trace_probes=30, trace_samples=1000,
+                   o4_seeds=(0, 1), trace_probes=30, trace_samples=1000, trace_probe_chunk=None,
                    o3_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
                    o5_width=128, o5_steps=6000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), workers=2, eval_epochs=5),
     "full": Setup("full", "mnist1d", {"num_samples": 25_000}, train_size=20_000, batch_size=128, model="convnet",
                   model_args={"channels": [64, 64, 64]}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=400,
                   o1_seeds=(0, 1, 2, 3, 4), o4_lr=0.2, o4_wd=5e-3, o4_epochs=600, o4_every=50, o4_finetune_epochs=20,
-                  o4_finetune_factor=0.1, o4_seeds=(0, 1, 2), trace_probes=50, trace_samples=5000,
+                  o4_finetune_factor=0.1, o4_seeds=(0, 1, 2), trace_probes=50, trace_samples=5000, trace_probe_chunk=10,
                   o3_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
                   o5_width=512, o5_steps=20_000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), workers=1, eval_epochs=10),
     "test": Setup("test", "mnist1d", {"num_samples": 1000}, train_size=512, batch_size=64, model="convnet",
                   model_args={"channels": [8, 8, 8]}, o1_noise=0.3, o1_lrs=(0.05, 0.2), o1_wd=5e-3, o1_epochs=4,
                   o1_seeds=(0, 1), o4_lr=0.2, o4_wd=5e-3, o4_epochs=4, o4_every=2, o4_finetune_epochs=1,
-                  o4_finetune_factor=0.1, o4_seeds=(0,), trace_probes=4, trace_samples=128,
+                  o4_finetune_factor=0.1, o4_seeds=(0,), trace_probes=4, trace_samples=128, trace_probe_chunk=None,
                   o3_pairs=((0.1, 1e-2), (0.1, 0.0)), o5_width=16, o5_steps=40, o5_sgd=(0.2, 5e-3),
                   o5_adam=(3e-3, 1.0), workers=1, eval_epochs=1),
 }
@@ -125,6 +126,13 @@ def _table(configs: list[RunConfig], results: list[Any], extra: list[dict[str, A
         row.update(e)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def test_size(s: Setup) -> int:
+    """The number of test points every run of the chapter is evaluated on."""
+    from ..train import build_data
+
+    return int(build_data(_base(s, steps=1)).y_test.numel())
 
 
 def grid_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
@@ -172,48 +180,54 @@ def plateau_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -
 
 
 def flow_copies(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
-    """OVER-4: every snapshot of the (o4_lr, o4_wd) and (o4_lr, 0) runs, fine-tuned and measured.
+    """OVER-4 (and OVER-2): fine-tuned, measured copies of the plateau runs' snapshots.
 
-    Each copy trains ``o4_finetune_epochs`` epochs at ``o4_finetune_factor * o4_lr`` with the same
-    weight decay and batch order seed ``1000 + seed`` (a gradient-flow proxy, as the source's
+    Every snapshot of the (o4_lr, o4_wd) and (o4_lr, 0) runs (``role`` "trajectory"), and the last
+    snapshot of each further plateau run of ``o3_pairs`` (``role`` "final"). Each copy trains
+    ``o4_finetune_epochs`` epochs at a tenth (``o4_finetune_factor``) of its run's LR with the same
+    weight decay and batch-order seed ``1000 + seed`` (a gradient-flow proxy, as the source's
     fine-tuning at a small LR), then its Hessian trace is measured with ``trace_probes`` Rademacher
-    probes on the first ``trace_samples`` training points (eval mode). Returns one row per copy: seed,
-    weight_decay, epoch (of the snapshot), trace, trace_se, scale_aware, val_acc, test_err,
-    train_loss, weight_norm.
+    probes on the first ``trace_samples`` training points (eval mode). Returns one row per copy: role,
+    seed, lr and weight_decay (of the run it was copied from), epoch (of the snapshot), trace,
+    trace_se, scale_aware, val_acc, test_err, train_loss, weight_norm.
     """
-    parents = [c for c in _plateau_configs(s) if c.lr == s.o4_lr and c.weight_decay in (s.o4_wd, 0.0)]
+    parents = _plateau_configs(s)
     run_many(parents, store, workers=s.workers, device=device, progress=False)
     configs, extra = [], []
     for p in parents:
-        for step in p.snapshots:
+        trajectory = p.lr == s.o4_lr and p.weight_decay in (s.o4_wd, 0.0) and p.seed in s.o4_seeds
+        for step in (p.snapshots if trajectory else p.snapshots[-1:]):
             configs.append(p.replace(init_from={"run": p.key(), "step": step}, snapshots=[],
-                                     steps=s.o4_finetune_epochs * _spe(s), lr=s.o4_lr * s.o4_finetune_factor,
+                                     steps=s.o4_finetune_epochs * _spe(s), lr=p.lr * s.o4_finetune_factor,
                                      seed=1000 + p.seed, eval_every=0,
                                      measures=[{"name": "hessian_trace", "probes": s.trace_probes,
-                                                "samples": s.trace_samples, "seed": 0}]))
-            extra.append({"epoch": step // _spe(s), "parent_seed": p.seed})
+                                                "samples": s.trace_samples, "seed": 0,
+                                                "probe_chunk": s.trace_probe_chunk}]))
+            extra.append({"epoch": step // _spe(s), "parent_seed": p.seed, "parent_lr": p.lr,
+                          "role": "trajectory" if trajectory else "final"})
     results = run_many(configs, store, workers=s.workers, device=device, progress=False)
     t = _table(configs, results, extra)
-    t["seed"] = t["parent_seed"]
-    t = t.drop(columns=["parent_seed"]).rename(columns={"hessian_trace/value": "trace",
-                                                        "hessian_trace/stderr": "trace_se",
-                                                        "hessian_trace/scale_aware": "scale_aware"})
+    t["seed"], t["lr"] = t["parent_seed"], t["parent_lr"]
+    t = t.drop(columns=["parent_seed", "parent_lr"]).rename(columns={"hessian_trace/value": "trace",
+                                                                      "hessian_trace/stderr": "trace_se",
+                                                                      "hessian_trace/scale_aware": "scale_aware"})
     t["test_err"] = 1.0 - t["val_acc"]
     return t
 
 
-def spoiled(train_loss: Any, factor: float = 2.0) -> np.ndarray:
+def spoiled(train_loss: Any, factor: float = 2.0, margin: float = 0.01) -> np.ndarray:
     """The rule that drops copies spoiled by a loss spike of the large-LR phase, judged on the training
-    loss alone: a copy (in snapshot order) whose training loss after fine-tuning exceeds ``factor``
-    times the lowest loss of the earlier copies of its run did not get back to the valley floor, and
-    its trace is not comparable. The first copy is always kept.
+    loss alone: a copy (``train_loss`` in snapshot order) whose training loss after fine-tuning exceeds
+    ``factor`` times the lowest loss of the earlier copies of its run, and that lowest loss by more than
+    ``margin`` (so that copies near zero loss are not dropped for noise-level wiggles), did not get back
+    to the valley floor, and its trace is not comparable. The first copy is always kept.
 
     (A first version compared with the median of all the run's copies; it also dropped the earliest
     copies, whose loss is higher because they are early, not because of a spike.)
     """
     loss = np.asarray(train_loss, dtype=np.float64)
     best_before = np.minimum.accumulate(np.concatenate([[np.inf], loss[:-1]]))
-    return loss > factor * best_before
+    return (loss > factor * best_before) & (loss > best_before + margin)
 
 
 def plateau_level(history: dict[str, np.ndarray], window: tuple[float, float] = (0.8, 1.0)) -> float:
@@ -226,13 +240,14 @@ def plateau_level(history: dict[str, np.ndarray], window: tuple[float, float] = 
     return float(np.median(loss[sel]))
 
 
-def paired_gain(table: Any, lr: float, metric: str = "val_acc") -> tuple[float, float, np.ndarray]:
+def paired_gain(table: Any, lr: float, metric: str = "val_acc") -> tuple[float, float, Any]:
     """WD's gain in ``metric`` at learning rate ``lr``: mean and standard error over seeds of the paired
-    differences (same seed, so the same initialization and batch order), and the differences."""
+    differences (same seed, so the same initialization and batch order), and the differences as a
+    pandas Series indexed by seed (so that gains at two LRs subtract seed by seed)."""
     sub = table[table["lr"] == lr]
     on = sub[sub["weight_decay"] > 0].set_index("seed")[metric]
     off = sub[sub["weight_decay"] == 0].set_index("seed")[metric]
-    d = (on - off.reindex(on.index)).to_numpy(dtype=np.float64)
+    d = (on - off.reindex(on.index)).astype(float)
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
     return float(d.mean()), se, d
 
@@ -262,45 +277,67 @@ def angular_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -
     return {(rule, wd): r for (rule, wd, _), r in zip(specs, results)}
 
 
-def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
-                    samples: int = 512) -> dict[str, Any]:
-    """Rescale the hidden (scale-invariant) matrices of a trained model by ``c`` and measure, on a fixed
-    batch of ``samples`` training points: the loss (unchanged if the layers are scale-invariant), the
-    gradient norm of those matrices (``~ 1/c``), the angular step of one SGD step (``~ 1/c^2``) and of
-    one Adam step from a fresh state (``~ 1/c``: Adam's step size ignores the gradient's scale).
+def _angle(w0: list[torch.Tensor], w1: list[torch.Tensor]) -> float:
+    """The angle (radians) between two weight vectors given as lists of tensors."""
+    dot = sum(float((a * b).sum()) for a, b in zip(w0, w1))
+    n0 = np.sqrt(sum(float((a * a).sum()) for a in w0))
+    n1 = np.sqrt(sum(float((b * b).sum()) for b in w1))
+    return float(np.arccos(np.clip(dot / (n0 * n1), -1.0, 1.0)))
 
-    Returns the arrays and their log-log slopes against ``c``.
+
+def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
+                    samples: int = 512, adam_steps: int = 10) -> dict[str, Any]:
+    """Rescale the hidden (scale-invariant) matrices of a trained model by ``c`` and measure, in float64 on
+    the CPU: the loss on a fixed batch of ``samples`` training points (unchanged if the layers are
+    scale-invariant), the gradient norm of those matrices (``~ 1/c``), the angle one real SGD step turns
+    them through (``~ 1/c^2``), and the mean angle per step of ``adam_steps`` real Adam steps on a fixed
+    sequence of batches, from a fresh state (``~ 1/c``: Adam's step size ignores the gradient's scale).
+
+    The angles are measured (``arccos`` between the weights before and after), not computed from a
+    formula. Returns the arrays and their log-log slopes against ``c``.
     """
     from ..models import build
-    from ..optim import Adam
+    from ..optim import SGD, Adam
     from ..train import build_data
 
     cfg = RunConfig.from_dict(result.config)
     ds = build_data(cfg)
-    x, y = ds.x_train[:samples], ds.y_train[:samples]
-    loss_, grad_, sgd_, adam_ = [], [], [], []
-    for c in scales:
+    x, y = ds.x_train[:samples].double(), ds.y_train[:samples]
+
+    def fresh(c: float) -> tuple[torch.nn.Module, list[torch.Tensor]]:
         model = build("mlp", in_dim=int(ds.x_train[0].numel()), out_dim=ds.num_classes, **cfg.model_args)
-        model.load_state_dict(result.model_state)
+        model.load_state_dict({k: v.cpu() for k, v in result.model_state.items()})
         model = model.double()
         mats = [p for p in model.parameters() if p.ndim >= 2][:2]
         with torch.no_grad():
             for p in mats:
                 p.mul_(c)
-        loss = F.cross_entropy(model(x.double()), y)
-        grads = torch.autograd.grad(loss, mats)
+        for p in model.parameters():
+            p.requires_grad_(any(p is m for m in mats))
+        return model, mats
+
+    loss_, grad_, sgd_, adam_ = [], [], [], []
+    lr_sgd = cfg.lr if cfg.optimizer == "sgd" else s.o5_sgd[0]
+    for c in scales:
+        model, mats = fresh(c)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
         loss_.append(float(loss.detach()))
-        gnorm = float(torch.sqrt(sum((g**2).sum() for g in grads)))
-        wnorm = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in mats)))
-        grad_.append(gnorm)
-        lr_sgd = cfg.lr if cfg.optimizer == "sgd" else s.o5_sgd[0]
-        sgd_.append(lr_sgd * gnorm / wnorm)  # one SGD step moves the weights by lr*||g||
+        grad_.append(float(torch.sqrt(sum((p.grad ** 2).sum() for p in mats))))
         before = [p.detach().clone() for p in mats]
+        SGD(mats, lr=lr_sgd).step()
+        sgd_.append(_angle(before, [p.detach() for p in mats]))
+        model, mats = fresh(c)
         opt = Adam(mats, lr=s.o5_adam[0], weight_decay=0.0, decay="decoupled")
-        for p, g in zip(mats, grads):
-            p.grad = g
-        opt.step()
-        adam_.append(float(torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(mats, before)))) / wnorm)
+        angles = []
+        for k in range(adam_steps):
+            xb, yb = ds.batch(k, s.batch_size, seed=12345)
+            opt.zero_grad()
+            F.cross_entropy(model(xb.double()), yb).backward()
+            before = [p.detach().clone() for p in mats]
+            opt.step()
+            angles.append(_angle(before, [p.detach() for p in mats]))
+        adam_.append(float(np.mean(angles)))
     sc = np.asarray(scales, dtype=np.float64)
     return {"scales": sc, "loss": np.asarray(loss_), "grad_norm": np.asarray(grad_), "sgd_angle": np.asarray(sgd_),
             "adam_angle": np.asarray(adam_), "slope_grad": loglog_slope(sc, grad_),
@@ -308,11 +345,20 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
             "loss_spread": float(np.ptp(loss_) / np.mean(loss_))}
 
 
+def window_means(values: Any, windows: int = 10) -> np.ndarray:
+    """Means of ``values`` over ``windows`` equal consecutive windows (to read a noisy per-step series)."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.array([w.mean() for w in np.array_split(v, windows)])
+
+
 def trace_correlations(copies: Any, seed: int, weight_decay: float) -> dict[str, float]:
-    """For one run's retained copies: Spearman(trace, test error), Spearman(scale-aware trace, test error),
+    """For one trajectory run's copies not marked ``spoiled``: Spearman(trace, test error), Spearman(scale-aware trace, test error),
     Spearman(trace, epoch), and the trace and error at the first and last retained copy."""
-    sub = copies[(copies["seed"] == seed) & (copies["weight_decay"] == weight_decay)].sort_values("epoch")
+    sub = copies[(copies["role"] == "trajectory") & (copies["seed"] == seed)
+                 & (copies["weight_decay"] == weight_decay)].sort_values("epoch")
     sub = sub[~sub["spoiled"]]
+    if len(sub) < 2:
+        raise ValueError(f"seed {seed}, weight decay {weight_decay:g}: {len(sub)} copies kept, a correlation needs 2")
     return {"n": len(sub), "rho_trace_err": spearman(sub["trace"], sub["test_err"]),
             "rho_scale_aware_err": spearman(sub["scale_aware"], sub["test_err"]),
             "rho_trace_epoch": spearman(sub["epoch"], sub["trace"]),
