@@ -296,16 +296,15 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
     The angles are measured (``arccos`` between the weights before and after), not computed from a
     formula. Returns the arrays and their log-log slopes against ``c``.
     """
-    from ..models import build
     from ..optim import SGD, Adam
-    from ..train import build_data
+    from ..train import build_data, build_model
 
     cfg = RunConfig.from_dict(result.config)
     ds = build_data(cfg)
     x, y = ds.x_train[:samples].double(), ds.y_train[:samples]
 
     def fresh(c: float) -> tuple[torch.nn.Module, list[torch.Tensor]]:
-        model = build("mlp", in_dim=int(ds.x_train[0].numel()), out_dim=ds.num_classes, **cfg.model_args)
+        model = build_model(cfg, ds)
         model.load_state_dict({k: v.cpu() for k, v in result.model_state.items()})
         model = model.double()
         mats = [p for p in model.parameters() if p.ndim >= 2][:2]
