@@ -21,7 +21,7 @@ import torch
 from .hessian import EigenEstimate, TraceEstimate, hutchinson_trace, hvp, scale_aware_trace, top_eigenvalue
 
 __all__ = ["ShrinkageProbe", "UpdateRecorder", "AngularProbe", "DIAGNOSTICS", "PROBES", "MEASURES",
-           "register_diagnostic", "effective_lr", "adam_effective_lr", "weight_norms", "update_to_weight_ratio",
+           "register_diagnostic", "effective_lr", "adam_effective_lr", "weight_norms", "update_to_weight_ratio", "weight_angle",
            "hvp", "hutchinson_trace", "top_eigenvalue", "scale_aware_trace", "TraceEstimate", "EigenEstimate"]
 
 
@@ -253,6 +253,17 @@ def adam_effective_lr(optimizer: torch.optim.Optimizer) -> float:
     return total / count if count else float("nan")
 
 
+def weight_angle(before: Iterable[torch.Tensor], after: Iterable[torch.Tensor]) -> float:
+    """The angle (radians) between two weight vectors, each given as a list of tensors taken together:
+    ``arccos(<w0, w1> / (||w0|| ||w1||))``, computed in float64."""
+    b = [t.detach().double() for t in before]
+    a = [t.detach().double() for t in after]
+    dot = sum(float((x * y).sum()) for x, y in zip(b, a))
+    n0 = np.sqrt(sum(float((x * x).sum()) for x in b))
+    n1 = np.sqrt(sum(float((y * y).sum()) for y in a))
+    return float(np.arccos(np.clip(dot / max(n0 * n1, 1e-300), -1.0, 1.0)))
+
+
 def update_to_weight_ratio(before: Iterable[torch.Tensor], after: Iterable[torch.Tensor]) -> np.ndarray:
     """``||w_after - w_before|| / ||w_before||`` per tensor (the relative update of one step)."""
     return np.array([float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
@@ -298,8 +309,7 @@ class AngularProbe:
         for w0, p in zip(self._prev, self.params):
             w1 = p.detach().double()
             upd.append(float((w1 - w0).norm()))
-            cos = float((w0 * w1).sum() / (w0.norm() * w1.norm()).clamp_min(1e-300))
-            ang.append(float(np.arccos(np.clip(cos, -1.0, 1.0))))
+            ang.append(weight_angle([w0], [w1]))
         self.rows["update_norm"].append(upd)
         self.rows["angle"].append(ang)
         self._prev = None

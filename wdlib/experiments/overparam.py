@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunConfig
+from ..diagnostics import weight_angle
 from ..runs import Store, run_many
-from ..stats import loglog_slope, spearman
+from ..stats import loglog_slope, spearman, two_proportion_p
 
 __all__ = ["Setup", "OVER_SETTINGS", "setup", "grid_runs", "plateau_runs", "flow_copies", "spoiled",
-           "plateau_level", "paired_gain", "angular_runs", "rescaling_check", "trace_correlations", "window_means", "test_size"]
+           "plateau_level", "paired_gain", "angular_runs", "rescaling_check", "trace_correlations", "window_means", "test_size", "equal_norm_pairs"]
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,27 @@ def plateau_level(history: dict[str, np.ndarray], window: tuple[float, float] = 
     return float(np.median(loss[sel]))
 
 
+def equal_norm_pairs(copies: Any, n_test: int, norm_tol: float = 0.05, loss_tol: float = 0.2,
+                     loss_floor: float = 0.005) -> list[tuple[Any, Any, float, float]]:
+    """OVER-2: pairs of copies from different recipes (a different ``lr`` or ``weight_decay``) whose weight
+    norms are within ``norm_tol`` (relative) and whose training losses are within ``loss_tol`` (relative)
+    or ``loss_floor`` (absolute) of each other, each with its test-error gap and the two-proportion
+    p-value of that gap on ``n_test`` points (:func:`wdlib.stats.two_proportion_p`), smallest p first.
+    Rows are ``copies.itertuples()`` records."""
+    rows = list(copies.itertuples())
+    pairs = []
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            p, q = rows[i], rows[j]
+            if (p.lr, p.weight_decay) == (q.lr, q.weight_decay):
+                continue
+            same_norm = abs(p.weight_norm - q.weight_norm) <= norm_tol * max(p.weight_norm, q.weight_norm)
+            same_loss = abs(p.train_loss - q.train_loss) <= max(loss_tol * max(p.train_loss, q.train_loss), loss_floor)
+            if same_norm and same_loss:
+                pairs.append((p, q, abs(p.test_err - q.test_err), two_proportion_p(p.test_err, q.test_err, n_test)))
+    return sorted(pairs, key=lambda t: t[3])
+
+
 def paired_gain(table: Any, lr: float, metric: str = "val_acc") -> tuple[float, float, Any]:
     """WD's gain in ``metric`` at learning rate ``lr``: mean and standard error over seeds of the paired
     differences (same seed, so the same initialization and batch order), and the differences as a
@@ -275,14 +297,6 @@ def angular_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -
              ("adam", False, _o5_base(s, "adam", s.o5_adam[0], 0.0, "decoupled"))]
     results = run_many([c for _, _, c in specs], store, workers=s.workers, device=device, progress=False)
     return {(rule, wd): r for (rule, wd, _), r in zip(specs, results)}
-
-
-def _angle(w0: list[torch.Tensor], w1: list[torch.Tensor]) -> float:
-    """The angle (radians) between two weight vectors given as lists of tensors."""
-    dot = sum(float((a * b).sum()) for a, b in zip(w0, w1))
-    n0 = np.sqrt(sum(float((a * a).sum()) for a in w0))
-    n1 = np.sqrt(sum(float((b * b).sum()) for b in w1))
-    return float(np.arccos(np.clip(dot / (n0 * n1), -1.0, 1.0)))
 
 
 def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
@@ -325,7 +339,7 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
         grad_.append(float(torch.sqrt(sum((p.grad ** 2).sum() for p in mats))))
         before = [p.detach().clone() for p in mats]
         SGD(mats, lr=lr_sgd).step()
-        sgd_.append(_angle(before, [p.detach() for p in mats]))
+        sgd_.append(weight_angle(before, [p.detach() for p in mats]))
         model, mats = fresh(c)
         opt = Adam(mats, lr=s.o5_adam[0], weight_decay=0.0, decay="decoupled")
         angles = []
@@ -335,7 +349,7 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
             F.cross_entropy(model(xb.double()), yb).backward()
             before = [p.detach().clone() for p in mats]
             opt.step()
-            angles.append(_angle(before, [p.detach() for p in mats]))
+            angles.append(weight_angle(before, [p.detach() for p in mats]))
         adam_.append(float(np.mean(angles)))
     sc = np.asarray(scales, dtype=np.float64)
     return {"scales": sc, "loss": np.asarray(loss_), "grad_norm": np.asarray(grad_), "sgd_angle": np.asarray(sgd_),
