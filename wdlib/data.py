@@ -442,6 +442,55 @@ class TokenDataset:
         return _windows(self.train, _starts(len(self.train), batch_size, block_size, gen)[start:stop],
                         block_size, device)
 
+    def train_starts(self, steps: int, batch_size: int, block_size: int, seed: int) -> torch.Tensor:
+        """The window starts of the training batches of steps ``0 .. steps-1`` (global batches), in step order.
+
+        The same draws as :meth:`batch`: the windows a run with this ``seed`` has trained on after
+        ``steps`` steps. Used to tell seen from unseen training text (claim LLM-1, chapter 5).
+        """
+        steps = _int("steps", steps, 0)
+        batch_size = _int("batch_size", batch_size, 1)
+        seed = _int("seed", seed, 0, _MAX_SEED)
+        if steps == 0:
+            return torch.zeros(0, dtype=torch.int64)
+        return torch.cat([_starts(len(self.train), batch_size, block_size,
+                                  torch.Generator().manual_seed(seed * _MAX_SEED + step)) for step in range(steps)])
+
+    def unseen_starts(self, count: int, block_size: int, seen: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """``count`` window starts in ``train`` whose ``block_size + 1`` tokens no window of ``seen`` touched.
+
+        ``seen`` holds the starts of the windows trained on (:meth:`train_starts`), each covering
+        ``train[s : s + block_size + 1]`` (inputs and next-token targets). Coverage is marked with a
+        difference array and a cumulative sum, the candidates found with a running sum over windows;
+        ``count`` of them are drawn without replacement with a generator seeded by ``seed``. Raises
+        ValueError when fewer than ``count`` untouched windows exist.
+        """
+        count = _int("count", count, 1)
+        block_size = _int("block_size", block_size, 1)
+        n, span = len(self.train), block_size + 1
+        diff = torch.zeros(n + span + 1, dtype=torch.int64)
+        seen = torch.as_tensor(seen, dtype=torch.int64).reshape(-1)
+        diff.index_add_(0, seen, torch.ones_like(seen))
+        diff.index_add_(0, seen + span, -torch.ones_like(seen))
+        covered = (diff.cumsum(0)[:n] > 0).to(torch.int64)
+        run = torch.cat([torch.zeros(1, dtype=torch.int64), covered.cumsum(0)])
+        touched = run[span:] - run[:-span]  # covered tokens in train[s : s + span], for s = 0 .. n - span
+        free = torch.nonzero(touched == 0).reshape(-1)
+        if free.numel() < count:
+            raise ValueError(f"only {free.numel()} windows of {span} tokens are untouched by the {seen.numel()} "
+                             f"seen windows; asked for count={count}")
+        gen = torch.Generator().manual_seed(_int("seed", seed, 0, _MAX_SEED))
+        return free[torch.randperm(free.numel(), generator=gen)[:count]].sort().values
+
+    def windows(self, starts: torch.Tensor, block_size: int, batch_size: int, split: str = "train",
+                device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x, y)`` batches of at most ``batch_size`` windows of ``split`` at the given ``starts``."""
+        tokens = self._split(split)
+        batch_size = _int("batch_size", batch_size, 1)
+        starts = torch.as_tensor(starts, dtype=torch.int64).reshape(-1)
+        for i in range(0, starts.numel(), batch_size):
+            yield _windows(tokens, starts[i:i + batch_size], block_size, device)
+
     def eval_batches(self, batch_size: int, block_size: int, count: int, seed: int = 0, split: str = "val",
                      device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``count`` batches of fixed windows of ``split`` (default the validation tokens), for evaluation.
@@ -525,14 +574,20 @@ def _stdlib_corpus(max_bytes: int) -> tuple[np.ndarray, str, dict]:
     return ids, vocab, meta
 
 
-def stdlib_chars(max_bytes: int = 2_000_000, val_fraction: float = 0.1) -> TokenDataset:
+def stdlib_chars(max_bytes: int = 2_000_000, val_fraction: float = 0.1, val_split: str = "tail",
+                 val_block: int = 16_384) -> TokenDataset:
     """A character-level corpus from this Python's standard-library ``.py`` sources (offline).
 
     The ``.py`` files under ``sysconfig.get_paths()["stdlib"]`` are taken in sorted relative-path order,
     skipping the directories ``site-packages``, ``dist-packages``, ``test``, ``tests``, ``idlelib`` and
     ``__pycache__`` (at any depth) and any file that is not valid UTF-8; they are joined with ``"\\n\\f\\n"``
     and cut at ``max_bytes`` UTF-8 bytes. The vocabulary is the sorted set of characters (token id = rank of
-    the character); ``train`` is the first ``1 - val_fraction`` of the tokens, ``val`` the rest.
+    the character). With ``val_split="tail"`` ``train`` is the first ``1 - val_fraction`` of the tokens and
+    ``val`` the rest (the last files in path order: other modules than the training text). With
+    ``"interleaved"`` the text is cut into blocks of ``val_block`` characters and block ``i`` goes to
+    ``val`` when ``floor((i + 1) * val_fraction) > floor(i * val_fraction)``, so the validation text is
+    spread over the whole corpus and drawn from the same mix of modules as the training text (each
+    split is its blocks joined in order; a window may straddle two blocks).
     ``meta`` records the Python version, the vocabulary (a string), the number of files, and the sha256 of the
     text: another Python version gives another text, and possibly another vocabulary (see ``check_vocab``).
     Built once per ``max_bytes`` and cached in memory. The offline stand-in for OpenWebText at smoke scale
@@ -540,12 +595,24 @@ def stdlib_chars(max_bytes: int = 2_000_000, val_fraction: float = 0.1) -> Token
     """
     max_bytes = _int("max_bytes", max_bytes, 1)
     val_fraction = _fraction("val_fraction", val_fraction)
+    if val_split not in ("tail", "interleaved"):
+        raise ValueError(f"val_split must be 'tail' or 'interleaved', got {val_split!r}")
+    val_block = _int("val_block", val_block, 1)
     ids, vocab, meta = _stdlib_corpus(max_bytes)
-    n_train = int(len(ids) * (1.0 - val_fraction))
-    if not 0 < n_train < len(ids):
-        raise ValueError(f"val_fraction={val_fraction} leaves an empty split of {len(ids)} characters")
-    return TokenDataset("stdlib_chars", torch.from_numpy(ids[:n_train].copy()),
-                        torch.from_numpy(ids[n_train:].copy()), len(vocab), dict(meta, val_fraction=val_fraction))
+    meta = dict(meta, val_fraction=val_fraction, val_split=val_split)
+    if val_split == "tail":
+        n_train = int(len(ids) * (1.0 - val_fraction))
+        if not 0 < n_train < len(ids):
+            raise ValueError(f"val_fraction={val_fraction} leaves an empty split of {len(ids)} characters")
+        return TokenDataset("stdlib_chars", torch.from_numpy(ids[:n_train].copy()),
+                            torch.from_numpy(ids[n_train:].copy()), len(vocab), meta)
+    block = np.arange(len(ids)) // val_block
+    to_val = np.floor((block + 1) * val_fraction) > np.floor(block * val_fraction)
+    if to_val.all() or not to_val.any():
+        raise ValueError(f"val_fraction={val_fraction} with val_block={val_block} leaves an empty split of "
+                         f"{len(ids)} characters")
+    return TokenDataset("stdlib_chars", torch.from_numpy(ids[~to_val].copy()), torch.from_numpy(ids[to_val].copy()),
+                        len(vocab), dict(meta, val_block=val_block))
 
 
 def check_vocab(dataset: TokenDataset, vocab: str, python: str | None = None) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from .hessian import EigenEstimate, TraceEstimate, hutchinson_trace, hvp, scale_aware_trace, top_eigenvalue
 
-__all__ = ["ShrinkageProbe", "UpdateRecorder", "AngularProbe", "DIAGNOSTICS", "PROBES", "MEASURES",
+__all__ = ["ShrinkageProbe", "UpdateRecorder", "AngularProbe", "RelativeUpdateProbe", "DIAGNOSTICS", "PROBES", "MEASURES",
            "register_diagnostic", "effective_lr", "adam_effective_lr", "weight_norms", "update_to_weight_ratio", "weight_angle",
            "hvp", "hutchinson_trace", "top_eigenvalue", "scale_aware_trace", "TraceEstimate", "EigenEstimate"]
 
@@ -339,6 +339,74 @@ def _angular_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
     return AngularProbe(optimizer, [mats[i] for i in idx], every=every, start=start)
 
 
+class RelativeUpdateProbe:
+    """Relative update size ``||W_{t+1} - W_t|| / ||W_t||`` of the weight matrices at every step.
+
+    The norms are global over the watched tensors (the Frobenius norm of all of them together),
+    computed in float32 with ``_foreach`` kernels, so recording every step costs two norms of the
+    parameters. Under decoupled decay with Adam the relative update is ``lr * ||u - lambda*W|| / ||W||``:
+    a smaller weight norm makes the same ``lr`` a larger relative step, the *effective* learning
+    rate of Andriushchenko et al. (arXiv 2310.04415, Section 4; claim LLM-3, chapter 5). Records
+    ``step``, ``lr``, ``weight_norm`` and ``update_norm`` every ``every`` steps from ``start``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1,
+                 start: int = 0) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        self.optimizer, self.params, self.every, self.start = optimizer, list(params), every, start
+        if not self.params:
+            raise ValueError("RelativeUpdateProbe needs at least one tensor to watch")
+        self.rows: dict[str, list[float]] = {k: [] for k in ("step", "lr", "weight_norm", "update_norm")}
+        self._prev: list[torch.Tensor] | None = None
+        self.count = 0
+
+    @staticmethod
+    def _norm(tensors: list[torch.Tensor]) -> float:
+        return float(torch.stack(torch._foreach_norm(tensors)).double().pow(2).sum().sqrt())
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        self._prev = None
+        if step < self.start or (step - self.start) % self.every:
+            return
+        self._prev = [p.detach().float().clone() for p in self.params]
+        self.rows["step"].append(step)
+        self.rows["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
+        self.rows["weight_norm"].append(self._norm(self._prev))
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        if self._prev is None:
+            return
+        diff = torch._foreach_sub([p.detach().float() for p in self.params], self._prev)
+        self.rows["update_norm"].append(self._norm(diff))
+        self._prev = None
+        self.count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows recorded so far (plain lists: checkpoints load with ``weights_only=True``)."""
+        return {"rows": {k: list(v) for k, v in self.rows.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (a resumed run)."""
+        self.rows = {k: list(v) for k, v in state["rows"].items()}
+        self.count = state["count"]
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``step``, ``lr``, ``weight_norm``, ``update_norm`` and ``ratio`` = update / weight norm, per recorded step."""
+        out = {k: np.asarray(v, dtype=np.float64) for k, v in self.rows.items()}
+        out["ratio"] = out["update_norm"] / out["weight_norm"]
+        return out
+
+
+def _relative_update_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 1,
+                           start: int = 0) -> RelativeUpdateProbe:
+    """A :class:`RelativeUpdateProbe` on every weight matrix (tensors with >= 2 dims) of the model."""
+    return RelativeUpdateProbe(optimizer, [p for p in model.parameters() if p.requires_grad and p.ndim >= 2],
+                               every=every, start=start)
+
+
 PARAMS_SNAPSHOT_MAX = 32_768
 
 
@@ -370,12 +438,26 @@ def _adam_elr(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float
     return adam_effective_lr(optimizer)
 
 
-#: Diagnostics recorded at each evaluation: ``name -> f(model, optimizer) -> float or array``.
+def _attn_logit_max(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, batch: tuple[torch.Tensor, torch.Tensor],
+                    autocast: Callable[[], Any] | None = None) -> np.ndarray:
+    """:func:`wdlib.models.attention_logit_max` per layer on a fixed validation batch, in the run's autocast."""
+    from .models import attention_logit_max
+
+    return attention_logit_max(model, batch[0], autocast)
+
+
+_attn_logit_max.needs_batch = True  # type: ignore[attr-defined]
+
+
+#: Diagnostics recorded at each evaluation: ``name -> f(model, optimizer) -> float or array``. A function
+#: with the attribute ``needs_batch = True`` is called as ``f(model, optimizer, batch=(x, y), autocast=...)``
+#: with the first validation batch and the run's autocast context factory.
 DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] = {
     "params": _params_snapshot,
     "matrix_rms": _matrix_rms,
     "matrix_norm": _matrix_norm,
     "adam_elr": _adam_elr,
+    "attn_logit_max": _attn_logit_max,
 }
 
 #: Hooks that watch every step: ``name -> factory(model, optimizer, **args)`` returning an object with
@@ -384,6 +466,7 @@ PROBES: dict[str, Callable[..., Any]] = {
     "shrinkage": _shrinkage_probe,
     "updates": _update_recorder,
     "angular": _angular_probe,
+    "relative_update": _relative_update_probe,
 }
 
 
@@ -444,12 +527,46 @@ def _measure_noise_fit(model: torch.nn.Module, ds: Any) -> dict[str, float]:
             "clean_fit": float(right[~noisy].double().mean())}
 
 
+def _measure_seen_unseen(model: torch.nn.Module, ds: Any, *, run: Any, autocast: Callable[[], Any] | None = None,
+                         windows: int = 256, seed: int = 0) -> dict[str, float]:
+    """Loss on ``windows`` training windows the run trained on against as many it never touched.
+
+    Seen: drawn (seeded by ``seed``) from the windows of all training batches
+    (:meth:`wdlib.data.TokenDataset.train_starts`); unseen: training-split windows no batch touched
+    (:meth:`~wdlib.data.TokenDataset.unseen_starts`). Both in the run's autocast. A gap near zero is
+    single-pass training's signature: the model has not memorized what it saw (claim LLM-1, chapter 5).
+    Returns ``seen_loss``, ``unseen_loss`` and ``gap`` = unseen - seen.
+    """
+    from .train import evaluate
+
+    if not hasattr(ds, "train_starts"):
+        raise ValueError("the seen_unseen measure applies to language data (a TokenDataset)")
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+        raise ValueError(f"windows must be an integer >= 1, got {windows!r}")
+    seen_all = ds.train_starts(run.steps, run.batch_size, run.block_size, run.seed)
+    gen = torch.Generator().manual_seed(seed)
+    seen = seen_all[torch.randperm(seen_all.numel(), generator=gen)[:windows]]
+    unseen = ds.unseen_starts(windows, run.block_size, seen_all, seed=seed)
+    device = next(model.parameters()).device
+    out = {}
+    for name, starts in (("seen", seen), ("unseen", unseen)):
+        out[f"{name}_loss"] = evaluate(model, ds.windows(starts, run.block_size, run.batch_size, device=device),
+                                       autocast)[0]
+    out["gap"] = out["unseen_loss"] - out["seen_loss"]
+    return out
+
+
+_measure_seen_unseen.needs_run = True  # type: ignore[attr-defined]
+
+
 #: Measurements of the final model on its dataset: ``name -> f(model, dataset, **args) -> {value: float}``;
-#: a run configuration names them in ``measures`` and the values land in ``final["<name>/<value>"]``.
+#: a run configuration names them in ``measures`` and the values land in ``final["<name>/<value>"]``. A
+#: function with the attribute ``needs_run = True`` also gets ``run=<RunConfig>, autocast=<context factory>``.
 MEASURES: dict[str, Callable[..., dict[str, float]]] = {
     "hessian_trace": _measure_trace,
     "top_eigenvalue": _measure_top_eigenvalue,
     "noise_fit": _measure_noise_fit,
+    "seen_unseen": _measure_seen_unseen,
 }
 
 

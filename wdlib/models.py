@@ -10,15 +10,19 @@ GPT.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._registry import call_checked
 
-__all__ = ["MLP", "CNN", "ConvNet", "ResNet18", "GPT", "MODELS", "attention_backend", "build", "flat_parameters"]
+__all__ = ["MLP", "CNN", "ConvNet", "ResNet18", "GPT", "MODELS", "attention_backend", "attention_logit_max", "build", "flat_parameters"]
 
 
 def _check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -410,6 +414,47 @@ class GPT(nn.Module):
         if non_embedding:
             n -= self.wpe.weight.numel()
         return n
+
+
+@torch.no_grad()
+def attention_logit_max(model: nn.Module, idx: torch.Tensor,
+                        autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> np.ndarray:
+    """The largest pre-softmax attention logit of each layer of a :class:`GPT` on the tokens ``idx``.
+
+    The logit of query position ``i`` and key ``j <= i`` in head ``h`` is ``q_i . k_j / sqrt(d_head)``,
+    the quantity ``F.scaled_dot_product_attention`` feeds to its softmax (fused kernels never expose
+    it). It is recomputed from the output of each block's ``qkv`` projection during one forward
+    pass, *inside the same autocast* as training when ``autocast`` (a callable returning the context,
+    as the training loop builds it) is given, so under bf16 autocast ``q . k`` is a bfloat16 matmul
+    as in training. Returns the maximum over the batch, heads and causal positions, one value per
+    layer, as float64. Growing logits are the attention-entropy collapse that precedes loss spikes in
+    large-LR transformer training (Wortsman et al., arXiv 2309.14322; Dehghani et al., arXiv
+    2302.05442). Used by chapter 5 (claim LLM-6).
+    """
+    if not isinstance(model, GPT):
+        raise ValueError(f"attention_logit_max needs a wdlib.models.GPT, got {type(model).__name__}")
+    found: list[float] = []
+
+    def hook(module: nn.Module, inputs: tuple, out: torch.Tensor, *, attn: _CausalSelfAttention) -> None:
+        B, T, C3 = out.shape
+        C, H = C3 // 3, attn.n_head
+        q, k, _ = (t.view(B, T, H, C // H).transpose(1, 2) for t in out.split(C, dim=2))
+        logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // H))
+        causal = torch.ones(T, T, dtype=torch.bool, device=out.device).tril()
+        found.append(float(logits.float().masked_fill(~causal, float("-inf")).amax()))
+
+    handles = [block.attn.qkv.register_forward_hook(functools.partial(hook, attn=block.attn))
+               for block in model.blocks]
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            model(idx)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return np.asarray(found, dtype=np.float64)
 
 
 def attention_backend(device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,

@@ -425,7 +425,12 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
             row.update(_group_norms(opt))
             with torch.no_grad():
                 for name in cfg.diagnostics:
-                    row[f"diag/{name}"] = _diagnostic_value(name, DIAGNOSTICS[name](model, opt), history)
+                    fn = DIAGNOSTICS[name]
+                    if getattr(fn, "needs_batch", False):
+                        value = fn(model, opt, batch=next(iter(eval_sets()["val"]())), autocast=autocast)
+                    else:
+                        value = fn(model, opt)
+                    row[f"diag/{name}"] = _diagnostic_value(name, value, history)
         for k, v in row.items():
             history.setdefault(k, []).append(v)
 
@@ -500,7 +505,9 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     elif rank == 0:
         for spec in cfg.measures:
             args = {k: v for k, v in spec.items() if k != "name"}
-            for k, v in MEASURES[spec["name"]](model, ds, **args).items():
+            fn = MEASURES[spec["name"]]
+            extra = {"run": cfg, "autocast": autocast} if getattr(fn, "needs_run", False) else {}
+            for k, v in fn(model, ds, **extra, **args).items():
                 final[f"{spec['name']}/{k}"] = float(v)
     probe_arrays: dict[str, np.ndarray] = {}
     for name, p in probes.items():
