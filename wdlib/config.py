@@ -33,10 +33,11 @@ from typing import Any
 from .schedules import (Constant, Cosine, Delayed, EqualContribution, LinearDecay, Schedule, StepDrop, Warmup,
                         WarmupStableDecay)
 
-__all__ = ["RunConfig", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "DTYPES", "schedule_from_spec", "FIELD_HELP"]
+__all__ = ["RunConfig", "OPTIMIZERS", "PRECISIONS", "BF16_UPDATES", "SCHEDULES", "DTYPES", "schedule_from_spec", "FIELD_HELP"]
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "torch.adam", "torch.adamw", "torch.sgd")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16-autocast", "bf16-pure")
+BF16_UPDATES: tuple[str, ...] = ("nearest", "master", "kahan", "stochastic")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "wsd", "step", "equal_contribution")
 DTYPES: tuple[str, ...] = ("float32", "float64")
 _DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent")
@@ -69,6 +70,8 @@ FIELD_HELP: dict[str, str] = {
     "grad_clip": "clip the global gradient norm to this value (null: off)",
     "precision": "fp32, bf16-autocast (float32 weights) or bf16-pure (weights and state in bfloat16)",
     "dtype": "float32 or float64 parameters for fp32 precision (float64 for exactness tests)",
+    "bf16_update": "how bf16-pure parameters take their step: nearest (plain rounding), master (float32 master "
+                   "weights), kahan (compensated) or stochastic (stochastic rounding); wdlib.optim",
     "seed": "seed of the initialization and of the batch order",
     "eval_every": "evaluate every this many steps (0: only at the end)",
     "eval_batches": "evaluation batches for language data (default 20)",
@@ -145,7 +148,8 @@ def schedule_from_spec(spec: dict[str, Any] | None, peak: float, steps: int,
 
 
 #: Fields added after the first stored runs, with their (JSON) defaults: left out of the key at these values.
-_LATER_FIELDS: dict[str, Any] = {"label_noise": 0.0, "measures": [], "snapshots": [], "init_from": None}
+_LATER_FIELDS: dict[str, Any] = {"label_noise": 0.0, "measures": [], "snapshots": [], "init_from": None,
+                                 "bf16_update": "nearest"}
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,7 @@ class RunConfig:
     grad_clip: float | None = None
     precision: str = "fp32"
     dtype: str = "float32"
+    bf16_update: str = "nearest"
     seed: int = 0
     eval_every: int = 0
     eval_batches: int = 20
@@ -242,6 +247,10 @@ class RunConfig:
         choice("decay", _DECAYS)
         choice("precision", PRECISIONS)
         choice("dtype", DTYPES)
+        choice("bf16_update", BF16_UPDATES)
+        if self.bf16_update != "nearest" and (self.precision != "bf16-pure" or self.optimizer not in ("adam", "sgd")):
+            raise ValueError(f"bf16_update {self.bf16_update!r} applies to precision 'bf16-pure' with the wdlib "
+                             f"optimizers 'adam' or 'sgd', got precision {self.precision!r}, optimizer {self.optimizer!r}")
         choice("scale", _SCALES)
         for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_batches"):
             positive_int(name)

@@ -22,6 +22,50 @@ a floating-point tensor on a device that has one (CPU and CUDA), the ``_foreach`
 The independent convention is the lr-multiplied one with ``lambda / lr_0``; decoupled SGD scales the
 parameters with one ``_foreach_mul_`` and then takes torch's SGD step without decay.
 
+Parameters stored in bfloat16 (``bf16_update``)
+-----------------------------------------------
+A bfloat16 number has 8 significant bits: for ``|x|`` in ``[2^e, 2^(e+1))`` the spacing of
+representable values is ``ulp = 2^(e-7)``, so relative to ``|x|`` it is between ``2^-8`` and
+``2^-7``. Rounding to nearest takes ``x*(1 - s)`` back to ``x`` whenever ``s*|x| < ulp/2``, that is
+whenever the relative shrink ``s = lr*lambda`` is below ``2^-9`` to ``2^-8`` (about 2e-3 to 3.9e-3,
+depending on where ``|x|`` sits in its binade). GPT-2-style settings (lr 6e-4, lambda 0.1,
+``s = 6e-5``) therefore apply no decay at all to bfloat16 weights, and an update ``u`` is lost the
+same way when ``|u| < ulp/2``. ``bf16_update`` chooses what the optimizer does about it, for
+parameters stored in bfloat16 or float16 (float32 and float64 parameters ignore it: no extra state,
+the same bits as ``"nearest"``):
+
+``"nearest"`` (default)
+    The kernels run on the stored dtype and round to nearest; torch's own behaviour, no extra memory.
+``"master"``
+    Standard mixed precision: a float32 master copy ``state["master"]`` (+4 bytes per parameter)
+    takes the whole step (decay, update, and the momentum or Adam moments, which are float32 too);
+    the parameter is the master rounded to nearest.
+``"kahan"``
+    Kahan-compensated summation (Zamirai et al., "Revisiting BFloat16 Training", arXiv 2010.06192):
+    a buffer ``state["kahan_comp"]`` in the parameter's dtype (+2 bytes per parameter) keeps what the
+    last rounding dropped. Each step runs on ``w = p + comp`` in float32, then ``p <- round(w)`` and
+    ``comp <- w - p``, so small decays and updates accumulate in ``comp`` until they move ``p``.
+``"stochastic"``
+    Stochastic rounding (bfloat16 only; float16 raises ValueError): the step runs on ``p`` in float32
+    and is written back rounded up or down at random with probabilities that make the rounding
+    unbiased, ``E[p_new] = w`` (:func:`wdlib.precision.stochastic_round`, global torch RNG, so a
+    checkpoint with the RNG state resumes exactly). No extra state (+0 bytes).
+
+With ``"master"``, ``"kahan"`` and ``"stochastic"`` the optimizer state of a low-precision parameter
+(``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``) is float32 too: Adam's moments take 8 bytes per
+parameter instead of 4, SGD's momentum 4 instead of 2, on top of the costs above. The kernels still
+run once per group on the list of float32 work tensors (fused where it fits); only the conversions
+are per tensor, plus float32 temporaries for the work tensors and gradients during the step.
+
+Under "nearest" how much decay survives depends on the kernel (torch 2.13, CPU): the fused AdamW
+kernel computes ``p*(1 - s) - update`` in float32 and rounds once, so with updates of several ulps
+the decay survives on average (the rounding error is roughly uniform), and is lost with them when
+they are below half an ulp; the foreach paths (``impl="foreach"``, and decoupled SGD, which shrinks
+with ``torch._foreach_mul_`` before the step) round ``p*(1 - s)`` on its own, and ``_foreach_mul_``
+on bfloat16 even rounds the factor ``1 - s`` to bfloat16 first: ``s < 2^-9`` becomes 0 and
+``s = 3e-3`` becomes ``2^-8``. Measured by :func:`wdlib.precision.applied_decay`; used by chapter 5
+(``notebooks/05_llm_regime.ipynb``, claim LLM-7).
+
 Used by every chapter; introduced in chapter 1 (``notebooks/01_l2_vs_decoupled.ipynb``).
 """
 
@@ -35,7 +79,10 @@ from torch.optim.adam import adam as _adam_functional
 from torch.optim.adamw import adamw as _adamw_functional
 from torch.optim.sgd import sgd as _sgd_functional
 
+from wdlib.precision import _stochastic_round_float32_
+
 __all__ = [
+    "BF16_UPDATES",
     "DECAYS",
     "IMPLS",
     "SGD",
@@ -51,6 +98,9 @@ DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent")
 IMPLS: tuple[str, ...] = ("auto", "fused", "foreach")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FUSED_DEVICES = ("cpu", "cuda")
+BF16_UPDATES: tuple[str, ...] = ("nearest", "master", "kahan", "stochastic")
+_LOW_DTYPES = (torch.bfloat16, torch.float16)
+_MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")  # float32 for remedied low-precision params
 
 
 def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None = None,
@@ -76,6 +126,16 @@ def _check_impl(impl: Any) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(repr(i) for i in IMPLS)}, got {impl!r}")
     return impl
+
+
+def _check_bf16_update(bf16_update: Any, params: Iterable[torch.Tensor] = ()) -> str:
+    if bf16_update not in BF16_UPDATES:
+        raise ValueError(f"bf16_update must be one of {', '.join(repr(b) for b in BF16_UPDATES)}, "
+                         f"got {bf16_update!r}")
+    if bf16_update == "stochastic" and any(p.dtype == torch.float16 for p in params):
+        raise ValueError("bf16_update='stochastic' rounds to bfloat16 only, and a parameter is float16; "
+                         "use 'master' or 'kahan' for float16 parameters")
+    return bf16_update
 
 
 def convert_weight_decay(weight_decay: float, peak_lr: float, source: str, target: str) -> float:
@@ -122,14 +182,43 @@ class _DecayOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_number("lr", group["lr"])
-        _check_number("weight_decay", group["weight_decay"])
-        _check_decay(group["decay"])
-        _check_impl(group["impl"])
+        try:
+            _check_number("lr", group["lr"])
+            _check_number("weight_decay", group["weight_decay"])
+            _check_decay(group["decay"])
+            _check_impl(group["impl"])
+            _check_bf16_update(group["bf16_update"], group["params"])
+            if group["decay"] == "independent" and group.get("initial_lr", group["lr"]) == 0.0 \
+                    and group["weight_decay"] != 0.0:
+                raise ValueError("lr must be > 0 with decay='independent': the decay is scaled by lr_t / lr, "
+                                 "the schedule multiplier, which needs the constructed lr")
+        except ValueError:
+            self.param_groups.pop()  # a rejected group must not stay behind
+            raise
         group.setdefault("initial_lr", group["lr"])
-        if group["decay"] == "independent" and group["initial_lr"] == 0.0 and group["weight_decay"] != 0.0:
-            raise ValueError("lr must be > 0 with decay='independent': the decay is scaled by lr_t / lr, "
-                             "the schedule multiplier, which needs the constructed lr")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # state dicts saved before bf16_update existed
+            group.setdefault("bf16_update", "nearest")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, except that the float32 state of remedied low-precision parameters stays float32.
+
+        ``torch.optim.Optimizer.load_state_dict`` casts every floating-point state tensor to its
+        parameter's dtype, which would round the master copy and the moments to bfloat16.
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = iter([i for g in state_dict["param_groups"] for i in g["params"]])
+        for group in self.param_groups:
+            for p in group["params"]:
+                saved = state_dict["state"].get(next(saved_ids))
+                if group["bf16_update"] == "nearest" or p.dtype not in _LOW_DTYPES or not saved:
+                    continue
+                for key in ("master", *_MOMENT_KEYS):
+                    value = saved.get(key)
+                    if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+                        self.state[p][key] = value.to(device=p.device, copy=True)
 
     @staticmethod
     def _use_fused(group: dict[str, Any], params: list[torch.Tensor]) -> bool:
@@ -151,6 +240,90 @@ class _DecayOptimizer(torch.optim.Optimizer):
             params.append(p)
             grads.append(p.grad)
         return params, grads
+
+    def _work(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
+        """The tensors the kernel steps, their gradients, and (parameter, work, float32 grad) to write back.
+
+        Under "nearest", and for float32/float64 parameters, the work tensor is the parameter itself.
+        A remedied bfloat16/float16 parameter is stepped through a float32 work tensor: the master
+        copy ("master"), ``p + comp`` ("kahan") or ``p`` ("stochastic"), with ``grad.float()``.
+        """
+        mode = group["bf16_update"]
+        low = [p.dtype in _LOW_DTYPES for p in params]
+        if not any(low):
+            return params, grads, []
+        if mode == "nearest":
+            for p, is_low in zip(params, low):
+                if is_low:
+                    self._settle_state(p, mode)
+            return params, grads, []
+        work, work_grads, back = [], [], []
+        for p, g, is_low in zip(params, grads, low):
+            if not is_low:
+                work.append(p)
+                work_grads.append(g)
+                continue
+            state = self._settle_state(p, mode)
+            if mode == "master":
+                w = state.get("master")
+                if w is None:
+                    w = state["master"] = p.detach().float()
+            elif mode == "kahan":
+                comp = state.get("kahan_comp")
+                if comp is None:
+                    comp = state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                w = p.float().add_(comp)  # exact in float32 unless |comp| < 2^-16 |p|
+            else:
+                if p.dtype != torch.bfloat16:
+                    _check_bf16_update(mode, [p])
+                w = p.float()
+            g32 = g.float()
+            work.append(w)
+            work_grads.append(g32)
+            back.append((p, w, g32))
+        return work, work_grads, back
+
+    def _settle_state(self, p: torch.Tensor, mode: str) -> dict[str, Any]:
+        """Bring a low-precision parameter's state in line with ``mode`` (after a mode change or a load).
+
+        Remedied modes keep the moments in float32 and drop the other modes' buffers; "nearest" keeps
+        them in the parameter's dtype, as torch does.
+        """
+        state = self.state[p]
+        if not state:
+            return state
+        moment_dtype = p.dtype if mode == "nearest" else torch.float32
+        for key in _MOMENT_KEYS:
+            value = state.get(key)
+            if isinstance(value, torch.Tensor) and value.dtype != moment_dtype:
+                state[key] = value.to(moment_dtype)
+        if mode != "master":
+            state.pop("master", None)
+        if mode != "kahan":
+            state.pop("kahan_comp", None)
+        return state
+
+    def _write_back(self, group: dict[str, Any], back: list[tuple[torch.Tensor, ...]]) -> None:
+        """Store the stepped float32 work tensors into their low-precision parameters.
+
+        The float32 gradient copies are dead once the kernel has run and serve as scratch.
+        """
+        if not back:
+            return
+        mode = group["bf16_update"]
+        params = [p for p, _, _ in back]
+        work = [w for _, w, _ in back]
+        if mode == "master":
+            torch._foreach_copy_(params, work)  # round to nearest; the master keeps the bits
+        elif mode == "kahan":
+            scratch = [g32 for _, _, g32 in back]
+            torch._foreach_copy_(params, work)  # p <- round(w)
+            torch._foreach_copy_(scratch, params)
+            torch._foreach_sub_(work, scratch)  # w - p: what rounding dropped, exact in float32
+            torch._foreach_copy_([self.state[p]["kahan_comp"] for p in params], work)
+        else:  # the work tensors are temporaries here: round them in place
+            torch._foreach_copy_(params, [_stochastic_round_float32_(w) for w in work])
 
 
 class SGD(_DecayOptimizer):
@@ -174,10 +347,13 @@ class SGD(_DecayOptimizer):
         weight_decay: lambda (>= 0).
         decay: "l2", "decoupled" or "independent".
         impl: "auto" (fused where it fits, else foreach), "fused" or "foreach".
+        bf16_update: how bfloat16/float16 parameters are updated: "nearest", "master", "kahan" or
+            "stochastic" (see the module docstring); float32/float64 parameters ignore it.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, decay: Decay = "decoupled", impl: str = "auto") -> None:
+                 weight_decay: float = 0.0, decay: Decay = "decoupled", impl: str = "auto",
+                 bf16_update: str = "nearest") -> None:
         lr = _check_number("lr", lr)
         momentum = _check_number("momentum", momentum, high=1.0, high_open=True)
         weight_decay = _check_number("weight_decay", weight_decay)
@@ -187,8 +363,9 @@ class SGD(_DecayOptimizer):
             raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0.0:
             raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
+        _check_bf16_update(bf16_update)
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        decay=decay, impl=impl)
+                        decay=decay, impl=impl, bf16_update=bf16_update)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -203,12 +380,13 @@ class SGD(_DecayOptimizer):
             if not params:
                 continue
             fused = self._use_fused(group, params)
+            work, work_grads, back = self._work(group, params, grads)
             bufs = [self.state[p].get("momentum_buffer") for p in params]
             shrink = decay_factor(group)
             if shrink != 0.0:
-                torch._foreach_mul_(params, 1.0 - shrink)
+                torch._foreach_mul_(work, 1.0 - shrink)
             _sgd_functional(
-                params, grads, bufs,
+                work, work_grads, bufs,
                 weight_decay=group["weight_decay"] if group["decay"] == "l2" else 0.0,
                 momentum=group["momentum"], lr=group["lr"], dampening=0.0,
                 nesterov=group["nesterov"], maximize=False,
@@ -217,6 +395,7 @@ class SGD(_DecayOptimizer):
             if group["momentum"] != 0.0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
+            self._write_back(group, back)
         return loss
 
 
@@ -241,11 +420,13 @@ class Adam(_DecayOptimizer):
         weight_decay: lambda (>= 0).
         decay: "l2", "decoupled" or "independent".
         impl: "auto" (fused where it fits, else foreach), "fused" or "foreach".
+        bf16_update: how bfloat16/float16 parameters are updated: "nearest", "master", "kahan" or
+            "stochastic" (see the module docstring); float32/float64 parameters ignore it.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decay: Decay = "decoupled",
-                 impl: str = "auto") -> None:
+                 impl: str = "auto", bf16_update: str = "nearest") -> None:
         lr = _check_number("lr", lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), each in [0, 1), got {betas!r}")
@@ -255,7 +436,9 @@ class Adam(_DecayOptimizer):
         weight_decay = _check_number("weight_decay", weight_decay)
         _check_decay(decay)
         _check_impl(impl)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, impl=impl)
+        _check_bf16_update(bf16_update)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, impl=impl,
+                        bf16_update=bf16_update)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -270,14 +453,15 @@ class Adam(_DecayOptimizer):
             if not params:
                 continue
             fused = self._use_fused(group, params)
+            work, work_grads, back = self._work(group, params, grads)
             exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p in params:
+            for p, w in zip(params, work):
                 state = self.state[p]
-                if not state:
+                if "step" not in state:
                     state["step"] = torch.zeros((), dtype=torch.float32,
                                                 device=p.device if fused else torch.device("cpu"))
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
                 elif fused and state["step"].device != p.device:
                     state["step"] = state["step"].to(p.device)  # fused kernels want the step beside p
                 elif not fused and state["step"].device.type != "cpu":
@@ -293,11 +477,12 @@ class Adam(_DecayOptimizer):
                 functional = _adamw_functional
                 wd_arg = wd if decay == "decoupled" else (wd / group["initial_lr"] if wd else 0.0)
             functional(
-                params, grads, exp_avgs, exp_avg_sqs, [], steps,
+                work, work_grads, exp_avgs, exp_avg_sqs, [], steps,
                 foreach=not fused, fused=fused,
                 amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=wd_arg,
                 eps=group["eps"], maximize=False,
             )
+            self._write_back(group, back)
         return loss
 
 
@@ -305,15 +490,16 @@ class SGDW(SGD):
     """SGD with decoupled, lr-multiplied weight decay: ``SGD(..., decay="decoupled")``."""
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, impl: str = "auto") -> None:
+                 weight_decay: float = 0.0, impl: str = "auto", bf16_update: str = "nearest") -> None:
         super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                         decay="decoupled", impl=impl)
+                         decay="decoupled", impl=impl, bf16_update=bf16_update)
 
 
 class AdamW(Adam):
     """Adam with decoupled, lr-multiplied weight decay (``torch.optim.AdamW``); default lambda 1e-2."""
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, impl: str = "auto") -> None:
+                 eps: float = 1e-8, weight_decay: float = 1e-2, impl: str = "auto",
+                 bf16_update: str = "nearest") -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay="decoupled",
-                         impl=impl)
+                         impl=impl, bf16_update=bf16_update)

@@ -153,10 +153,13 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> tuple[torch.optim.Optim
         groups = decay_groups(model, cfg.decay_vectors)
     counts = group_counts(groups)
     common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ours = dict(common, decay=cfg.decay)
+    if cfg.bf16_update != "nearest":  # left out otherwise: the plain path, as before the option existed
+        ours["bf16_update"] = cfg.bf16_update
     if cfg.optimizer == "adam":
-        opt = Adam(groups, betas=cfg.betas, eps=cfg.eps, decay=cfg.decay, **common)
+        opt = Adam(groups, betas=cfg.betas, eps=cfg.eps, **ours)
     elif cfg.optimizer == "sgd":
-        opt = SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, decay=cfg.decay, **common)
+        opt = SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **ours)
     elif cfg.optimizer == "torch.adam":
         opt = torch.optim.Adam(groups, betas=cfg.betas, eps=cfg.eps, **common)
     elif cfg.optimizer == "torch.adamw":
