@@ -191,3 +191,71 @@ def test_seen_unseen_measure_evaluates_the_windows_it_names():
     assert got["unseen_loss"] == pytest.approx(loss(unseen.tolist()), rel=1e-5)
     with pytest.raises(ValueError, match="language"):
         MEASURES["seen_unseen"](model, object(), run=cfg)
+
+
+# --- the corpus with installed packages ------------------------------------------------------------------
+
+def test_site_packages_corpus_extends_the_standard_library():
+    only = stdlib_chars(15_000_000)
+    more = stdlib_chars(15_000_000, site_packages=True)
+    assert more.meta["site_packages"] and not only.meta["site_packages"]
+    n = len(only.train) + len(only.val)
+    assert len(more.train) + len(more.val) > n  # the stdlib alone is under 15 MB here
+    assert more.meta["files"] > only.meta["files"]
+    with pytest.raises(ValueError, match="site_packages"):
+        stdlib_chars(SMALL, site_packages="yes")
+
+
+# --- chapter 5's experiment module ---------------------------------------------------------------------
+
+def test_divergence_rule_needs_a_spike_that_does_not_recover():
+    from wdlib.experiments.llm import diverged
+
+    assert not diverged([3.0, 2.5, 2.2, 2.1])["diverged"]
+    assert not diverged([3.0, 2.5, 2.4, 2.6, 2.7])["diverged"]  # a stall is not a divergence
+    spike = diverged([3.0, 2.0, 3.5, 3.6])  # 3.5 > 1.5 x 2.0, still up at the end
+    assert spike["diverged"] and spike["spike_at"] == 2 and not spike["recovered"]
+    back = diverged([3.0, 2.0, 3.5, 2.2])
+    assert not back["diverged"] and back["recovered"]
+    assert diverged([3.0, 2.0, float("nan")])["diverged"]
+    assert diverged([3.0, 2.9], nonfinite_at=1)["diverged"]
+
+
+def test_chapter_plan_runs_at_test_scale(tmp_path):
+    from wdlib.experiments import llm
+    from wdlib.runs import Store
+
+    s = llm.setup("test")
+    store = Store(tmp_path)
+    runs = llm.run_plan(s, store=store)
+    assert {k: len(v) for k, v in runs.items()} == {"main": 2, "ln": 1, "o6": 3, "o7": 8}
+    main = runs["main"]
+    r = main[(0.0, 0)]
+    assert "ema_val_loss" in r.history and "relative_update/ratio" in r.probes and s.ft_from in r.snapshots
+    assert llm.value_at(r, llm.constant_phase_end(s)) == r.history["val_loss"][list(r.history["step"]).index(
+        llm.constant_phase_end(s))]
+    with pytest.raises(ValueError, match="not evaluated"):
+        llm.value_at(r, 5)
+    assert llm.constant_phase_end(s) < llm.decay_start(s) <= s.steps
+    ft = llm.run_finetunes(s, main, store=store)
+    assert set(ft) == set(main)
+    copy = ft[(0.0, 0)]
+    assert copy.config["init_from"] == {"run": r.info["key"], "step": s.ft_from}
+    assert copy.config["lr"] == pytest.approx(s.lr * s.ft_lr_factor) and copy.config["seed"] == 1000
+    # the LayerNorm arm decays the gains, the main arm does not
+    ln = runs["ln"][(1.0, 0)]
+    assert ln.config["decay_vectors"] and not main[(1.0, 0)].config["decay_vectors"]
+    assert "diag/attn_logit_max" in runs["o6"][(2e-2, "fp32", 0.0, 0)].history
+    # LLM-7 arms: torch's AdamW on bf16 weights, and wdlib's with each remedy
+    assert runs["o7"][("bf16-pure", "torch.adamw", "nearest", 1.0)].config["optimizer"] == "torch.adamw"
+    assert runs["o7"][("bf16-pure", "adam", "kahan", 1.0)].config["bf16_update"] == "kahan"
+    t = llm.applied_decay_table(llm.bf16_pure_weights(r), s.o7_grid, steps=20)
+    assert set(t["arm"]) == set(llm.APPLIED_ARMS) and len(t) == len(llm.APPLIED_ARMS) * len(s.o7_grid)
+    f32 = t[t["arm"] == "float32"]["ratio"]
+    np.testing.assert_allclose(f32, 1.0, rtol=1e-3)
+    lost = t[(t["arm"] == "bf16, nearest (fused kernel)") & (t["lr_x_wd"] == 1e-4)]["ratio"]
+    assert float(lost.iloc[0]) < 0.05
+    table = llm.table(main, ("wd", "seed"))
+    assert list(table["wd"]) == [0.0, 1.0] and "seen_unseen/gap" in table
+    with pytest.raises(ValueError, match="scale"):
+        llm.setup("huge")

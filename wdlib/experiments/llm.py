@@ -1,0 +1,292 @@
+"""Experiments of chapter 5, "The language-model regime and bfloat16" (LLM-1 to LLM-7).
+
+A small GPT (:class:`wdlib.models.GPT`) trained single-pass on the standard-library character corpus
+(:func:`wdlib.data.stdlib_chars`, validation blocks interleaved with the training text) with AdamW,
+betas (0.9, 0.95), gradient clipping at 1.0, decay on weight matrices and embeddings only, bf16
+autocast with float32 master weights, and a warmup-stable-decay LR schedule, after the nanoGPT fork of
+Andriushchenko et al. (arXiv 2310.04415; settings in ``shared/SOURCES.md``). Every run goes through
+:func:`wdlib.runs.run_many`; the functions return tables and arrays, the notebook draws them and
+computes the verdicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..runs import Store, run_many
+from ..train import RunResult
+
+__all__ = ["Setup", "LLM_SETTINGS", "setup", "base_config", "corpus", "plan", "run_plan", "finetune_configs", "table", "run_finetunes",
+           "decay_start", "constant_phase_end", "value_at", "diverged", "applied_decay_table", "bf16_pure_weights", "APPLIED_ARMS"]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Sizes of one scale (the source's own values are in the chapter)."""
+
+    scale: str
+    data_args: dict[str, Any]
+    model_args: dict[str, Any]
+    block_size: int
+    batch_size: int
+    steps: int                      # main runs (LLM-1 to LLM-5)
+    warmup: int
+    decay_fraction: float           # of the steps after warmup, linear decay to final * lr
+    final: float
+    lr: float
+    wds: tuple[float, ...]          # main runs; the first is 0
+    seeds: tuple[int, ...]
+    ln_wds: tuple[float, ...]       # LLM-5: runs that also decay LayerNorm gains (and biases)
+    ema: float
+    eval_every: int
+    eval_batches: int
+    rel_every: int                  # relative-update probe
+    ft_from: int                    # LLM-2: fine-tune from the snapshot at this step ...
+    ft_steps: int                   # ... for this many steps ...
+    ft_lr_factor: float             # ... at this fraction of the peak LR, constant
+    o6_lrs: tuple[float, ...]       # LLM-6 ladder
+    o6_wd: float
+    o6_steps: int
+    o6_seeds: tuple[int, ...]
+    o6_eval_every: int
+    o7_lr: float                    # LLM-7 runs with parameters stored in bfloat16
+    o7_wd: float
+    o7_steps: int
+    o7_grid: tuple[float, ...]      # lr * lambda values of the applied-decay measurement
+    seen_windows: int = 1024        # LLM-1: windows of each kind in the seen/unseen measure
+    o6_block_size: int | None = None  # LLM-6 context (None: block_size)
+    workers: int = 2
+    spike_factor: float = 1.5
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+LLM_SETTINGS: dict[str, Setup] = {
+    "smoke": Setup("smoke", data_args={"max_bytes": 4_000_000, "val_split": "interleaved"},
+                   model_args={"n_layer": 2, "n_head": 2, "n_embd": 128}, block_size=64, batch_size=16,
+                   steps=1000, warmup=50, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 0.1, 1.0),
+                   seeds=(0, 1), ln_wds=(0.1, 1.0), ema=0.99, eval_every=100, eval_batches=8, rel_every=10,
+                   ft_from=500, ft_steps=150, ft_lr_factor=0.1, o6_lrs=(1e-2, 2e-2), o6_wd=0.3, o6_steps=400,
+                   o6_seeds=(0, 1), o6_eval_every=25, o7_lr=1e-3, o7_wd=1.0, o7_steps=500,
+                   o7_grid=(1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2)),
+    # GPT-2 small (124M with the GPT-2 vocabulary; 85M non-embedding here, a character vocabulary) on the
+    # largest offline corpus this Python's own sources give (standard library and installed packages: 166M
+    # characters where the book was built, so 6,000 steps of 16,384 tokens are about 0.6 of one pass), for one
+    # GPU; context 256 for the main runs and 1024 for the bf16 runs as in the source.
+    "full": Setup("full", data_args={"max_bytes": 400_000_000, "site_packages": True, "val_split": "interleaved",
+                                     "val_block": 65_536},
+                  model_args={"n_layer": 12, "n_head": 12, "n_embd": 768}, block_size=256, batch_size=64,
+                  steps=6_000, warmup=400, decay_fraction=0.2, final=0.1, lr=6e-4, wds=(0.0, 0.1, 0.3),
+                  seeds=(0, 1), ln_wds=(0.1, 0.3), ema=0.99, eval_every=250, eval_batches=40, rel_every=50,
+                  ft_from=3_000, ft_steps=1_000, ft_lr_factor=1e-5 / 6e-4, o6_lrs=(6e-4, 1e-3), o6_wd=0.1,
+                  o6_steps=2_000, o6_seeds=(0, 1, 2), o6_eval_every=50, o7_lr=6e-4, o7_wd=0.1, o7_steps=2_000,
+                  o7_grid=(1e-5, 6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2), o6_block_size=1024, seen_windows=4096),
+    "test": Setup("test", data_args={"max_bytes": 200_000, "val_split": "interleaved", "val_block": 4096},
+                  model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, block_size=16, batch_size=4, steps=24,
+                  warmup=4, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 1.0), seeds=(0,), ln_wds=(1.0,),
+                  ema=0.9, eval_every=6, eval_batches=2, rel_every=2, ft_from=12, ft_steps=6, ft_lr_factor=0.1,
+                  o6_lrs=(2e-2,), o6_wd=0.3, o6_steps=12, o6_seeds=(0,), o6_eval_every=3, o7_lr=1e-3, o7_wd=1.0,
+                  o7_steps=12, o7_grid=(1e-4, 1e-2), seen_windows=16, workers=1),
+}
+
+
+def setup(scale: str) -> Setup:
+    """The settings of ``scale`` ("smoke", "full", or "test" for the unit tests)."""
+    if scale not in LLM_SETTINGS:
+        raise ValueError(f"scale must be one of {', '.join(repr(s) for s in LLM_SETTINGS)}, got {scale!r}")
+    return LLM_SETTINGS[scale]
+
+
+def _schedule(s: Setup, constant: bool = False) -> dict[str, Any]:
+    if constant:
+        return {"name": "constant", "warmup": s.warmup}
+    return {"name": "wsd", "warmup": s.warmup, "decay_fraction": s.decay_fraction, "final": s.final}
+
+
+def base_config(s: Setup, **changes: Any) -> RunConfig:
+    """The chapter's recipe at scale ``s``: AdamW (decoupled), betas (0.9, 0.95), clip 1.0, bf16 autocast,
+    matrices and embeddings decayed (not LayerNorm gains), warmup-stable-decay LR schedule."""
+    cfg = RunConfig(data="stdlib_chars", data_args=dict(s.data_args), model="gpt", model_args=dict(s.model_args),
+                    optimizer="adam", decay="decoupled", lr=s.lr, betas=(0.9, 0.95), grad_clip=1.0,
+                    precision="bf16-autocast", steps=s.steps, batch_size=s.batch_size, block_size=s.block_size,
+                    lr_schedule=_schedule(s), eval_every=s.eval_every, eval_batches=s.eval_batches, scale=s.scale)
+    return cfg.replace(**changes) if changes else cfg
+
+
+def corpus(s: Setup) -> Any:
+    """The chapter's dataset at scale ``s`` (:func:`wdlib.data.stdlib_chars` with the setup's arguments)."""
+    from ..train import build_data
+
+    return build_data(base_config(s))
+
+
+def plan(s: Setup) -> dict[str, dict[tuple, RunConfig]]:
+    """Every run of the chapter but the fine-tuning copies, by section and arm.
+
+    ``main`` (LLM-1 to LLM-4): ``(wd, seed)``, with EMA, the relative-update probe, the Adam effective
+    LR, the seen/unseen measure and a snapshot at ``ft_from``. ``ln`` (LLM-5): ``(wd, seed)`` with
+    LayerNorm gains decayed too. ``o6`` (LLM-6): ``(lr, precision, wd, seed)``, constant LR after
+    warmup, attention logits recorded. ``o7`` (LLM-7): ``(precision, optimizer, bf16_update, wd)``.
+    """
+    main, ln, o6, o7 = {}, {}, {}, {}
+    for wd in s.wds:
+        for seed in s.seeds:
+            main[(wd, seed)] = base_config(
+                s, weight_decay=wd, seed=seed, ema=s.ema, diagnostics=["matrix_norm", "adam_elr"],
+                probes=[{"name": "relative_update", "every": s.rel_every}], measures=[{"name": "seen_unseen", "windows": s.seen_windows}],
+                snapshots=[s.ft_from])
+    for wd in s.ln_wds:
+        for seed in s.seeds:
+            ln[(wd, seed)] = base_config(s, weight_decay=wd, seed=seed, decay_vectors=True)
+    for lr in s.o6_lrs:
+        for precision, wd in (("bf16-autocast", 0.0), ("bf16-autocast", s.o6_wd), ("fp32", 0.0)):
+            for seed in s.o6_seeds:
+                o6[(lr, precision, wd, seed)] = base_config(
+                    s, lr=lr, weight_decay=wd, seed=seed, precision=precision, steps=s.o6_steps,
+                    block_size=s.o6_block_size or s.block_size,
+                    lr_schedule=_schedule(s, constant=True), eval_every=s.o6_eval_every,
+                    eval_batches=max(2, s.eval_batches // 2), diagnostics=["attn_logit_max", "matrix_norm"])
+    # LLM-7: float32 references, torch's own AdamW on bfloat16 parameters (its default CPU kernel shrinks
+    # with a separate p.mul_(1 - lr*wd), rounded on its own), and wdlib's Adam with each bf16_update
+    o7_arms = [("fp32", "adam", "nearest", 0.0), ("fp32", "adam", "nearest", s.o7_wd),
+               ("bf16-pure", "torch.adamw", "nearest", 0.0), ("bf16-pure", "torch.adamw", "nearest", s.o7_wd)] + \
+              [("bf16-pure", "adam", u, s.o7_wd) for u in ("nearest", "master", "kahan", "stochastic")]
+    for precision, optimizer, update, wd in o7_arms:
+        o7[(precision, optimizer, update, wd)] = base_config(
+            s, lr=s.o7_lr, weight_decay=wd, precision=precision, optimizer=optimizer, bf16_update=update,
+            steps=s.o7_steps, diagnostics=["matrix_norm"])
+    return {"main": main, "ln": ln, "o6": o6, "o7": o7}
+
+
+def run_plan(s: Setup, *, store: Store | None = None, device: str = "cpu") -> dict[str, dict[tuple, RunResult]]:
+    """Train (or fetch from the store) every run of :func:`plan`, in ``s.workers`` parallel workers."""
+    runs = plan(s)
+    flat = [(section, arm, cfg) for section, arms in runs.items() for arm, cfg in arms.items()]
+    results = run_many([cfg for _, _, cfg in flat], store, workers=s.workers, device=device)
+    out: dict[str, dict[tuple, RunResult]] = {section: {} for section in runs}
+    for (section, arm, _), r in zip(flat, results):
+        out[section][arm] = r
+    return out
+
+
+def finetune_configs(s: Setup, main: dict[tuple, RunResult]) -> dict[tuple, RunConfig]:
+    """LLM-2's probe: every main run's snapshot at ``ft_from``, trained on at a small constant LR.
+
+    The source fine-tunes its step-10,000 checkpoints for 10,000 steps at lr 1e-5 (fresh optimizer).
+    Here ``ft_steps`` steps at ``ft_lr_factor`` times the peak LR, without warmup or decay, with a
+    fresh optimizer, on new batches (the copy's batch seed is the run's plus 1,000, so it does not
+    replay the windows of the run's first steps; its initialization comes from the snapshot).
+    """
+    out = {}
+    for (wd, seed), r in main.items():
+        cfg = RunConfig.from_dict(r.config)
+        out[(wd, seed)] = cfg.replace(
+            lr=cfg.lr * s.ft_lr_factor, lr_schedule=None, steps=s.ft_steps, seed=cfg.seed + 1000,
+            init_from={"run": r.info["key"], "step": s.ft_from},
+            ema=None, probes=[], measures=[], snapshots=[], diagnostics=[], eval_every=0)
+    return out
+
+
+def run_finetunes(s: Setup, main: dict[tuple, RunResult], *, store: Store | None = None,
+                  device: str = "cpu") -> dict[tuple, RunResult]:
+    """The results of :func:`finetune_configs` (after the main runs: they start from their snapshots)."""
+    cfgs = finetune_configs(s, main)
+    return dict(zip(cfgs, run_many(list(cfgs.values()), store, workers=s.workers, device=device)))
+
+
+# --- reading results ------------------------------------------------------------------------------------
+
+def decay_start(s: Setup) -> int:
+    """The step at which the LR starts to decay (the end of the constant phase)."""
+    rest = s.steps - s.warmup
+    return s.warmup + rest - max(int(round(s.decay_fraction * rest)), 1)
+
+
+def constant_phase_end(s: Setup) -> int:
+    """The last evaluation step inside the constant-LR phase."""
+    return (decay_start(s) // s.eval_every) * s.eval_every
+
+
+def value_at(r: RunResult, step: int, key: str = "val_loss") -> float:
+    """The history value ``key`` at evaluation step ``step``."""
+    steps = list(np.asarray(r.history["step"]).astype(int))
+    if step not in steps:
+        raise ValueError(f"step {step} was not evaluated; evaluated steps: {steps[:3]} ... {steps[-3:]}")
+    return float(r.history[key][steps.index(step)])
+
+
+def diverged(losses: Any, factor: float = 1.5, nonfinite_at: int | None = None) -> dict[str, Any]:
+    """The source's divergence rule on a loss curve: a spike above ``factor`` x its running minimum
+    that does not recover (the last value is still above ``factor`` x the minimum before the spike).
+
+    ``nonfinite_at``: the step at which the training loop stopped a run for a non-finite or exploding
+    loss (:attr:`wdlib.train.RunResult.diverged_at`), which counts as divergence. Returns
+    ``diverged`` (bool), ``spike_at`` (index of the first spike, or None) and ``recovered`` (a spike
+    that came back under the threshold).
+    """
+    x = np.asarray(losses, dtype=np.float64)
+    if nonfinite_at is not None:
+        return {"diverged": True, "spike_at": None, "recovered": False}
+    running = np.minimum.accumulate(np.where(np.isfinite(x), x, np.inf))
+    above = np.zeros(len(x), dtype=bool)
+    above[1:] = ~(x[1:] <= factor * running[:-1])  # NaN counts as above
+    if not above.any():
+        return {"diverged": False, "spike_at": None, "recovered": False}
+    first = int(np.argmax(above))
+    recovered = bool(x[-1] <= factor * running[first - 1])
+    return {"diverged": not recovered, "spike_at": first, "recovered": recovered}
+
+
+def table(results: dict[tuple, RunResult], names: tuple[str, ...]) -> Any:
+    """A pandas table: one row per run, the arm's fields (``names``) and its final metrics."""
+    import pandas as pd
+
+    rows = []
+    for arm, r in results.items():
+        row = dict(zip(names, arm))
+        row.update({k: v for k, v in r.final.items() if "/" not in k or k.startswith(("seen_unseen", "weight_norm"))})
+        row.update({"diverged_at": r.diverged_at, "wall_time": r.wall_time})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- LLM-7: decay on parameters stored in bfloat16 --------------------------------------------------------
+
+def bf16_pure_weights(r: RunResult) -> list[torch.Tensor]:
+    """The decayed weight matrices (>= 2 dims) of a run's final model, float32, for the applied-decay test."""
+    return [v.float() for k, v in r.model_state.items() if v.ndim >= 2 and not k.endswith("lm_head.weight")]
+
+
+#: The arms of the applied-decay measurement: label -> (parameter dtype, bf16_update, kernel).
+APPLIED_ARMS: dict[str, tuple[torch.dtype, str, str]] = {
+    "float32": (torch.float32, "nearest", "auto"),
+    "bf16, nearest (fused kernel)": (torch.bfloat16, "nearest", "fused"),
+    "bf16, nearest (foreach kernel)": (torch.bfloat16, "nearest", "foreach"),
+    "bf16, float32 master": (torch.bfloat16, "master", "auto"),
+    "bf16, Kahan": (torch.bfloat16, "kahan", "auto"),
+    "bf16, stochastic rounding": (torch.bfloat16, "stochastic", "auto"),
+}
+
+
+def applied_decay_table(weights: list[torch.Tensor], grid: tuple[float, ...], steps: int = 100,
+                        lr: float = 1e-3) -> Any:
+    """For each ``lr * lambda`` of ``grid`` and each arm of :data:`APPLIED_ARMS`: the decay AdamW applies
+    per step against the one requested (:func:`wdlib.precision.applied_decay`: zero gradients, so the
+    decay is the only change). Returns a pandas table with ``arm``, ``lr_x_wd``, ``requested``,
+    ``applied``, ``ratio``, ``changed_first_step``."""
+    import pandas as pd
+
+    from ..precision import applied_decay
+
+    rows = []
+    for arm, (dtype, update, impl) in APPLIED_ARMS.items():
+        for shrink in grid:
+            res = applied_decay(weights, lr=lr, weight_decay=shrink / lr, bf16_update=update, dtype=dtype, impl=impl,
+                                steps=steps)
+            rows.append({"arm": arm, "lr_x_wd": shrink,
+                         **{k: float(res[k]) for k in ("requested", "applied", "ratio", "changed_first_step")}})
+    return pd.DataFrame(rows)
