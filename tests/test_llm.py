@@ -102,6 +102,22 @@ def test_relative_update_probe_measures_the_step_and_sees_decay():
     opt2.step()
     p2.after_step(0)
     assert p2.result()["ratio"][0] == pytest.approx(0.005, rel=1e-4)
+    assert p2.result()["step_ratio"][0] == pytest.approx(0.0, abs=1e-6)  # the decay's own shrink taken out
+    # with a gradient, step_norm is the Adam step alone: ||W1 - W0*(1 - lr*wd)||
+    w.grad = torch.randn_like(w)
+    before = w.detach().clone()
+    p2.before_step(1)
+    opt2.step()
+    p2.after_step(1)
+    expected = float((w.detach() - before * (1 - 0.005)).norm() / before.norm())
+    assert p2.result()["step_ratio"][-1] == pytest.approx(expected, rel=1e-4)
+    torch_opt = torch.optim.AdamW([w], lr=0.01, weight_decay=0.5)
+    p3 = RelativeUpdateProbe(torch_opt, [w])
+    w.grad = torch.zeros_like(w)
+    p3.before_step(0)
+    torch_opt.step()
+    p3.after_step(0)
+    assert p3.result()["step_ratio"][0] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="every"):
         RelativeUpdateProbe(opt, [w], every=0)
 
@@ -219,6 +235,24 @@ def test_divergence_rule_needs_a_spike_that_does_not_recover():
     assert not back["diverged"] and back["recovered"]
     assert diverged([3.0, 2.0, float("nan")])["diverged"]
     assert diverged([3.0, 2.9], nonfinite_at=1)["diverged"]
+    # an early spike that recovers does not hide a late divergence
+    late = diverged([4.0, 6.5, 3.0, 2.5, 2.0, 1.9, 4.5, 4.6, 4.7])
+    assert late["diverged"] and late["spike_at"] == 1 and not late["recovered"]
+
+
+def _wsd_multipliers(s):
+    """The LR multiplier of each step of the test setup's warmup-stable-decay schedule, written out by hand."""
+    from wdlib.experiments.llm import decay_start
+
+    out = []
+    for t in range(s.steps):
+        if t < s.warmup:
+            out.append((t + 1) / s.warmup)
+        elif t <= decay_start(s):
+            out.append(1.0)
+        else:
+            out.append(1.0 - (1.0 - s.final) * (t - decay_start(s)) / (s.steps - decay_start(s)))
+    return out
 
 
 def test_chapter_plan_runs_at_test_scale(tmp_path):
@@ -228,7 +262,7 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     s = llm.setup("test")
     store = Store(tmp_path)
     runs = llm.run_plan(s, store=store)
-    assert {k: len(v) for k, v in runs.items()} == {"main": 2, "ln": 1, "o6": 3, "o7": 8}
+    assert {k: len(v) for k, v in runs.items()} == {"main": 2, "ln": 1, "o6": 3, "o7": 9}
     main = runs["main"]
     r = main[(0.0, 0)]
     assert "ema_val_loss" in r.history and "relative_update/ratio" in r.probes and s.ft_from in r.snapshots
@@ -255,6 +289,8 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     np.testing.assert_allclose(f32, 1.0, rtol=1e-3)
     lost = t[(t["arm"] == "bf16, nearest (fused kernel)") & (t["lr_x_wd"] == 1e-4)]["ratio"]
     assert float(lost.iloc[0]) < 0.05
+    cfg = llm.plan(s)["main"][(1.0, 0)]
+    assert llm.accumulated_decay(cfg) == pytest.approx(sum(cfg.lr * m for m in _wsd_multipliers(s)), rel=1e-9)
     table = llm.table(main, ("wd", "seed"))
     assert list(table["wd"]) == [0.0, 1.0] and "seen_unseen/gap" in table
     with pytest.raises(ValueError, match="scale"):

@@ -396,3 +396,17 @@ def test_changing_the_remedy_on_load_converts_the_state():
                                                                     bf16_update="kahan")]})
     opt3.step()
     assert opt3.state[p]["exp_avg"].dtype == torch.float32 and "kahan_comp" in opt3.state[p]
+
+
+def test_applied_decay_of_torch_adamw_kernels_on_bf16():
+    """torch's own AdamW: its default CPU kernel (p.mul_) and its foreach kernel (the factor rounded to bf16)."""
+    w = [torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 0.02]
+    f32 = applied_decay(w, lr=1e-3, weight_decay=1.0, optimizer="torch.adamw", dtype=torch.float32, steps=20)
+    assert f32["ratio"] == pytest.approx(1.0, rel=1e-3)
+    lost = applied_decay(w, lr=1e-3, weight_decay=1.0, optimizer="torch.adamw", steps=20)
+    assert lost["ratio"] == 0.0 and lost["changed_first_step"] == 0.0
+    # foreach rounds 1 - 3e-3 to 1 - 2^-8: every element moves, by more than was asked
+    over = applied_decay(w, lr=1e-3, weight_decay=3.0, optimizer="torch.adamw", impl="foreach", steps=20)
+    assert over["changed_first_step"] == 1.0 and over["ratio"] > 1.2
+    with pytest.raises(ValueError, match="torch.adamw"):
+        applied_decay(w, lr=1e-3, weight_decay=1.0, optimizer="torch.adamw", bf16_update="kahan")

@@ -347,7 +347,10 @@ class RelativeUpdateProbe:
     parameters. Under decoupled decay with Adam the relative update is ``lr * ||u - lambda*W|| / ||W||``:
     a smaller weight norm makes the same ``lr`` a larger relative step, the *effective* learning
     rate of Andriushchenko et al. (arXiv 2310.04415, Section 4; claim LLM-3, chapter 5). Records
-    ``step``, ``lr``, ``weight_norm`` and ``update_norm`` every ``every`` steps from ``start``.
+    ``step``, ``lr``, ``weight_norm`` and ``update_norm`` every ``every`` steps from ``start``, and
+    ``step_norm`` = ``||W_{t+1} - W_t + s_t W_t||``, the update without the decay's own shrink
+    ``s_t W_t`` (``s_t`` from :func:`wdlib.optim.decay_factor` for wdlib's optimizers, ``lr*lambda``
+    for ``torch.optim.AdamW``, 0 for optimizers whose decay goes through the gradient).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1,
@@ -357,9 +360,27 @@ class RelativeUpdateProbe:
         self.optimizer, self.params, self.every, self.start = optimizer, list(params), every, start
         if not self.params:
             raise ValueError("RelativeUpdateProbe needs at least one tensor to watch")
-        self.rows: dict[str, list[float]] = {k: [] for k in ("step", "lr", "weight_norm", "update_norm")}
+        self.rows: dict[str, list[float]] = {k: [] for k in ("step", "lr", "weight_norm", "update_norm", "step_norm")}
         self._prev: list[torch.Tensor] | None = None
+        self._shrink: list[float] = []
         self.count = 0
+
+    def _shrinks(self) -> list[float]:
+        from .optim import decay_factor
+
+        group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+        out = []
+        for p in self.params:
+            g = group_of.get(id(p))
+            if g is None:
+                out.append(0.0)
+            elif "decay" in g:  # wdlib's optimizers
+                out.append(decay_factor(g))
+            elif isinstance(self.optimizer, torch.optim.AdamW):
+                out.append(float(g["lr"]) * float(g["weight_decay"]))
+            else:
+                out.append(0.0)
+        return out
 
     @staticmethod
     def _norm(tensors: list[torch.Tensor]) -> float:
@@ -371,6 +392,7 @@ class RelativeUpdateProbe:
         if step < self.start or (step - self.start) % self.every:
             return
         self._prev = [p.detach().float().clone() for p in self.params]
+        self._shrink = self._shrinks()
         self.rows["step"].append(step)
         self.rows["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
         self.rows["weight_norm"].append(self._norm(self._prev))
@@ -381,6 +403,8 @@ class RelativeUpdateProbe:
             return
         diff = torch._foreach_sub([p.detach().float() for p in self.params], self._prev)
         self.rows["update_norm"].append(self._norm(diff))
+        torch._foreach_add_(diff, torch._foreach_mul(self._prev, self._shrink))
+        self.rows["step_norm"].append(self._norm(diff))
         self._prev = None
         self.count += 1
 
@@ -394,9 +418,11 @@ class RelativeUpdateProbe:
         self.count = state["count"]
 
     def result(self) -> dict[str, np.ndarray]:
-        """``step``, ``lr``, ``weight_norm``, ``update_norm`` and ``ratio`` = update / weight norm, per recorded step."""
+        """``step``, ``lr``, ``weight_norm``, ``update_norm``, ``step_norm``, and ``ratio`` = update / weight
+        norm and ``step_ratio`` = step_norm / weight norm (without the decay's shrink), per recorded step."""
         out = {k: np.asarray(v, dtype=np.float64) for k, v in self.rows.items()}
         out["ratio"] = out["update_norm"] / out["weight_norm"]
+        out["step_ratio"] = out["step_norm"] / out["weight_norm"]
         return out
 
 
@@ -528,14 +554,16 @@ def _measure_noise_fit(model: torch.nn.Module, ds: Any) -> dict[str, float]:
 
 
 def _measure_seen_unseen(model: torch.nn.Module, ds: Any, *, run: Any, autocast: Callable[[], Any] | None = None,
-                         windows: int = 256, seed: int = 0) -> dict[str, float]:
-    """Loss on ``windows`` training windows the run trained on against as many it never touched.
+                         windows: int = 256, recent: float = 0.1, seed: int = 0) -> dict[str, float]:
+    """Loss on training windows the run trained on, on as many it never touched, and on validation windows.
 
-    Seen: drawn (seeded by ``seed``) from the windows of all training batches
-    (:meth:`wdlib.data.TokenDataset.train_starts`); unseen: training-split windows no batch touched
-    (:meth:`~wdlib.data.TokenDataset.unseen_starts`). Both in the run's autocast. A gap near zero is
-    single-pass training's signature: the model has not memorized what it saw (claim LLM-1, chapter 5).
-    Returns ``seen_loss``, ``unseen_loss`` and ``gap`` = unseen - seen.
+    ``windows`` of each kind, in the run's autocast: ``seen`` drawn (seeded by ``seed``) from the
+    windows of all training batches (:meth:`wdlib.data.TokenDataset.train_starts`); ``recent`` from
+    the batches of the last ``recent`` fraction of the steps (what a model would remember best);
+    ``unseen``, training-split windows no batch touched (:meth:`~wdlib.data.TokenDataset.unseen_starts`);
+    ``val``, random windows of the validation split. Unseen minus seen near zero is single-pass
+    training's signature: the model has not memorized what it saw (claim LLM-1, chapter 5).
+    Returns ``seen_loss``, ``recent_loss``, ``unseen_loss``, ``val_loss`` and ``gap`` = unseen - seen.
     """
     from .train import evaluate
 
@@ -543,15 +571,21 @@ def _measure_seen_unseen(model: torch.nn.Module, ds: Any, *, run: Any, autocast:
         raise ValueError("the seen_unseen measure applies to language data (a TokenDataset)")
     if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
         raise ValueError(f"windows must be an integer >= 1, got {windows!r}")
+    if not 0 < recent <= 1:
+        raise ValueError(f"recent must be a fraction in (0, 1], got {recent!r}")
     seen_all = ds.train_starts(run.steps, run.batch_size, run.block_size, run.seed)
     gen = torch.Generator().manual_seed(seed)
     seen = seen_all[torch.randperm(seen_all.numel(), generator=gen)[:windows]]
+    last = seen_all[-max(1, int(round(recent * run.steps))) * run.batch_size:]
+    recent_starts = last[torch.randperm(last.numel(), generator=gen)[:windows]]
     unseen = ds.unseen_starts(windows, run.block_size, seen_all, seed=seed)
+    val = torch.randint(0, len(ds.val) - run.block_size, (windows,), generator=gen)
     device = next(model.parameters()).device
     out = {}
-    for name, starts in (("seen", seen), ("unseen", unseen)):
-        out[f"{name}_loss"] = evaluate(model, ds.windows(starts, run.block_size, run.batch_size, device=device),
-                                       autocast)[0]
+    for name, starts, split in (("seen", seen, "train"), ("recent", recent_starts, "train"),
+                                ("unseen", unseen, "train"), ("val", val, "val")):
+        out[f"{name}_loss"] = evaluate(model, ds.windows(starts, run.block_size, run.batch_size, split=split,
+                                                         device=device), autocast)[0]
     out["gap"] = out["unseen_loss"] - out["seen_loss"]
     return out
 

@@ -137,8 +137,9 @@ def applied_decay(weights: torch.Tensor | Sequence[torch.Tensor], lr: float, wei
     """The per-step weight decay an optimizer really applies to weights stored in ``dtype``.
 
     ``weights`` (a tensor or a list of them, e.g. a trained model's matrices) are copied into
-    ``dtype`` (round to nearest) and stepped ``steps`` times by :class:`wdlib.optim.Adam` or
-    :class:`wdlib.optim.SGD` (no momentum) with the given ``lr``, ``weight_decay``, ``decay``,
+    ``dtype`` (round to nearest) and stepped ``steps`` times by :class:`wdlib.optim.Adam`,
+    :class:`wdlib.optim.SGD` (no momentum) or ``torch.optim.AdamW`` (``optimizer="torch.adamw"``, its
+    own kernel choice; on CPU a per-tensor ``p.mul_(1 - lr*wd)``) with the given ``lr``, ``weight_decay``, ``decay``,
     ``impl`` and ``bf16_update``, on **zero gradients**: Adam's moments stay exactly zero, so its
     update is exactly zero too, and the decay is the only change. Then, from the stored
     (low-precision) values, in float64::
@@ -164,17 +165,27 @@ def applied_decay(weights: torch.Tensor | Sequence[torch.Tensor], lr: float, wei
     """
     from wdlib.optim import SGD, Adam, decay_factor  # here: wdlib.optim imports this module
 
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if optimizer not in ("adam", "sgd", "torch.adamw"):
+        raise ValueError(f"optimizer must be 'adam', 'sgd' or 'torch.adamw', got {optimizer!r}")
+    if optimizer == "torch.adamw" and (bf16_update != "nearest" or decay != "decoupled"):
+        raise ValueError("optimizer='torch.adamw' is torch's own AdamW: bf16_update must be 'nearest' and decay "
+                         "'decoupled'")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if optimizer == "adam" and decay == "l2":
         raise ValueError("decay must be 'decoupled' or 'independent' with optimizer='adam': an L2 penalty's "
                          "gradient is normalised by Adam, not a per-step shrink")
     params = [torch.nn.Parameter(w.detach().to(dtype=dtype, copy=True)) for w in _as_list(weights)]
-    cls = Adam if optimizer == "adam" else SGD
-    opt = cls(params, lr=lr, weight_decay=weight_decay, decay=decay, impl=impl, bf16_update=bf16_update)
-    requested = decay_factor(opt.param_groups[0])
+    if optimizer == "torch.adamw":  # impl "auto": torch's own default; "foreach" / "fused" force that kernel
+        kernel = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl)
+        if kernel is None:
+            raise ValueError(f"impl must be 'auto', 'foreach' or 'fused', got {impl!r}")
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kernel)
+        requested = lr * weight_decay
+    else:
+        cls = Adam if optimizer == "adam" else SGD
+        opt = cls(params, lr=lr, weight_decay=weight_decay, decay=decay, impl=impl, bf16_update=bf16_update)
+        requested = decay_factor(opt.param_groups[0])
     if decay == "l2":
         requested = lr * weight_decay  # SGD without momentum: g + lambda*theta with g = 0
 

@@ -22,7 +22,8 @@ from ..runs import Store, run_many
 from ..train import RunResult
 
 __all__ = ["Setup", "LLM_SETTINGS", "setup", "base_config", "corpus", "plan", "run_plan", "finetune_configs", "table", "run_finetunes",
-           "decay_start", "constant_phase_end", "value_at", "diverged", "applied_decay_table", "bf16_pure_weights", "APPLIED_ARMS"]
+           "decay_start", "constant_phase_end", "value_at", "diverged", "applied_decay_table", "bf16_pure_weights", "APPLIED_ARMS",
+           "NEAREST_ARMS", "REMEDY_ARMS", "accumulated_decay"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ LLM_SETTINGS: dict[str, Setup] = {
                    seeds=(0, 1), ln_wds=(0.1, 1.0), ema=0.99, eval_every=100, eval_batches=8, rel_every=10,
                    ft_from=500, ft_steps=150, ft_lr_factor=0.1, o6_lrs=(1e-2, 2e-2), o6_wd=0.3, o6_steps=400,
                    o6_seeds=(0, 1), o6_eval_every=25, o7_lr=1e-3, o7_wd=1.0, o7_steps=500,
-                   o7_grid=(1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2)),
+                   o7_grid=(6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2)),
     # GPT-2 small (124M with the GPT-2 vocabulary; 85M non-embedding here, a character vocabulary) on the
     # largest offline corpus this Python's own sources give (standard library and installed packages: 166M
     # characters where the book was built, so 6,000 steps of 16,384 tokens are about 0.6 of one pass), for one
@@ -153,7 +154,8 @@ def plan(s: Setup) -> dict[str, dict[tuple, RunConfig]]:
     # LLM-7: float32 references, torch's own AdamW on bfloat16 parameters (its default CPU kernel shrinks
     # with a separate p.mul_(1 - lr*wd), rounded on its own), and wdlib's Adam with each bf16_update
     o7_arms = [("fp32", "adam", "nearest", 0.0), ("fp32", "adam", "nearest", s.o7_wd),
-               ("bf16-pure", "torch.adamw", "nearest", 0.0), ("bf16-pure", "torch.adamw", "nearest", s.o7_wd)] + \
+               ("bf16-pure", "torch.adamw", "nearest", 0.0), ("bf16-pure", "torch.adamw", "nearest", s.o7_wd),
+               ("bf16-pure", "adam", "nearest", 0.0)] + \
               [("bf16-pure", "adam", u, s.o7_wd) for u in ("nearest", "master", "kahan", "stochastic")]
     for precision, optimizer, update, wd in o7_arms:
         o7[(precision, optimizer, update, wd)] = base_config(
@@ -201,7 +203,7 @@ def run_finetunes(s: Setup, main: dict[tuple, RunResult], *, store: Store | None
 # --- reading results ------------------------------------------------------------------------------------
 
 def decay_start(s: Setup) -> int:
-    """The step at which the LR starts to decay (the end of the constant phase)."""
+    """The last step at the peak LR (the end of the constant phase); the LR decays from the next step on."""
     rest = s.steps - s.warmup
     return s.warmup + rest - max(int(round(s.decay_fraction * rest)), 1)
 
@@ -220,25 +222,22 @@ def value_at(r: RunResult, step: int, key: str = "val_loss") -> float:
 
 
 def diverged(losses: Any, factor: float = 1.5, nonfinite_at: int | None = None) -> dict[str, Any]:
-    """The source's divergence rule on a loss curve: a spike above ``factor`` x its running minimum
-    that does not recover (the last value is still above ``factor`` x the minimum before the spike).
+    """The divergence rule of CLAIMS (LLM-6) on a loss curve: the loss ends above ``factor`` x the lowest
+    value it reached before (a spike that did not recover), or turns non-finite.
 
     ``nonfinite_at``: the step at which the training loop stopped a run for a non-finite or exploding
     loss (:attr:`wdlib.train.RunResult.diverged_at`), which counts as divergence. Returns
-    ``diverged`` (bool), ``spike_at`` (index of the first spike, or None) and ``recovered`` (a spike
-    that came back under the threshold).
+    ``diverged`` (bool), ``spike_at`` (index of the first value above ``factor`` x the running minimum
+    before it, or None) and ``recovered`` (a spike happened and the run did not end diverged).
     """
     x = np.asarray(losses, dtype=np.float64)
-    if nonfinite_at is not None:
-        return {"diverged": True, "spike_at": None, "recovered": False}
     running = np.minimum.accumulate(np.where(np.isfinite(x), x, np.inf))
     above = np.zeros(len(x), dtype=bool)
     above[1:] = ~(x[1:] <= factor * running[:-1])  # NaN counts as above
-    if not above.any():
-        return {"diverged": False, "spike_at": None, "recovered": False}
-    first = int(np.argmax(above))
-    recovered = bool(x[-1] <= factor * running[first - 1])
-    return {"diverged": not recovered, "spike_at": first, "recovered": recovered}
+    spike_at = int(np.argmax(above)) if above.any() else None
+    ended_up = len(x) > 1 and not (x[-1] <= factor * running[-2])
+    out = bool(nonfinite_at is not None or not np.isfinite(x).all() or ended_up)
+    return {"diverged": out, "spike_at": spike_at, "recovered": spike_at is not None and not out}
 
 
 def table(results: dict[tuple, RunResult], names: tuple[str, ...]) -> Any:
@@ -261,15 +260,19 @@ def bf16_pure_weights(r: RunResult) -> list[torch.Tensor]:
     return [v.float() for k, v in r.model_state.items() if v.ndim >= 2 and not k.endswith("lm_head.weight")]
 
 
-#: The arms of the applied-decay measurement: label -> (parameter dtype, bf16_update, kernel).
-APPLIED_ARMS: dict[str, tuple[torch.dtype, str, str]] = {
-    "float32": (torch.float32, "nearest", "auto"),
-    "bf16, nearest (fused kernel)": (torch.bfloat16, "nearest", "fused"),
-    "bf16, nearest (foreach kernel)": (torch.bfloat16, "nearest", "foreach"),
-    "bf16, float32 master": (torch.bfloat16, "master", "auto"),
-    "bf16, Kahan": (torch.bfloat16, "kahan", "auto"),
-    "bf16, stochastic rounding": (torch.bfloat16, "stochastic", "auto"),
+#: The arms of the applied-decay measurement: label -> (optimizer, parameter dtype, bf16_update, kernel).
+APPLIED_ARMS: dict[str, tuple[str, torch.dtype, str, str]] = {
+    "float32": ("adam", torch.float32, "nearest", "auto"),
+    "bf16, torch AdamW (default kernel)": ("torch.adamw", torch.bfloat16, "nearest", "auto"),
+    "bf16, nearest (fused kernel)": ("adam", torch.bfloat16, "nearest", "fused"),
+    "bf16, nearest (foreach kernel)": ("adam", torch.bfloat16, "nearest", "foreach"),
+    "bf16, float32 master": ("adam", torch.bfloat16, "master", "auto"),
+    "bf16, Kahan": ("adam", torch.bfloat16, "kahan", "auto"),
+    "bf16, stochastic rounding": ("adam", torch.bfloat16, "stochastic", "auto"),
 }
+#: The round-to-nearest arms (no remedy) and the remedies, among :data:`APPLIED_ARMS`.
+NEAREST_ARMS = ("bf16, torch AdamW (default kernel)", "bf16, nearest (fused kernel)", "bf16, nearest (foreach kernel)")
+REMEDY_ARMS = ("bf16, float32 master", "bf16, Kahan", "bf16, stochastic rounding")
 
 
 def applied_decay_table(weights: list[torch.Tensor], grid: tuple[float, ...], steps: int = 100,
@@ -283,10 +286,18 @@ def applied_decay_table(weights: list[torch.Tensor], grid: tuple[float, ...], st
     from ..precision import applied_decay
 
     rows = []
-    for arm, (dtype, update, impl) in APPLIED_ARMS.items():
+    for arm, (optimizer, dtype, update, impl) in APPLIED_ARMS.items():
         for shrink in grid:
-            res = applied_decay(weights, lr=lr, weight_decay=shrink / lr, bf16_update=update, dtype=dtype, impl=impl,
-                                steps=steps)
+            res = applied_decay(weights, lr=lr, weight_decay=shrink / lr, optimizer=optimizer, bf16_update=update,
+                                dtype=dtype, impl=impl, steps=steps)
             rows.append({"arm": arm, "lr_x_wd": shrink,
                          **{k: float(res[k]) for k in ("requested", "applied", "ratio", "changed_first_step")}})
     return pd.DataFrame(rows)
+
+
+def accumulated_decay(cfg: RunConfig) -> float:
+    """``sum_t eta_t * lambda`` over a run: the number of decay timescales it spans (decoupled convention)."""
+    from ..config import schedule_from_spec
+
+    sched = schedule_from_spec(cfg.lr_schedule, cfg.lr, cfg.steps)
+    return float(sum(sched(t) for t in range(cfg.steps)) * cfg.weight_decay)
