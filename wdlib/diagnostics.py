@@ -270,7 +270,23 @@ def update_to_weight_ratio(before: Iterable[torch.Tensor], after: Iterable[torch
                      for b, a in zip(before, after)])
 
 
-class AngularProbe:
+class _RowsProbe:
+    """State of a probe that keeps its records as ``self.rows`` (name -> list) and ``self.count``."""
+
+    rows: dict[str, list[Any]]
+    count: int
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows recorded so far (plain lists: checkpoints load with ``weights_only=True``)."""
+        return {"rows": {k: list(v) for k, v in self.rows.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (a resumed run)."""
+        self.rows = {k: list(v) for k, v in state["rows"].items()}
+        self.count = state["count"]
+
+
+class AngularProbe(_RowsProbe):
     """Per step, for chosen weight matrices: ``||w||``, the gradient norm, the update norm and the angle
     between ``w_t`` and ``w_{t+1}`` (the angular update, in radians).
 
@@ -315,15 +331,6 @@ class AngularProbe:
         self._prev = None
         self.count += 1
 
-    def state_dict(self) -> dict[str, Any]:
-        """The rows recorded so far (plain lists: checkpoints load with ``weights_only=True``)."""
-        return {"rows": {k: list(v) for k, v in self.rows.items()}, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (a resumed run)."""
-        self.rows = {k: list(v) for k, v in state["rows"].items()}
-        self.count = state["count"]
-
     def result(self) -> dict[str, np.ndarray]:
         """``step``, ``lr`` (steps,), and ``norm``, ``grad_norm``, ``update_norm``, ``angle`` (steps, tensors)."""
         return {k: np.asarray(v, dtype=np.float64) for k, v in self.rows.items()}
@@ -339,7 +346,7 @@ def _angular_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
     return AngularProbe(optimizer, [mats[i] for i in idx], every=every, start=start)
 
 
-class RelativeUpdateProbe:
+class RelativeUpdateProbe(_RowsProbe):
     """Relative update size ``||W_{t+1} - W_t|| / ||W_t||`` of the weight matrices at every step.
 
     The norms are global over the watched tensors (the Frobenius norm of all of them together),
@@ -407,15 +414,6 @@ class RelativeUpdateProbe:
         self.rows["step_norm"].append(self._norm(diff))
         self._prev = None
         self.count += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        """The rows recorded so far (plain lists: checkpoints load with ``weights_only=True``)."""
-        return {"rows": {k: list(v) for k, v in self.rows.items()}, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (a resumed run)."""
-        self.rows = {k: list(v) for k, v in state["rows"].items()}
-        self.count = state["count"]
 
     def result(self) -> dict[str, np.ndarray]:
         """``step``, ``lr``, ``weight_norm``, ``update_norm``, ``step_norm``, and ``ratio`` = update / weight
