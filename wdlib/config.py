@@ -49,7 +49,7 @@ FIELD_HELP: dict[str, str] = {
     "subset": "number of training samples to keep (a nested subset fixed by data_seed); null keeps all",
     "data_seed": "seed of the subset and of the label noise (default 0)",
     "label_noise": "fraction of training labels replaced by a wrong class drawn at random (test labels stay clean)",
-    "model": "model name (wdlib.models.build): mlp, cnn, convnet, resnet18, gpt",
+    "model": "model name (wdlib.models.build): mlp, cnn, convnet, resnet18, gpt, tiedconv, tiedrnn",
     "model_args": "keyword arguments of the model; in_dim/in_channels/num_classes/vocab_size are filled in",
     "optimizer": "adam or sgd (wdlib, with `decay`), or torch.adam, torch.adamw, torch.sgd (their own rule)",
     "lr": "peak learning rate",

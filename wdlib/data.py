@@ -45,7 +45,7 @@ from ._registry import call_checked
 
 __all__ = [
     "DATASETS", "DataNotFoundError", "Dataset", "TokenDataset", "batch_indices", "batches", "check_vocab",
-    "cifar10", "digits", "encode_gpt2", "load", "mnist1d", "openwebtext", "stdlib_chars", "subset",
+    "cifar10", "digits", "encode_gpt2", "load", "mnist1d", "openwebtext", "spurious", "stdlib_chars", "subset",
     "token_file", "with_label_noise", "write_tokens",
 ]
 
@@ -297,6 +297,53 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         return torch.from_numpy(((x[idx] - mean) / std).astype(np.float32).reshape(-1, 1, 8, 8))
     return Dataset("digits", images(train), torch.from_numpy(y[train]), images(test), torch.from_numpy(y[test]),
                    num_classes=10)
+
+
+# ----------------------------------------------------------------------------------------------- spurious
+
+def spurious(num_train: int = 500, num_test: int = 2000, agreement: float = 0.95, test_agreement: float | None = None,
+             causal_noise: float = 1.0, spurious_noise: float = 0.25, noise_dims: int = 20, seed: int = 0) -> Dataset:
+    """A two-class task with a causal feature and a spurious one that agrees with the label only in training.
+
+    Labels ``y`` are fair coin flips, ``s = 2y - 1``. Feature 0 is causal, ``x_c = s + causal_noise * e``
+    (the same rule in every split). Feature 1 is spurious, ``x_s = a + spurious_noise * e`` with ``a = s``
+    with probability ``agreement`` in the training split (``test_agreement`` in the test split, default the
+    same: an in-distribution test) and ``a = -s`` otherwise. Features ``2 .. 1 + noise_dims`` are pure
+    ``N(0, 1)`` noise. With the defaults the spurious feature alone is right on 95% of the training
+    samples and the causal one on about 84% (``Phi(1)``), so training rewards both; a test split with
+    ``test_agreement=0.5`` (the spurious feature independent of the label) is the out-of-distribution
+    test of DEC-4 (chapter 1b), where only the causal feature helps.
+
+    The training split is drawn from a generator seeded by ``seed``, the test split from another, so
+    splits with different ``test_agreement`` share the same labels, causal values and noise, and differ
+    only in the spurious feature (a paired comparison); the training split never changes with it.
+    """
+    num_train = _int("num_train", num_train, 2)
+    num_test = _int("num_test", num_test, 2)
+    noise_dims = _int("noise_dims", noise_dims, 0)
+    seed = _int("seed", seed, 0, _MAX_SEED // 2)
+    for name, value in (("agreement", agreement), ("test_agreement", test_agreement)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    test_agreement = agreement if test_agreement is None else test_agreement
+    for name, value in (("causal_noise", causal_noise), ("spurious_noise", spurious_noise)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+    def split(n: int, agree: float, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(2 * seed + stream)
+        y = torch.randint(0, 2, (n,), generator=g)
+        sign = 2.0 * y - 1.0
+        flip = torch.rand(n, generator=g) >= agree
+        e = torch.randn(n, 2 + noise_dims, generator=g)
+        x = e.clone()
+        x[:, 0] = sign + causal_noise * e[:, 0]
+        x[:, 1] = torch.where(flip, -sign, sign) + spurious_noise * e[:, 1]
+        return x, y
+
+    x, y = split(num_train, agreement, 0)
+    xt, yt = split(num_test, test_agreement, 1)
+    return Dataset(f"spurious[agreement {agreement:g}, test {test_agreement:g}]", x, y, xt, yt, num_classes=2)
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR-10
@@ -743,7 +790,7 @@ def encode_gpt2(text: str, eot: bool = True) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Callable[..., Dataset | TokenDataset]] = {
-    "mnist1d": mnist1d, "digits": digits, "stdlib_chars": stdlib_chars, "cifar10": cifar10,
+    "mnist1d": mnist1d, "digits": digits, "spurious": spurious, "stdlib_chars": stdlib_chars, "cifar10": cifar10,
     "openwebtext": openwebtext,
 }
 DATASETS: tuple[str, ...] = tuple(_REGISTRY)

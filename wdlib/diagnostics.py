@@ -191,10 +191,17 @@ def _update_recorder(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *
 
 
 def _shrinkage_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, start: int = 0,
-                     tensors: str = "matrices") -> ShrinkageProbe:
-    """A :class:`ShrinkageProbe` on the model's weight matrices ("matrices") or on every tensor ("all")."""
+                     tensors: str | list[str] = "matrices") -> ShrinkageProbe:
+    """A :class:`ShrinkageProbe` on the model's weight matrices ("matrices"), on every tensor ("all"), or
+    on the parameters named in a list (``model.named_parameters()`` names, in the list's order)."""
+    if isinstance(tensors, (list, tuple)):
+        named = dict(model.named_parameters())
+        unknown = [n for n in tensors if n not in named]
+        if unknown or not tensors:
+            raise ValueError(f"tensors: unknown parameter names {unknown}; the model has {sorted(named)}")
+        return ShrinkageProbe(optimizer, [named[n] for n in tensors], start=start)
     if tensors not in ("matrices", "all"):
-        raise ValueError(f"tensors must be 'matrices' or 'all', got {tensors!r}")
+        raise ValueError(f"tensors must be 'matrices', 'all' or a list of parameter names, got {tensors!r}")
     params = [p for p in model.parameters() if p.requires_grad and (tensors == "all" or p.ndim >= 2)]
     return ShrinkageProbe(optimizer, params, start=start)
 

@@ -4,8 +4,8 @@
     net = models.build("resnet18", num_classes=10, width=64, scale_invariant=True)
 
 ``MODELS`` names what :func:`build` knows: an MLP, a VGG-style CNN without normalization, the CIFAR
-ResNet-18 (optionally scale-invariant, as in Andriushchenko et al., arXiv 2310.04415) and a nanoGPT-like
-GPT.
+ResNet-18 (optionally scale-invariant, as in Andriushchenko et al., arXiv 2310.04415), a nanoGPT-like
+GPT, and a convolution and an RNN whose weights are shared over a chosen number of positions or steps.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 from ._registry import call_checked
 
-__all__ = ["MLP", "CNN", "ConvNet", "ResNet18", "GPT", "MODELS", "attention_backend", "attention_logit_max", "build", "flat_parameters"]
+__all__ = ["MLP", "CNN", "ConvNet", "ResNet18", "GPT", "TiedConv", "TiedRNN", "MODELS", "attention_backend", "attention_logit_max", "build", "flat_parameters"]
 
 
 def _check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -157,10 +157,15 @@ class ConvNet(nn.Module):
         input_size: the input's spatial size (an int: length for ``dim=1``, side for ``dim=2``).
         channels, kernels, strides: one entry per block (same lengths).
         dim: 1 (Conv1d; input ``(N, L)`` or ``(N, C, L)``) or 2 (Conv2d; ``(N, C, H, W)``).
+        norm: ``"none"`` (the default above) or ``"batch"``: each convolution without bias and
+            followed by BatchNorm (with affine parameters) before the ReLU, so every convolution
+            weight is scale-invariant, as in the BatchNorm ResNets of Loshchilov & Hutter's
+            (lr, lambda) grids (chapter 1b, DEC-8).
     """
 
     def __init__(self, in_channels: int, num_classes: int, input_size: int, channels: tuple[int, ...] = (32, 32, 32),
-                 kernels: tuple[int, ...] = (5, 3, 3), strides: tuple[int, ...] = (1, 2, 2), dim: int = 1) -> None:
+                 kernels: tuple[int, ...] = (5, 3, 3), strides: tuple[int, ...] = (1, 2, 2), dim: int = 1,
+                 norm: str = "none") -> None:
         super().__init__()
         _check_int("in_channels", in_channels)
         _check_int("num_classes", num_classes)
@@ -174,12 +179,18 @@ class ConvNet(nn.Module):
                              f"{len(channels)}, {len(kernels)}, {len(strides)}")
         if dim not in (1, 2) or isinstance(dim, bool):
             raise ValueError(f"dim must be 1 or 2, got {dim!r}")
+        if norm not in ("none", "batch"):
+            raise ValueError(f"norm must be 'none' or 'batch', got {norm!r}")
         self.in_channels, self.dim = in_channels, dim
         conv = nn.Conv1d if dim == 1 else nn.Conv2d
+        bn = nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d
         layers: list[nn.Module] = []
         c_in, size = in_channels, input_size
         for c, k, st in zip(channels, kernels, strides):
-            layers += [conv(c_in, c, k, stride=st, padding=k // 2), nn.ReLU()]
+            if norm == "batch":
+                layers += [conv(c_in, c, k, stride=st, padding=k // 2, bias=False), bn(c), nn.ReLU()]
+            else:
+                layers += [conv(c_in, c, k, stride=st, padding=k // 2), nn.ReLU()]
             c_in, size = c, (size + 2 * (k // 2) - k) // st + 1
             if size < 1:
                 raise ValueError(f"input_size {input_size} is too small for kernels {kernels} and strides {strides}")
@@ -493,10 +504,112 @@ def attention_backend(device: str | torch.device | None = None, dtype: torch.dty
 
 
 # --------------------------------------------------------------------------------------------------
+# Tied layers: the same weights used at several positions or time steps (chapter 1b, DEC-5)
+# --------------------------------------------------------------------------------------------------
+
+def _check_tie(tie: object, uses: int, what: str) -> int:
+    _check_int("tie", tie)
+    if uses % int(tie):  # type: ignore[operator]
+        divisors = [d for d in range(1, uses + 1) if uses % d == 0]
+        raise ValueError(f"tie must divide the number of {what} ({uses}); allowed: {divisors}, got {tie!r}")
+    return int(tie)  # type: ignore[call-overload]
+
+
+class TiedConv(nn.Module):
+    """A 1-D convolution whose kernel is shared by groups of ``tie`` consecutive positions, then a head.
+
+    The layer sees ``input_size`` positions (stride 1, padding ``kernel // 2``, ``kernel`` odd). Positions
+    ``[g*tie, (g+1)*tie)`` use kernel ``g``, so each kernel weight is used ``tie`` times per sample:
+    ``tie=1`` is a locally connected layer (no sharing), ``tie=input_size`` an ordinary ``Conv1d``
+    (every position shares one kernel). In between, the layer has ``input_size // tie`` kernels of
+    ``channels x in_channels x kernel`` weights (``tied.weight``, with one bias per kernel in
+    ``tied.bias``). Output: ReLU, flatten, ``Linear(channels * input_size, num_classes)`` (``head``,
+    whose weights are used once). Kernels start from ``Conv1d``'s default initialization (uniform,
+    bound ``1/sqrt(in_channels*kernel)``), the same for every ``tie``.
+
+    The sharing factor is the quantity of DEC-5: under Adam+L2 a weight used ``tie`` times collects
+    ``tie`` gradient terms, a larger second moment, and so (the claim) a smaller effective decay.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, input_size: int, channels: int = 16, kernel: int = 5,
+                 tie: int = 1) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("input_size", input_size),
+                            ("channels", channels), ("kernel", kernel)):
+            _check_int(name, value)
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (the output keeps the input's length), got {kernel!r}")
+        self.tie = _check_tie(tie, input_size, "positions (input_size)")
+        self.in_channels, self.kernel, self.positions = in_channels, kernel, input_size
+        groups = input_size // self.tie
+        bound = 1 / math.sqrt(in_channels * kernel)
+        self.tied = nn.Module()
+        self.tied.weight = nn.Parameter(torch.empty(groups, channels, in_channels * kernel).uniform_(-bound, bound))
+        self.tied.bias = nn.Parameter(torch.empty(groups, channels).uniform_(-bound, bound))
+        self.head = nn.Linear(channels * input_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of inputs ``(N, L)`` or ``(N, C, L)``."""
+        if x.dim() == 2 and self.in_channels == 1:
+            x = x.unsqueeze(1)
+        if x.dim() != 3 or x.shape[1] != self.in_channels or x.shape[2] != self.positions:
+            raise ValueError(f"TiedConv expects input (N, {self.in_channels}, {self.positions}), got {tuple(x.shape)}")
+        pad = self.kernel // 2
+        cols = F.pad(x, (pad, pad)).unfold(2, self.kernel, 1)            # (N, C_in, P, k)
+        cols = cols.permute(2, 0, 1, 3).reshape(self.positions, x.shape[0], -1)  # (P, N, C_in*k)
+        w = self.tied.weight.repeat_interleave(self.tie, dim=0)           # (P, C, C_in*k): one kernel per position
+        b = self.tied.bias.repeat_interleave(self.tie, dim=0)             # (P, C)
+        out = torch.baddbmm(b.unsqueeze(1), cols, w.transpose(1, 2))      # (P, N, C)
+        return self.head(torch.relu(out).permute(1, 2, 0).flatten(1))
+
+
+class TiedRNN(nn.Module):
+    """An Elman RNN over the input cut into ``input_size // chunk`` steps, its weights tied over ``tie`` steps.
+
+    Step ``t`` reads ``x_t`` (``chunk`` consecutive values) and computes
+    ``h_t = tanh(W_x[g] x_t + W_h[g] h_{t-1} + b[g])`` with ``g = t // tie`` and ``h_0 = 0``; the head
+    reads the last state, ``Linear(hidden, num_classes)``. ``tie = steps`` is the ordinary RNN (one set
+    of weights used at every step, gradients summed over the unrolled time steps), ``tie=1`` the
+    unshared network of the same shape with a separate ``W_x, W_h, b`` per step. Parameters ``w_x``
+    ``(groups, hidden, chunk)``, ``w_h`` ``(groups, hidden, hidden)``, ``bias`` ``(groups, hidden)``,
+    initialized as ``nn.RNN`` does (uniform, bound ``1/sqrt(hidden)``). Chapter 1b, DEC-5.
+    """
+
+    def __init__(self, input_size: int, num_classes: int, hidden: int = 32, chunk: int = 4, tie: int = 1) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("num_classes", num_classes), ("hidden", hidden),
+                            ("chunk", chunk)):
+            _check_int(name, value)
+        if input_size % chunk:
+            raise ValueError(f"chunk must divide input_size ({input_size}), got {chunk!r}")
+        self.steps, self.chunk = input_size // chunk, chunk
+        self.tie = _check_tie(tie, self.steps, "time steps (input_size // chunk)")
+        groups = self.steps // self.tie
+        bound = 1 / math.sqrt(hidden)
+        self.w_x = nn.Parameter(torch.empty(groups, hidden, chunk).uniform_(-bound, bound))
+        self.w_h = nn.Parameter(torch.empty(groups, hidden, hidden).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups, hidden).uniform_(-bound, bound))
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of inputs ``(N, input_size)``."""
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.steps * self.chunk:
+            raise ValueError(f"TiedRNN expects {self.steps * self.chunk} input values per sample, got {x.shape[1]}")
+        xs = x.reshape(x.shape[0], self.steps, self.chunk)
+        h = x.new_zeros(x.shape[0], self.w_h.shape[1])
+        for t in range(self.steps):
+            g = t // self.tie
+            h = torch.tanh(torch.addmm(self.bias[g], xs[:, t], self.w_x[g].T) + h @ self.w_h[g].T)
+        return self.head(h)
+
+
+# --------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "convnet": ConvNet, "resnet18": ResNet18, "gpt": GPT}
+_REGISTRY: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "convnet": ConvNet, "resnet18": ResNet18, "gpt": GPT,
+                                         "tiedconv": TiedConv, "tiedrnn": TiedRNN}
 MODELS: tuple[str, ...] = tuple(_REGISTRY)
 
 

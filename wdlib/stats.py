@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["rankdata", "spearman", "loglog_slope", "t_interval", "two_proportion_p"]
+__all__ = ["rankdata", "spearman", "loglog_slope", "t_interval", "two_proportion_p", "welch_interval"]
 
 
 def rankdata(x: Any) -> np.ndarray:
@@ -47,6 +47,28 @@ def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
     half = float(sps.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
     m = float(v.mean())
     return m, m - half, m + half
+
+
+def welch_interval(a: Any, b: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` and its two-sided Welch confidence interval ``(diff, low, high)``.
+
+    Standard error ``sqrt(s_a^2/n_a + s_b^2/n_b)`` (unequal variances), degrees of freedom by
+    Welch-Satterthwaite. Two groups of independent runs, not paired (use :func:`t_interval` on the
+    differences when the runs pair up, e.g. by seed). When both groups are constant the interval is
+    the point itself.
+    """
+    from scipy import stats as sps
+
+    x, y = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    if x.size < 2 or y.size < 2:
+        raise ValueError("welch_interval needs at least 2 values in each group")
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    diff = float(x.mean() - y.mean())
+    if va + vb == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    half = float(sps.t.ppf((1 + level) / 2, df) * np.sqrt(va + vb))
+    return diff, diff - half, diff + half
 
 
 def two_proportion_p(p1: float, p2: float, n: int) -> float:

@@ -135,7 +135,10 @@ def build_model(cfg: RunConfig, ds: Any) -> nn.Module:
                          "num_classes": ds.num_classes},
                  "convnet": {"in_channels": int(sample.shape[0]) if sample.ndim > 1 else 1,
                              "num_classes": ds.num_classes, "input_size": int(sample.shape[-1])},
-                 "resnet18": {"in_channels": int(sample.shape[0]), "num_classes": ds.num_classes}}
+                 "resnet18": {"in_channels": int(sample.shape[0]), "num_classes": ds.num_classes},
+                 "tiedconv": {"in_channels": int(sample.shape[0]) if sample.ndim > 1 else 1,
+                              "num_classes": ds.num_classes, "input_size": int(sample.shape[-1])},
+                 "tiedrnn": {"input_size": int(sample.numel()), "num_classes": ds.num_classes}}
         for k, v in fills.get(cfg.model, {}).items():
             args.setdefault(k, v)
     torch.manual_seed(cfg.seed)

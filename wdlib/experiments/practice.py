@@ -1,0 +1,368 @@
+"""Experiments of chapter 1b, "Decoupled decay in practice" (DEC-8, DEC-4, DEC-5, DEC-6).
+
+- DEC-8, the (lr, lambda) basin of Loshchilov & Hutter (ICLR 2019, figure 2): test error on a log grid
+  of learning rate by weight decay for SGD+L2, SGDW, Adam+L2 and AdamW, the decoupled ones in both
+  conventions (PyTorch's ``lr*lambda`` per step and the paper's ``lambda`` per step). At CPU scale the
+  network is :class:`wdlib.models.ConvNet` with BatchNorm (every convolution scale-invariant, as in the
+  paper's BatchNorm ResNets) on MNIST-1D, a cosine schedule, SGD with momentum 0.9. The valley's tilt
+  is the log-log slope of the best lambda against the learning rate (:func:`valley`).
+- DEC-4: a two-feature task (:func:`wdlib.data.spurious`) whose spurious feature agrees with the label
+  only in training; an MLP trained with Adam+L2 and AdamW over a lambda grid, lambda picked on the
+  in-distribution test split, then the spurious weight and out-of-distribution accuracy.
+- DEC-5: a convolution and an RNN whose weights are tied over ``tie`` positions or time steps
+  (:class:`wdlib.models.TiedConv`, :class:`wdlib.models.TiedRNN`); the per-weight effective shrinkage
+  of the tied weights (:class:`wdlib.diagnostics.ShrinkageProbe`) against the sharing factor.
+- DEC-6: int8 quantization (:mod:`wdlib.quantize`) of the DEC-8 Adam+L2 and AdamW models.
+
+Every run goes through :func:`wdlib.runs.sweep` (cached in the run store, in parallel single-thread
+workers). The functions return tables and arrays; the notebook draws them and computes the verdicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..quantize import grid_distance, quantizable, quantize_state
+from ..runs import Store, sweep
+from ..stats import loglog_slope
+
+__all__ = ["Arm", "GRID_ARMS", "Setup", "PRACTICE_SETTINGS", "setup", "grid_values", "grid_sweep", "error_matrix",
+           "valley", "spurious_sweep", "spurious_reliance", "select_lambda", "sharing_sweep", "quantization_table",
+           "basin_cells"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One optimizer of the (lr, lambda) grid: wdlib's ``optimizer`` with ``decay`` and the grid's centre
+    (log10 of lr and of lambda, in that decay rule's own units)."""
+
+    label: str
+    optimizer: str
+    decay: str
+    log_lr: float
+    log_wd: float
+    family: str          # "L2" or "decoupled"
+    convention: str      # "coupled", "torch" (lr*lambda per step) or "paper" (lambda per step)
+
+
+#: Centres picked from a one-seed pilot on a wider 7x7 grid (the notebook says so); each grid spans
+#: ``(points - 1) * step`` decades around its centre on both axes.
+GRID_ARMS: tuple[Arm, ...] = (
+    Arm("SGD+L2", "sgd", "l2", -1.0, -2.0, "L2", "coupled"),
+    Arm("SGDW (torch)", "sgd", "decoupled", -1.0, -1.0, "decoupled", "torch"),
+    Arm("SGDW (paper)", "sgd", "independent", -1.0, -2.0, "decoupled", "paper"),
+    Arm("Adam+L2", "adam", "l2", -2.0, -2.0, "L2", "coupled"),
+    Arm("AdamW (torch)", "adam", "decoupled", -2.0, -0.5, "decoupled", "torch"),
+    Arm("AdamW (paper)", "adam", "independent", -2.0, -2.5, "decoupled", "paper"),
+)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Sizes of one scale; each experiment's fields carry its prefix."""
+
+    scale: str
+    workers: int
+    # DEC-8 and DEC-6: BatchNorm ConvNet on MNIST-1D, cosine schedule
+    grid_samples: int
+    grid_channels: int
+    grid_steps: int
+    grid_batch: int
+    grid_points: int
+    grid_step: float                      # decades between grid points
+    grid_seeds: tuple[int, ...]
+    grid_momentum: float = 0.9
+    basin_factor: float = 2.0             # a column is in the basin when its best error <= factor * the grid's best
+    # DEC-4: spurious feature, one-hidden-layer MLP, Adam at one LR, lambda grids per rule
+    spur_data: dict[str, Any] = field(default_factory=dict)
+    spur_ood_agreement: float = 0.5
+    spur_width: int = 64
+    spur_steps: int = 2000
+    spur_batch: int = 50
+    spur_lr: float = 1e-3
+    spur_wds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    spur_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # DEC-5: tied convolution and RNN on MNIST-1D, Adam+L2 and AdamW at one (lr, lambda), float64
+    share_samples: int = 4000
+    share_steps: int = 600
+    share_batch: int = 100
+    share_lr: float = 1e-3
+    share_wd: float = 1e-2
+    share_conv: dict[str, Any] = field(default_factory=dict)
+    share_conv_ties: tuple[int, ...] = (1, 2, 5, 10, 20, 40)
+    share_rnn: dict[str, Any] = field(default_factory=dict)
+    share_rnn_ties: tuple[int, ...] = (1, 2, 5, 10)
+    share_seeds: tuple[int, ...] = (0, 1, 2)
+    # DEC-6
+    quant_bits: tuple[int, ...] = (8, 6, 4)
+
+
+# lambda = 0 and half-decade steps over the range where the in-distribution accuracy peaks (a one-seed
+# pilot on decade steps; lambda*lr = 0.1 per step, AdamW's 100, no longer trains)
+_SPUR_WDS = {"l2": (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "decoupled": (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)}
+
+PRACTICE_SETTINGS: dict[str, Setup] = {
+    "smoke": Setup("smoke", workers=2, grid_samples=4000, grid_channels=16, grid_steps=600, grid_batch=128,
+                   grid_points=5, grid_step=0.5, grid_seeds=(0, 1),
+                   spur_data={"num_train": 500, "num_test": 2000}, spur_wds=_SPUR_WDS, spur_seeds=(0, 1, 2, 3, 4),
+                   share_conv={"channels": 16, "kernel": 5}, share_rnn={"hidden": 32, "chunk": 4},
+                   share_seeds=(0, 1, 2)),
+    # one GPU: 2.5x the data, twice the channels, 5x the steps, a 7x7 grid over 3 decades, 3 seeds
+    "full": Setup("full", workers=4, grid_samples=10_000, grid_channels=32, grid_steps=3000, grid_batch=128,
+                  grid_points=7, grid_step=0.5, grid_seeds=(0, 1, 2),
+                  spur_data={"num_train": 2000, "num_test": 10_000}, spur_steps=8000, spur_wds=_SPUR_WDS,
+                  spur_seeds=tuple(range(10)), share_samples=10_000, share_steps=3000,
+                  share_conv={"channels": 32, "kernel": 5}, share_rnn={"hidden": 64, "chunk": 4},
+                  share_seeds=(0, 1, 2, 3, 4)),
+    # the unit tests: seconds on one core
+    "test": Setup("test", workers=1, grid_samples=400, grid_channels=4, grid_steps=20, grid_batch=32,
+                  grid_points=3, grid_step=1.0, grid_seeds=(0,),
+                  spur_data={"num_train": 100, "num_test": 200, "noise_dims": 4}, spur_steps=30, spur_batch=20,
+                  spur_wds={"l2": (0.0, 1e-2), "decoupled": (0.0, 1.0)}, spur_seeds=(0, 1), share_samples=400,
+                  share_steps=12, share_batch=20, share_conv={"channels": 2, "kernel": 3}, share_conv_ties=(1, 40),
+                  share_rnn={"hidden": 4, "chunk": 8}, share_rnn_ties=(1, 5), share_seeds=(0,), quant_bits=(8, 4)),
+}
+
+
+def setup(scale: str) -> Setup:
+    """The settings of ``scale`` ("smoke", "full" or "test")."""
+    if scale not in PRACTICE_SETTINGS:
+        raise ValueError(f"scale must be one of {', '.join(map(repr, PRACTICE_SETTINGS))}, got {scale!r}")
+    return PRACTICE_SETTINGS[scale]
+
+
+# --- DEC-8: the (lr, lambda) grid --------------------------------------------------------------------
+
+def grid_values(s: Setup, centre: float) -> list[float]:
+    """``grid_points`` values spaced ``grid_step`` decades apart, centred on ``10**centre``."""
+    half = (s.grid_points - 1) / 2
+    return [float(10 ** (centre + (i - half) * s.grid_step)) for i in range(s.grid_points)]
+
+
+def _grid_base(s: Setup, arm: Arm) -> RunConfig:
+    return RunConfig(data="mnist1d", data_args={"num_samples": s.grid_samples}, model="convnet",
+                     model_args={"channels": [s.grid_channels] * 3, "norm": "batch"}, steps=s.grid_steps,
+                     batch_size=s.grid_batch, optimizer=arm.optimizer, decay=arm.decay,
+                     momentum=s.grid_momentum if arm.optimizer == "sgd" else 0.0, lr_schedule={"name": "cosine"},
+                     decay_vectors=True, eval_every=s.grid_steps, scale=s.scale)
+
+
+def grid_sweep(s: Setup, arm: Arm, *, device: str = "cpu", store: Store | None = None) -> Any:
+    """Every (seed, lr, lambda) of ``arm``'s grid: a table with ``test_error`` (1 for a diverged run)."""
+    df = sweep(_grid_base(s, arm), {"seed": list(s.grid_seeds), "lr": grid_values(s, arm.log_lr),
+                                    "weight_decay": grid_values(s, arm.log_wd)},
+               store, workers=s.workers, device=device, progress=False)
+    df["test_error"] = np.where(df["diverged_at"].notna() | df["val_acc"].isna(), 1.0, 1.0 - df["val_acc"])
+    df["arm"] = arm.label
+    return df
+
+
+def error_matrix(table: Any, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lrs, wds, error[wd, lr])``: the test error of one seed, or the mean over seeds (``seed=None``)."""
+    t = table if seed is None else table[table["seed"] == seed]
+    piv = t.groupby(["weight_decay", "lr"])["test_error"].mean().unstack()
+    return piv.columns.to_numpy(float), piv.index.to_numpy(float), piv.to_numpy(float)
+
+
+def valley(lrs: np.ndarray, wds: np.ndarray, err: np.ndarray, basin_factor: float = 2.0) -> dict[str, Any]:
+    """The valley of an error grid: per learning rate the best lambda, and its tilt.
+
+    For each column (one lr) the best lambda is the grid argmin, refined by the vertex of the parabola
+    through it and its two neighbours in log(lambda) (moved at most half a grid step). A column counts
+    when its minimum is interior (not on the grid's first or last lambda, where the valley leaves the
+    grid) and its best error is at most ``basin_factor`` times the grid's best (the good region, not a
+    learning rate that fails whatever the decay). The tilt is :func:`wdlib.stats.loglog_slope` of the
+    counted columns' best lambda against lr: -1 when only the product lr*lambda matters, 0 when the
+    best lambda does not depend on lr. ``nan`` with fewer than 3 counted columns.
+    """
+    lw = np.log10(wds)
+    best = np.full(lrs.size, np.nan)
+    interior = np.zeros(lrs.size, bool)
+    col_best = np.nanmin(err, axis=0)
+    for j in range(lrs.size):
+        i = int(np.nanargmin(err[:, j]))
+        x = lw[i]
+        if 0 < i < wds.size - 1:
+            interior[j] = True
+            a, b, c = err[i - 1, j], err[i, j], err[i + 1, j]
+            curv = a - 2 * b + c
+            if curv > 0:
+                x = lw[i] + float(np.clip(0.5 * (a - c) / curv, -0.5, 0.5)) * (lw[i + 1] - lw[i])
+        best[j] = 10 ** x
+    in_basin = col_best <= basin_factor * np.nanmin(err)
+    counted = interior & in_basin
+    tilt = loglog_slope(lrs[counted], best[counted]) if counted.sum() >= 3 else float("nan")
+    return {"best_wd": best, "counted": counted, "interior": interior, "in_basin": in_basin, "tilt": tilt,
+            "best_error": float(np.nanmin(err)), "columns_counted": int(counted.sum())}
+
+
+def basin_cells(table: Any, basin_factor: float = 2.0) -> Any:
+    """The rows of a grid table whose seed-mean error is at most ``basin_factor`` times the grid's best."""
+    mean = table.groupby(["lr", "weight_decay"])["test_error"].transform("mean")
+    return table[mean <= basin_factor * mean.min()]
+
+
+# --- DEC-4: a spurious feature -------------------------------------------------------------------------
+
+def _spur_base(s: Setup, decay: str) -> RunConfig:
+    return RunConfig(data="spurious", data_args=dict(s.spur_data), model="mlp",
+                     model_args={"width": s.spur_width, "depth": 1}, steps=s.spur_steps, batch_size=s.spur_batch,
+                     optimizer="adam", decay=decay, lr=s.spur_lr, lr_schedule={"name": "cosine"},
+                     decay_vectors=False, eval_every=s.spur_steps, scale=s.scale)
+
+
+def spurious_sweep(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
+    """Adam+L2 ("l2") and AdamW ("decoupled", torch convention) over their lambda grids and seeds, with
+    each model's spurious reliance and out-of-distribution accuracy (:func:`spurious_reliance`)."""
+    import pandas as pd
+
+    from ..train import build_data, build_model
+
+    tables = []
+    for decay in ("l2", "decoupled"):
+        base = _spur_base(s, decay)
+        df = sweep(base, {"seed": list(s.spur_seeds), "weight_decay": list(s.spur_wds[decay])}, store,
+                   workers=s.workers, device=device, progress=False)
+        df["decay"] = decay
+        stored = store if isinstance(store, Store) else Store(store)
+        rows = []
+        for key, seed, wd in zip(df["key"], df["seed"], df["weight_decay"]):
+            cfg = base.replace(seed=int(seed), weight_decay=float(wd))
+            result = stored.get(cfg)
+            assert result is not None and result.info["key"] == key
+            model = build_model(cfg, build_data(cfg))
+            model.load_state_dict(result.model_state)
+            rows.append(spurious_reliance(model, cfg, s.spur_ood_agreement))
+        tables.append(pd.concat([df.reset_index(drop=True), pd.DataFrame(rows)], axis=1))
+    return pd.concat(tables, ignore_index=True)
+
+
+@torch.no_grad()
+def spurious_reliance(model: torch.nn.Module, cfg: RunConfig, ood_agreement: float = 0.5) -> dict[str, float]:
+    """How much a trained model leans on the spurious feature of :func:`wdlib.data.spurious`.
+
+    ``w_causal`` and ``w_spurious`` are the norms of the first layer's input columns 0 and 1 (the weight
+    leaving each feature), ``spurious_ratio = w_spurious / w_causal``; ``id_acc`` and ``ood_acc`` the
+    accuracies on the in-distribution test split and on the same split with the spurious feature's
+    agreement set to ``ood_agreement`` (0.5: independent of the label).
+    """
+    from ..data import spurious
+
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    cols = first.weight.detach().double().norm(dim=0)
+    model.eval()
+    accs = {}
+    for name, agree in (("id_acc", None), ("ood_acc", ood_agreement)):
+        ds = spurious(**{**cfg.data_args, "test_agreement": agree}) if agree is not None else spurious(**cfg.data_args)
+        accs[name] = float((model(ds.x_test).argmax(-1) == ds.y_test).double().mean())
+    return {"w_causal": float(cols[0]), "w_spurious": float(cols[1]),
+            "spurious_ratio": float(cols[1] / cols[0]), **accs}
+
+
+def select_lambda(table: Any, decay: str, metric: str = "id_acc") -> float:
+    """The lambda of rule ``decay`` with the best seed-mean ``metric`` (ties: the smaller lambda)."""
+    t = table[table["decay"] == decay].groupby("weight_decay")[metric].mean()
+    return float(t[t == t.max()].index.min())
+
+
+# --- DEC-5: weight sharing -----------------------------------------------------------------------------
+
+_TIED = {"tiedconv": ["tied.weight"], "tiedrnn": ["w_h", "w_x"]}
+_UNSHARED = ["head.weight"]
+
+
+def _share_base(s: Setup, model: str, decay: str) -> RunConfig:
+    args = dict(s.share_conv if model == "tiedconv" else s.share_rnn)
+    window = max(s.share_steps // 3, 1)
+    return RunConfig(data="mnist1d", data_args={"num_samples": s.share_samples}, model=model, model_args=args,
+                     steps=s.share_steps, batch_size=s.share_batch, optimizer="adam", decay=decay, lr=s.share_lr,
+                     weight_decay=s.share_wd, decay_vectors=False, dtype="float64", eval_every=s.share_steps,
+                     probes=[{"name": "shrinkage", "start": s.share_steps - window,
+                              "tensors": _TIED[model] + _UNSHARED}],
+                     scale=s.scale)
+
+
+def sharing_sweep(s: Setup, model: str, *, device: str = "cpu", store: Store | None = None) -> Any:
+    """Adam+L2 and AdamW on ``model`` ("tiedconv" or "tiedrnn") for each sharing factor and seed.
+
+    One row per run and tensor group: ``group`` ("tied" or "head"), the median and mean relative
+    shrinkage (the per-step decay rate divided by ``lr*lambda``; 1 is AdamW's rate) of its weights over
+    the last third of training, measured by :class:`wdlib.diagnostics.ShrinkageProbe` in float64.
+    """
+    import pandas as pd
+
+    if model not in _TIED:
+        raise ValueError(f"model must be one of {', '.join(map(repr, _TIED))}, got {model!r}")
+    ties = s.share_conv_ties if model == "tiedconv" else s.share_rnn_ties
+    from ..train import build_data, build_model
+
+    rows = []
+    for decay in ("l2", "decoupled"):
+        base = _share_base(s, model, decay)
+        grid = {"seed": list(s.share_seeds), "model_args": [{**base.model_args, "tie": t} for t in ties]}
+        df = sweep(base, grid, store, workers=s.workers, device=device, progress=False)
+        stored = store if isinstance(store, Store) else Store(store)
+        for seed, args in zip(df["seed"], df["model_args"]):
+            cfg = base.replace(seed=int(seed), model_args=args)
+            r = stored.get(cfg)
+            assert r is not None
+            net = build_model(cfg, build_data(cfg))
+            named = dict(net.named_parameters())
+            sizes = [named[n].numel() for n in _TIED[model] + _UNSHARED]
+            rel = r.probes["shrinkage/shrinkage"] / (s.share_lr * s.share_wd)
+            n_tied = sum(sizes[:-1])
+            for group, values in (("tied", rel[:n_tied]), ("head", rel[n_tied:])):
+                rows.append({"model": model, "decay": decay, "seed": int(seed), "tie": int(args["tie"]),
+                             "group": group, "weights": int(values.size), "median": float(np.median(values)),
+                             "mean": float(np.mean(values)), "test_acc": r.final["val_acc"]})
+    return pd.DataFrame(rows)
+
+
+# --- DEC-6: quantization ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...] | None = None,
+                       store: Store | None = None) -> Any:
+    """Quantize the stored models of the grid rows in ``tables`` (label -> grid table) and evaluate them.
+
+    One row per model, bit width and granularity ("tensor", "channel"): float and quantized test accuracy
+    and loss, the accuracy drop, and the mean distance of the quantized tensors' weights to their grid
+    (:func:`wdlib.quantize.grid_distance`, in grid steps). Weights with >= 2 dimensions are quantized;
+    BatchNorm parameters, statistics and biases stay in float32.
+    """
+    import pandas as pd
+
+    from ..train import build_data, build_model, evaluate
+
+    stored = store if isinstance(store, Store) else Store(store)
+    arms = {a.label: a for a in GRID_ARMS}
+    rows = []
+    for label, table in tables.items():
+        base = _grid_base(s, arms[label])
+        data = None
+        for _, row in table.iterrows():
+            if row["test_error"] >= 1.0:
+                continue
+            cfg = base.replace(seed=int(row["seed"]), lr=float(row["lr"]), weight_decay=float(row["weight_decay"]))
+            r = stored.get(cfg)
+            assert r is not None
+            data = data or build_data(cfg)
+            model = build_model(cfg, data)
+            model.load_state_dict(r.model_state)
+            f_loss, f_acc = evaluate(model, data.eval_batches("test"))
+            for b in bits or s.quant_bits:
+                for gran in ("tensor", "channel"):
+                    model.load_state_dict(quantize_state(r.model_state, b, gran))
+                    q_loss, q_acc = evaluate(model, data.eval_batches("test"))
+                    dist = torch.cat([grid_distance(v, b, gran).reshape(-1) for k, v in r.model_state.items()
+                                      if quantizable(k, v)])
+                    rows.append({"arm": label, "seed": int(row["seed"]), "lr": float(row["lr"]),
+                                 "weight_decay": float(row["weight_decay"]), "bits": b, "granularity": gran,
+                                 "float_acc": f_acc, "quant_acc": q_acc, "acc_drop": f_acc - q_acc,
+                                 "loss_rise": q_loss - f_loss, "grid_distance": float(dist.mean())})
+    return pd.DataFrame(rows)
