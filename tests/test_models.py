@@ -197,10 +197,10 @@ def test_init_is_deterministic_under_seed(name, kwargs):
 
 
 def test_build_registry():
-    assert MODELS == ("mlp", "cnn", "convnet", "resnet18", "gpt")
+    assert MODELS == ("mlp", "cnn", "convnet", "resnet18", "gpt", "tiedconv", "tiedrnn")
     assert isinstance(build("resnet18", width=4), ResNet18)
     assert isinstance(build("cnn", in_channels=1, num_classes=3), CNN)
-    with pytest.raises(ValueError, match="allowed: mlp, cnn, convnet, resnet18, gpt"):
+    with pytest.raises(ValueError, match="allowed: mlp, cnn, convnet, resnet18, gpt, tiedconv, tiedrnn"):
         build("vgg16")
     with pytest.raises(ValueError, match="'widht'"):
         build("resnet18", widht=4)

@@ -522,8 +522,9 @@ class TiedConv(nn.Module):
     ``[g*tie, (g+1)*tie)`` use kernel ``g``, so each kernel weight is used ``tie`` times per sample:
     ``tie=1`` is a locally connected layer (no sharing), ``tie=input_size`` an ordinary ``Conv1d``
     (every position shares one kernel). In between, the layer has ``input_size // tie`` kernels of
-    ``channels x in_channels x kernel`` weights (``tied.weight``, with one bias per kernel in
-    ``tied.bias``). Output: ReLU, flatten, ``Linear(channels * input_size, num_classes)`` (``head``,
+    ``channels x in_channels x kernel`` weights (``tied.weight``, ``(groups, channels, in_channels*kernel)``)
+    and ``channels`` biases per kernel (``tied.bias``, stored flat as ``(groups*channels,)`` so that
+    :func:`wdlib.params.decay_groups` treats it as the bias it is). Output: ReLU, flatten, ``Linear(channels * input_size, num_classes)`` (``head``,
     whose weights are used once). Kernels start from ``Conv1d``'s default initialization (uniform,
     bound ``1/sqrt(in_channels*kernel)``), the same for every ``tie``.
 
@@ -545,7 +546,7 @@ class TiedConv(nn.Module):
         bound = 1 / math.sqrt(in_channels * kernel)
         self.tied = nn.Module()
         self.tied.weight = nn.Parameter(torch.empty(groups, channels, in_channels * kernel).uniform_(-bound, bound))
-        self.tied.bias = nn.Parameter(torch.empty(groups, channels).uniform_(-bound, bound))
+        self.tied.bias = nn.Parameter(torch.empty(groups * channels).uniform_(-bound, bound))
         self.head = nn.Linear(channels * input_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -558,7 +559,7 @@ class TiedConv(nn.Module):
         cols = F.pad(x, (pad, pad)).unfold(2, self.kernel, 1)            # (N, C_in, P, k)
         cols = cols.permute(2, 0, 1, 3).reshape(self.positions, x.shape[0], -1)  # (P, N, C_in*k)
         w = self.tied.weight.repeat_interleave(self.tie, dim=0)           # (P, C, C_in*k): one kernel per position
-        b = self.tied.bias.repeat_interleave(self.tie, dim=0)             # (P, C)
+        b = self.tied.bias.view(w.shape[0] // self.tie, -1).repeat_interleave(self.tie, dim=0)  # (P, C)
         out = torch.baddbmm(b.unsqueeze(1), cols, w.transpose(1, 2))      # (P, N, C)
         return self.head(torch.relu(out).permute(1, 2, 0).flatten(1))
 
@@ -571,7 +572,8 @@ class TiedRNN(nn.Module):
     reads the last state, ``Linear(hidden, num_classes)``. ``tie = steps`` is the ordinary RNN (one set
     of weights used at every step, gradients summed over the unrolled time steps), ``tie=1`` the
     unshared network of the same shape with a separate ``W_x, W_h, b`` per step. Parameters ``w_x``
-    ``(groups, hidden, chunk)``, ``w_h`` ``(groups, hidden, hidden)``, ``bias`` ``(groups, hidden)``,
+    ``(groups, hidden, chunk)``, ``w_h`` ``(groups, hidden, hidden)``, ``bias`` ``(groups*hidden,)`` (flat,
+    so that :func:`wdlib.params.decay_groups` treats it as a bias; ``b[g]`` is its ``g``-th slice),
     initialized as ``nn.RNN`` does (uniform, bound ``1/sqrt(hidden)``). Chapter 1b, DEC-5.
     """
 
@@ -588,7 +590,7 @@ class TiedRNN(nn.Module):
         bound = 1 / math.sqrt(hidden)
         self.w_x = nn.Parameter(torch.empty(groups, hidden, chunk).uniform_(-bound, bound))
         self.w_h = nn.Parameter(torch.empty(groups, hidden, hidden).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(groups, hidden).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups * hidden).uniform_(-bound, bound))
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -598,9 +600,10 @@ class TiedRNN(nn.Module):
             raise ValueError(f"TiedRNN expects {self.steps * self.chunk} input values per sample, got {x.shape[1]}")
         xs = x.reshape(x.shape[0], self.steps, self.chunk)
         h = x.new_zeros(x.shape[0], self.w_h.shape[1])
+        bias = self.bias.view(self.w_h.shape[0], -1)
         for t in range(self.steps):
             g = t // self.tie
-            h = torch.tanh(torch.addmm(self.bias[g], xs[:, t], self.w_x[g].T) + h @ self.w_h[g].T)
+            h = torch.tanh(torch.addmm(bias[g], xs[:, t], self.w_x[g].T) + h @ self.w_h[g].T)
         return self.head(h)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["figure", "caption"]
+__all__ = ["figure", "caption", "heatmap"]
 
 
 def figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list]:
@@ -18,3 +21,33 @@ def caption(fig: Figure, text: str, scale: str) -> Figure:
     """Put ``text`` and the scale under the figure (the HTML shows the figure with its caption)."""
     fig.supxlabel(f"{text} [scale: {scale}]", fontsize=9, style="italic")
     return fig
+
+
+def _log_edges(v: np.ndarray) -> np.ndarray:
+    lv = np.log10(np.asarray(v, dtype=np.float64))
+    if lv.size == 1:
+        return 10 ** np.array([lv[0] - 0.5, lv[0] + 0.5])
+    mid = (lv[1:] + lv[:-1]) / 2
+    return 10 ** np.concatenate([[2 * lv[0] - mid[0]], mid, [2 * lv[-1] - mid[-1]]])
+
+
+def heatmap(ax: Any, x: Any, y: Any, z: Any, *, xlabel: str, ylabel: str, label: str, vmin: float | None = None,
+            vmax: float | None = None, cmap: str = "viridis_r", fmt: str = "{:.3f}", colorbar: bool = True) -> Any:
+    """Cells of ``z[i, j]`` at ``(x[j], y[i])`` on log-log axes (``x``, ``y`` increasing, log-spaced), each
+    cell annotated with its value (``fmt``; ``nan`` left blank), and a colorbar titled ``label``. Returns the mesh."""
+    z = np.asarray(z, dtype=np.float64)
+    mesh = ax.pcolormesh(_log_edges(x), _log_edges(y), np.ma.masked_invalid(z), cmap=cmap, vmin=vmin, vmax=vmax,
+                         shading="flat")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for i, yv in enumerate(y):
+        for j, xv in enumerate(x):
+            if np.isfinite(z[i, j]):
+                r, g, b, _ = mesh.cmap(mesh.norm(z[i, j]))
+                ax.text(xv, yv, fmt.format(z[i, j]), ha="center", va="center", fontsize=7,
+                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if colorbar:
+        ax.figure.colorbar(mesh, ax=ax, label=label, shrink=0.9)
+    return mesh

@@ -43,7 +43,7 @@ import torch
 from .config import RunConfig
 from .train import RunResult, init_distributed, train
 
-__all__ = ["Store", "run", "run_many", "sweep", "default_store", "expand_grid"]
+__all__ = ["Store", "run", "run_many", "sweep", "results_table", "default_store", "expand_grid"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -339,14 +339,22 @@ def sweep(base: RunConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]]
     final metrics. ``workers > 1`` trains in that many single-thread processes (for models under
     about 1M parameters two such workers beat one process with two threads on 2 cores).
     """
-    import pandas as pd
-
     configs = expand_grid(base, grid)
     results = run_many(configs, store, workers=workers, device=device, progress=progress)
+    return results_table(configs, results, list(grid))
+
+
+def results_table(configs: Sequence[RunConfig], results: Sequence[RunResult], fields: Sequence[str]) -> Any:
+    """One row per run (a pandas DataFrame): the configuration ``fields``, ``key``, ``diverged_at``,
+    ``wall_time`` and the final metrics (those named like a field or ``lr``/``wd``/``wall_time``/``step``
+    are prefixed ``final_``). The table :func:`sweep` returns, for configurations built another way."""
+    import pandas as pd
+
     rows = []
-    for c, r in zip(configs, results):
-        row = {f"final_{k}" if k in ("lr", "wd", "wall_time", "step") else k: v for k, v in r.final.items()}
+    for c, r in zip(configs, results, strict=True):
+        row = {f"final_{k}" if k in ("lr", "wd", "wall_time", "step") or k in fields else k: v
+               for k, v in r.final.items()}
         row.update({"key": r.info["key"], "diverged_at": r.diverged_at, "wall_time": r.wall_time})
-        row.update({name: getattr(c, name) for name in grid})  # the grid's values, never a metric of the same name
+        row.update({name: getattr(c, name) for name in fields})  # the configuration's values, never a metric
         rows.append(row)
     return pd.DataFrame(rows)

@@ -28,12 +28,12 @@ import torch
 
 from ..config import RunConfig
 from ..quantize import grid_distance, quantizable, quantize_state
-from ..runs import Store, sweep
+from ..runs import Store, expand_grid, results_table, run_many
 from ..stats import loglog_slope
 
-__all__ = ["Arm", "GRID_ARMS", "Setup", "PRACTICE_SETTINGS", "setup", "grid_values", "grid_sweep", "error_matrix",
-           "valley", "spurious_sweep", "spurious_reliance", "select_lambda", "sharing_sweep", "quantization_table",
-           "basin_cells"]
+__all__ = ["Arm", "GRID_ARMS", "Setup", "PRACTICE_SETTINGS", "setup", "grid_values", "grid_sweeps", "error_matrix",
+           "valley", "spurious_sweep", "spurious_reliance", "causal_only_accuracy", "select_lambda", "sharing_sweep",
+           "quantization_table", "basin_cells"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ _SPUR_WDS = {"l2": (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "decoupled": (0.0,
 
 PRACTICE_SETTINGS: dict[str, Setup] = {
     "smoke": Setup("smoke", workers=2, grid_samples=4000, grid_channels=16, grid_steps=600, grid_batch=128,
-                   grid_points=5, grid_step=0.5, grid_seeds=(0, 1),
+                   grid_points=5, grid_step=0.5, grid_seeds=(0, 1, 2),
                    spur_data={"num_train": 500, "num_test": 2000}, spur_wds=_SPUR_WDS, spur_seeds=(0, 1, 2, 3, 4),
                    share_conv={"channels": 16, "kernel": 5}, share_rnn={"hidden": 32, "chunk": 4},
                    share_seeds=(0, 1, 2)),
@@ -152,14 +152,31 @@ def _grid_base(s: Setup, arm: Arm) -> RunConfig:
                      decay_vectors=True, eval_every=s.grid_steps, scale=s.scale)
 
 
-def grid_sweep(s: Setup, arm: Arm, *, device: str = "cpu", store: Store | None = None) -> Any:
-    """Every (seed, lr, lambda) of ``arm``'s grid: a table with ``test_error`` (1 for a diverged run)."""
-    df = sweep(_grid_base(s, arm), {"seed": list(s.grid_seeds), "lr": grid_values(s, arm.log_lr),
-                                    "weight_decay": grid_values(s, arm.log_wd)},
-               store, workers=s.workers, device=device, progress=False)
-    df["test_error"] = np.where(df["diverged_at"].notna() | df["val_acc"].isna(), 1.0, 1.0 - df["val_acc"])
-    df["arm"] = arm.label
-    return df
+def _store(store: Store | str | None) -> Store:
+    return store if isinstance(store, Store) else Store(store)
+
+
+def grid_sweeps(s: Setup, arms: tuple[Arm, ...] = GRID_ARMS, *, device: str = "cpu",
+                store: Store | None = None) -> dict[str, Any]:
+    """Every (seed, lr, lambda) of each arm's grid, trained in one pool of ``s.workers`` processes.
+
+    Returns ``label -> table`` with the grid's fields, the final metrics and ``test_error`` (1 for a
+    diverged run).
+    """
+    store = _store(store)
+    fields = ["seed", "lr", "weight_decay"]
+    plans = {arm.label: expand_grid(_grid_base(s, arm), {"seed": list(s.grid_seeds), "lr": grid_values(s, arm.log_lr),
+                                                         "weight_decay": grid_values(s, arm.log_wd)}) for arm in arms}
+    results = run_many([c for cs in plans.values() for c in cs], store, workers=s.workers, device=device,
+                       progress=False)
+    tables, i = {}, 0
+    for label, configs in plans.items():
+        df = results_table(configs, results[i:i + len(configs)], fields)
+        i += len(configs)
+        df["test_error"] = np.where(df["diverged_at"].notna() | df["val_acc"].isna(), 1.0, 1.0 - df["val_acc"])
+        df["arm"] = label
+        tables[label] = df
+    return tables
 
 
 def error_matrix(table: Any, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,28 +235,35 @@ def _spur_base(s: Setup, decay: str) -> RunConfig:
 
 def spurious_sweep(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
     """Adam+L2 ("l2") and AdamW ("decoupled", torch convention) over their lambda grids and seeds, with
-    each model's spurious reliance and out-of-distribution accuracy (:func:`spurious_reliance`)."""
+    each model's spurious reliance and out-of-distribution accuracy (:func:`spurious_reliance`).
+
+    Seed ``k`` draws its own dataset (``spurious(seed=k)``) as well as its own initialization and
+    batches, so the spread over seeds includes the data.
+    """
     import pandas as pd
 
     from ..train import build_data, build_model
 
-    tables = []
-    for decay in ("l2", "decoupled"):
-        base = _spur_base(s, decay)
-        df = sweep(base, {"seed": list(s.spur_seeds), "weight_decay": list(s.spur_wds[decay])}, store,
-                   workers=s.workers, device=device, progress=False)
-        df["decay"] = decay
-        stored = store if isinstance(store, Store) else Store(store)
-        rows = []
-        for key, seed, wd in zip(df["key"], df["seed"], df["weight_decay"]):
-            cfg = base.replace(seed=int(seed), weight_decay=float(wd))
-            result = stored.get(cfg)
-            assert result is not None and result.info["key"] == key
-            model = build_model(cfg, build_data(cfg))
-            model.load_state_dict(result.model_state)
-            rows.append(spurious_reliance(model, cfg, s.spur_ood_agreement))
-        tables.append(pd.concat([df.reset_index(drop=True), pd.DataFrame(rows)], axis=1))
-    return pd.concat(tables, ignore_index=True)
+    store = _store(store)
+    configs = [_spur_base(s, decay).replace(seed=sd, weight_decay=float(wd),
+                                            data_args={**s.spur_data, "seed": sd})
+               for decay in ("l2", "decoupled") for sd in s.spur_seeds for wd in s.spur_wds[decay]]
+    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    df = results_table(configs, results, ["decay", "seed", "weight_decay"])
+    rows = []
+    for cfg, result in zip(configs, results):
+        model = build_model(cfg, build_data(cfg))
+        model.load_state_dict(result.model_state)
+        rows.append(spurious_reliance(model, cfg, s.spur_ood_agreement))
+    return pd.concat([df, pd.DataFrame(rows)], axis=1)
+
+
+def causal_only_accuracy(s: Setup) -> float:
+    """The accuracy of the best rule that reads only the causal feature, ``Phi(1 / causal_noise)``: the most
+    any model can score out of distribution (up to what the noise features leak, nothing)."""
+    from scipy.stats import norm
+
+    return float(norm.cdf(1.0 / float(s.spur_data.get("causal_noise", 1.0))))
 
 
 @torch.no_grad()
@@ -287,8 +311,10 @@ def _share_base(s: Setup, model: str, decay: str) -> RunConfig:
                      scale=s.scale)
 
 
-def sharing_sweep(s: Setup, model: str, *, device: str = "cpu", store: Store | None = None) -> Any:
-    """Adam+L2 and AdamW on ``model`` ("tiedconv" or "tiedrnn") for each sharing factor and seed.
+def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn"), *, device: str = "cpu",
+                  store: Store | None = None) -> Any:
+    """Adam+L2 and AdamW on ``model`` ("tiedconv", "tiedrnn" or both) for each sharing factor and seed, in
+    one pool of ``s.workers`` processes.
 
     One row per run and tensor group: ``group`` ("tied" or "head"), the median and mean relative
     shrinkage (the per-step decay rate divided by ``lr*lambda``; 1 is AdamW's rate) of its weights over
@@ -296,30 +322,30 @@ def sharing_sweep(s: Setup, model: str, *, device: str = "cpu", store: Store | N
     """
     import pandas as pd
 
-    if model not in _TIED:
-        raise ValueError(f"model must be one of {', '.join(map(repr, _TIED))}, got {model!r}")
-    ties = s.share_conv_ties if model == "tiedconv" else s.share_rnn_ties
     from ..train import build_data, build_model
 
+    models = (model,) if isinstance(model, str) else tuple(model)
+    for m in models:
+        if m not in _TIED:
+            raise ValueError(f"model must be one of {', '.join(map(repr, _TIED))} (or a tuple of them), got {m!r}")
+    configs = []
+    for m in models:
+        ties = s.share_conv_ties if m == "tiedconv" else s.share_rnn_ties
+        for decay in ("l2", "decoupled"):
+            base = _share_base(s, m, decay)
+            configs += [base.replace(seed=sd, model_args={**base.model_args, "tie": t})
+                        for sd in s.share_seeds for t in ties]
+    results = run_many(configs, _store(store), workers=s.workers, device=device, progress=False)
     rows = []
-    for decay in ("l2", "decoupled"):
-        base = _share_base(s, model, decay)
-        grid = {"seed": list(s.share_seeds), "model_args": [{**base.model_args, "tie": t} for t in ties]}
-        df = sweep(base, grid, store, workers=s.workers, device=device, progress=False)
-        stored = store if isinstance(store, Store) else Store(store)
-        for seed, args in zip(df["seed"], df["model_args"]):
-            cfg = base.replace(seed=int(seed), model_args=args)
-            r = stored.get(cfg)
-            assert r is not None
-            net = build_model(cfg, build_data(cfg))
-            named = dict(net.named_parameters())
-            sizes = [named[n].numel() for n in _TIED[model] + _UNSHARED]
-            rel = r.probes["shrinkage/shrinkage"] / (s.share_lr * s.share_wd)
-            n_tied = sum(sizes[:-1])
-            for group, values in (("tied", rel[:n_tied]), ("head", rel[n_tied:])):
-                rows.append({"model": model, "decay": decay, "seed": int(seed), "tie": int(args["tie"]),
-                             "group": group, "weights": int(values.size), "median": float(np.median(values)),
-                             "mean": float(np.mean(values)), "test_acc": r.final["val_acc"]})
+    for cfg, r in zip(configs, results):
+        named = dict(build_model(cfg, build_data(cfg)).named_parameters())
+        sizes = [named[n].numel() for n in _TIED[cfg.model] + _UNSHARED]
+        rel = r.probes["shrinkage/shrinkage"] / (s.share_lr * s.share_wd)
+        n_tied = sum(sizes[:-1])
+        for group, values in (("tied", rel[:n_tied]), ("head", rel[n_tied:])):
+            rows.append({"model": cfg.model, "decay": cfg.decay, "seed": cfg.seed, "tie": int(cfg.model_args["tie"]),
+                         "group": group, "weights": int(values.size), "median": float(np.median(values)),
+                         "mean": float(np.mean(values)), "test_acc": r.final["val_acc"]})
     return pd.DataFrame(rows)
 
 
@@ -339,7 +365,7 @@ def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...
 
     from ..train import build_data, build_model, evaluate
 
-    stored = store if isinstance(store, Store) else Store(store)
+    stored = _store(store)
     arms = {a.label: a for a in GRID_ARMS}
     rows = []
     for label, table in tables.items():
