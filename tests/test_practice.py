@@ -655,3 +655,27 @@ def test_tied_biases_are_not_decayed_with_the_vectors():
         assert id(bias) in groups["no_decay"] and id(named["head.bias"]) in groups["no_decay"]
         weight = named["tied.weight"] if "tied.weight" in named else named["w_h"]
         assert id(weight) in groups["decay"]
+
+
+def test_spurious_test_draw_is_an_independent_test_split():
+    a = spurious(num_train=50, num_test=400, seed=3)
+    b = spurious(num_train=50, num_test=400, seed=3, test_draw=1)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
+    assert not torch.equal(a.x_test, b.x_test)
+    assert torch.equal(spurious(num_train=50, num_test=400, seed=3, test_draw=1).x_test, b.x_test)
+    with pytest.raises(ValueError, match="test_draw"):
+        spurious(test_draw=-1)
+
+
+def test_sharing_sweep_rnn_groups_leave_out_the_unused_step0_weights(tmp_path):
+    from wdlib.runs import Store
+
+    s = practice.setup("test")
+    share = practice.sharing_sweep(s, "tiedrnn", store=Store(tmp_path / "store"))
+    h, chunk, steps = s.share_rnn["hidden"], s.share_rnn["chunk"], 40 // s.share_rnn["chunk"]
+    for tie in s.share_rnn_ties:
+        rows = share[share["tie"] == tie].set_index(["decay", "group"])["weights"]
+        groups = steps // tie
+        assert rows[("l2", "tied")] == groups * h * chunk
+        assert rows[("l2", "recurrent")] == (groups - (tie == 1)) * h * h
+        assert rows[("l2", "head")] == 10 * h

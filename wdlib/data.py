@@ -302,7 +302,8 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
 # ----------------------------------------------------------------------------------------------- spurious
 
 def spurious(num_train: int = 500, num_test: int = 2000, agreement: float = 0.95, test_agreement: float | None = None,
-             causal_noise: float = 1.0, spurious_noise: float = 0.25, noise_dims: int = 20, seed: int = 0) -> Dataset:
+             causal_noise: float = 1.0, spurious_noise: float = 0.25, noise_dims: int = 20, seed: int = 0,
+             test_draw: int = 0) -> Dataset:
     """A two-class task with a causal feature and a spurious one that agrees with the label only in training.
 
     Labels ``y`` are fair coin flips, ``s = 2y - 1``. Feature 0 is causal, ``x_c = s + causal_noise * e``
@@ -317,11 +318,15 @@ def spurious(num_train: int = 500, num_test: int = 2000, agreement: float = 0.95
     The training split is drawn from a generator seeded by ``seed``, the test split from another, so
     splits with different ``test_agreement`` share the same labels, causal values and noise, and differ
     only in the spurious feature (a paired comparison); the training split never changes with it.
+    ``test_draw`` picks another, independent draw of the test split (same rule, same training split):
+    chapter 1b chooses lambda on draw 0 and measures out of distribution on draw 1, so the choice
+    never sees the noise it is judged on.
     """
     num_train = _int("num_train", num_train, 2)
     num_test = _int("num_test", num_test, 2)
     noise_dims = _int("noise_dims", noise_dims, 0)
     seed = _int("seed", seed, 0, _MAX_SEED // 2)
+    test_draw = _int("test_draw", test_draw, 0, _MAX_SEED)
     for name, value in (("agreement", agreement), ("test_agreement", test_agreement)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
             raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
@@ -331,7 +336,10 @@ def spurious(num_train: int = 500, num_test: int = 2000, agreement: float = 0.95
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
     def split(n: int, agree: float, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(2 * seed + stream)
+        # torch's CPU generator keeps 32 bits of its seed: further test draws get theirs from a SeedSequence
+        first = 2 * seed + stream
+        g = torch.Generator().manual_seed(first if not (stream and test_draw) else
+                                          int(np.random.SeedSequence([seed, stream, test_draw]).generate_state(1)[0]))
         y = torch.randint(0, 2, (n,), generator=g)
         sign = 2.0 * y - 1.0
         flip = torch.rand(n, generator=g) >= agree

@@ -272,8 +272,9 @@ def spurious_reliance(model: torch.nn.Module, cfg: RunConfig, ood_agreement: flo
 
     ``w_causal`` and ``w_spurious`` are the norms of the first layer's input columns 0 and 1 (the weight
     leaving each feature), ``spurious_ratio = w_spurious / w_causal``; ``id_acc`` and ``ood_acc`` the
-    accuracies on the in-distribution test split and on the same split with the spurious feature's
-    agreement set to ``ood_agreement`` (0.5: independent of the label).
+    accuracies on the in-distribution test split (the one lambda is chosen on) and on an independent
+    draw of the test split (``test_draw=1``) with the spurious feature's agreement set to
+    ``ood_agreement`` (0.5: independent of the label).
     """
     from ..data import spurious
 
@@ -281,8 +282,8 @@ def spurious_reliance(model: torch.nn.Module, cfg: RunConfig, ood_agreement: flo
     cols = first.weight.detach().double().norm(dim=0)
     model.eval()
     accs = {}
-    for name, agree in (("id_acc", None), ("ood_acc", ood_agreement)):
-        ds = spurious(**{**cfg.data_args, "test_agreement": agree}) if agree is not None else spurious(**cfg.data_args)
+    for name, changes in (("id_acc", {}), ("ood_acc", {"test_agreement": ood_agreement, "test_draw": 1})):
+        ds = spurious(**{**cfg.data_args, **changes})
         accs[name] = float((model(ds.x_test).argmax(-1) == ds.y_test).double().mean())
     return {"w_causal": float(cols[0]), "w_spurious": float(cols[1]),
             "spurious_ratio": float(cols[1] / cols[0]), **accs}
@@ -296,8 +297,12 @@ def select_lambda(table: Any, decay: str, metric: str = "id_acc") -> float:
 
 # --- DEC-5: weight sharing -----------------------------------------------------------------------------
 
-_TIED = {"tiedconv": ["tied.weight"], "tiedrnn": ["w_h", "w_x"]}
-_UNSHARED = ["head.weight"]
+#: the probed tensors of each model, with the row group each one reports under: the shared weights ("tied";
+#: for the RNN its input weights, every group used exactly ``tie`` times), the RNN's recurrent weights
+#: ("recurrent", reported apart: at step 0 they multiply h_0 = 0 and get no data gradient), and the head
+#: (used once in every model: the control)
+_PROBED = {"tiedconv": [("tied.weight", "tied"), ("head.weight", "head")],
+           "tiedrnn": [("w_x", "tied"), ("w_h", "recurrent"), ("head.weight", "head")]}
 
 
 def _share_base(s: Setup, model: str, decay: str) -> RunConfig:
@@ -307,7 +312,7 @@ def _share_base(s: Setup, model: str, decay: str) -> RunConfig:
                      steps=s.share_steps, batch_size=s.share_batch, optimizer="adam", decay=decay, lr=s.share_lr,
                      weight_decay=s.share_wd, decay_vectors=False, dtype="float64", eval_every=s.share_steps,
                      probes=[{"name": "shrinkage", "start": s.share_steps - window,
-                              "tensors": _TIED[model] + _UNSHARED}],
+                              "tensors": [name for name, _ in _PROBED[model]]}],
                      scale=s.scale)
 
 
@@ -316,7 +321,7 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
     """Adam+L2 and AdamW on ``model`` ("tiedconv", "tiedrnn" or both) for each sharing factor and seed, in
     one pool of ``s.workers`` processes.
 
-    One row per run and tensor group: ``group`` ("tied" or "head"), the median and mean relative
+    One row per run and tensor group: ``group`` ("tied", "recurrent" for the RNN, or "head"), the median and mean relative
     shrinkage (the per-step decay rate divided by ``lr*lambda``; 1 is AdamW's rate) of its weights over
     the last third of training, measured by :class:`wdlib.diagnostics.ShrinkageProbe` in float64.
     """
@@ -326,8 +331,8 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
 
     models = (model,) if isinstance(model, str) else tuple(model)
     for m in models:
-        if m not in _TIED:
-            raise ValueError(f"model must be one of {', '.join(map(repr, _TIED))} (or a tuple of them), got {m!r}")
+        if m not in _PROBED:
+            raise ValueError(f"model must be one of {', '.join(map(repr, _PROBED))} (or a tuple of them), got {m!r}")
     configs = []
     for m in models:
         ties = s.share_conv_ties if m == "tiedconv" else s.share_rnn_ties
@@ -339,10 +344,14 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
     rows = []
     for cfg, r in zip(configs, results):
         named = dict(build_model(cfg, build_data(cfg)).named_parameters())
-        sizes = [named[n].numel() for n in _TIED[cfg.model] + _UNSHARED]
         rel = r.probes["shrinkage/shrinkage"] / (s.share_lr * s.share_wd)
-        n_tied = sum(sizes[:-1])
-        for group, values in (("tied", rel[:n_tied]), ("head", rel[n_tied:])):
+        start = 0
+        for name, group in _PROBED[cfg.model]:
+            size = named[name].numel()
+            values = rel[start:start + size]
+            start += size
+            if name == "w_h" and cfg.model_args["tie"] == 1:
+                values = values[named[name][0].numel():]  # the step-0 weights never see a data gradient
             rows.append({"model": cfg.model, "decay": cfg.decay, "seed": cfg.seed, "tie": int(cfg.model_args["tie"]),
                          "group": group, "weights": int(values.size), "median": float(np.median(values)),
                          "mean": float(np.mean(values)), "test_acc": r.final["val_acc"]})
@@ -376,8 +385,11 @@ def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...
                 continue
             cfg = base.replace(seed=int(row["seed"]), lr=float(row["lr"]), weight_decay=float(row["weight_decay"]))
             r = stored.get(cfg)
-            assert r is not None
-            data = data or build_data(cfg)
+            if r is None:
+                raise RuntimeError(f"run {cfg.key()} ({label}, seed {cfg.seed}, lr {cfg.lr:g}, lambda "
+                                   f"{cfg.weight_decay:g}) is not in the store at {stored.root}: run grid_sweeps first")
+            if data is None:
+                data = build_data(cfg)
             model = build_model(cfg, data)
             model.load_state_dict(r.model_state)
             f_loss, f_acc = evaluate(model, data.eval_batches("test"))
