@@ -14,9 +14,7 @@ test: numbers depend on the machine; compare ratios within one run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,40 +22,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wdlib.optim import BF16_UPDATES, SGD, Adam  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from optim_step import make_params as _make_params, time_steps  # noqa: E402  (one timing loop for both)
+
 
 def make_params(total: float, device: torch.device, dtype: torch.dtype) -> list[torch.nn.Parameter]:
-    """Repeating (d x 4d, 4d x d, d x d, d, d, 4d) tensors with d = 256 until ``total`` elements."""
-    d = 256
-    block = ((d, 4 * d), (4 * d, d), (d, d), (d,), (d,), (4 * d,))
-    shapes: list[tuple[int, ...]] = []
-    count = 0
-    while count < total:
-        shape = block[len(shapes) % len(block)]
-        shapes.append(shape)
-        count += int(torch.Size(shape).numel())
-    gen = torch.Generator().manual_seed(0)
-    params = []
-    for shape in shapes:
-        p = torch.nn.Parameter((torch.randn(shape, generator=gen) * 0.02).to(device=device, dtype=dtype))
-        p.grad = (torch.randn(shape, generator=gen) * 1e-3).to(device=device, dtype=dtype)
-        params.append(p)
-    return params
-
-
-def time_steps(opt: torch.optim.Optimizer, device: torch.device, repeats: int) -> float:
-    """Median seconds per ``opt.step()``."""
-    for _ in range(5):
-        opt.step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """``optim_step.make_params`` with d = 256 and weights of scale 0.02 (GPT-2's init), so that bf16 rounding
+    of the decay is at its realistic size."""
+    return _make_params(total, device, dtype, d=256, init_scale=0.02)
 
 
 def state_bytes_per_param(opt: torch.optim.Optimizer, n: int) -> float:

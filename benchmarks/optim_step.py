@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wdlib.optim import SGD, Adam  # noqa: E402
 
 
-def make_params(total: float, device: torch.device, dtype: torch.dtype) -> list[torch.nn.Parameter]:
-    """Repeating (d x 4d, 4d x d, d x d, d, d, 4d) tensors with d = 512 until ``total`` elements."""
-    d = 512
+def make_params(total: float, device: torch.device, dtype: torch.dtype, d: int = 512,
+                init_scale: float = 1.0) -> list[torch.nn.Parameter]:
+    """Repeating (d x 4d, 4d x d, d x d, d, d, 4d) tensors until ``total`` elements, values ``init_scale * N(0, 1)``
+    and gradients ``1e-3 * N(0, 1)`` (seeded). Also used by ``bf16_update.py``."""
     block = ((d, 4 * d), (4 * d, d), (d, d), (d,), (d,), (4 * d,))
     shapes: list[tuple[int, ...]] = []
     count = 0
@@ -37,7 +38,7 @@ def make_params(total: float, device: torch.device, dtype: torch.dtype) -> list[
     gen = torch.Generator().manual_seed(0)
     params = []
     for shape in shapes:
-        p = torch.nn.Parameter(torch.randn(shape, generator=gen).to(device=device, dtype=dtype))
+        p = torch.nn.Parameter((torch.randn(shape, generator=gen) * init_scale).to(device=device, dtype=dtype))
         p.grad = (torch.randn(shape, generator=gen) * 1e-3).to(device=device, dtype=dtype)
         params.append(p)
     return params

@@ -278,10 +278,17 @@ def update_to_weight_ratio(before: Iterable[torch.Tensor], after: Iterable[torch
 
 
 class _RowsProbe:
-    """State of a probe that keeps its records as ``self.rows`` (name -> list) and ``self.count``."""
+    """A probe that records every ``every``-th step from ``start`` into ``self.rows`` (name -> list), with
+    ``self.count``, and saves them with a checkpoint."""
 
     rows: dict[str, list[Any]]
     count: int
+    start: int
+    every: int
+
+    def _due(self, step: int) -> bool:
+        """Whether ``step`` is recorded: every ``every``-th step from ``start`` on."""
+        return step >= self.start and (step - self.start) % self.every == 0
 
     def state_dict(self) -> dict[str, Any]:
         """The rows recorded so far (plain lists: checkpoints load with ``weights_only=True``)."""
@@ -315,7 +322,7 @@ class AngularProbe(_RowsProbe):
     @torch.no_grad()
     def before_step(self, step: int) -> None:
         self._prev = None
-        if step < self.start or (step - self.start) % self.every:
+        if not self._due(step):
             return
         self._prev = [p.detach().double().clone() for p in self.params]
         self.rows["step"].append(step)
@@ -403,7 +410,7 @@ class RelativeUpdateProbe(_RowsProbe):
     @torch.no_grad()
     def before_step(self, step: int) -> None:
         self._prev = None
-        if step < self.start or (step - self.start) % self.every:
+        if not self._due(step):
             return
         self._prev = [p.detach().float().clone() for p in self.params]
         self._shrink = self._shrinks()
