@@ -25,6 +25,16 @@ class Setting:
     def smoke(self) -> bool:
         return self.scale == "smoke"
 
+    def seeds(self, n: int) -> tuple[int, ...]:
+        """``n`` run seeds derived from the base seed: ``seed * 1000 + i`` for ``i < n``.
+
+        Base seed 0 gives ``0, 1, ..., n-1``; another base seed (``make book SEED=1``) gives a disjoint
+        set, so rebuilding with it checks that each verdict holds on new seeds.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        return tuple(self.seed * 1000 + i for i in range(n))
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise the named device, which must exist."""
