@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from build_book import ledger_page, status_page, toc_files  # noqa: E402
+from build_book import fill_intro, ledger_page, status_page, toc_files  # noqa: E402
 
-from wdlib.claims import Ledger  # noqa: E402
+from wdlib.claims import Ledger, Measurement  # noqa: E402
 from wdlib.stats import loglog_slope, rankdata, spearman  # noqa: E402
 
 FILES = toc_files(ROOT / "_toc.yml")
@@ -52,15 +54,58 @@ def test_first_code_cell_is_the_parameters_cell_then_validated(nb_path):
     assert len(colab) == 1 and "google.colab" in colab[0].source and code.index(colab[0]) == 1
 
 
-def test_ledger_and_status_pages(tmp_path):
-    Ledger("01_x", "smoke", directory=tmp_path).record(
-        "DEC-1", source="002", statement="a | b", checks={"c": True}, key_number="k")
-    page = ledger_page(tmp_path)
-    assert "| DEC-1 | 002 | a \\| b | **reproduced** | k |" in page
-    assert "Totals: 1 reproduced." in page
-    assert "No chapter recorded" in ledger_page(tmp_path / "empty")
-    status = status_page([{"chapter": "notebooks/01_x", "seconds": 12.3, "scale": "smoke", "error": None}], "smoke")
+TOY = {"chapter": "01_x", "claims": [
+    {"id": "X-1", "sources": ["su2025"], "statement": "a | b", "measure": "m",
+     "rule": {"text": "t", "tests": [{"name": "g", "label": "gap", "op": ">=", "threshold": 0.0}]},
+     "revisions": [{"date": "2026-11-30", "change": "rewritten", "why": "issue 15", "after_data": True}]},
+    {"id": "X-2", "sources": ["su2025"], "statement": "never run", "measure": "m",
+     "rule": {"text": "t", "untested": "identity only."}}]}
+
+
+def test_ledger_intro_and_status_pages(tmp_path):
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    (cat / "01_x.yml").write_text(yaml.safe_dump(TOY))
+    results = tmp_path / "results"
+    Ledger("01_x", "smoke", directory=results, seed=0, catalogue_dir=cat).judge(
+        "X-1", measured={"g": Measurement.from_seeds([1.0, 1.2, 0.9, 1.1, 1.0])}, key_number="k")
+    page = ledger_page(results, cat)
+    assert "| [X-1](#x-1) | [01_x](../notebooks/01_x.ipynb) (smoke, 0) | **reproduced** | +9.12 | 5 | a \\| b |" in page
+    assert "| [X-2](#x-2) | [01_x](../notebooks/01_x.ipynb) | **not run** |" in page  # catalogued, not recorded
+    assert "Totals: 1 not run, 1 reproduced (2 claims)." in page
+    assert "| 2026-11-30 | rewritten | issue 15 | yes |" in page and "[su2025](references.md#su2025)" in page
+    empty = ledger_page(tmp_path / "empty", cat)
+    assert empty.count("| **not run** |") == 2
+    intro = fill_intro("<!-- claims-table -->\n<!-- revisions -->", cat)
+    assert "| [X-1](ledger.md#x-1) |" in intro and "| none: identity only |" in intro
+    assert "| 2026-11-30 | [X-1](ledger.md#x-1) | rewritten | issue 15 |" in intro
+    with pytest.raises(ValueError, match="marker"):
+        fill_intro("no markers", cat)
+    status = status_page([{"chapter": "notebooks/01_x", "seconds": 12.3, "scale": "smoke", "seed": 0,
+                           "error": None}], "smoke", results)
     assert "12.3 s" in status and "torch" in status
+
+
+def test_the_book_intro_has_the_generated_sections():
+    text = (ROOT / "book" / "intro.md").read_text()
+    filled = fill_intro(text)
+    for cid in ("DEC-1", "EMA-5", "SCALE-3", "OVER-4", "LLM-7"):
+        assert f"[{cid}](ledger.md#{cid.lower()})" in filled
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS)
+def test_chapters_pass_measurements_to_the_catalogue(nb_path):
+    """Every catalogued claim of a chapter is judged by it through ``ledger.judge``; no chapter writes its own
+    checks or rule (the catalogue holds them)."""
+    from wdlib.claims import catalogue
+
+    nb = nbformat.read(ROOT / f"{nb_path}.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "ledger.record(" not in code and "checks=" not in code and "rule=" not in code
+    name = Path(nb_path).name
+    for cid, c in catalogue().items():
+        if c.chapter == name:
+            assert re.search(rf"judge\(\s*[\"']{cid}[\"']", code), f"{nb_path} never judges {cid}"
 
 
 def test_stats_hand_values():

@@ -61,7 +61,7 @@ def git_commit() -> str | None:
         return None
 
 
-def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: str) -> list[dict]:
+def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: str, seed: int = 0) -> list[dict]:
     """Run each notebook with papermill into ``src``; return one record per chapter."""
     import papermill as pm
 
@@ -77,46 +77,151 @@ def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: 
         start = time.perf_counter()
         error = None
         try:
-            pm.execute_notebook(str(ROOT / f"{nb}.ipynb"), str(out), parameters={"scale": scale, "device": device},
+            pm.execute_notebook(str(ROOT / f"{nb}.ipynb"), str(out), parameters={"scale": scale, "device": device, "seed": seed},
                                 cwd=str(out.parent), kernel_name="python3", progress_bar=False,
                                 log_output=False)
         except Exception as exc:  # every chapter runs; failures are listed at the end
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         seconds = time.perf_counter() - start
         print(f"[book] {nb}: {'FAILED ' + error if error else 'ok'} in {seconds:.1f} s", flush=True)
-        records.append({"chapter": nb, "seconds": seconds, "scale": scale, "error": error})
+        records.append({"chapter": nb, "seconds": seconds, "scale": scale, "seed": seed, "error": error})
     return records
 
 
-def ledger_page(results: Path) -> str:
-    sys.path.insert(0, str(ROOT))
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _source_links(sources: tuple[str, ...], prefix: str) -> str:
+    return ", ".join(f"[{k}]({prefix}references.md#{k})" for k in sources)
+
+
+def _recorded(results: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Recorded claims by id, and each chapter's record (scale, seed) by chapter name."""
     from wdlib.claims import load_results
 
+    by_claim, by_chapter = {}, {}
+    for ch in load_results(results):
+        by_chapter[ch["chapter"]] = ch
+        for c in ch["claims"]:
+            by_claim[c["claim"]] = {**c, "_chapter": ch}
+    return by_claim, by_chapter
+
+
+def _margin_value(m: object) -> float:
+    """A recorded margin as a number: None (undefined) -> NaN, "exact" -> +inf, "-exact" -> -inf."""
+    if m is None:
+        return float("nan")
+    if isinstance(m, str):
+        return {"exact": float("inf"), "-exact": float("-inf")}.get(m, float(m) if m.lstrip("+-") in ("inf", "nan")
+                                                                  else float("nan"))
+    return float(m)
+
+
+def _weakest(tests: list[dict]) -> str:
+    """The smallest margin among the core tests: what decides how firm the verdict is."""
+    margins = [_margin_value(t.get("margin")) for t in tests if t["part"] == "core"]
+    if not margins:
+        return "n/a"
+    if any(m != m for m in margins):
+        return "undefined"
+    w = min(margins)
+    return {float("inf"): "exact", float("-inf"): "exact (fails)"}.get(w, f"{w:+.2f}")
+
+
+def _seed_counts(tests: list[dict]) -> str:
+    ns = sorted({int(t["measurement"]["n"]) for t in tests if t["measurement"]["kind"] != "exact"})
+    return ", ".join(map(str, ns)) if ns else "exact"
+
+
+def ledger_page(results: Path, catalogue_dir: Path | None = None) -> str:
+    """The claims-ledger page: every catalogued claim, its recorded tests (or "not run"), rule and history."""
+    sys.path.insert(0, str(ROOT))
+    from wdlib.claims import ClaimResult, catalogue
+
+    cat = catalogue(catalogue_dir)
+    by_claim, _ = _recorded(results)
     lines = ["# Claims ledger", "",
-             "Every verdict below was computed by a chapter from its own data, at the scale shown, by the rule",
-             "stated in the chapter; this page is generated from the chapters' recorded results",
-             "(`<chapter>.claims.json`) at build time.", ""]
-    chapters = load_results(results)
-    if not chapters:
-        lines.append("No chapter recorded a result in this build.")
-        return "\n".join(lines) + "\n"
-    lines += ["| claim | source | statement | verdict | key number | chapter (scale) |", "|---|---|---|---|---|---|"]
-    for ch in chapters:
-        link = f"[{ch['chapter']}](../notebooks/{ch['chapter']}.ipynb)"
-        for c in ch["claims"]:
-            statement = c["statement"].replace("|", "\\|")
-            key = str(c["key_number"]).replace("|", "\\|")
-            lines.append(f"| {c['claim']} | {c['source']} | {statement} | **{c['verdict']}** | {key} | "
-                         f"{link} ({ch['scale']}) |")
+             "Every claim of the book's catalogue (`wdlib/catalogue/`), with the verdict its chapter computed in this",
+             "build from its own data by the catalogued rule. A verdict comes from counted *tests* only; *sanity",
+             "checks* (identities, probe checks) are shown but never counted. The *margin* is the distance of a",
+             "test's statistic from its threshold in units of its seed spread (positive on the claim's side); a test",
+             "passes at a margin of at least 1, fails at -1 or below, and is inconclusive in between. The weakest",
+             "margin below is the smallest among the claim's core tests. This page is generated at build time; a",
+             "claim whose chapter did not record it is listed as **not run**.", "",
+             "| claim | chapter (scale, base seed) | verdict | weakest core margin | seeds | statement |",
+             "|---|---|---|---|---|---|"]
     counts: dict[str, int] = {}
-    for ch in chapters:
-        for c in ch["claims"]:
-            counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
-    lines += ["", "Totals: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "."]
+    for cid, c in cat.items():
+        rec = by_claim.get(cid)
+        link = f"[{c.chapter}](../notebooks/{c.chapter}.ipynb)"
+        if rec is None:
+            v, margin, seeds, where = "not run", "", "", link
+        else:
+            ch = rec["_chapter"]
+            v, margin, seeds = rec["verdict"], _weakest(rec["tests"]), _seed_counts(rec["tests"])
+            where = f"{link} ({ch['scale']}, {ch.get('seed', 'n/a')})"
+        counts[v] = counts.get(v, 0) + 1
+        lines.append(f"| [{cid}](#{cid.lower()}) | {where} | **{v}** | {margin} | {seeds} | {_cell(c.statement)} |")
+    lines += ["", "Totals: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" ({len(cat)} claims).", ""]
+    for cid, c in cat.items():
+        rec = by_claim.get(cid)
+        lines += [f"## {cid}", "", f"**Claim** ({_source_links(c.sources, '')}). {c.statement}", "",
+                  f"**Measured.** {c.measure}", "", c.rule_markdown(), ""]
+        if rec is None:
+            lines += ["**Not run**: no chapter recorded this claim in this build (see the status page).", ""]
+        else:
+            r = ClaimResult(claim=cid, tests=rec["tests"], sanity=rec["sanity"], verdict=rec["verdict"],
+                            key_number=rec["key_number"])
+            lines += ["**Recorded in this build.**", "", r.markdown(), ""]
+        if c.revisions:
+            lines += ["**Revisions of the rule.**", "", "| date | change | why | after seeing data |", "|---|---|---|---|"]
+            lines += [f"| {r.date} | {_cell(r.change)} | {_cell(r.why)} | {'yes' if r.after_data else 'no'} |"
+                      for r in c.revisions]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
-def status_page(records: list[dict], scale: str) -> str:
+def claims_table(catalogue_dir: Path | None = None) -> str:
+    """The introduction's table of claims, generated from the catalogue."""
+    sys.path.insert(0, str(ROOT))
+    from wdlib.claims import catalogue
+
+    lines = ["| claim | chapter | source | statement | tests (core + secondary) |", "|---|---|---|---|---|"]
+    for cid, c in catalogue(catalogue_dir).items():
+        core = sum(t.part == "core" for t in c.tests)
+        tests = f"{core} + {len(c.tests) - core}" if c.tests else "none: " + c.untested.split(".")[0]
+        lines.append(f"| [{cid}](ledger.md#{cid.lower()}) | [{c.chapter}](../notebooks/{c.chapter}.ipynb) | "
+                     f"{_source_links(c.sources, '')} | {_cell(c.statement)} | {_cell(tests)} |")
+    return "\n".join(lines) + "\n"
+
+
+def revisions_list(catalogue_dir: Path | None = None) -> str:
+    """Every rule revision made after seeing data, generated from the catalogue's logs."""
+    sys.path.insert(0, str(ROOT))
+    from wdlib.claims import catalogue
+
+    rows = [(r.date, cid, r) for cid, c in catalogue(catalogue_dir).items() for r in c.revisions if r.after_data]
+    if not rows:
+        return "No rule of the catalogue was revised after seeing data.\n"
+    lines = ["| date | claim | change | why |", "|---|---|---|---|"]
+    lines += [f"| {d} | [{cid}](ledger.md#{cid.lower()}) | {_cell(r.change)} | {_cell(r.why)} |"
+              for d, cid, r in sorted(rows, key=lambda x: (x[0], x[1]))]
+    return "\n".join(lines) + "\n"
+
+
+def fill_intro(text: str, catalogue_dir: Path | None = None) -> str:
+    """Replace the introduction's generated-content markers with the catalogue's table and revisions."""
+    for marker, content in (("<!-- claims-table -->", claims_table(catalogue_dir)),
+                            ("<!-- revisions -->", revisions_list(catalogue_dir))):
+        if marker not in text:
+            raise ValueError(f"book/intro.md lacks the marker {marker}")
+        text = text.replace(marker, content)
+    return text
+
+
+def status_page(records: list[dict], scale: str, results: Path | None = None) -> str:
+    """The build-status page: machine, versions, and per chapter its time, base seed and claims recorded."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -132,10 +237,20 @@ def status_page(records: list[dict], scale: str) -> str:
              f"| torch | {torch.__version__} |",
              f"| wdlib | {wdlib.__version__} |",
              f"| commit | {git_commit() or 'unknown'} |", "",
-             "| chapter | scale | execution time | status |", "|---|---|---|---|"]
+             "| chapter | scale | base seed | execution time | claims recorded | status |", "|---|---|---|---|---|---|"]
+    from wdlib.claims import catalogue
+
+    cat = catalogue()
+    recorded = _recorded(results)[1] if results is not None else {}
     for r in records:
         state = "ok" if r["error"] is None else f"failed: {r['error']}"
-        lines.append(f"| [{r['chapter']}](../{r['chapter']}.ipynb) | {r['scale']} | {r['seconds']:.1f} s | {state} |")
+        name = r["chapter"].split("/")[-1]
+        wanted = [cid for cid, c in cat.items() if c.chapter == name]
+        got = {c["claim"] for c in recorded.get(name, {}).get("claims", [])}
+        claims = f"{len(got & set(wanted))} of {len(wanted)}" if wanted else "none catalogued"
+        lines.append(f"| [{r['chapter']}](../{r['chapter']}.ipynb) | {r['scale']} | {r.get('seed', 0)} | "
+                     f"{r['seconds']:.1f} s | {claims} | {state} |")
+    lines += ["", f"Total execution time: {sum(r['seconds'] for r in records):.0f} s."]
     lines += ["", "A chapter built at smoke scale ran on the CPU with offline data; its full-scale setting is",
               "stated in the chapter and is meant for one GPU."]
     return "\n".join(lines) + "\n"
@@ -145,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="smoke", choices=SCALES)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="base seed of every chapter (run seeds are seed*1000+i): another value checks the verdicts")
     parser.add_argument("--out", default=str(ROOT / "_build"))
     args = parser.parse_args(argv)
 
@@ -166,10 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "book", src / "book")
+    intro = src / "book" / "intro.md"
+    intro.write_text(fill_intro(intro.read_text()))
 
-    records = execute(notebooks, src, results, args.scale, args.device)
+    records = execute(notebooks, src, results, args.scale, args.device, args.seed)
     (src / "book" / "ledger.md").write_text(ledger_page(results))
-    (src / "book" / "status.md").write_text(status_page(records, args.scale))
+    (src / "book" / "status.md").write_text(status_page(records, args.scale, results))
     (out / "build_record.json").write_text(json.dumps(records, indent=2))
 
     print("[book] building HTML with jupyter-book (warnings are errors)", flush=True)

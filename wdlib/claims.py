@@ -170,6 +170,8 @@ def _as_measurement(x: Any) -> Measurement:
 class Test:
     """One counted test of a claim: ``measured[name]`` against ``threshold`` by ``op``."""
 
+    __test__ = False  # not a pytest test class
+
     name: str
     label: str
     op: str
