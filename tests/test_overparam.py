@@ -230,27 +230,83 @@ def test_angular_probe_matches_the_sgd_step():
 def test_overparam_pipeline_at_test_scale(tmp_path):
     s = op.setup("test")
     store = Store(tmp_path)
-    g = op.grid_runs(s, store=store)
-    assert len(g) == 2 * 2 * len(s.o1_seeds) and g["noisy_fit"].between(0, 1).all()
+    seeds1, seeds4, seeds5 = (tuple(range(7, 7 + n)) for n in (s.o1_seeds, s.o4_seeds, s.o5_seeds))
+    g = op.grid_runs(s, seeds1, store=store)
+    assert len(g) == 2 * 2 * s.o1_seeds and g["noisy_fit"].between(0, 1).all()
+    assert set(g["seed"]) == set(seeds1)                                # the runs take the seeds they are given
     mean, se, d = op.paired_gain(g, s.o1_lrs[1])
-    assert list(d.index) == list(s.o1_seeds) and math.isfinite(mean)
-    table, hist = op.plateau_runs(s, store=store)
+    assert list(d.index) == list(seeds1) and math.isfinite(mean)
+    with pytest.raises(ValueError, match="distinct seeds"):
+        op.grid_runs(s, (0,) * s.o1_seeds, store=store)
+    with pytest.raises(ValueError, match="distinct seeds"):
+        op.grid_runs(s, tuple(range(s.o1_seeds + 1)), store=store)
+    table, hist = op.plateau_runs(s, seeds4, store=store)
     assert set(table["key"]) == set(hist)
+    assert len(table) == len(op.recipes(s)) * s.o4_seeds and set(table["seed"]) == set(seeds4)
     assert math.isfinite(op.plateau_level(hist[table["key"].iloc[0]]))
-    copies = op.flow_copies(s, store=store)
+    copies = op.flow_copies(s, seeds4, store=store)
     per_run = len(range(s.o4_every, s.o4_epochs + 1, s.o4_every))
-    assert (copies["role"] == "trajectory").sum() == 2 * len(s.o4_seeds) * per_run
-    assert (copies["role"] == "final").sum() == len(s.o3_pairs)
-    assert set(copies[copies["role"] == "final"]["epoch"]) == {s.o4_epochs}
-    assert (copies["trace_se"] > 0).all() and copies["trace"].notna().all()
-    ang = op.angular_runs(s, store=store)
-    assert set(ang) == {("sgd", True), ("sgd", False), ("adam", True), ("adam", False)}
-    chk = op.rescaling_check(ang[("sgd", False)], s, samples=64)
+    nowd = len(range(s.o4_every * s.o4_nowd_every, s.o4_epochs + 1, s.o4_every * s.o4_nowd_every))
+    assert (copies["role"] == "trajectory").sum() == s.o4_seeds * (per_run + nowd)
+    finals = copies[copies["role"] == "final"]
+    assert len(finals) == s.o4_seeds * (len(op.recipes(s)) - 2)
+    assert set(finals["epoch"]) == {s.o4_epochs}
+    traj = copies[copies["role"] == "trajectory"]
+    assert (traj["trace_se"] > 0).all() and traj["trace"].notna().all()
+    copies["spoiled"] = False
+    c = op.trace_correlations(copies, seeds4[0], s.o4_wd)
+    assert c["trace_fall"] == pytest.approx(1 - c["trace_last"] / c["trace_first"]) and c["max_rel_se"] > 0
+    ang = op.angular_runs(s, seeds5, store=store)
+    assert set(ang) == {(r, w, sd) for r in ("sgd", "adam") for w in (True, False) for sd in seeds5}
+    chk = op.rescaling_check(ang[("sgd", False, seeds5[0])], s, samples=64)
     assert chk["slope_grad"] == pytest.approx(-1.0, abs=0.05)
     assert chk["slope_sgd"] == pytest.approx(-2.0, abs=0.05)
     assert chk["slope_adam"] == pytest.approx(-1.0, abs=0.05)
     with pytest.raises(ValueError, match="scale must be one of"):
         op.setup("huge")
+
+
+def test_plateau_statistics_per_seed():
+    import pandas as pd
+
+    rows = []
+    for seed, k in ((0, 1.0), (1, 2.0)):
+        for lr, wd, level, slope in ((0.1, 0.0, 1e-3, -1.0), (0.2, 0.0, 2e-3, -1.0), (0.1, 2.5e-3, 0.05, -0.5),
+                                     (0.1, 5e-3, 0.1, -0.1), (0.1, 1e-2, 0.3, 0.0), (0.2, 5e-3, 0.12, 0.0),
+                                     (0.2, 1e-2, 0.24, 0.0)):
+            rows.append({"seed": seed, "lr": lr, "weight_decay": wd, "level": level * (k if wd else 1.0),
+                         "late_slope": slope})
+    st = op.plateau_statistics(pd.DataFrame(rows))
+    assert list(st.index) == [0, 1]
+    assert st.loc[0, "ratio"] == pytest.approx(math.log10(0.05 / 1e-3))        # the smallest ratio, same LR
+    assert st.loc[1, "ratio"] == pytest.approx(math.log10(0.1 / 1e-3))
+    assert st.loc[0, "settle"] == -0.5                                           # runs with decay only
+    assert st.loc[0, "lambda_rise"] == pytest.approx(1.0)                        # 0.05 -> 0.1 per doubling
+    assert st.loc[0, "lr_effect"] == pytest.approx(np.mean([np.log(1.2), np.log(0.8)]))
+    # a level that falls with lambda gives a negative rise
+    bad = pd.DataFrame(rows).assign(level=lambda t: np.where((t["lr"] == 0.1) & (t["weight_decay"] == 1e-2), 0.01, t["level"]))
+    assert op.plateau_statistics(bad).loc[0, "lambda_rise"] < 0
+
+
+def test_pair_excess_z_is_bonferroni_in_z_units():
+    from scipy import stats as sps
+
+    assert math.isnan(op.pair_excess_z([]))
+    one = [(None, None, 0.05, 0.05)]
+    assert op.pair_excess_z(one) == pytest.approx(0.0, abs=1e-12)              # p at the level: on the line
+    four = [(None, None, 0.0, p) for p in (0.5, 0.2, 0.001, 0.3)]
+    expected = sps.norm.isf(0.001 / 2) - sps.norm.isf(0.05 / 8)
+    assert op.pair_excess_z(four) == pytest.approx(expected) and expected > 0
+    assert op.pair_excess_z([(None, None, 0.0, 0.2)] * 3) < 0
+
+
+def test_angle_statistics():
+    off = np.array([1.0, 0.5, 0.3, 0.2, 0.1])
+    on = np.array([1.0, 0.9, 0.8, 0.8, 0.88])
+    st = op.angle_statistics({True: on, False: off}, held_windows=3)
+    assert st["fall"] == pytest.approx(0.1)
+    assert st["ratio"] == pytest.approx(8.8)
+    assert st["held"] == pytest.approx(0.88 / np.mean([0.8, 0.8, 0.88]) - 1)
 
 
 def test_spoiled_rule():

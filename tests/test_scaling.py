@@ -38,3 +38,47 @@ def test_tau_epoch_star_and_settings():
     assert s.sizes[-1] / s.sizes[0] >= 4 and all(b / a == 2 for a, b in zip(s.lams, s.lams[1:]))
     with pytest.raises(ValueError, match="scale"):
         sc.setup("medium")
+
+
+def test_refined_index_vertex_edges_and_divergence():
+    assert sc.refined_index([3.0, 1.0, 3.0]) == pytest.approx(1.0)
+    # parabola (x - 1.3)^2 sampled at 0..3: vertex 1.3
+    assert sc.refined_index([(x - 1.3) ** 2 for x in range(4)]) == pytest.approx(1.3)
+    assert np.isnan(sc.refined_index([0.5, 1.0, 2.0]))              # best at the edge: undefined
+    assert sc.refined_index([2.0, 1.0, np.inf]) == 1.0              # a diverged neighbour: the grid point
+    off = sc.refined_index([1.0, 1.0, 5.0, 6.0])
+    assert np.isnan(off) or 0 <= off <= 0.5
+
+
+def _units(exponent, sizes=(1000, 2000, 4000), lams=tuple(0.25 * 2**i for i in range(7)), seeds=3):
+    """Per-seed loss grids with the best lambda at lam0 * (N/N0)^exponent, plus a little seed noise."""
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(seeds):
+        g = np.array([[(np.log2(l) - (np.log2(2.0) + exponent * np.log2(n / sizes[0]))) ** 2 for l in lams] for n in sizes])
+        out.append(g + 1e-3 * rng.normal(size=g.shape))
+    return out, sizes, lams
+
+
+def test_tau_spread_and_exponent():
+    s = sc.setup("smoke")
+    units, sizes, lams = _units(-1.0)
+    s2 = sc.Setup(**{**s.__dict__, "lams": lams})
+    assert sc.tau_log2_spread(s2, units, sizes) == pytest.approx(0.0, abs=0.05)        # lambda ~ 1/N: tau constant
+    assert sc.lambda_exponent(s2, units, sizes) == pytest.approx(-1.0, abs=0.05)
+    units, _, _ = _units(-0.5)
+    assert sc.tau_log2_spread(s2, units, sizes) == pytest.approx(1.0, abs=0.05)        # 1/sqrt(N): half a step per 2x
+    assert sc.lambda_exponent(s2, units, sizes) == pytest.approx(-0.5, abs=0.05)
+    # tau_epoch / epochs: lambda* = 2 at N = 1000 gives tau = 128/(1e-3*2*1000) = 64 epochs, log2(64/40)
+    assert sc.tau_log2_over_epochs(s2, units, sizes)[0] == pytest.approx(np.log2(64 / s.epochs), abs=0.05)
+
+
+def test_loss_grid_and_lr_drift():
+    t = _table()
+    t.loc[(t["size"] == 100) & (t["weight_decay"] == 2.0) & (t["seed"] == 0), "diverged_at"] = 5
+    grids = sc.loss_grid(t, "size", "weight_decay", (100, 200), (0.5, 1.0, 2.0))
+    assert len(grids) == 2 and grids[0].shape == (2, 3) and np.isinf(grids[0][0, 2])
+    # best base LR at index 1 for one width, 3 for the other: drift 2 steps; the same for both: 0
+    rows = np.array([[(i - 1.0) ** 2 for i in range(5)], [(i - 3.0) ** 2 for i in range(5)]])
+    assert sc.lr_drift([rows, rows], (1.0, 2.0, 4.0, 8.0, 16.0)) == pytest.approx(2.0)
+    assert sc.lr_drift([rows[[0, 0]]], (1.0, 2.0, 4.0, 8.0, 16.0)) == pytest.approx(0.0)

@@ -269,8 +269,8 @@ class Claim:
         late = [r for r in self.revisions if r.after_data]
         if late:
             lines.append("")
-            lines.append("Revised after seeing data: " + "; ".join(f"{r.date}: {r.change.strip()} ({r.why.strip()})"
-                                                               for r in late) + ".")
+            lines.append("Revised after seeing data: " + "; ".join(
+                f"{r.date}: {r.change.strip().rstrip('.')} ({r.why.strip().rstrip('.')})" for r in late) + ".")
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
@@ -457,6 +457,11 @@ def _fmt(x: Any) -> str:
     return f"{x:.3g}"
 
 
+def _esc(text: Any) -> str:
+    """Text for one Markdown table cell: pipes escaped, no line breaks."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _margin_text(row: Mapping[str, Any]) -> str:
     m = row.get("margin")
     if m is None:
@@ -501,8 +506,8 @@ class ClaimResult:
         for t in self.tests:
             seeds = f", {t['seeds_passing']}/{t['measurement']['n']} seeds on the claim's side" \
                 if "seeds_passing" in t else ""
-            lines.append(f"| {t['label']} | {t['part']} | {measurement_text(t['measurement'])}{seeds} | "
-                         f"{t['rule']} | {_margin_text(t)} | **{t['outcome']}** |")
+            lines.append(f"| {_esc(t['label'])} | {t['part']} | {measurement_text(t['measurement'])}{seeds} | "
+                         f"{_esc(t['rule'])} | {_margin_text(t)} | **{t['outcome']}** |")
         if not self.tests:
             lines = lines[:2]
         if self.sanity:

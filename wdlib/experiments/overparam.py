@@ -28,8 +28,9 @@ from ..diagnostics import weight_angle
 from ..runs import Store, run_many
 from ..stats import loglog_slope, spearman, two_proportion_p
 
-__all__ = ["Setup", "OVER_SETTINGS", "setup", "grid_runs", "plateau_runs", "flow_copies", "spoiled",
-           "plateau_level", "paired_gain", "angular_runs", "rescaling_check", "trace_correlations", "window_means", "test_size", "equal_norm_pairs"]
+__all__ = ["Setup", "OVER_SETTINGS", "setup", "recipes", "grid_runs", "plateau_runs", "flow_copies", "spoiled",
+           "plateau_level", "plateau_statistics", "paired_gain", "angular_runs", "angle_statistics", "rescaling_check",
+           "trace_correlations", "window_means", "test_size", "equal_norm_pairs", "pair_excess_z"]
 
 
 @dataclass(frozen=True)
@@ -48,47 +49,51 @@ class Setup:
     o1_lrs: tuple[float, float]
     o1_wd: float
     o1_epochs: int
-    o1_seeds: tuple[int, ...]
+    o1_seeds: int                       # number of training seeds (their values come from the notebook's seed)
     # OVER-3 and OVER-4: constant large LR, clean labels
     o4_lr: float
     o4_wd: float
     o4_epochs: int
     o4_every: int                       # epochs between snapshots of the large-LR phase
+    o4_nowd_every: int                  # fine-tune every k-th snapshot of the run without decay (1: all)
     o4_finetune_epochs: int
     o4_finetune_factor: float           # fine-tune LR = factor * large LR
-    o4_seeds: tuple[int, ...]
+    o4_seeds: int                       # number of seeds of every plateau recipe and of the trajectories
     trace_probes: int
     trace_samples: int
     trace_probe_chunk: int | None       # probes per vmap call (None: all at once; bounds memory at full scale)
-    o3_pairs: tuple[tuple[float, float], ...]   # further (lr, wd) of the plateau runs (seed o4_seeds[0])
+    o3_pairs: tuple[tuple[float, float], ...]   # further (lr, wd) of the plateau runs (every seed)
     # OVER-5: a scale-invariant MLP, SGD and Adam, with and without decay
     o5_width: int
     o5_steps: int
     o5_sgd: tuple[float, float]         # (lr, wd) of SGD (L2 penalty, as the source)
     o5_adam: tuple[float, float]        # (lr, wd) of AdamW (decoupled, torch convention)
+    o5_seeds: int                       # number of seeds of each of the four runs
     workers: int
     eval_epochs: int                    # epochs between evaluations
 
 
 OVER_SETTINGS: dict[str, Setup] = {
     "smoke": Setup("smoke", "mnist1d", {"num_samples": 5000}, train_size=4000, batch_size=128, model="convnet",
-                   model_args={}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=200, o1_seeds=(0, 1, 2),
-                   o4_lr=0.2, o4_wd=5e-3, o4_epochs=240, o4_every=20, o4_finetune_epochs=10, o4_finetune_factor=0.1,
-                   o4_seeds=(0, 1), trace_probes=30, trace_samples=1000, trace_probe_chunk=None,
+                   model_args={}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=200, o1_seeds=3,
+                   o4_lr=0.2, o4_wd=5e-3, o4_epochs=240, o4_every=20, o4_nowd_every=2, o4_finetune_epochs=10,
+                   o4_finetune_factor=0.1, o4_seeds=3, trace_probes=30, trace_samples=1000, trace_probe_chunk=None,
                    o3_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
-                   o5_width=128, o5_steps=6000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), workers=2, eval_epochs=5),
+                   o5_width=128, o5_steps=6000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), o5_seeds=3, workers=2,
+                   eval_epochs=5),
     "full": Setup("full", "mnist1d", {"num_samples": 25_000}, train_size=20_000, batch_size=128, model="convnet",
                   model_args={"channels": [64, 64, 64]}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=400,
-                  o1_seeds=(0, 1, 2, 3, 4), o4_lr=0.2, o4_wd=5e-3, o4_epochs=600, o4_every=50, o4_finetune_epochs=20,
-                  o4_finetune_factor=0.1, o4_seeds=(0, 1, 2), trace_probes=50, trace_samples=5000, trace_probe_chunk=10,
+                  o1_seeds=5, o4_lr=0.2, o4_wd=5e-3, o4_epochs=600, o4_every=50, o4_nowd_every=1, o4_finetune_epochs=20,
+                  o4_finetune_factor=0.1, o4_seeds=5, trace_probes=50, trace_samples=5000, trace_probe_chunk=10,
                   o3_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
-                  o5_width=512, o5_steps=20_000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), workers=1, eval_epochs=10),
+                  o5_width=512, o5_steps=20_000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), o5_seeds=5, workers=1,
+                  eval_epochs=10),
     "test": Setup("test", "mnist1d", {"num_samples": 1000}, train_size=512, batch_size=64, model="convnet",
                   model_args={"channels": [8, 8, 8]}, o1_noise=0.3, o1_lrs=(0.05, 0.2), o1_wd=5e-3, o1_epochs=4,
-                  o1_seeds=(0, 1), o4_lr=0.2, o4_wd=5e-3, o4_epochs=4, o4_every=2, o4_finetune_epochs=1,
-                  o4_finetune_factor=0.1, o4_seeds=(0,), trace_probes=4, trace_samples=128, trace_probe_chunk=None,
+                  o1_seeds=2, o4_lr=0.2, o4_wd=5e-3, o4_epochs=4, o4_every=2, o4_nowd_every=1, o4_finetune_epochs=1,
+                  o4_finetune_factor=0.1, o4_seeds=2, trace_probes=4, trace_samples=128, trace_probe_chunk=None,
                   o3_pairs=((0.1, 1e-2), (0.1, 0.0)), o5_width=16, o5_steps=40, o5_sgd=(0.2, 5e-3),
-                  o5_adam=(3e-3, 1.0), workers=1, eval_epochs=1),
+                  o5_adam=(3e-3, 1.0), o5_seeds=2, workers=1, eval_epochs=1),
 }
 
 
@@ -136,8 +141,16 @@ def test_size(s: Setup) -> int:
     return int(build_data(_base(s, steps=1)).y_test.numel())
 
 
-def grid_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
-    """OVER-1: (small, large) LR x (0, wd) x seeds on labels with ``o1_noise`` of them wrong.
+def _check_seeds(seeds: Any, n: int, what: str) -> tuple[int, ...]:
+    seeds = tuple(int(x) for x in seeds)
+    if len(seeds) != n or len(set(seeds)) != n:
+        raise ValueError(f"{what} needs {n} distinct seeds (Setup), got {seeds}")
+    return seeds
+
+
+def grid_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> Any:
+    """OVER-1: (small, large) LR x (0, wd) x ``seeds`` (``o1_seeds`` of them, e.g. ``setting.seeds(n)``) on
+    labels with ``o1_noise`` of them wrong (the wrong labels are fixed by ``data_seed`` 0: they define the task).
 
     ``o1_epochs`` epochs, the LR dropping to a tenth at half. Returns a DataFrame with lr,
     weight_decay, seed, val_acc, val_loss, train_loss, train_acc, weight_norm, and ``noisy_fit``
@@ -146,7 +159,7 @@ def grid_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> A
     configs, extra = [], []
     for lr in s.o1_lrs:
         for wd in (0.0, s.o1_wd):
-            for seed in s.o1_seeds:
+            for seed in _check_seeds(seeds, s.o1_seeds, "grid_runs"):
                 configs.append(_base(s, lr=lr, weight_decay=wd, seed=seed, label_noise=s.o1_noise,
                                      steps=s.o1_epochs * _spe(s), measures=[{"name": "noise_fit"}],
                                      lr_schedule={"name": "step", "final": 0.1, "decay_fraction": 0.5}))
@@ -156,35 +169,40 @@ def grid_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> A
     return t.rename(columns={"noise_fit/noisy_fit": "noisy_fit", "noise_fit/clean_fit": "clean_fit"})
 
 
-def _plateau_configs(s: Setup) -> list[RunConfig]:
+def recipes(s: Setup) -> list[tuple[float, float]]:
+    """The (lr, wd) of the plateau runs: the trajectory recipes (o4_lr, o4_wd) and (o4_lr, 0), then ``o3_pairs``."""
+    return [(s.o4_lr, s.o4_wd), (s.o4_lr, 0.0)] + [p for p in s.o3_pairs if p not in ((s.o4_lr, s.o4_wd), (s.o4_lr, 0.0))]
+
+
+def _plateau_configs(s: Setup, seeds: Any) -> list[RunConfig]:
     snaps = list(range(s.o4_every * _spe(s), s.o4_epochs * _spe(s) + 1, s.o4_every * _spe(s)))
-    pairs = [(s.o4_lr, s.o4_wd, seed) for seed in s.o4_seeds] + [(s.o4_lr, 0.0, seed) for seed in s.o4_seeds]
-    pairs += [(lr, wd, s.o4_seeds[0]) for lr, wd in s.o3_pairs]
     out = []
-    for lr, wd, seed in pairs:
-        out.append(_base(s, lr=lr, weight_decay=wd, seed=seed, steps=s.o4_epochs * _spe(s), snapshots=snaps))
+    for seed in _check_seeds(seeds, s.o4_seeds, "plateau_runs"):
+        for lr, wd in recipes(s):
+            out.append(_base(s, lr=lr, weight_decay=wd, seed=seed, steps=s.o4_epochs * _spe(s), snapshots=snaps))
     return out
 
 
-def plateau_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> tuple[Any, dict[str, Any]]:
+def plateau_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> tuple[Any, dict[str, Any]]:
     """OVER-3 (and the large-LR phases of OVER-4): constant LR, clean labels, ``o4_epochs`` epochs.
 
-    Runs (o4_lr, o4_wd) and (o4_lr, 0) for every seed of ``o4_seeds``, and the ``o3_pairs`` for the
-    first seed. Each keeps snapshots of its weights every ``o4_every`` epochs. Returns the table (one
-    row per run) and the histories by key.
+    Runs every recipe of :func:`recipes` for every seed of ``seeds`` (``o4_seeds`` of them). Each keeps
+    snapshots of its weights every ``o4_every`` epochs. Returns the table (one row per run) and the
+    histories by key.
     """
-    configs = _plateau_configs(s)
+    configs = _plateau_configs(s, seeds)
     results = run_many(configs, store, workers=s.workers, device=device, progress=False)
     t = _table(configs, results, [{} for _ in configs])
     t["lr_wd"] = t["lr"] * t["weight_decay"]
     return t, {r.info["key"]: r.history for r in results}
 
 
-def flow_copies(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
+def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> Any:
     """OVER-4 (and OVER-2): fine-tuned, measured copies of the plateau runs' snapshots.
 
-    Every snapshot of the (o4_lr, o4_wd) and (o4_lr, 0) runs (``role`` "trajectory"), and the last
-    snapshot of each further plateau run of ``o3_pairs`` (``role`` "final"). Each copy trains
+    Every snapshot of the (o4_lr, o4_wd) run and every ``o4_nowd_every``-th snapshot of the (o4_lr, 0) run,
+    of every seed (``role`` "trajectory"), and the last snapshot of each further plateau run of
+    ``o3_pairs`` (``role`` "final", whose Hessian trace is not measured: they serve OVER-2 only). Each copy trains
     ``o4_finetune_epochs`` epochs at a tenth (``o4_finetune_factor``) of its run's LR with the same
     weight decay and batch-order seed ``1000 + seed`` (a gradient-flow proxy, as the source's
     fine-tuning at a small LR), then its Hessian trace is measured with ``trace_probes`` Rademacher
@@ -192,18 +210,23 @@ def flow_copies(s: Setup, *, device: str = "cpu", store: Store | None = None) ->
     seed, lr and weight_decay (of the run it was copied from), epoch (of the snapshot), trace,
     trace_se, scale_aware, val_acc, test_err, train_loss, weight_norm.
     """
-    parents = _plateau_configs(s)
+    parents = _plateau_configs(s, seeds)
     run_many(parents, store, workers=s.workers, device=device, progress=False)
     configs, extra = [], []
     for p in parents:
-        trajectory = p.lr == s.o4_lr and p.weight_decay in (s.o4_wd, 0.0) and p.seed in s.o4_seeds
-        for step in (p.snapshots if trajectory else p.snapshots[-1:]):
+        trajectory = p.lr == s.o4_lr and p.weight_decay in (s.o4_wd, 0.0)
+        if not trajectory:
+            steps = p.snapshots[-1:]
+        elif p.weight_decay == 0:
+            steps = p.snapshots[s.o4_nowd_every - 1::s.o4_nowd_every]
+        else:
+            steps = p.snapshots
+        trace = [{"name": "hessian_trace", "probes": s.trace_probes, "samples": s.trace_samples, "seed": 0,
+                  "probe_chunk": s.trace_probe_chunk}]
+        for step in steps:
             configs.append(p.replace(init_from={"run": p.key(), "step": step}, snapshots=[],
                                      steps=s.o4_finetune_epochs * _spe(s), lr=p.lr * s.o4_finetune_factor,
-                                     seed=1000 + p.seed, eval_every=0,
-                                     measures=[{"name": "hessian_trace", "probes": s.trace_probes,
-                                                "samples": s.trace_samples, "seed": 0,
-                                                "probe_chunk": s.trace_probe_chunk}]))
+                                     seed=1000 + p.seed, eval_every=0, measures=trace if trajectory else []))
             extra.append({"epoch": step // _spe(s), "parent_seed": p.seed, "parent_lr": p.lr,
                           "role": "trajectory" if trajectory else "final"})
     results = run_many(configs, store, workers=s.workers, device=device, progress=False)
@@ -241,6 +264,50 @@ def plateau_level(history: dict[str, np.ndarray], window: tuple[float, float] = 
     return float(np.median(loss[sel]))
 
 
+def plateau_statistics(table: Any) -> Any:
+    """OVER-3, per seed, from a table with columns seed, lr, weight_decay, level and late_slope (one row per
+    plateau run). Returns a DataFrame indexed by seed with
+
+    * ``ratio``: the smallest log10(level with decay / level without decay at the same LR) over the runs
+      with decay (at least 1: every run with decay sits ten times above the one without);
+    * ``settle``: the smallest late log-log slope over the runs with decay (near 0: settled; -1: still
+      falling like 1/t);
+    * ``lambda_rise``: at the smallest LR, the smallest log-log slope of the level between consecutive
+      decays (above 0: the level rises with every increase of lambda);
+    * ``lr_effect``: the mean, over the decays run at both the smallest and the largest LR, of
+      ln(level at the largest LR / level at the smallest) (far from 0: the level depends on eta).
+    """
+    import pandas as pd
+
+    rows = {}
+    for seed, sub in table.groupby("seed"):
+        wd = sub[sub["weight_decay"] > 0]
+        off = sub[sub["weight_decay"] == 0].set_index("lr")["level"]
+        ratio = min(np.log10(r.level / off[r.lr]) if r.lr in off.index else np.nan for r in wd.itertuples())
+        lrs = sorted(set(wd["lr"]))
+        small = wd[wd["lr"] == lrs[0]].sort_values("weight_decay")
+        lam, lev = np.log(small["weight_decay"].to_numpy()), np.log(small["level"].to_numpy())
+        rise = float(np.min(np.diff(lev) / np.diff(lam))) if len(lam) > 1 else np.nan
+        piv = wd.pivot_table(index="weight_decay", columns="lr", values="level")
+        both = piv[[lrs[0], lrs[-1]]].dropna() if len(lrs) > 1 else piv.iloc[:0]
+        effect = float(np.mean(np.log(both[lrs[-1]] / both[lrs[0]]))) if len(both) else np.nan
+        rows[seed] = {"ratio": float(ratio), "settle": float(wd["late_slope"].min()), "lambda_rise": rise,
+                      "lr_effect": effect}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("seed")
+
+
+def pair_excess_z(pairs: list[tuple[Any, Any, float, float]], alpha: float = 0.05) -> float:
+    """OVER-2, one seed: how far the most significant pair of :func:`equal_norm_pairs` clears the
+    Bonferroni-corrected two-sided level ``alpha / len(pairs)``, in z units: z(smallest p) - z(level).
+    Positive: that pair's test errors differ at family-wise level ``alpha``. NaN without pairs."""
+    from scipy import stats as sps
+
+    if not pairs:
+        return float("nan")
+    p_min = max(min(p for *_, p in pairs), 1e-300)
+    return float(sps.norm.isf(p_min / 2) - sps.norm.isf(alpha / (2 * len(pairs))))
+
+
 def equal_norm_pairs(copies: Any, n_test: int, norm_tol: float = 0.05, loss_tol: float = 0.2,
                      loss_floor: float = 0.005) -> list[tuple[Any, Any, float, float]]:
     """OVER-2: pairs of copies from different recipes (a different ``lr`` or ``weight_decay``) whose weight
@@ -276,27 +343,42 @@ def paired_gain(table: Any, lr: float, metric: str = "val_acc") -> tuple[float, 
 
 # --- OVER-5: effective learning rate of scale-invariant layers ---------------------------------------------
 
-def _o5_base(s: Setup, optimizer: str, lr: float, wd: float, decay: str) -> RunConfig:
-    return RunConfig(data=s.data, data_args=s.data_args, subset=s.train_size, data_seed=0, model="mlp",
+def _o5_base(s: Setup, optimizer: str, lr: float, wd: float, decay: str, seed: int) -> RunConfig:
+    return RunConfig(data=s.data, data_args=s.data_args, subset=s.train_size, data_seed=0, seed=seed, model="mlp",
                      model_args={"width": s.o5_width, "depth": 2, "scale_invariant": True, "bias": False},
                      optimizer=optimizer, lr=lr, weight_decay=wd, decay=decay, batch_size=s.batch_size,
                      steps=s.o5_steps, eval_every=max(s.o5_steps // 10, 1), divergence_factor=1e6, scale=s.scale,
                      probes=[{"name": "angular", "tensors": [0, 1], "every": 1}])
 
 
-def angular_runs(s: Setup, *, device: str = "cpu", store: Store | None = None) -> dict[tuple[str, bool], Any]:
+def angular_runs(s: Setup, seeds: Any, *, device: str = "cpu",
+                 store: Store | None = None) -> dict[tuple[str, bool, int], Any]:
     """OVER-5: a scale-invariant MLP (two hidden layers, each bias-free and followed by LayerNorm without
-    affine parameters) trained by SGD (L2 penalty) and by AdamW, each with and without decay.
+    affine parameters) trained by SGD (L2 penalty) and by AdamW, each with and without decay, for every
+    seed of ``seeds`` (``o5_seeds`` of them).
 
-    Returns ``{(rule, with_wd): RunResult}``, ``rule`` "sgd" or "adam"; each result's probes hold the
-    per-step norm, gradient norm, update norm and angle of the two hidden matrices.
+    Returns ``{(rule, with_wd, seed): RunResult}``, ``rule`` "sgd" or "adam"; each result's probes hold
+    the per-step norm, gradient norm, update norm and angle of the two hidden matrices.
     """
-    specs = [("sgd", True, _o5_base(s, "sgd", s.o5_sgd[0], s.o5_sgd[1], "l2")),
-             ("sgd", False, _o5_base(s, "sgd", s.o5_sgd[0], 0.0, "l2")),
-             ("adam", True, _o5_base(s, "adam", s.o5_adam[0], s.o5_adam[1], "decoupled")),
-             ("adam", False, _o5_base(s, "adam", s.o5_adam[0], 0.0, "decoupled"))]
-    results = run_many([c for _, _, c in specs], store, workers=s.workers, device=device, progress=False)
-    return {(rule, wd): r for (rule, wd, _), r in zip(specs, results)}
+    specs = []
+    for seed in _check_seeds(seeds, s.o5_seeds, "angular_runs"):
+        specs += [("sgd", True, seed, _o5_base(s, "sgd", s.o5_sgd[0], s.o5_sgd[1], "l2", seed)),
+                  ("sgd", False, seed, _o5_base(s, "sgd", s.o5_sgd[0], 0.0, "l2", seed)),
+                  ("adam", True, seed, _o5_base(s, "adam", s.o5_adam[0], s.o5_adam[1], "decoupled", seed)),
+                  ("adam", False, seed, _o5_base(s, "adam", s.o5_adam[0], 0.0, "decoupled", seed))]
+    results = run_many([c for *_, c in specs], store, workers=s.workers, device=device, progress=False)
+    return {(rule, wd, seed): r for (rule, wd, seed, _), r in zip(specs, results)}
+
+
+def angle_statistics(angle_windows: dict[bool, Any], held_windows: int = 4) -> dict[str, float]:
+    """OVER-5, one optimizer and one seed, from the window means of the measured angle per step
+    (``{with_wd: windows}``, :func:`window_means`): ``fall`` (no decay: last window / first window),
+    ``held`` (with decay: the largest relative deviation of the last ``held_windows`` windows from their
+    mean) and ``ratio`` (last window with decay / last window without)."""
+    on, off = (np.asarray(angle_windows[k], dtype=np.float64) for k in (True, False))
+    tail = on[-held_windows:]
+    return {"fall": float(off[-1] / off[0]), "held": float(np.abs(tail / tail.mean() - 1).max()),
+            "ratio": float(on[-1] / off[-1])}
 
 
 def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
@@ -366,13 +448,17 @@ def window_means(values: Any, windows: int = 10) -> np.ndarray:
 
 def trace_correlations(copies: Any, seed: int, weight_decay: float) -> dict[str, float]:
     """For one trajectory run's copies not marked ``spoiled``: Spearman(trace, test error), Spearman(scale-aware trace, test error),
-    Spearman(trace, epoch), and the trace and error at the first and last retained copy."""
+    Spearman(trace, epoch), the relative fall of the trace from the first to the last retained copy
+    (``trace_fall`` = 1 - last/first), the largest relative standard error of a retained trace
+    (``max_rel_se``), and the trace and error at the first and last retained copy."""
     sub = copies[(copies["role"] == "trajectory") & (copies["seed"] == seed)
                  & (copies["weight_decay"] == weight_decay)].sort_values("epoch")
     sub = sub[~sub["spoiled"]]
     if len(sub) < 2:
         raise ValueError(f"seed {seed}, weight decay {weight_decay:g}: {len(sub)} copies kept, a correlation needs 2")
     return {"n": len(sub), "rho_trace_err": spearman(sub["trace"], sub["test_err"]),
+            "trace_fall": float(1.0 - sub["trace"].iloc[-1] / sub["trace"].iloc[0]),
+            "max_rel_se": float((sub["trace_se"] / sub["trace"].abs()).max()),
             "rho_scale_aware_err": spearman(sub["scale_aware"], sub["test_err"]),
             "rho_trace_epoch": spearman(sub["epoch"], sub["trace"]),
             "trace_first": float(sub["trace"].iloc[0]), "trace_last": float(sub["trace"].iloc[-1]),
