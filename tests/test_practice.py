@@ -588,13 +588,16 @@ def test_practice_end_to_end_at_test_scale(tmp_path):
 
     s = practice.setup("test")
     store = Store(tmp_path / "store")
-    arm = next(a for a in practice.GRID_ARMS if a.label == "AdamW (torch)")
+    arm = next(a for a in practice.GRID_ARMS if a.label == "AdamW (paper)")
+    seeds = (5,)
 
-    grid = practice.grid_sweeps(s, (arm,), store=store)[arm.label]
-    assert len(grid) == len(s.grid_seeds) * s.grid_points ** 2
+    grid = practice.grid_sweeps(s, (arm,), seeds, store=store)[arm.label]
+    assert len(grid) == len(seeds) * s.grid_points * s.grid_wd_points["decoupled"]
+    assert set(grid["seed"]) == set(seeds)
     assert {"lr", "weight_decay", "seed", "test_error", "arm", "key"} <= set(grid.columns)
     assert (grid["arm"] == arm.label).all() and grid["test_error"].between(0, 1).all()
-    np.testing.assert_allclose(sorted(set(grid["lr"])), practice.grid_values(s, arm.log_lr))
+    np.testing.assert_allclose(sorted(set(grid["lr"])), practice.lr_values(s, arm))
+    np.testing.assert_allclose(sorted(set(grid["weight_decay"])), practice.wd_values(s, arm))
     lrs, wds, err = practice.error_matrix(grid)
     assert err.shape == (s.grid_points, s.grid_points) and lrs.size == wds.size == s.grid_points
     assert np.all(np.diff(lrs) > 0) and np.all(np.diff(wds) > 0)
@@ -609,16 +612,17 @@ def test_practice_end_to_end_at_test_scale(tmp_path):
     np.testing.assert_allclose(merged["float_acc"], 1 - merged["test_error"], atol=1e-6)
     assert quant["grid_distance"].between(0, 0.5).all()
 
-    spur = practice.spurious_sweep(s, store=store)
-    n_spur = sum(len(s.spur_seeds) * len(s.spur_wds[d]) for d in ("l2", "decoupled"))
+    spur_seeds = (0, 1)
+    spur = practice.spurious_sweep(s, spur_seeds, store=store)
+    n_spur = sum(len(spur_seeds) * len(s.spur_wds[d]) for d in ("l2", "decoupled"))
     assert len(spur) == n_spur
     assert {"w_causal", "w_spurious", "spurious_ratio", "id_acc", "ood_acc", "decay"} <= set(spur.columns)
     np.testing.assert_allclose(spur["spurious_ratio"], spur["w_spurious"] / spur["w_causal"])
     np.testing.assert_allclose(spur["id_acc"], spur["val_acc"], atol=1e-6)  # the in-distribution test split
     assert spur[["id_acc", "ood_acc"]].stack().between(0, 1).all()
 
-    share = practice.sharing_sweep(s, "tiedconv", store=store)
-    assert len(share) == 2 * len(s.share_seeds) * len(s.share_conv_ties) * 2
+    share = practice.sharing_sweep(s, "tiedconv", (0,), store=store)
+    assert len(share) == 2 * 1 * len(s.share_conv_ties) * 2
     c, k = s.share_conv["channels"], s.share_conv["kernel"]
     for tie in s.share_conv_ties:
         rows = share[share["tie"] == tie]
@@ -634,9 +638,9 @@ def test_practice_end_to_end_at_test_scale(tmp_path):
     # a second call trains nothing: every run comes from the store
     keys = sorted(r["key"] for r in store.list())
     assert len(keys) == len(grid) + len(spur) + len(share) // 2
-    again = practice.grid_sweeps(s, (arm,), store=store)[arm.label]
-    spur2 = practice.spurious_sweep(s, store=store)
-    share2 = practice.sharing_sweep(s, "tiedconv", store=store)
+    again = practice.grid_sweeps(s, (arm,), seeds, store=store)[arm.label]
+    spur2 = practice.spurious_sweep(s, spur_seeds, store=store)
+    share2 = practice.sharing_sweep(s, "tiedconv", (0,), store=store)
     assert sorted(r["key"] for r in store.list()) == keys
     # (wall_time is stored rounded, so it is left out of the comparison)
     pd.testing.assert_frame_equal(again.drop(columns="wall_time"), grid.drop(columns="wall_time"))
@@ -679,3 +683,68 @@ def test_sharing_sweep_rnn_groups_leave_out_the_unused_step0_weights(tmp_path):
         assert rows[("l2", "tied")] == groups * h * chunk
         assert rows[("l2", "recurrent")] == (groups - (tie == 1)) * h * h
         assert rows[("l2", "head")] == 10 * h
+
+
+def test_wd_values_by_family_and_the_judged_arms():
+    s = practice.setup("smoke")
+    by_label = {a.label: a for a in practice.GRID_ARMS}
+    assert set(by_label) == {"SGD+L2", "SGDW (paper)", "Adam+L2", "AdamW (paper)"}
+    l2, dec = practice.wd_values(s, by_label["SGD+L2"]), practice.wd_values(s, by_label["SGDW (paper)"])
+    assert len(l2) == s.grid_wd_points["L2"] > s.grid_points and len(dec) == s.grid_wd_points["decoupled"]
+    # a tilt -1 valley across the widest lr axis fits inside the lambda axis with half a decade to spare on each side
+    assert (len(l2) - 1) * s.grid_step >= (s.grid_points - 1) * s.grid_step + 2 * 0.5
+    np.testing.assert_allclose(np.diff(np.log10(l2)), s.grid_step, atol=1e-12)
+    assert math.isclose(float(np.median(np.log10(l2))), by_label["SGD+L2"].log_wd, abs_tol=1e-12)
+    # the values of a longer axis contain those of the shorter one (same floats: runs are shared)
+    assert set(practice.grid_values(s, -2.0, 7)) <= set(practice.grid_values(s, -2.0, 9))
+    assert set(practice.TORCH_ARMS) <= set(by_label)
+    # learning rates: the arm's own step where it has one, centred on its log_lr
+    adam = by_label["Adam+L2"]
+    lrs = np.log10(practice.lr_values(s, adam))
+    assert lrs.size == s.grid_points
+    np.testing.assert_allclose(np.diff(lrs), adam.lr_step, atol=1e-12)
+    assert math.isclose(float(np.median(lrs)), adam.log_lr, abs_tol=1e-12)
+    np.testing.assert_allclose(np.diff(np.log10(practice.lr_values(s, by_label["SGD+L2"]))), s.grid_step, atol=1e-12)
+
+
+def _bowl_table(centre, seeds=(0, 1, 2, 3, 4), noise=0.002, lrs=None, wds=None):
+    rng = np.random.default_rng(0)
+    lrs = 10.0 ** np.arange(-3.0, -0.99, 0.5) if lrs is None else lrs
+    wds = 10.0 ** np.arange(-6.0, -0.99, 0.5) if wds is None else wds
+    rows = []
+    for sd in seeds:
+        err = _bowl(lrs, wds, centre, curvature=0.05) + noise * rng.standard_normal((wds.size, lrs.size))
+        rows += [{"seed": sd, "lr": lr, "weight_decay": wd, "test_error": err[i, j]}
+                 for i, wd in enumerate(wds) for j, lr in enumerate(lrs)]
+    return pd.DataFrame(rows)
+
+
+def test_tilt_measurement_bootstraps_over_seeds():
+    diag = practice.tilt_measurement(_bowl_table(lambda llr: -5.5 - llr), resamples=200)
+    assert diag.kind == "bootstrap" and diag.n == 5 and len(diag.per_seed) == 5
+    assert abs(diag.value + 1) < 0.1 and 0 < diag.spread < 0.2
+    assert diag.interval[0] <= diag.value <= diag.interval[1]
+    assert all(abs(t + 1) < 0.3 for t in diag.per_seed)
+    flat = practice.tilt_measurement(_bowl_table(lambda llr: np.full_like(llr, -3.5)), resamples=200)
+    assert abs(flat.value) < 0.1
+    # noisier seeds: a larger spread
+    noisy = practice.tilt_measurement(_bowl_table(lambda llr: -5.5 - llr, noise=0.02), resamples=200)
+    assert noisy.spread > diag.spread
+    # a valley that leaves the lambda axis: undefined in the resamples, so the spread is undefined
+    off = practice.tilt_measurement(_bowl_table(lambda llr: -5.5 - 3 * llr), resamples=100)
+    assert math.isnan(off.value) and math.isnan(off.spread)
+
+
+def test_convention_twins_at_test_scale(tmp_path):
+    from wdlib.runs import Store
+
+    s = practice.setup("test")
+    store = Store(tmp_path / "store")
+    arm = next(a for a in practice.GRID_ARMS if a.label == "AdamW (paper)")
+    tables = practice.grid_sweeps(s, (arm,), (0,), store=store)
+    twins = practice.convention_twins(s, tables, 0, cells=2, store=store)
+    assert len(twins) == 2 and set(twins["arm"]) == {"AdamW (paper)"}
+    np.testing.assert_allclose(twins["weight_decay_torch"] * twins["lr"], twins["weight_decay_paper"], rtol=1e-12)
+    np.testing.assert_allclose(twins["difference"], twins["test_error_torch"] - twins["test_error_paper"])
+    # the conversion is the same algorithm: float32 test errors agree closely
+    assert twins["difference"].abs().max() <= 0.05

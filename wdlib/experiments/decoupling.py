@@ -2,8 +2,10 @@
 
 Each function runs one measurement on a real model and data (MNIST-1D and an MLP, trained through
 :func:`wdlib.runs.run`, so a finished run is found again in the store and an interrupted one resumes)
-or on a quadratic, and returns plain arrays and numbers; the notebook draws them and computes the
-verdicts.
+or on a quadratic, and returns plain arrays and numbers; the notebook draws them and passes the
+measurements to the claims ledger. The ``*_many`` functions run one measurement for several training
+seeds (the notebook derives them from its ``seed`` parameter), training the runs the store lacks in
+``workers`` single-thread processes first.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ import torch
 from ..config import RunConfig
 from ..data import Dataset, mnist1d
 from ..optim import SGD, convert_weight_decay
-from ..runs import Store, run
+from ..runs import Store, run, run_many
 from ..stats import spearman
 
-__all__ = ["SCALE_SETTINGS", "Setup", "setup", "base_config", "trajectory_gap", "one_step_gap", "shrinkage_vs_second_moment",
-           "quadratic_fixed_points", "convention_runs", "warmup_delay_runs"]
+__all__ = ["SCALE_SETTINGS", "Setup", "setup", "base_config", "trajectory_gap", "trajectory_gaps_many", "log_gap",
+           "one_step_gap", "shrinkage_vs_second_moment", "shrinkage_many", "quadratic_fixed_points",
+           "convention_runs", "warmup_delay_runs", "warmup_delay_many", "GAP_FLOOR"]
+
+#: gaps below this are read as this (float64 resolution of an O(1) parameter is about 1e-16), so that
+#: two trajectories that never part (gap exactly 0) still have a finite log10 gap
+GAP_FLOOR = 1e-17
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,36 @@ def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.reshape(-1).double() for v in state.values()])
 
 
+def _pair_configs(s: Setup, *, lr: float, weight_decay: float, momentum: float, dtype: str, seed: int,
+                  snapshots: int) -> tuple[RunConfig, RunConfig]:
+    every = max(s.steps // snapshots, 1)
+    common = dict(optimizer="sgd", lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype,
+                  eval_every=every, diagnostics=["params"])
+    return base_config(s, seed, decay="l2", **common), base_config(s, seed, decay="decoupled", **common)
+
+
+def log_gap(gap: Any) -> float:
+    """``log10`` of the largest gap along a trajectory, gaps under :data:`GAP_FLOOR` read as the floor."""
+    return float(np.log10(max(float(np.max(gap)), GAP_FLOOR)))
+
+
+def trajectory_gaps_many(s: Setup, *, lr: float, weight_decay: float, seeds: tuple[int, ...],
+                         cases: tuple[tuple[float, str], ...] = ((0.0, "float64"), (0.9, "float64")),
+                         snapshots: int = 50, workers: int = 1, device: str | torch.device = "cpu",
+                         store: Store | None = None) -> dict[tuple[float, str], dict[int, Any]]:
+    """:func:`trajectory_gap` for every (momentum, dtype) case and seed: ``case -> seed -> (steps, gap, state)``.
+
+    The runs the store lacks are trained first, in ``workers`` processes."""
+    store = store if isinstance(store, Store) else Store(store)
+    configs = [c for m, dt in cases for sd in seeds
+               for c in _pair_configs(s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd),
+                                      snapshots=snapshots)]
+    run_many(configs, store, workers=workers, device=str(device), progress=False)
+    return {(m, dt): {int(sd): trajectory_gap(s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd),
+                                              snapshots=snapshots, device=device, store=store)
+                      for sd in seeds} for m, dt in cases}
+
+
 def trajectory_gap(s: Setup, *, lr: float, weight_decay: float, momentum: float, dtype: str = "float64",
                    seed: int = 0, snapshots: int = 50, device: str | torch.device = "cpu",
                    store: Store | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -75,11 +112,10 @@ def trajectory_gap(s: Setup, *, lr: float, weight_decay: float, momentum: float,
     ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``. Returns (steps, gap, final
     weights of the L2 run).
     """
-    every = max(s.steps // snapshots, 1)
-    common = dict(optimizer="sgd", lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype,
-                  eval_every=every, diagnostics=["params"])
-    a = run(base_config(s, seed, decay="l2", **common), store, device=str(device))
-    b = run(base_config(s, seed, decay="decoupled", **common), store, device=str(device))
+    ca, cb = _pair_configs(s, lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype, seed=seed,
+                           snapshots=snapshots)
+    a = run(ca, store, device=str(device))
+    b = run(cb, store, device=str(device))
     for r in (a, b):
         if r.diverged:
             raise RuntimeError(f"run {r.info['key']} ({r.config['decay']}) diverged at step {r.diverged_at}: "
@@ -118,6 +154,23 @@ def one_step_gap(s: Setup, state: dict[str, torch.Tensor], *, lr: float, weight_
     return worst
 
 
+def _shrinkage_config(s: Setup, *, decay: str, lr: float, weight_decay: float, seed: int, window: int) -> RunConfig:
+    return base_config(s, seed, optimizer="adam", decay=decay, lr=lr, weight_decay=weight_decay, dtype="float64",
+                       probes=[{"name": "shrinkage", "start": s.steps - window, "tensors": "matrices"}])
+
+
+def shrinkage_many(s: Setup, *, decay: str, lr: float, weight_decay: float, seeds: tuple[int, ...],
+                   window: int | None = None, workers: int = 1, device: str | torch.device = "cpu",
+                   store: Store | None = None) -> dict[int, dict[str, Any]]:
+    """:func:`shrinkage_vs_second_moment` for each seed (``seed -> result``), runs trained in ``workers`` processes."""
+    store = store if isinstance(store, Store) else Store(store)
+    window = window or max(s.steps // 3, 1)
+    run_many([_shrinkage_config(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=int(sd), window=window)
+              for sd in seeds], store, workers=workers, device=str(device), progress=False)
+    return {int(sd): shrinkage_vs_second_moment(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=int(sd),
+                                                window=window, device=device, store=store) for sd in seeds}
+
+
 def shrinkage_vs_second_moment(s: Setup, *, decay: str, lr: float, weight_decay: float, seed: int = 0,
                                window: int | None = None, device: str | torch.device = "cpu",
                                store: Store | None = None) -> dict[str, Any]:
@@ -130,8 +183,7 @@ def shrinkage_vs_second_moment(s: Setup, *, decay: str, lr: float, weight_decay:
     correlation and the relative spread of the rates.
     """
     window = window or max(s.steps // 3, 1)
-    cfg = base_config(s, seed, optimizer="adam", decay=decay, lr=lr, weight_decay=weight_decay, dtype="float64",
-                      probes=[{"name": "shrinkage", "start": s.steps - window, "tensors": "matrices"}])
+    cfg = _shrinkage_config(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=seed, window=window)
     r = run(cfg, store, device=str(device))
     rel = r.probes["shrinkage/shrinkage"] / (lr * weight_decay)
     v = r.probes["shrinkage/v_hat"]
@@ -214,6 +266,31 @@ def convention_runs(s: Setup, *, peak_lr: float, weight_decay: float, seed: int 
             "test_acc": {k: r.final["val_acc"] for k, r in results.items()}}
 
 
+_DELAY_ARMS = (("decay from step 0", None), ("decay after warmup", "delay"))
+
+
+def _warmup_delay_configs(s: Setup, *, peak_lr: float, weight_decay: float, warmup_steps: int,
+                          seed: int) -> dict[str, RunConfig]:
+    out = {}
+    for name, kind in _DELAY_ARMS:
+        wd_schedule = None if kind is None else {"name": "constant", "delay": warmup_steps}
+        out[name] = base_config(s, seed, optimizer="adam", decay="decoupled", lr=peak_lr, weight_decay=weight_decay,
+                                lr_schedule=_warmup_cosine(s.steps, warmup_steps), wd_schedule=wd_schedule)
+    return out
+
+
+def warmup_delay_many(s: Setup, *, peak_lr: float, weight_decay: float, warmup_steps: int, seeds: tuple[int, ...],
+                      workers: int = 1, device: str | torch.device = "cpu",
+                      store: Store | None = None) -> dict[int, dict[str, Any]]:
+    """:func:`warmup_delay_runs` for each seed (``seed -> result``), runs trained in ``workers`` processes."""
+    store = store if isinstance(store, Store) else Store(store)
+    run_many([c for sd in seeds for c in _warmup_delay_configs(s, peak_lr=peak_lr, weight_decay=weight_decay,
+                                                               warmup_steps=warmup_steps, seed=int(sd)).values()],
+             store, workers=workers, device=str(device), progress=False)
+    return {int(sd): warmup_delay_runs(s, peak_lr=peak_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                       seed=int(sd), device=device, store=store) for sd in seeds}
+
+
 def warmup_delay_runs(s: Setup, *, peak_lr: float, weight_decay: float, warmup_steps: int, seed: int = 0,
                       device: str | torch.device = "cpu", store: Store | None = None) -> dict[str, Any]:
     """AdamW with warmup + cosine, decay on from step 0 against decay switched on after warmup (DEC-7).
@@ -221,10 +298,9 @@ def warmup_delay_runs(s: Setup, *, peak_lr: float, weight_decay: float, warmup_s
     Returns the final RMS of the weight matrices, test loss and accuracy of both runs.
     """
     out = {}
-    for name, wd_schedule in (("decay from step 0", None),
-                              ("decay after warmup", {"name": "constant", "delay": warmup_steps})):
-        cfg = base_config(s, seed, optimizer="adam", decay="decoupled", lr=peak_lr, weight_decay=weight_decay,
-                          lr_schedule=_warmup_cosine(s.steps, warmup_steps), wd_schedule=wd_schedule)
+    configs = _warmup_delay_configs(s, peak_lr=peak_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                    seed=seed)
+    for name, cfg in configs.items():
         r = run(cfg, store, device=str(device))
         mats = torch.cat([v.reshape(-1).double() for v in r.model_state.values() if v.ndim >= 2])
         out[name] = {"weight_rms": float(mats.pow(2).mean().sqrt()), "test_acc": r.final["val_acc"],

@@ -1,11 +1,14 @@
 """Experiments of chapter 1b, "Decoupled decay in practice" (DEC-8, DEC-4, DEC-5, DEC-6).
 
 - DEC-8, the (lr, lambda) basin of Loshchilov & Hutter (ICLR 2019, figure 2): test error on a log grid
-  of learning rate by weight decay for SGD+L2, SGDW, Adam+L2 and AdamW, the decoupled ones in both
-  conventions (PyTorch's ``lr*lambda`` per step and the paper's ``lambda`` per step). At CPU scale the
-  network is :class:`wdlib.models.ConvNet` with BatchNorm (every convolution scale-invariant, as in the
-  paper's BatchNorm ResNets) on MNIST-1D, a cosine schedule, SGD with momentum 0.9. The valley's tilt
-  is the log-log slope of the best lambda against the learning rate (:func:`valley`).
+  of learning rate by weight decay for SGD+L2, SGDW, Adam+L2 and AdamW, the decoupled ones in the
+  paper's convention (``lambda`` per step, times the schedule multiplier). At CPU scale the network is
+  :class:`wdlib.models.ConvNet` with BatchNorm (every convolution scale-invariant, as in the paper's
+  BatchNorm ResNets) on MNIST-1D, a cosine schedule, SGD with momentum 0.9. The valley's tilt is the
+  log-log slope of the best lambda against the learning rate (:func:`valley`), with a bootstrap over
+  seeds (:func:`tilt_measurement`). PyTorch's convention (``lr*lambda`` per step) is the same algorithm
+  with ``lambda_torch = lambda_paper / lr``; :func:`convention_twins` retrains a few cells in it as a
+  float32 cross-check of that conversion.
 - DEC-4: a two-feature task (:func:`wdlib.data.spurious`) whose spurious feature agrees with the label
   only in training; an MLP trained with Adam+L2 and AdamW over a lambda grid, lambda picked on the
   in-distribution test split, then the spurious weight and out-of-distribution accuracy.
@@ -14,8 +17,11 @@
   of the tied weights (:class:`wdlib.diagnostics.ShrinkageProbe`) against the sharing factor.
 - DEC-6: int8 quantization (:mod:`wdlib.quantize`) of the DEC-8 Adam+L2 and AdamW models.
 
-Every run goes through :func:`wdlib.runs.sweep` (cached in the run store, in parallel single-thread
-workers). The functions return tables and arrays; the notebook draws them and computes the verdicts.
+Every run goes through :func:`wdlib.runs.run_many` (cached in the run store, in parallel single-thread
+workers). The training seeds are arguments (the notebook derives them from its ``seed`` parameter with
+:meth:`wdlib.runtime.Setting.seeds`); a :class:`Setup` holds only how many of them each experiment uses.
+The functions return tables and arrays; the notebook draws them and passes the measurements to the
+claims ledger.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from ..quantize import grid_distance, quantizable, quantize_state
 from ..runs import Store, expand_grid, results_table, run_many
 from ..stats import loglog_slope
 
-__all__ = ["Arm", "GRID_ARMS", "Setup", "PRACTICE_SETTINGS", "setup", "grid_values", "grid_sweeps", "error_matrix",
-           "valley", "spurious_sweep", "spurious_reliance", "causal_only_accuracy", "select_lambda", "sharing_sweep",
+__all__ = ["Arm", "GRID_ARMS", "TORCH_ARMS", "Setup", "PRACTICE_SETTINGS", "setup", "grid_values", "grid_sweeps",
+           "wd_values", "lr_values", "error_matrix", "valley", "tilt_measurement", "convention_twins", "spurious_sweep", "spurious_reliance", "causal_only_accuracy", "select_lambda", "sharing_sweep",
            "quantization_table", "basin_cells"]
 
 
@@ -48,18 +54,27 @@ class Arm:
     log_wd: float
     family: str          # "L2" or "decoupled"
     convention: str      # "coupled", "torch" (lr*lambda per step) or "paper" (lambda per step)
+    lr_step: float | None = None   # decades between learning rates (default: the setup's grid_step)
 
 
-#: Centres picked from a one-seed pilot on a wider 7x7 grid (the notebook says so); each grid spans
-#: ``(points - 1) * step`` decades around its centre on both axes.
+#: The four judged grids. Centres picked from a one-seed pilot on a wider 7x7 grid (the notebook says
+#: so); each grid spans ``(grid_points - 1) * lr_step`` decades of lr (``lr_step`` defaults to
+#: ``grid_step``) and ``(grid_wd_points[family] - 1) * grid_step`` decades of lambda around its centre.
+#: Adam's good learning rates span about one decade at smoke, so its arms step a quarter decade in lr
+#: (centred half-way between the pilot's two best columns): five columns inside the band.
 GRID_ARMS: tuple[Arm, ...] = (
     Arm("SGD+L2", "sgd", "l2", -1.0, -2.0, "L2", "coupled"),
-    Arm("SGDW (torch)", "sgd", "decoupled", -1.0, -1.0, "decoupled", "torch"),
     Arm("SGDW (paper)", "sgd", "independent", -1.0, -2.0, "decoupled", "paper"),
-    Arm("Adam+L2", "adam", "l2", -2.0, -2.0, "L2", "coupled"),
-    Arm("AdamW (torch)", "adam", "decoupled", -2.0, -0.5, "decoupled", "torch"),
-    Arm("AdamW (paper)", "adam", "independent", -2.0, -2.5, "decoupled", "paper"),
+    Arm("Adam+L2", "adam", "l2", -1.75, -2.0, "L2", "coupled", lr_step=0.25),
+    Arm("AdamW (paper)", "adam", "independent", -1.75, -2.5, "decoupled", "paper", lr_step=0.25),
 )
+#: PyTorch's convention of the two decoupled arms (``lr*lambda`` per step): the same algorithm as the
+#: paper's with ``lambda_torch = lambda_paper / lr``, so it has no grid of its own (its tilt is the paper
+#: tilt minus 1); :func:`convention_twins` retrains a few paper cells in it, as a cross-check.
+TORCH_ARMS: dict[str, Arm] = {
+    "SGDW (paper)": Arm("SGDW (torch)", "sgd", "decoupled", -1.0, -1.0, "decoupled", "torch"),
+    "AdamW (paper)": Arm("AdamW (torch)", "adam", "decoupled", -2.0, -0.5, "decoupled", "torch"),
+}
 
 
 @dataclass(frozen=True)
@@ -73,9 +88,10 @@ class Setup:
     grid_channels: int
     grid_steps: int
     grid_batch: int
-    grid_points: int
-    grid_step: float                      # decades between grid points
-    grid_seeds: tuple[int, ...]
+    grid_points: int                      # learning rates (columns)
+    grid_step: float                      # decades between grid points, on both axes
+    grid_seeds: int                       # how many training seeds (the seeds come from the notebook)
+    grid_wd_points: dict[str, int] = field(default_factory=dict)  # lambdas (rows) by family: "L2", "decoupled"
     grid_momentum: float = 0.9
     basin_factor: float = 2.0             # a column is in the basin when its best error <= factor * the grid's best
     # DEC-4: spurious feature, one-hidden-layer MLP, Adam at one LR, lambda grids per rule
@@ -86,7 +102,7 @@ class Setup:
     spur_batch: int = 50
     spur_lr: float = 1e-3
     spur_wds: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    spur_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    spur_seeds: int = 5
     # DEC-5: tied convolution and RNN on MNIST-1D, Adam+L2 and AdamW at one (lr, lambda), float64
     share_samples: int = 4000
     share_steps: int = 600
@@ -97,7 +113,7 @@ class Setup:
     share_conv_ties: tuple[int, ...] = (1, 2, 5, 10, 20, 40)
     share_rnn: dict[str, Any] = field(default_factory=dict)
     share_rnn_ties: tuple[int, ...] = (1, 2, 5, 10)
-    share_seeds: tuple[int, ...] = (0, 1, 2)
+    share_seeds: int = 5
     # DEC-6
     quant_bits: tuple[int, ...] = (8, 6, 4)
 
@@ -107,25 +123,25 @@ class Setup:
 _SPUR_WDS = {"l2": (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "decoupled": (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)}
 
 PRACTICE_SETTINGS: dict[str, Setup] = {
-    "smoke": Setup("smoke", workers=2, grid_samples=4000, grid_channels=16, grid_steps=600, grid_batch=128,
-                   grid_points=5, grid_step=0.5, grid_seeds=(0, 1, 2),
-                   spur_data={"num_train": 500, "num_test": 2000}, spur_wds=_SPUR_WDS, spur_seeds=(0, 1, 2, 3, 4),
-                   share_conv={"channels": 16, "kernel": 5}, share_rnn={"hidden": 32, "chunk": 4},
-                   share_seeds=(0, 1, 2)),
-    # one GPU: 2.5x the data, twice the channels, 5x the steps, a 7x7 grid over 3 decades, 3 seeds
+    # 2 CPU cores. DEC-8: 5 learning rates (2 decades for SGD, 1 for Adam) by 7 lambdas (3 decades), 5 seeds,
+    # 400 steps; DEC-5 on 3 seeds (the floor: the time budget)
+    "smoke": Setup("smoke", workers=2, grid_samples=4000, grid_channels=16, grid_steps=400, grid_batch=128,
+                   grid_points=5, grid_step=0.5, grid_seeds=5, grid_wd_points={"L2": 7, "decoupled": 7},
+                   spur_data={"num_train": 500, "num_test": 2000}, spur_wds=_SPUR_WDS, spur_seeds=5,
+                   share_conv={"channels": 16, "kernel": 5}, share_rnn={"hidden": 32, "chunk": 4}, share_seeds=3),
+    # one GPU: 2.5x the data, twice the channels, 3000 steps, 7 learning rates (3 decades) by 11 or 9 lambdas
     "full": Setup("full", workers=4, grid_samples=10_000, grid_channels=32, grid_steps=3000, grid_batch=128,
-                  grid_points=7, grid_step=0.5, grid_seeds=(0, 1, 2),
+                  grid_points=7, grid_step=0.5, grid_seeds=5, grid_wd_points={"L2": 11, "decoupled": 9},
                   spur_data={"num_train": 2000, "num_test": 10_000}, spur_steps=8000, spur_wds=_SPUR_WDS,
-                  spur_seeds=tuple(range(10)), share_samples=10_000, share_steps=3000,
-                  share_conv={"channels": 32, "kernel": 5}, share_rnn={"hidden": 64, "chunk": 4},
-                  share_seeds=(0, 1, 2, 3, 4)),
+                  spur_seeds=10, share_samples=10_000, share_steps=3000,
+                  share_conv={"channels": 32, "kernel": 5}, share_rnn={"hidden": 64, "chunk": 4}, share_seeds=5),
     # the unit tests: seconds on one core
     "test": Setup("test", workers=1, grid_samples=400, grid_channels=4, grid_steps=20, grid_batch=32,
-                  grid_points=3, grid_step=1.0, grid_seeds=(0,),
+                  grid_points=3, grid_step=1.0, grid_seeds=1, grid_wd_points={"L2": 3, "decoupled": 3},
                   spur_data={"num_train": 100, "num_test": 200, "noise_dims": 4}, spur_steps=30, spur_batch=20,
-                  spur_wds={"l2": (0.0, 1e-2), "decoupled": (0.0, 1.0)}, spur_seeds=(0, 1), share_samples=400,
+                  spur_wds={"l2": (0.0, 1e-2), "decoupled": (0.0, 1.0)}, spur_seeds=2, share_samples=400,
                   share_steps=12, share_batch=20, share_conv={"channels": 2, "kernel": 3}, share_conv_ties=(1, 40),
-                  share_rnn={"hidden": 4, "chunk": 8}, share_rnn_ties=(1, 5), share_seeds=(0,), quant_bits=(8, 4)),
+                  share_rnn={"hidden": 4, "chunk": 8}, share_rnn_ties=(1, 5), share_seeds=1, quant_bits=(8, 4)),
 }
 
 
@@ -138,10 +154,23 @@ def setup(scale: str) -> Setup:
 
 # --- DEC-8: the (lr, lambda) grid --------------------------------------------------------------------
 
-def grid_values(s: Setup, centre: float) -> list[float]:
-    """``grid_points`` values spaced ``grid_step`` decades apart, centred on ``10**centre``."""
-    half = (s.grid_points - 1) / 2
-    return [float(10 ** (centre + (i - half) * s.grid_step)) for i in range(s.grid_points)]
+def grid_values(s: Setup, centre: float, points: int | None = None, step: float | None = None) -> list[float]:
+    """``points`` (default ``grid_points``) values spaced ``step`` (default ``grid_step``) decades apart,
+    centred on ``10**centre``."""
+    points = s.grid_points if points is None else int(points)
+    step = s.grid_step if step is None else float(step)
+    half = (points - 1) / 2
+    return [float(10 ** (centre + (i - half) * step)) for i in range(points)]
+
+
+def lr_values(s: Setup, arm: Arm) -> list[float]:
+    """The learning rates of ``arm``'s grid: ``grid_points`` values ``arm.lr_step`` (or ``grid_step``) apart."""
+    return grid_values(s, arm.log_lr, s.grid_points, arm.lr_step)
+
+
+def wd_values(s: Setup, arm: Arm) -> list[float]:
+    """The lambdas of ``arm``'s grid: ``grid_wd_points[arm.family]`` values (``grid_points`` if unset)."""
+    return grid_values(s, arm.log_wd, s.grid_wd_points.get(arm.family, s.grid_points))
 
 
 def _grid_base(s: Setup, arm: Arm) -> RunConfig:
@@ -156,7 +185,7 @@ def _store(store: Store | str | None) -> Store:
     return store if isinstance(store, Store) else Store(store)
 
 
-def grid_sweeps(s: Setup, arms: tuple[Arm, ...] = GRID_ARMS, *, device: str = "cpu",
+def grid_sweeps(s: Setup, arms: tuple[Arm, ...] = GRID_ARMS, seeds: tuple[int, ...] = (0,), *, device: str = "cpu",
                 store: Store | None = None) -> dict[str, Any]:
     """Every (seed, lr, lambda) of each arm's grid, trained in one pool of ``s.workers`` processes.
 
@@ -165,8 +194,9 @@ def grid_sweeps(s: Setup, arms: tuple[Arm, ...] = GRID_ARMS, *, device: str = "c
     """
     store = _store(store)
     fields = ["seed", "lr", "weight_decay"]
-    plans = {arm.label: expand_grid(_grid_base(s, arm), {"seed": list(s.grid_seeds), "lr": grid_values(s, arm.log_lr),
-                                                         "weight_decay": grid_values(s, arm.log_wd)}) for arm in arms}
+    plans = {arm.label: expand_grid(_grid_base(s, arm), {"seed": [int(x) for x in seeds],
+                                                         "lr": lr_values(s, arm),
+                                                         "weight_decay": wd_values(s, arm)}) for arm in arms}
     results = run_many([c for cs in plans.values() for c in cs], store, workers=s.workers, device=device,
                        progress=False)
     tables, i = {}, 0
@@ -218,6 +248,55 @@ def valley(lrs: np.ndarray, wds: np.ndarray, err: np.ndarray, basin_factor: floa
             "best_error": float(np.nanmin(err)), "columns_counted": int(counted.sum())}
 
 
+def tilt_measurement(table: Any, basin_factor: float = 2.0, *, resamples: int = 1000, seed: int = 0) -> Any:
+    """The valley's tilt of a grid table with its spread over seeds (a :class:`wdlib.claims.Measurement`).
+
+    The value is the tilt of the seed-mean error grid (:func:`valley`); the spread and interval come
+    from ``resamples`` bootstrap resamples of the seeds (a seed drawn twice counts twice in the mean);
+    ``per_seed`` holds each seed's own tilt (``nan`` where its grid has fewer than 3 counted columns).
+    """
+    from ..claims import Measurement
+
+    seeds = sorted(int(x) for x in table["seed"].unique())
+    mats = [error_matrix(table, seed=sd) for sd in seeds]
+    lrs, wds = mats[0][0], mats[0][1]
+    units = [m[2] for m in mats]
+
+    def statistic(sample: list[np.ndarray]) -> float:
+        return float(valley(lrs, wds, np.mean(sample, axis=0), basin_factor)["tilt"])
+
+    per_seed = [valley(lrs, wds, u, basin_factor)["tilt"] for u in units]
+    return Measurement.bootstrap(statistic, units, resamples=resamples, seed=seed, per_seed=per_seed)
+
+
+def convention_twins(s: Setup, tables: dict[str, Any], seed: int, cells: int = 2, *, device: str = "cpu",
+                     store: Store | None = None) -> Any:
+    """PyTorch-convention twins of a few paper-convention grid cells (a float32 cross-check of DEC-9).
+
+    For each decoupled arm of ``tables`` with a twin in :data:`TORCH_ARMS`, the ``cells`` cells of
+    ``seed`` with the lowest seed-mean test error are retrained with ``decay="decoupled"`` and
+    ``lambda_torch = lambda_paper / lr``. One row per cell: both test errors and their difference.
+    """
+    import pandas as pd
+
+    rows, configs = [], []
+    for label, table in tables.items():
+        if label not in TORCH_ARMS:
+            continue
+        mean = table.groupby(["lr", "weight_decay"])["test_error"].mean().nsmallest(cells)
+        for (lr, wd) in mean.index:
+            paper = table[(table["seed"] == seed) & (table["lr"] == lr) & (table["weight_decay"] == wd)]
+            cfg = _grid_base(s, TORCH_ARMS[label]).replace(seed=int(seed), lr=float(lr), weight_decay=float(wd / lr))
+            configs.append(cfg)
+            rows.append({"arm": label, "lr": float(lr), "weight_decay_paper": float(wd),
+                         "weight_decay_torch": float(wd / lr), "test_error_paper": float(paper["test_error"].iloc[0])})
+    results = run_many(configs, _store(store), workers=s.workers, device=device, progress=False)
+    for row, r in zip(rows, results):
+        row["test_error_torch"] = 1.0 if r.diverged else 1.0 - float(r.final["val_acc"])
+        row["difference"] = row["test_error_torch"] - row["test_error_paper"]
+    return pd.DataFrame(rows)
+
+
 def basin_cells(table: Any, basin_factor: float = 2.0) -> Any:
     """The rows of a grid table whose seed-mean error is at most ``basin_factor`` times the grid's best."""
     mean = table.groupby(["lr", "weight_decay"])["test_error"].transform("mean")
@@ -233,7 +312,7 @@ def _spur_base(s: Setup, decay: str) -> RunConfig:
                      decay_vectors=False, eval_every=s.spur_steps, scale=s.scale)
 
 
-def spurious_sweep(s: Setup, *, device: str = "cpu", store: Store | None = None) -> Any:
+def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cpu", store: Store | None = None) -> Any:
     """Adam+L2 ("l2") and AdamW ("decoupled", torch convention) over their lambda grids and seeds, with
     each model's spurious reliance and out-of-distribution accuracy (:func:`spurious_reliance`).
 
@@ -247,7 +326,7 @@ def spurious_sweep(s: Setup, *, device: str = "cpu", store: Store | None = None)
     store = _store(store)
     configs = [_spur_base(s, decay).replace(seed=sd, weight_decay=float(wd),
                                             data_args={**s.spur_data, "seed": sd})
-               for decay in ("l2", "decoupled") for sd in s.spur_seeds for wd in s.spur_wds[decay]]
+               for decay in ("l2", "decoupled") for sd in map(int, seeds) for wd in s.spur_wds[decay]]
     results = run_many(configs, store, workers=s.workers, device=device, progress=False)
     df = results_table(configs, results, ["decay", "seed", "weight_decay"])
     rows = []
@@ -316,8 +395,8 @@ def _share_base(s: Setup, model: str, decay: str) -> RunConfig:
                      scale=s.scale)
 
 
-def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn"), *, device: str = "cpu",
-                  store: Store | None = None) -> Any:
+def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn"), seeds: tuple[int, ...] = (0,), *,
+                  device: str = "cpu", store: Store | None = None) -> Any:
     """Adam+L2 and AdamW on ``model`` ("tiedconv", "tiedrnn" or both) for each sharing factor and seed, in
     one pool of ``s.workers`` processes.
 
@@ -339,7 +418,7 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
         for decay in ("l2", "decoupled"):
             base = _share_base(s, m, decay)
             configs += [base.replace(seed=sd, model_args={**base.model_args, "tie": t})
-                        for sd in s.share_seeds for t in ties]
+                        for sd in map(int, seeds) for t in ties]
     results = run_many(configs, _store(store), workers=s.workers, device=device, progress=False)
     rows = []
     for cfg, r in zip(configs, results):
