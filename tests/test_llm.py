@@ -281,8 +281,17 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     assert ln.config["decay_vectors"] and not main[(1.0, 0)].config["decay_vectors"]
     assert "diag/attn_logit_max" in runs["o6"][(2e-2, "fp32", 0.0, 0)].history
     # LLM-7 arms: torch's AdamW on bf16 weights, and wdlib's with each remedy
-    assert runs["o7"][("bf16-pure", "torch.adamw", "nearest", 1.0)].config["optimizer"] == "torch.adamw"
-    assert runs["o7"][("bf16-pure", "adam", "kahan", 1.0)].config["bf16_update"] == "kahan"
+    assert runs["o7"][("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].config["optimizer"] == "torch.adamw"
+    assert runs["o7"][("bf16-pure", "adam", "kahan", 1.0, 0)].config["bf16_update"] == "kahan"
+    shares = llm.shrink_shares(s, runs["o7"])
+    assert list(shares["arm"]) == list(llm.O7_PAIRS) and set(shares["seed"]) == {0}
+    f32 = shares.set_index("arm").loc["float32"]
+    assert f32["shrink_vs_float32"] == pytest.approx(1.0) and f32["val_minus_float32"] == 0.0
+    tq = shares.set_index("arm").loc["bf16, torch AdamW"]
+    o7 = runs["o7"]
+    expected = 1 - (o7[("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].final["weight_norm/decay"]
+                    / o7[("bf16-pure", "torch.adamw", "nearest", 0.0, 0)].final["weight_norm/decay"])
+    assert tq["shrink"] == pytest.approx(expected) and tq["shrink_vs_float32"] == pytest.approx(expected / f32["shrink"])
     t = llm.applied_decay_table(llm.bf16_pure_weights(r), s.o7_grid, steps=20)
     assert set(t["arm"]) == set(llm.APPLIED_ARMS) and len(t) == len(llm.APPLIED_ARMS) * len(s.o7_grid)
     f32 = t[t["arm"] == "float32"]["ratio"]
@@ -295,3 +304,56 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     assert list(table["wd"]) == [0.0, 1.0] and "seen_unseen/gap" in table
     with pytest.raises(ValueError, match="scale"):
         llm.setup("huge")
+
+
+def test_plan_takes_its_training_seeds_from_the_caller():
+    from wdlib.experiments import llm
+
+    s = llm.setup("smoke")
+    assert llm.seed_count(s) == max(s.n_seeds, s.o6_n_seeds, s.o7_n_seeds)
+    seeds = tuple(1000 + i for i in range(llm.seed_count(s)))
+    p = llm.plan(s, seeds)
+    assert {k[1] for k in p["main"]} == set(seeds[:s.n_seeds]) == {k[1] for k in p["ln"]}
+    assert {k[-1] for k in p["o6"]} == set(seeds[:s.o6_n_seeds]) and {k[-1] for k in p["o7"]} == set(seeds[:s.o7_n_seeds])
+    assert all(cfg.seed == k[-1] for section in ("main", "ln", "o6", "o7") for k, cfg in p[section].items())
+    assert len(p["o7"]) == 9 * s.o7_n_seeds
+    # the default seeds are 0, 1, ...: the same runs (same keys) as the notebook's base seed 0
+    assert llm.plan(s)["main"][(0.0, 0)].key() == llm.plan(s, range(llm.seed_count(s)))["main"][(0.0, 0)].key()
+    with pytest.raises(ValueError, match="distinct seeds"):
+        llm.plan(s, (0,))
+    with pytest.raises(ValueError, match="distinct seeds"):
+        llm.plan(s, (0,) * llm.seed_count(s))
+
+
+def test_divergence_ratio_is_the_statistic_of_the_divergence_rule():
+    from wdlib.experiments.llm import divergence_ratio, diverged
+
+    curves = [[3.0, 2.5, 2.2, 2.1], [3.0, 2.0, 3.5, 3.6], [3.0, 2.0, 3.5, 2.2],
+              [4.0, 6.5, 3.0, 2.5, 2.0, 1.9, 4.5, 4.6, 4.7], [3.0, 2.5, 2.4, 2.6, 2.7]]
+    for c in curves:  # above 1.5 exactly when the rule says diverged
+        assert (divergence_ratio(c) > 1.5) == diverged(c)["diverged"]
+    assert divergence_ratio([3.0, 2.0, 3.6]) == pytest.approx(1.8)
+    assert divergence_ratio([3.0, 2.0, float("nan")]) == 10.0
+    assert divergence_ratio([3.0, 2.9], nonfinite_at=1) == 10.0
+    assert divergence_ratio([1.0, 0.01, 50.0], cap=10.0) == 10.0
+
+
+def test_crossing_strength_needs_above_before_and_below_after():
+    from wdlib.experiments.llm import crossing_strength
+
+    # lambda 0.1 crosses (above by 0.03 then below by 0.01 on the seed means); lambda 1 is worse throughout
+    units = [{0.1: (0.04, -0.02), 1.0: (0.2, 0.1)}, {0.1: (0.02, 0.0), 1.0: (0.3, 0.2)}]
+    assert crossing_strength(units) == pytest.approx(0.01)
+    assert crossing_strength([units[0]]) == pytest.approx(0.02)
+    assert crossing_strength([{0.1: (-0.01, -0.05)}]) == pytest.approx(-0.01)  # never above: no crossing
+    assert crossing_strength([{0.1: (0.05, 0.02)}, {0.1: (0.05, 0.0)}]) == pytest.approx(-0.01)  # never below
+
+
+def test_per_seed_statistics_and_consecutive_ratios():
+    import pandas as pd
+
+    from wdlib.experiments.llm import consecutive_ratios, per_seed
+
+    np.testing.assert_allclose(consecutive_ratios([4.0, 2.0, 3.0]), [0.5, 1.5])
+    t = pd.DataFrame({"wd": [1.0, 0.0, 0.1, 0.0, 1.0, 0.1], "seed": [0, 0, 0, 1, 1, 1], "x": [3.0, 1.0, 2.0, 5.0, 4.0, 6.0]})
+    assert per_seed(t, lambda g: g["x"].iloc[-1] - g["x"].iloc[0]) == [2.0, -1.0]  # sorted by wd within each seed

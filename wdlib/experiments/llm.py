@@ -5,8 +5,13 @@ A small GPT (:class:`wdlib.models.GPT`) trained single-pass on the standard-libr
 betas (0.9, 0.95), gradient clipping at 1.0, decay on weight matrices and embeddings only, bf16
 autocast with float32 master weights, and a warmup-stable-decay LR schedule, after the nanoGPT fork of
 Andriushchenko et al. (arXiv 2310.04415; settings in ``shared/SOURCES.md``). Every run goes through
-:func:`wdlib.runs.run_many`; the functions return tables and arrays, the notebook draws them and
-computes the verdicts.
+:func:`wdlib.runs.run_many`; the functions return tables and arrays and the per-seed statistics the
+chapter's claims are judged on (the rules and thresholds are in ``wdlib/catalogue/05_llm_regime.yml``).
+
+Training seeds are not fixed here: a :class:`Setup` holds seed *counts*, and :func:`plan` takes the
+seeds themselves (the notebook passes ``setting.seeds(seed_count(s))``, derived from its ``seed``
+parameter); each section uses the first of them. The corpus and its split are fixed (they define the
+task, not a draw of it).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from ..config import RunConfig
 from ..runs import Store, run_many
 from ..train import RunResult
 
-__all__ = ["Setup", "LLM_SETTINGS", "setup", "base_config", "corpus", "plan", "run_plan", "finetune_configs", "table", "run_finetunes",
+__all__ = ["Setup", "LLM_SETTINGS", "setup", "seed_count", "base_config", "corpus", "plan", "run_plan", "finetune_configs", "table", "run_finetunes",
            "decay_start", "constant_phase_end", "value_at", "diverged", "applied_decay_table", "bf16_pure_weights", "APPLIED_ARMS",
-           "NEAREST_ARMS", "REMEDY_ARMS", "accumulated_decay"]
+           "NEAREST_ARMS", "REMEDY_ARMS", "accumulated_decay", "divergence_ratio", "crossing_strength", "consecutive_ratios",
+           "O7_PAIRS", "shrink_shares", "per_seed", "SMALL_DECAY"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class Setup:
     final: float
     lr: float
     wds: tuple[float, ...]          # main runs; the first is 0
-    seeds: tuple[int, ...]
+    n_seeds: int                    # seeds of the main and LayerNorm runs (LLM-1 to LLM-5)
     ln_wds: tuple[float, ...]       # LLM-5: runs that also decay LayerNorm gains (and biases)
     ema: float
     eval_every: int
@@ -53,16 +59,16 @@ class Setup:
     o6_lrs: tuple[float, ...]       # LLM-6 ladder
     o6_wd: float
     o6_steps: int
-    o6_seeds: tuple[int, ...]
+    o6_n_seeds: int
     o6_eval_every: int
     o7_lr: float                    # LLM-7 runs with parameters stored in bfloat16
     o7_wd: float
     o7_steps: int
+    o7_n_seeds: int                 # seeds of the LLM-7 training runs
     o7_grid: tuple[float, ...]      # lr * lambda values of the applied-decay measurement
     seen_windows: int = 1024        # LLM-1: windows of each kind in the seen/unseen measure
     o6_block_size: int | None = None  # LLM-6 context (None: block_size)
     workers: int = 2
-    spike_factor: float = 1.5
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -70,9 +76,9 @@ LLM_SETTINGS: dict[str, Setup] = {
     "smoke": Setup("smoke", data_args={"max_bytes": 4_000_000, "val_split": "interleaved"},
                    model_args={"n_layer": 2, "n_head": 2, "n_embd": 128}, block_size=64, batch_size=16,
                    steps=1000, warmup=50, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 0.1, 1.0),
-                   seeds=(0, 1), ln_wds=(0.1, 1.0), ema=0.99, eval_every=100, eval_batches=8, rel_every=10,
+                   n_seeds=3, ln_wds=(0.1, 1.0), ema=0.99, eval_every=100, eval_batches=8, rel_every=10,
                    ft_from=500, ft_steps=150, ft_lr_factor=0.1, o6_lrs=(1e-2, 2e-2), o6_wd=0.3, o6_steps=400,
-                   o6_seeds=(0, 1), o6_eval_every=25, o7_lr=1e-3, o7_wd=1.0, o7_steps=500,
+                   o6_n_seeds=3, o6_eval_every=25, o7_lr=1e-3, o7_wd=1.0, o7_steps=200, o7_n_seeds=3,
                    o7_grid=(6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2)),
     # GPT-2 small (124M with the GPT-2 vocabulary; 85M non-embedding here, a character vocabulary) on the
     # largest offline corpus this Python's own sources give (standard library and installed packages: 166M
@@ -82,16 +88,16 @@ LLM_SETTINGS: dict[str, Setup] = {
                                      "val_block": 65_536},
                   model_args={"n_layer": 12, "n_head": 12, "n_embd": 768}, block_size=256, batch_size=64,
                   steps=6_000, warmup=400, decay_fraction=0.2, final=0.1, lr=6e-4, wds=(0.0, 0.1, 0.3),
-                  seeds=(0, 1), ln_wds=(0.1, 0.3), ema=0.99, eval_every=250, eval_batches=40, rel_every=50,
+                  n_seeds=3, ln_wds=(0.1, 0.3), ema=0.99, eval_every=250, eval_batches=40, rel_every=50,
                   ft_from=3_000, ft_steps=1_000, ft_lr_factor=1e-5 / 6e-4, o6_lrs=(6e-4, 1e-3), o6_wd=0.1,
-                  o6_steps=2_000, o6_seeds=(0, 1, 2), o6_eval_every=50, o7_lr=6e-4, o7_wd=0.1, o7_steps=2_000,
+                  o6_steps=2_000, o6_n_seeds=3, o6_eval_every=50, o7_lr=6e-4, o7_wd=0.1, o7_steps=2_000, o7_n_seeds=3,
                   o7_grid=(1e-5, 6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2), o6_block_size=1024, seen_windows=4096),
     "test": Setup("test", data_args={"max_bytes": 200_000, "val_split": "interleaved", "val_block": 4096},
                   model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, block_size=16, batch_size=4, steps=24,
-                  warmup=4, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 1.0), seeds=(0,), ln_wds=(1.0,),
+                  warmup=4, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 1.0), n_seeds=1, ln_wds=(1.0,),
                   ema=0.9, eval_every=6, eval_batches=2, rel_every=2, ft_from=12, ft_steps=6, ft_lr_factor=0.1,
-                  o6_lrs=(2e-2,), o6_wd=0.3, o6_steps=12, o6_seeds=(0,), o6_eval_every=3, o7_lr=1e-3, o7_wd=1.0,
-                  o7_steps=12, o7_grid=(1e-4, 1e-2), seen_windows=16, workers=1),
+                  o6_lrs=(2e-2,), o6_wd=0.3, o6_steps=12, o6_n_seeds=1, o6_eval_every=3, o7_lr=1e-3, o7_wd=1.0,
+                  o7_steps=12, o7_n_seeds=1, o7_grid=(1e-4, 1e-2), seen_windows=16, workers=1),
 }
 
 
@@ -100,6 +106,18 @@ def setup(scale: str) -> Setup:
     if scale not in LLM_SETTINGS:
         raise ValueError(f"scale must be one of {', '.join(repr(s) for s in LLM_SETTINGS)}, got {scale!r}")
     return LLM_SETTINGS[scale]
+
+
+def seed_count(s: Setup) -> int:
+    """How many training seeds :func:`plan` needs (the largest of the sections' counts)."""
+    return max(s.n_seeds, s.o6_n_seeds, s.o7_n_seeds)
+
+
+def _seeds(s: Setup, seeds: Any) -> tuple[int, ...]:
+    seeds = tuple(range(seed_count(s))) if seeds is None else tuple(int(x) for x in seeds)
+    if len(seeds) < seed_count(s) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"plan needs {seed_count(s)} distinct seeds (seed_count), got {seeds}")
+    return seeds
 
 
 def _schedule(s: Setup, constant: bool = False) -> dict[str, Any]:
@@ -125,27 +143,31 @@ def corpus(s: Setup) -> Any:
     return build_data(base_config(s))
 
 
-def plan(s: Setup) -> dict[str, dict[tuple, RunConfig]]:
+def plan(s: Setup, seeds: Any = None) -> dict[str, dict[tuple, RunConfig]]:
     """Every run of the chapter but the fine-tuning copies, by section and arm.
+
+    ``seeds``: at least :func:`seed_count` distinct training seeds (default ``0, 1, ...``); the main and
+    LayerNorm runs use the first ``n_seeds``, LLM-6 the first ``o6_n_seeds``, LLM-7 the first ``o7_n_seeds``.
 
     ``main`` (LLM-1 to LLM-4): ``(wd, seed)``, with EMA, the relative-update probe, the Adam effective
     LR, the seen/unseen measure and a snapshot at ``ft_from``. ``ln`` (LLM-5): ``(wd, seed)`` with
     LayerNorm gains decayed too. ``o6`` (LLM-6): ``(lr, precision, wd, seed)``, constant LR after
-    warmup, attention logits recorded. ``o7`` (LLM-7): ``(precision, optimizer, bf16_update, wd)``.
+    warmup, attention logits recorded. ``o7`` (LLM-7): ``(precision, optimizer, bf16_update, wd, seed)``.
     """
+    seeds = _seeds(s, seeds)
     main, ln, o6, o7 = {}, {}, {}, {}
     for wd in s.wds:
-        for seed in s.seeds:
+        for seed in seeds[:s.n_seeds]:
             main[(wd, seed)] = base_config(
                 s, weight_decay=wd, seed=seed, ema=s.ema, diagnostics=["matrix_norm", "adam_elr"],
                 probes=[{"name": "relative_update", "every": s.rel_every}], measures=[{"name": "seen_unseen", "windows": s.seen_windows}],
                 snapshots=[s.ft_from])
     for wd in s.ln_wds:
-        for seed in s.seeds:
+        for seed in seeds[:s.n_seeds]:
             ln[(wd, seed)] = base_config(s, weight_decay=wd, seed=seed, decay_vectors=True)
     for lr in s.o6_lrs:
         for precision, wd in (("bf16-autocast", 0.0), ("bf16-autocast", s.o6_wd), ("fp32", 0.0)):
-            for seed in s.o6_seeds:
+            for seed in seeds[:s.o6_n_seeds]:
                 o6[(lr, precision, wd, seed)] = base_config(
                     s, lr=lr, weight_decay=wd, seed=seed, precision=precision, steps=s.o6_steps,
                     block_size=s.o6_block_size or s.block_size,
@@ -157,16 +179,18 @@ def plan(s: Setup) -> dict[str, dict[tuple, RunConfig]]:
                ("bf16-pure", "torch.adamw", "nearest", 0.0), ("bf16-pure", "torch.adamw", "nearest", s.o7_wd),
                ("bf16-pure", "adam", "nearest", 0.0)] + \
               [("bf16-pure", "adam", u, s.o7_wd) for u in ("nearest", "master", "kahan", "stochastic")]
-    for precision, optimizer, update, wd in o7_arms:
-        o7[(precision, optimizer, update, wd)] = base_config(
-            s, lr=s.o7_lr, weight_decay=wd, precision=precision, optimizer=optimizer, bf16_update=update,
-            steps=s.o7_steps, diagnostics=["matrix_norm"])
+    for seed in seeds[:s.o7_n_seeds]:
+        for precision, optimizer, update, wd in o7_arms:
+            o7[(precision, optimizer, update, wd, seed)] = base_config(
+                s, lr=s.o7_lr, weight_decay=wd, precision=precision, optimizer=optimizer, bf16_update=update,
+                steps=s.o7_steps, seed=seed, diagnostics=["matrix_norm"])
     return {"main": main, "ln": ln, "o6": o6, "o7": o7}
 
 
-def run_plan(s: Setup, *, store: Store | None = None, device: str = "cpu") -> dict[str, dict[tuple, RunResult]]:
+def run_plan(s: Setup, seeds: Any = None, *, store: Store | None = None,
+             device: str = "cpu") -> dict[str, dict[tuple, RunResult]]:
     """Train (or fetch from the store) every run of :func:`plan`, in ``s.workers`` parallel workers."""
-    runs = plan(s)
+    runs = plan(s, seeds)
     flat = [(section, arm, cfg) for section, arms in runs.items() for arm, cfg in arms.items()]
     results = run_many([cfg for _, _, cfg in flat], store, workers=s.workers, device=device)
     out: dict[str, dict[tuple, RunResult]] = {section: {} for section in runs}
@@ -270,6 +294,9 @@ APPLIED_ARMS: dict[str, tuple[str, torch.dtype, str, str]] = {
     "bf16, Kahan": ("adam", torch.bfloat16, "kahan", "auto"),
     "bf16, stochastic rounding": ("adam", torch.bfloat16, "stochastic", "auto"),
 }
+#: The zero-gradient measurement asks the round-to-nearest kernels to lose the decay at eta*lambda up to this
+#: (GPT-2's recipe is 6e-5; a bf16 ulp is 2^-8 to 2^-7 of a number, so half an ulp is 2e-3 to 4e-3).
+SMALL_DECAY = 1e-3
 #: The round-to-nearest arms (no remedy) and the remedies, among :data:`APPLIED_ARMS`.
 NEAREST_ARMS = ("bf16, torch AdamW (default kernel)", "bf16, nearest (fused kernel)", "bf16, nearest (foreach kernel)")
 REMEDY_ARMS = ("bf16, float32 master", "bf16, Kahan", "bf16, stochastic rounding")
@@ -301,3 +328,87 @@ def accumulated_decay(cfg: RunConfig) -> float:
 
     sched = schedule_from_spec(cfg.lr_schedule, cfg.lr, cfg.steps)
     return float(sum(sched(t) for t in range(cfg.steps)) * cfg.weight_decay)
+
+
+# --- per-seed statistics the claims are judged on -------------------------------------------------------
+
+def divergence_ratio(losses: Any, nonfinite_at: int | None = None, cap: float = 10.0) -> float:
+    """The statistic of the divergence rule (:func:`diverged`): the last loss over the lowest loss before it.
+
+    A run diverges by the rule when this exceeds the spike factor (1.5). A loss that turned non-finite,
+    or a run the training loop stopped (``nonfinite_at``), counts as ``cap`` (a diverged run; a finite
+    cap keeps the seed mean and spread defined). Values above ``cap`` are capped too.
+    """
+    x = np.asarray(losses, dtype=np.float64)
+    if nonfinite_at is not None or len(x) < 2 or not np.isfinite(x).all():
+        return float(cap)
+    return float(min(x[-1] / x[:-1].min(), cap))
+
+
+def crossing_strength(units: list[dict[float, tuple[float, float]]]) -> float:
+    """How far the seed-mean curves of some decayed run cross the no-decay run's (LLM-2).
+
+    ``units``: one dict per seed, ``{wd: (before, after)}`` with the paired differences (run with decay
+    minus run without) before the LR decay (or the snapshot) and after it (or after fine-tuning). For each
+    ``wd`` the crossing is ``min(mean before, -mean after)``: positive only when the run with decay is
+    above before and below after, and as large as the smaller of the two gaps. Returns the largest over
+    ``wd`` ("for some lambda > 0").
+    """
+    wds = list(units[0])
+    best = -np.inf
+    for wd in wds:
+        before = float(np.mean([u[wd][0] for u in units]))
+        after = float(np.mean([u[wd][1] for u in units]))
+        best = max(best, min(before, -after))
+    return float(best)
+
+
+def per_seed(t: Any, statistic: Any, by: str = "wd") -> list[float]:
+    """``statistic(rows of one seed, sorted by ``by``)`` for each seed of table ``t`` (in seed order)."""
+    return [float(statistic(t[t["seed"] == sd].sort_values(by).reset_index(drop=True))) for sd in sorted(set(t["seed"]))]
+
+
+def consecutive_ratios(values: Any) -> np.ndarray:
+    """``values[i + 1] / values[i]`` along the lambda grid (values ordered by lambda)."""
+    v = np.asarray(values, dtype=np.float64)
+    return v[1:] / v[:-1]
+
+
+#: LLM-7 training pairs: label -> (arm with decay, its no-decay twin), arms as in :func:`plan` without the
+#: seed. The remedies are paired with wdlib's round-to-nearest run without decay (no decay: nothing to remedy).
+def _o7_pairs() -> dict[str, tuple[tuple, tuple]]:
+    pairs = {"float32": (("fp32", "adam", "nearest", "wd"), ("fp32", "adam", "nearest", 0.0)),
+             "bf16, torch AdamW": (("bf16-pure", "torch.adamw", "nearest", "wd"), ("bf16-pure", "torch.adamw", "nearest", 0.0)),
+             "bf16, wdlib AdamW, nearest": (("bf16-pure", "adam", "nearest", "wd"), ("bf16-pure", "adam", "nearest", 0.0))}
+    pairs.update({f"bf16, wdlib AdamW, {u}": (("bf16-pure", "adam", u, "wd"), ("bf16-pure", "adam", "nearest", 0.0))
+                  for u in ("master", "kahan", "stochastic")})
+    return pairs
+
+
+O7_PAIRS = _o7_pairs()
+
+
+def shrink_shares(s: Setup, o7: dict[tuple, RunResult]) -> Any:
+    """LLM-7 in training, one row per arm and seed: the shrink decay causes (``1 -`` final weight norm over
+    that of the no-decay twin of the same seed), its share of float32's shrink in that seed, the final
+    weight norm and validation loss, and the validation loss minus float32's (same seed)."""
+    import pandas as pd
+
+    seeds = sorted({k[-1] for k in o7})
+
+    def key(arm: tuple, seed: int) -> tuple:
+        return tuple(s.o7_wd if x == "wd" else x for x in arm) + (seed,)
+
+    def norm(r: RunResult) -> float:
+        return float(r.final["weight_norm/decay"])
+
+    rows = []
+    for seed in seeds:
+        shrink = {name: 1 - norm(o7[key(w, seed)]) / norm(o7[key(w0, seed)]) for name, (w, w0) in O7_PAIRS.items()}
+        fp_loss = float(o7[key(O7_PAIRS["float32"][0], seed)].final["val_loss"])
+        for name, (w, _) in O7_PAIRS.items():
+            r = o7[key(w, seed)]
+            rows.append({"arm": name, "seed": seed, "shrink": shrink[name], "shrink_vs_float32": shrink[name] / shrink["float32"],
+                         "weight_norm": norm(r), "val_loss": float(r.final["val_loss"]),
+                         "val_minus_float32": float(r.final["val_loss"]) - fp_loss})
+    return pd.DataFrame(rows)
