@@ -167,7 +167,7 @@ def ledger_page(results: Path, catalogue_dir: Path | None = None) -> str:
     for cid, c in cat.items():
         rec = by_claim.get(cid)
         lines += [f"## {cid}", "", f"**Claim** ({_source_links(c.sources, '')}). {c.statement}", "",
-                  f"**Measured.** {c.measure}", "", c.rule_markdown(), ""]
+                  f"**Measured.** {c.measure}", "", c.rule_markdown(revisions=False), ""]
         if rec is None:
             lines += ["**Not run**: no chapter recorded this claim in this build (see the status page).", ""]
         else:

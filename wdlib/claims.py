@@ -167,52 +167,52 @@ def _as_measurement(x: Any) -> Measurement:
 
 # ------------------------------------------------------------------------------------------------ catalogue
 @dataclass(frozen=True)
-class Test:
-    """One counted test of a claim: ``measured[name]`` against ``threshold`` by ``op``."""
-
-    __test__ = False  # not a pytest test class
+class _Comparison:
+    """``measured[name] op threshold``: the shared part of a counted test and a sanity check."""
 
     name: str
     label: str
     op: str
     threshold: float
-    part: str = "core"
-    units: str = ""
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
-            raise ValueError(f"test {self.name!r}: op must be one of {', '.join(OPS)}, got {self.op!r}")
-        if self.part not in PARTS:
-            raise ValueError(f"test {self.name!r}: part must be 'core' or 'secondary', got {self.part!r}")
+            raise ValueError(f"{self.name!r}: op must be one of {', '.join(OPS)}, got {self.op!r}")
 
     def distance(self, value: float) -> float:
         """Signed distance of ``value`` from the threshold, positive on the claim's side."""
         t = self.threshold
         return {"<=": t - value, ">=": value - t, "abs<=": t - abs(value), "abs>=": abs(value) - t}[self.op]
 
-    def describe(self) -> str:
-        units = f" {self.units}" if self.units else ""
+    def describe(self, units: str = "") -> str:
+        units = f" {units}" if units else ""
         return OPS[self.op].replace("value", self.label).replace("threshold", f"{self.threshold:g}{units}")
 
 
 @dataclass(frozen=True)
-class Sanity:
-    """A sanity check: an identity or guard, shown but never counted. ``measured[name] op threshold``."""
+class Test(_Comparison):
+    """One counted test of a claim: ``measured[name]`` against ``threshold`` by ``op``."""
 
-    name: str
-    label: str
-    op: str
-    threshold: float
+    __test__ = False  # not a pytest test class
+
+    part: str = "core"
+    units: str = ""
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise ValueError(f"sanity {self.name!r}: op must be one of {', '.join(OPS)}, got {self.op!r}")
+        super().__post_init__()
+        if self.part not in PARTS:
+            raise ValueError(f"test {self.name!r}: part must be 'core' or 'secondary', got {self.part!r}")
+
+    def describe(self, units: str = "") -> str:
+        return super().describe(units or self.units)
+
+
+@dataclass(frozen=True)
+class Sanity(_Comparison):
+    """A sanity check: an identity or guard, shown but never counted. ``measured[name] op threshold``."""
 
     def holds(self, value: float) -> bool:
-        return bool(np.isfinite(value)) and Test(self.name, self.label, self.op, self.threshold).distance(value) >= 0
-
-    def describe(self) -> str:
-        return OPS[self.op].replace("value", self.label).replace("threshold", f"{self.threshold:g}")
+        return bool(np.isfinite(value)) and self.distance(value) >= 0
 
 
 @dataclass(frozen=True)
@@ -247,8 +247,9 @@ class Claim:
                 return t
         raise KeyError(f"{self.id} has no test {name!r}; its tests are {[t.name for t in self.tests]}")
 
-    def rule_markdown(self) -> str:
-        """The claim's rule as a Markdown paragraph (what a chapter shows before its measurements)."""
+    def rule_markdown(self, revisions: bool = True) -> str:
+        """The claim's rule as a Markdown paragraph (what a chapter shows before its measurements); with
+        ``revisions`` it ends with the changes made after seeing data."""
         lines = [f"**Rule for {self.id}** (from the claims catalogue). {self.rule.strip()}"]
         if self.tests:
             lines.append("")
@@ -266,7 +267,7 @@ class Claim:
         if self.seeds:
             lines.append("")
             lines.append(f"Seeds: {self.seeds.strip()}")
-        late = [r for r in self.revisions if r.after_data]
+        late = [r for r in self.revisions if r.after_data] if revisions else []
         if late:
             lines.append("")
             lines.append("Revised after seeing data: " + "; ".join(
