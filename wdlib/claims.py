@@ -15,8 +15,8 @@ guards: true by construction when the code is right). Sanity checks are shown, n
 failed one can only make a verdict ``"inconclusive"``, a passed one never helps it.
 
 **Margins.** Each test's measurement carries its seed spread: the standard deviation of the statistic
-over seeds (:meth:`Measurement.from_seeds`), the bootstrap standard deviation over seeds for a
-statistic of the whole seed set (:meth:`Measurement.bootstrap`), or none for a deterministic
+over seeds (:meth:`Measurement.from_seeds`), for a statistic of the whole seed set its bootstrap
+standard error over seeds times sqrt(n), the same footing (:meth:`Measurement.bootstrap`), or none for a deterministic
 computation (:meth:`Measurement.exact`). The *margin* is the signed distance of the value from the
 threshold, positive on the claim's side, in units of that spread. A test
 
@@ -114,12 +114,16 @@ class Measurement:
     @classmethod
     def bootstrap(cls, statistic: Any, units: Sequence[Any], *, resamples: int = 1000, seed: int = 0,
                   level: float = 0.95, per_seed: Iterable[Any] | None = None) -> Measurement:
-        """``statistic(units)`` on all seeds, with the spread and percentile interval of
+        """``statistic(units)`` on all seeds, with a seed spread and the percentile interval of
         ``statistic(resample)`` over ``resamples`` resamples of the seeds (with replacement).
 
-        ``units`` is a list with one entry per seed; ``statistic`` takes such a list. Resamples on which
-        the statistic is undefined (NaN) are counted: if more than 5% are, the spread is NaN and a test on
-        it is inconclusive. ``per_seed`` (optional) is reported beside, e.g. the statistic of each seed.
+        The standard deviation of the resampled statistic is its standard error over the ``n`` seeds; the
+        spread reported is that times ``sqrt(n)``, the seed-equivalent spread (for a mean of per-seed
+        values it is their standard deviation, as :meth:`from_seeds` reports), so margins from a bootstrap
+        and from per-seed values stand on one footing. ``units`` is a list with one entry per seed;
+        ``statistic`` takes such a list. Resamples on which the statistic is undefined (NaN) are counted:
+        if more than 5% are, the spread is NaN and a test on it is inconclusive. ``per_seed`` (optional) is
+        reported beside, e.g. the statistic of each seed.
         """
         units = list(units)
         if len(units) < 2:
@@ -132,7 +136,7 @@ class Measurement:
         if finite.size < 0.95 * resamples:
             spread, interval = float("nan"), None
         else:
-            spread = float(finite.std(ddof=1))
+            spread = float(finite.std(ddof=1)) * math.sqrt(len(units))
             a = (1 - level) / 2
             interval = (float(np.quantile(finite, a)), float(np.quantile(finite, 1 - a)))
         ps = tuple(map(float, per_seed)) if per_seed is not None else None
