@@ -89,7 +89,10 @@ def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: 
 
 
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    sys.path.insert(0, str(ROOT))
+    from wdlib.claims import _esc
+
+    return _esc(text)
 
 
 def _source_links(sources: tuple[str, ...], prefix: str) -> str:

@@ -104,10 +104,10 @@ class Measurement:
         spread = float(v.std(ddof=1)) if v.size > 1 else None
         interval = None
         if v.size > 1 and np.all(np.isfinite(v)):
-            from scipy import stats as sps
+            from .stats import t_interval
 
-            half = float(sps.t.ppf((1 + level) / 2, v.size - 1) * spread / math.sqrt(v.size))
-            interval = (mean - half, mean + half)
+            _, lo, hi = t_interval(v, level)
+            interval = (lo, hi)
         return cls(value=mean, spread=spread, n=int(v.size), kind="seeds", per_seed=tuple(map(float, v)),
                    interval=interval)
 
