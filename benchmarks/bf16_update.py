@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
 
     lr, wd = 6e-4, 0.1
     families = {
-        "AdamW (decoupled)": lambda ps, mode: Adam(ps, lr=lr, weight_decay=wd, bf16_update=mode),
-        "SGD momentum 0.9 (decoupled)": lambda ps, mode: SGD(ps, lr=lr, momentum=0.9, weight_decay=wd,
+        "AdamW (decoupled)": lambda ps, mode: Adam(ps, lr=lr, weight_decay=wd, decay="decoupled", bf16_update=mode),
+        "SGD momentum 0.9 (decoupled)": lambda ps, mode: SGD(ps, lr=lr, momentum=0.9, weight_decay=wd, decay="decoupled",
                                                              bf16_update=mode),
     }
     originals = [p.detach().clone() for p in bf16]

@@ -95,7 +95,7 @@ def test_relative_update_probe_measures_the_step_and_sees_decay():
         expected = float((w.detach() - before).norm() / before.norm())
         assert probe.result()["ratio"][-1] == pytest.approx(expected, rel=1e-5)
     # zero gradient, pure decoupled decay: the relative update is exactly lr * lambda
-    opt2 = Adam([w], lr=0.01, weight_decay=0.5)
+    opt2 = Adam([w], lr=0.01, weight_decay=0.5, decay="decoupled")
     p2 = RelativeUpdateProbe(opt2, [w])
     w.grad = torch.zeros_like(w)
     p2.before_step(0)

@@ -45,7 +45,7 @@ def test_adam_l2_equals_torch_adam(data, precision):
     assert rel_err(ours, ref) < TOL
 
 
-@pytest.mark.parametrize("make", [lambda p: Adam(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5),
+@pytest.mark.parametrize("make", [lambda p: Adam(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5, decay="decoupled"),
                                   lambda p: AdamW(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5)])
 def test_adam_decoupled_equals_torch_adamw(data, make, precision):
     dtype, kw = precision
@@ -92,7 +92,7 @@ def _cosine(opt):
 
 def test_decoupled_under_torch_scheduler_equals_torch_adamw(data, precision):
     dtype, kw = precision
-    ours = train(data, lambda p: Adam(p, lr=2e-3, weight_decay=0.3), STEPS, dtype=dtype, make_sched=_cosine)
+    ours = train(data, lambda p: AdamW(p, lr=2e-3, weight_decay=0.3), STEPS, dtype=dtype, make_sched=_cosine)
     ref = train(data, lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.3, **kw), STEPS, dtype=dtype,
                 make_sched=_cosine)
     assert rel_err(ours, ref) < TOL

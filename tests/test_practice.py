@@ -467,7 +467,7 @@ def test_shrinkage_probe_on_named_tensors_l2_keeps_the_order():
 
 def test_shrinkage_probe_rejects_unknown_names():
     model = TiedConv(1, 3, 8, channels=2, kernel=3)
-    opt = Adam(model.parameters(), weight_decay=0.1)
+    opt = Adam(model.parameters(), weight_decay=0.1, decay="decoupled")
     with pytest.raises(ValueError, match="nope"):
         PROBES["shrinkage"](model, opt, tensors=["tied.weight", "nope"])
     with pytest.raises(ValueError, match="tensors"):

@@ -325,7 +325,7 @@ def test_stochastic_rejects_float16_parameters():
 def test_param_groups_choose_their_own_remedy():
     a = torch.nn.Parameter(torch.ones(100, dtype=torch.bfloat16))
     b = torch.nn.Parameter(torch.ones(100, dtype=torch.bfloat16))
-    opt = SGD([{"params": [a]}, {"params": [b], "bf16_update": "kahan"}], lr=1e-3, weight_decay=0.1)
+    opt = SGDW([{"params": [a]}, {"params": [b], "bf16_update": "kahan"}], lr=1e-3, weight_decay=0.1)
     for _ in range(200):
         a.grad, b.grad = torch.zeros_like(a), torch.zeros_like(b)
         opt.step()
@@ -380,18 +380,18 @@ def test_state_dict_round_trip_resumes_bit_identically(cls, kw, bf16_update):
 
 def test_changing_the_remedy_on_load_converts_the_state():
     p = torch.nn.Parameter(torch.randn(30).to(torch.bfloat16))
-    opt = Adam([p], lr=1e-3, weight_decay=0.1, bf16_update="master")
+    opt = AdamW([p], lr=1e-3, weight_decay=0.1, bf16_update="master")
     for _ in range(3):
         p.grad = torch.randn(30).to(torch.bfloat16)
         opt.step()
     state = opt.state_dict()
     state["param_groups"][0]["bf16_update"] = "nearest"
-    opt2 = Adam([p], lr=1e-3, weight_decay=0.1)
+    opt2 = AdamW([p], lr=1e-3, weight_decay=0.1)
     opt2.load_state_dict(state)
     p.grad = torch.randn(30).to(torch.bfloat16)
     opt2.step()
     assert "master" not in opt2.state[p] and opt2.state[p]["exp_avg"].dtype == torch.bfloat16
-    opt3 = Adam([p], lr=1e-3, weight_decay=0.1, bf16_update="kahan")
+    opt3 = AdamW([p], lr=1e-3, weight_decay=0.1, bf16_update="kahan")
     opt3.load_state_dict(opt2.state_dict() | {"param_groups": [dict(opt2.state_dict()["param_groups"][0],
                                                                     bf16_update="kahan")]})
     opt3.step()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .hessian import EigenEstimate, TraceEstimate, hutchinson_trace, hvp, scale_aware_trace, top_eigenvalue
+from .optim import decay_factor
 
 __all__ = ["ShrinkageProbe", "UpdateRecorder", "AngularProbe", "RelativeUpdateProbe", "DIAGNOSTICS", "PROBES", "MEASURES",
            "register_diagnostic", "effective_lr", "adam_effective_lr", "weight_norms", "update_to_weight_ratio", "weight_angle",
@@ -126,7 +127,7 @@ class UpdateRecorder:
     """Records, for ``coords`` evenly strided coordinates of one weight matrix, everything the EMA
     closed form needs: ``theta_0``, each step's Adam direction ``u_t = m_hat/(sqrt(v_hat)+eps)`` (read
     from the optimizer's state after the step, not from the parameters), ``eta_t``, the decay factor
-    ``eta_t*lambda_t`` (``lr/initial_lr*lambda`` for the independent rule) and the final values.
+    ``eta_t*lambda_t`` (``lr/reference_lr*lambda`` for the independent rule) and the final values.
     Chapter 2 (EMA-1) rebuilds ``theta_T`` from these with :func:`wdlib.ema.reconstruct`.
     """
 
@@ -163,8 +164,7 @@ class UpdateRecorder:
         v_hat = self._take(st["exp_avg_sq"]) / (1 - beta2**t)
         self.updates.append(m_hat / (v_hat.sqrt() + g["eps"]))
         self.lr.append(float(g["lr"]))
-        shrink = g["lr"] / g["initial_lr"] * g["weight_decay"] if g.get("decay") == "independent" \
-            else g["lr"] * g["weight_decay"]
+        shrink = decay_factor(g) if "decay" in g else g["lr"] * g["weight_decay"]
         self.shrink.append(float(shrink))
 
     def state_dict(self) -> dict[str, Any]:
@@ -387,7 +387,6 @@ class RelativeUpdateProbe(_RowsProbe):
         self.count = 0
 
     def _shrinks(self) -> list[float]:
-        from .optim import decay_factor
 
         group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
         out = []

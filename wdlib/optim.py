@@ -13,9 +13,14 @@ Three conventions for a weight decay ``lambda`` (argument ``weight_decay``), cho
 ``"independent"``
     ``theta <- theta*(1 - s_t*lambda)``, then the update, where ``s_t = lr_t / lr_0`` is the schedule
     multiplier and ``lr_0`` the learning rate the optimizer was constructed with (kept in each param
-    group as ``initial_lr``, the key torch's LR schedulers use). The original AdamW of Loshchilov &
+    group as ``reference_lr``, a key of wdlib's own: torch's ``initial_lr`` is rewritten by some LR
+    schedulers, ``OneCycleLR`` sets it to ``max_lr / 25``). The original AdamW of Loshchilov &
     Hutter (arXiv 1711.05101, Alg. 2): lambda does not change when the peak learning rate does.
     ``lambda_independent = peak_lr * lambda_decoupled`` (see :func:`convert_weight_decay`).
+
+Defaults follow torch's names: ``Adam`` and ``SGD`` default to ``decay="l2"``, so they mean what
+``torch.optim.Adam`` and ``torch.optim.SGD`` mean (a coupled penalty); ``AdamW`` and ``SGDW`` are the
+decoupled ones. A ``torch.optim`` state dict of the same algorithm loads into its wdlib namesake.
 
 Both optimizers run on torch's own multi-tensor kernels: the fused kernel where every parameter is
 a floating-point tensor on a device that has one (CPU and CUDA), the ``_foreach`` kernel otherwise.
@@ -79,6 +84,7 @@ from torch.optim.adam import adam as _adam_functional
 from torch.optim.adamw import adamw as _adamw_functional
 from torch.optim.sgd import sgd as _sgd_functional
 
+from wdlib._checks import check_real
 from wdlib.precision import _stochastic_round_float32_
 
 __all__ = [
@@ -105,15 +111,22 @@ _MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")  # float32 for remed
 
 def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None = None,
                   high_open: bool = False) -> float:
-    """Return ``value`` as a float or raise ValueError naming the argument and the allowed range."""
-    allowed = f"a number >= {low}" if high is None else f"a number in [{low}, {high}{')' if high_open else ']'}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    value = float(value)
-    ok = value >= low and (high is None or (value < high if high_open else value <= high))
-    if not ok or value != value:  # NaN fails every comparison
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return value
+    """``value`` as a finite float in range, or ValueError naming the argument and the allowed range.
+
+    Python numbers, numpy scalars and 0-d tensors are numbers (:mod:`wdlib._checks`); bools are not.
+    """
+    return check_real(name, value, low=low, high=high, high_open=high_open)
+
+
+def _check_betas(betas: Any) -> tuple[float, float]:
+    try:
+        pair = tuple(betas) if not isinstance(betas, (str, bytes)) else None
+    except TypeError:  # a number, a 0-d tensor
+        pair = None
+    if pair is None or len(pair) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), each a finite number in [0, 1), got {betas!r}")
+    return (_check_number("betas[0]", pair[0], high=1.0, high_open=True),
+            _check_number("betas[1]", pair[1], high=1.0, high_open=True))
 
 
 def _check_decay(decay: Any) -> str:
@@ -162,34 +175,63 @@ def convert_weight_decay(weight_decay: float, peak_lr: float, source: str, targe
 def decay_factor(group: dict[str, Any]) -> float:
     """The per-step shrink ``s`` of a param group, so that the decay is ``theta <- theta*(1 - s)``.
 
-    ``lr*lambda`` for "decoupled", ``(lr/initial_lr)*lambda`` for "independent", and 0 for "l2"
-    (whose decay goes through the gradient instead).
+    ``lr*lambda`` for "decoupled", ``(lr/reference_lr)*lambda`` for "independent", and 0 for "l2"
+    (whose decay goes through the gradient instead). ``reference_lr`` is the learning rate the group
+    was built with (see :class:`Adam`); state dicts saved before it existed fall back to ``initial_lr``.
     """
     decay, wd, lr = group["decay"], group["weight_decay"], group["lr"]
     if decay == "decoupled":
         return lr * wd
     if decay == "independent":
-        return lr / group["initial_lr"] * wd
+        return lr / _reference_lr(group) * wd
     return 0.0
 
 
+def _reference_lr(group: dict[str, Any]) -> float:
+    return group.get("reference_lr", group.get("initial_lr", group["lr"]))
+
+
+#: Keys of torch's own param groups that wdlib's optimizers do not use (dropped when a torch state dict is loaded).
+_TORCH_ONLY_KEYS = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused",
+                    "decoupled_weight_decay", "dampening")
+
+
 class _DecayOptimizer(torch.optim.Optimizer):
-    """Shared plumbing: argument checks, ``initial_lr``, and the choice of kernel."""
+    """Shared plumbing: argument checks, ``reference_lr``, loading state dicts, and the choice of kernel."""
+
+    #: the hyperparameters of a group besides lr, weight_decay, decay, impl, bf16_update (set by subclasses)
+    _HYPER: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
+        super().__init__(params, self._normalize(dict(defaults)))
+
+    def _normalize(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Check every hyperparameter of ``group`` and store numbers as Python floats (in place).
+
+        ValueError names the first bad one and its allowed values. Subclasses add their own.
+        """
+        group["lr"] = _check_number("lr", group["lr"])
+        group["weight_decay"] = _check_number("weight_decay", group["weight_decay"])
+        _check_decay(group["decay"])
+        _check_impl(group["impl"])
+        _check_bf16_update(group["bf16_update"], group.get("params", ()))
+        return group
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, then the checks; ``reference_lr`` defaults to the group's lr.
+
+        ``reference_lr`` is the learning rate the independent rule divides by (``s_t = lr_t /
+        reference_lr``). It is wdlib's own key, so LR schedulers that rewrite ``initial_lr``
+        (``OneCycleLR`` sets it to ``max_lr / div_factor``) do not change the decay.
+        """
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            _check_number("lr", group["lr"])
-            _check_number("weight_decay", group["weight_decay"])
-            _check_decay(group["decay"])
-            _check_impl(group["impl"])
-            _check_bf16_update(group["bf16_update"], group["params"])
-            if group["decay"] == "independent" and group.get("initial_lr", group["lr"]) == 0.0 \
-                    and group["weight_decay"] != 0.0:
+            self._normalize(group)
+            if "reference_lr" in group:
+                group["reference_lr"] = _check_number("reference_lr", group["reference_lr"])
+            group.setdefault("reference_lr", group["lr"])
+            if group["decay"] == "independent" and group["reference_lr"] == 0.0 and group["weight_decay"] != 0.0:
                 raise ValueError("lr must be > 0 with decay='independent': the decay is scaled by lr_t / lr, "
                                  "the schedule multiplier, which needs the constructed lr")
         except ValueError:
@@ -199,15 +241,87 @@ class _DecayOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:  # state dicts saved before bf16_update existed
+        for group in self.param_groups:  # state dicts saved before bf16_update / reference_lr existed
             group.setdefault("bf16_update", "nearest")
+            group.setdefault("reference_lr", group.get("initial_lr", group["lr"]))
+
+    def _foreign_group(self, saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+        """A param group of a ``torch.optim`` state dict, as a group of this optimizer.
+
+        The same algorithm loads (torch's Adam into ``Adam(decay="l2")``, AdamW into ``AdamW``, SGD into
+        ``SGD(decay="l2")``): the hyperparameters come from the state dict, the decay rule, kernel and
+        bf16 mode stay this optimizer's. Anything that would change the algorithm is refused.
+        """
+        me = type(self).__name__
+        adam_like = "betas" in saved
+        if adam_like != ("betas" in current):
+            kind = "an Adam-type optimizer" if adam_like else "SGD"
+            raise ValueError(f"this state dict is from {kind} (torch.optim); it cannot load into wdlib.{me}")
+        for flag in ("amsgrad", "maximize"):
+            if saved.get(flag):
+                raise ValueError(f"this state dict has {flag}=True, which wdlib.{me} does not implement")
+        if saved.get("dampening", 0):
+            raise ValueError(f"this state dict has dampening={saved['dampening']!r}; wdlib.{me} implements "
+                             f"dampening 0 only")
+        if adam_like:
+            if "decoupled_weight_decay" in saved:
+                rule = "decoupled" if saved["decoupled_weight_decay"] else "l2"
+            else:  # torch before 2.6 does not say whether Adam or AdamW wrote it
+                rule = current["decay"] if not saved.get("weight_decay") else None
+        else:
+            rule = "l2"  # torch.optim.SGD's weight_decay is a coupled L2 penalty
+        if saved.get("weight_decay", 0) and rule != current["decay"]:
+            source = {"decoupled": "torch.optim.AdamW (decoupled decay)",
+                      "l2": f"torch.optim.{'Adam' if adam_like else 'SGD'} (coupled L2 decay)",
+                      None: "torch.optim.Adam or AdamW (torch < 2.6 does not record which)"}[rule]
+            fix = {"decoupled": "wdlib.AdamW", "l2": f"wdlib.{'Adam' if adam_like else 'SGD'} (decay='l2')",
+                   None: "the optimizer whose rule it used, after checking which"}[rule]
+            raise ValueError(f"this state dict is from {source}, but wdlib.{me} uses decay={current['decay']!r}; "
+                             f"load it into {fix}")
+        group = {k: v for k, v in saved.items() if k not in _TORCH_ONLY_KEYS}
+        for key in ("decay", "impl", "bf16_update"):
+            group[key] = current[key]
+        if not adam_like:
+            group.setdefault("nesterov", False)
+        group["reference_lr"] = current.get("reference_lr", saved["lr"])  # torch has no independent rule
+        group.setdefault("initial_lr", saved["lr"])
+        missing = [k for k in ("lr", "weight_decay", *self._HYPER) if k not in group]
+        if missing:
+            raise ValueError(f"this state dict's param groups lack {missing}; it is not from torch.optim."
+                             f"{'Adam/AdamW' if adam_like else 'SGD'} or wdlib.{me}")
+        return group
+
+    def _normalize_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """``state_dict`` with every param group in this optimizer's form (a torch.optim one converted)."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError("state_dict must be an optimizer state dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"the state dict has {len(saved_groups)} param group(s), this optimizer "
+                             f"{len(self.param_groups)}")
+        groups = []
+        for saved, current in zip(saved_groups, self.param_groups):
+            if "decay" not in saved:
+                saved = self._foreign_group(saved, current)
+            else:
+                saved = dict(saved)
+                saved.setdefault("bf16_update", "nearest")
+                saved.setdefault("reference_lr", saved.get("initial_lr", saved["lr"]))
+            groups.append(saved)
+        return {**state_dict, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load, except that the float32 state of remedied low-precision parameters stays float32.
+        """torch's load, plus two things.
+
+        A ``torch.optim.Adam``/``AdamW``/``SGD`` state dict loads when it is the same algorithm as this
+        optimizer (its hyperparameters are taken; see :meth:`_foreign_group`) and is refused with a
+        ValueError otherwise, at load time rather than at the next ``step()``. And the float32 state of
+        remedied low-precision parameters stays float32:
 
         ``torch.optim.Optimizer.load_state_dict`` casts every floating-point state tensor to its
         parameter's dtype, which would round the master copy and the moments to bfloat16.
         """
+        state_dict = self._normalize_state_dict(state_dict)
         super().load_state_dict(state_dict)
         saved_ids = iter([i for g in state_dict["param_groups"] for i in g["params"]])
         for group in self.param_groups:
@@ -333,7 +447,7 @@ class SGD(_DecayOptimizer):
 
         l2:          g <- g + lambda*theta;  b <- mu*b + g;  theta <- theta - lr*b
         decoupled:   theta <- theta*(1 - lr*lambda);            b <- mu*b + g;  theta <- theta - lr*b
-        independent: theta <- theta*(1 - lr/initial_lr*lambda); b <- mu*b + g;  theta <- theta - lr*b
+        independent: theta <- theta*(1 - lr/reference_lr*lambda); b <- mu*b + g;  theta <- theta - lr*b
 
     (Nesterov uses ``g + mu*b`` in place of ``b`` in the last step.) Without momentum the three rules
     give the same iterates when ``lambda`` is matched; with momentum L2 feeds the decay through the
@@ -345,28 +459,31 @@ class SGD(_DecayOptimizer):
         momentum: momentum factor in [0, 1).
         nesterov: Nesterov momentum (needs momentum > 0).
         weight_decay: lambda (>= 0).
-        decay: "l2", "decoupled" or "independent".
+        decay: "l2" (default, as ``torch.optim.SGD``), "decoupled" (:class:`SGDW`) or "independent".
         impl: "auto" (fused where it fits, else foreach), "fused" or "foreach".
         bf16_update: how bfloat16/float16 parameters are updated: "nearest", "master", "kahan" or
             "stochastic" (see the module docstring); float32/float64 parameters ignore it.
+
+    Numbers may be Python numbers, numpy scalars or 0-d tensors (stored as floats).
     """
 
+    _HYPER = ("momentum", "nesterov")
+
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, decay: Decay = "decoupled", impl: str = "auto",
+                 weight_decay: float = 0.0, decay: Decay = "l2", impl: str = "auto",
                  bf16_update: str = "nearest") -> None:
-        lr = _check_number("lr", lr)
-        momentum = _check_number("momentum", momentum, high=1.0, high_open=True)
-        weight_decay = _check_number("weight_decay", weight_decay)
-        _check_decay(decay)
-        _check_impl(impl)
-        if not isinstance(nesterov, bool):
-            raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
-        if nesterov and momentum == 0.0:
-            raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
-        _check_bf16_update(bf16_update)
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         decay=decay, impl=impl, bf16_update=bf16_update)
         super().__init__(params, defaults)
+
+    def _normalize(self, group: dict[str, Any]) -> dict[str, Any]:
+        group = super()._normalize(group)
+        group["momentum"] = _check_number("momentum", group["momentum"], high=1.0, high_open=True)
+        if not isinstance(group["nesterov"], bool):
+            raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
+        if group["nesterov"] and group["momentum"] == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
+        return group
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -406,7 +523,7 @@ class Adam(_DecayOptimizer):
 
         l2:          g <- g + lambda*theta;  theta <- theta - lr*m/(sqrt(v) + eps)
         decoupled:   theta <- theta*(1 - lr*lambda);            theta <- theta - lr*m/(sqrt(v) + eps)
-        independent: theta <- theta*(1 - lr/initial_lr*lambda); theta <- theta - lr*m/(sqrt(v) + eps)
+        independent: theta <- theta*(1 - lr/reference_lr*lambda); theta <- theta - lr*m/(sqrt(v) + eps)
 
     Under "l2" the decay is divided by ``sqrt(v)``: weights with large gradients are decayed less
     (claim DEC-2, chapter 1). "decoupled" is ``torch.optim.AdamW``; "independent" is Loshchilov &
@@ -418,28 +535,29 @@ class Adam(_DecayOptimizer):
         betas: (beta1, beta2), each in [0, 1).
         eps: term added to the denominator (>= 0).
         weight_decay: lambda (>= 0).
-        decay: "l2", "decoupled" or "independent".
+        decay: "l2" (default, as ``torch.optim.Adam``), "decoupled" (:class:`AdamW`, as
+            ``torch.optim.AdamW``) or "independent" (the AdamW paper's).
         impl: "auto" (fused where it fits, else foreach), "fused" or "foreach".
         bf16_update: how bfloat16/float16 parameters are updated: "nearest", "master", "kahan" or
             "stochastic" (see the module docstring); float32/float64 parameters ignore it.
+
+    Numbers may be Python numbers, numpy scalars or 0-d tensors (stored as floats).
     """
 
+    _HYPER = ("betas", "eps")
+
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, decay: Decay = "decoupled",
+                 eps: float = 1e-8, weight_decay: float = 0.0, decay: Decay = "l2",
                  impl: str = "auto", bf16_update: str = "nearest") -> None:
-        lr = _check_number("lr", lr)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), each in [0, 1), got {betas!r}")
-        betas = (_check_number("betas[0]", betas[0], high=1.0, high_open=True),
-                 _check_number("betas[1]", betas[1], high=1.0, high_open=True))
-        eps = _check_number("eps", eps)
-        weight_decay = _check_number("weight_decay", weight_decay)
-        _check_decay(decay)
-        _check_impl(impl)
-        _check_bf16_update(bf16_update)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, impl=impl,
                         bf16_update=bf16_update)
         super().__init__(params, defaults)
+
+    def _normalize(self, group: dict[str, Any]) -> dict[str, Any]:
+        group = super()._normalize(group)
+        group["betas"] = _check_betas(group["betas"])
+        group["eps"] = _check_number("eps", group["eps"])
+        return group
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -475,7 +593,7 @@ class Adam(_DecayOptimizer):
                 functional, wd_arg = _adam_functional, wd
             else:  # lr-multiplied kernel; the independent rule divides lambda by the constructed lr
                 functional = _adamw_functional
-                wd_arg = wd if decay == "decoupled" else (wd / group["initial_lr"] if wd else 0.0)
+                wd_arg = wd if decay == "decoupled" else (wd / _reference_lr(group) if wd else 0.0)
             functional(
                 work, work_grads, exp_avgs, exp_avg_sqs, [], steps,
                 foreach=not fused, fused=fused,

@@ -270,8 +270,8 @@ class HyperparameterScheduler:
     At step ``t`` each param group gets ``lr = lr_schedule(t) * group.get("lr_mult", 1)`` and
     ``weight_decay = wd_schedule(t) * group.get("wd_mult", 1)`` (a schedule left as ``None`` leaves that
     value alone). Call :meth:`step` after each ``optimizer.step()``, as with torch's LR schedulers.
-    With ``decay="independent"`` the optimizer's decay follows ``lr_t / initial_lr``: construct it with
-    the peak LR.
+    With ``decay="independent"`` the optimizer's decay follows ``lr_t / reference_lr`` (the LR it was
+    constructed with): construct it with the peak LR.
     """
 
     def __init__(self, optimizer: Any, lr: Schedule | None = None, weight_decay: Schedule | None = None) -> None:

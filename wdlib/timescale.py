@@ -16,33 +16,57 @@ Used by chapter 1 (conventions) and the scaling chapter (SCALE-1..3); ``python -
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ._checks import as_real, short_repr
 
 __all__ = ["tau_iter", "tau_epoch", "weight_decay_for", "Transfer", "transfer_weight_decay"]
 
 
 def _pos(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    """``value`` as a finite float > 0 (Python numbers, numpy scalars, 0-d tensors), else ValueError naming it."""
+    x = as_real(value)
+    if x is None or not (0 < x < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {short_repr(value)}")
+    return x
+
+
+def _finite(name: str, value: float, *inputs: tuple[str, Any]) -> float:
+    """``value`` when it is a finite number > 0; else ValueError saying which inputs put it out of range."""
+    if not (_TINY <= value < math.inf):
+        given = ", ".join(f"{n}={short_repr(v)}" for n, v in inputs)
+        raise ValueError(f"{name} is out of range for {given}: it must be a finite number > 0 (between "
+                         f"{_TINY:g} and {_HUGE:g}), and these inputs make it {value!r}")
+    return value
+
+
+_TINY, _HUGE = 2.2250738585072014e-308, 1.7976931348623157e308  # the normal float64 range
 
 
 def tau_iter(lr: float, weight_decay: float) -> float:
     """``tau_iter = 1/(lr*weight_decay)``: the EMA timescale in iterations (seed 000, 001)."""
-    return 1.0 / (_pos("lr", lr) * _pos("weight_decay", weight_decay))
+    lr, weight_decay = _pos("lr", lr), _pos("weight_decay", weight_decay)
+    inputs = (("lr", lr), ("weight_decay", weight_decay))
+    return _finite("tau_iter", 1.0 / _finite("lr*weight_decay", lr * weight_decay, *inputs), *inputs)
 
 
 def tau_epoch(lr: float, weight_decay: float, dataset_size: int, batch_size: int) -> float:
     """``tau_epoch = batch_size/(lr*weight_decay*dataset_size)``: the EMA timescale in epochs (arXiv 2405.13698)."""
-    return _pos("batch_size", batch_size) / (_pos("lr", lr) * _pos("weight_decay", weight_decay)
-                                             * _pos("dataset_size", dataset_size))
+    b, n = _pos("batch_size", batch_size), _pos("dataset_size", dataset_size)
+    steps_per_epoch = _finite("dataset_size/batch_size", n / b, ("dataset_size", n), ("batch_size", b))
+    return _finite("tau_epoch", tau_iter(lr, weight_decay) / steps_per_epoch, ("lr", lr),
+                   ("weight_decay", weight_decay), ("dataset_size", n), ("batch_size", b))
 
 
 def weight_decay_for(tau_epoch: float, lr: float, dataset_size: int, batch_size: int) -> float:
     """The lambda that gives ``tau_epoch``: ``batch_size/(lr*tau_epoch*dataset_size)``."""
-    return _pos("batch_size", batch_size) / (_pos("lr", lr) * _pos("tau_epoch", tau_epoch)
-                                             * _pos("dataset_size", dataset_size))
+    b, n = _pos("batch_size", batch_size), _pos("dataset_size", dataset_size)
+    inputs = (("tau_epoch", tau_epoch), ("lr", lr), ("dataset_size", n), ("batch_size", b))
+    per_sample = _finite("lr*tau_epoch*dataset_size/batch_size",
+                         _pos("lr", lr) * _pos("tau_epoch", tau_epoch) * (n / b), *inputs)
+    return _finite("weight_decay", 1.0 / per_sample, *inputs)
 
 
 @dataclass(frozen=True)
