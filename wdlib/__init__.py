@@ -1,7 +1,8 @@
 """wdlib: optimizers, schedules, timescales and diagnostics for *Weight Decay, Reproduced*.
 
     import wdlib
-    opt = wdlib.optim.Adam(model.parameters(), lr=1e-3, weight_decay=0.1, decay="decoupled")
+    opt = wdlib.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)   # = torch.optim.AdamW
+    opt = wdlib.Adam(model.parameters(), lr=1e-3, weight_decay=0.1)    # = torch.optim.Adam (coupled L2)
 """
 
 __version__ = "0.1.0"
