@@ -137,6 +137,264 @@ def test_damaged_entry_is_detected_and_rerun(tmp_path, damage):
     assert not again.info["cached"] and same_history(first, again)
 
 
+# --- code identity, staleness, recovery of the index ------------------------------------------------------
+
+def quick(**changes) -> RunConfig:
+    """A 5-step run (about a second): enough to fill a store."""
+    return tiny(steps=5, eval_every=5, **changes)
+
+
+def _other_code(monkeypatch) -> None:
+    """Pretend the training code changed since the store was filled (its results become stale)."""
+    import wdlib.runs as runs_mod
+
+    real = runs_mod.code_identity()
+    monkeypatch.setattr(runs_mod, "code_identity", lambda: {**real, "code": "0" * 64})
+
+
+def test_each_result_describes_itself_with_its_code_identity(tmp_path):
+    from wdlib.runs import CODE_FILES, code_identity
+
+    r = run(quick(), tmp_path)
+    key = r.info["key"]
+    rec = json.loads((tmp_path / "results" / f"{key}.json").read_text())
+    assert rec["key"] == key and rec["config"] == quick().to_dict() and rec["scale"] == "test"
+    assert rec["provenance"]["identity"] == code_identity()
+    assert set(code_identity()) == {"wdlib", "torch", "code"} and len(code_identity()["code"]) == 64
+    assert {"config.py", "train.py", "optim.py", "data.py", "models.py"} <= set(CODE_FILES)
+    row = Store(tmp_path).list()[0]
+    assert row["stale"] is False and row["provenance"]["identity"] == code_identity()
+    assert run(quick(), tmp_path).info["stale"] is False
+
+
+def test_stale_results_follow_wdlib_stale(tmp_path, monkeypatch):
+    import warnings
+
+    from wdlib.runs import StaleResultWarning
+
+    first = run(quick(), tmp_path)
+    key = first.info["key"]
+    _other_code(monkeypatch)
+    assert Store(tmp_path).list()[0]["stale"] is True
+    monkeypatch.setenv("WDLIB_STALE", "warn")
+    with pytest.warns(StaleResultWarning, match=f"{key}.*training code"):
+        r = run(quick(), tmp_path)
+    assert r.info["cached"] and r.info["stale"]
+    monkeypatch.setenv("WDLIB_STALE", "reuse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(quick(), tmp_path).info["cached"]
+    monkeypatch.setenv("WDLIB_STALE", "sometimes")
+    with pytest.raises(ValueError, match="WDLIB_STALE must be one of recompute, warn, reuse"):
+        run(quick(), tmp_path)
+    monkeypatch.delenv("WDLIB_STALE")  # default: recompute, and the new result replaces the stale one
+    again = run(quick(), tmp_path)
+    assert not again.info["cached"] and same_history(first, again, skip=("wall_time",))
+    rows = Store(tmp_path).list()
+    assert len(rows) == 1 and rows[0]["stale"] is False
+    assert run(quick(), tmp_path).info["cached"]
+
+
+def test_results_without_identity_are_stale_and_can_be_forgotten(tmp_path):
+    import sqlite3
+
+    keep = run(quick(), tmp_path).info["key"]
+    old = run(quick(seed=1), tmp_path).info["key"]
+    db = sqlite3.connect(tmp_path / "index.sqlite")  # a row as stored before identities existed
+    prov = json.loads(db.execute("SELECT provenance FROM runs WHERE key = ?", (old,)).fetchone()[0])
+    prov.pop("identity")
+    db.execute("UPDATE runs SET provenance = ? WHERE key = ?", (json.dumps(prov), old))
+    db.commit()
+    db.close()
+    (tmp_path / "results" / f"{old}.json").unlink()
+    store = Store(tmp_path)
+    assert {r["key"]: r["stale"] for r in store.list()} == {keep: False, old: True}
+    assert store.forget_stale() == 1
+    assert [r["key"] for r in store.list()] == [keep]
+    assert not list((tmp_path / "results").glob(f"{old}.*"))
+
+
+def test_rerun_trains_a_current_result_again(tmp_path):
+    assert not run(quick(), tmp_path).info["cached"]
+    assert not run(quick(), tmp_path, rerun=True).info["cached"]
+    assert run(quick(), tmp_path).info["cached"] and len(Store(tmp_path).list()) == 1
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_index_is_moved_aside_and_rebuilt(tmp_path, damage):
+    from wdlib.runs import StoreRecoveryWarning
+
+    first = [run(quick(seed=s), tmp_path) for s in range(3)]
+    index = tmp_path / "index.sqlite"
+    index.write_bytes(os.urandom(6000) if damage == "garbage" else index.read_bytes()[:4096])
+    with pytest.warns(StoreRecoveryWarning, match="3 run\\(s\\) recovered"):
+        store = Store(tmp_path)
+    assert len(list(tmp_path.glob("index.sqlite.damaged-*"))) == 1
+    assert len(store.list()) == 3
+    again = run(quick(seed=1), store)
+    assert again.info["cached"] and same_history(first[1], again, skip=())
+
+
+def test_an_emptied_or_deleted_index_heals_and_old_results_are_counted(tmp_path):
+    import sqlite3
+
+    from wdlib.runs import StoreRecoveryWarning
+
+    a = run(quick(), tmp_path)
+    b = run(quick(seed=1), tmp_path)
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    db.execute("DELETE FROM runs")
+    db.commit()
+    db.close()
+    assert run(quick(), tmp_path).info["cached"]  # healed on lookup from results/<key>.json
+    assert len(Store(tmp_path).list()) == 2  # and list() puts back the rest
+    (tmp_path / "index.sqlite").unlink()
+    with pytest.warns(StoreRecoveryWarning, match="had no index.sqlite"):
+        assert len(Store(tmp_path).list()) == 2
+    # a result without its .json (stored before they existed) cannot come back from a lost index: said, not hidden
+    (tmp_path / "results" / f"{b.info['key']}.json").unlink()
+    (tmp_path / "index.sqlite").write_bytes(b"\0" * 8192)
+    with pytest.warns(StoreRecoveryWarning, match="1 result\\(s\\) stored before results/<key>.json existed"):
+        rows = Store(tmp_path).list()
+    assert [r["key"] for r in rows] == [a.info["key"]]
+    assert (tmp_path / "results" / f"{b.info['key']}.npz").exists()  # never deleted
+
+
+def test_reindex_checks_hashes_and_deletes_nothing(tmp_path):
+    from wdlib.runs import StoreRecoveryWarning
+
+    good = run(quick(), tmp_path).info["key"]
+    bad = run(quick(seed=1), tmp_path).info["key"]
+    (tmp_path / "results" / f"{bad}.npz").write_bytes(b"not an npz")
+    (tmp_path / "results" / f"{'f' * 24}.json").write_text("{not json")
+    store = Store(tmp_path)
+    with pytest.warns(StoreRecoveryWarning, match="2 result file\\(s\\) skipped"):
+        assert store.reindex() == 1
+    assert (tmp_path / "results" / f"{bad}.npz").exists() and (tmp_path / "results" / f"{'f' * 24}.json").exists()
+    assert run(quick(), store).info["cached"] and run(quick(), store).info["key"] == good
+
+
+def test_opening_a_store_that_is_not_there(tmp_path):
+    with pytest.raises(ValueError, match="no run store at .*nowhere \\(it has no index.sqlite or results/\\)"):
+        Store(tmp_path / "nowhere", create=False)
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        Store(tmp_path / "file")
+
+
+def test_cli_runs_forget_all_stale_and_reindex(tmp_path, capsys, monkeypatch):
+    from wdlib.cli import main
+
+    a = run(quick(), tmp_path).info["key"]
+    b = run(quick(seed=1), tmp_path).info["key"]
+    assert main(["runs", "--store", str(tmp_path)]) == 0
+    assert "2 run(s)" in capsys.readouterr().out
+    assert main(["runs", "--store", str(tmp_path), "--forget", a]) == 0
+    assert f"forgot run {a}" in capsys.readouterr().out and not (tmp_path / "results" / f"{a}.npz").exists()
+    for bad, message in ((a, f"no run {a} in the store"), ("../../etc", "a run key is 24 hex digits")):
+        with pytest.raises(SystemExit) as err:
+            main(["runs", "--store", str(tmp_path), "--forget", bad])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"wdlib: error: {message}")
+    assert main(["runs", "--store", str(tmp_path), "--reindex"]) == 0
+    assert "reindexed 1 run(s)" in capsys.readouterr().out
+    _other_code(monkeypatch)
+    assert main(["runs", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{b}" in out and "stale" in out and "1 stale" in out
+    assert main(["runs", "--store", str(tmp_path), "--all-stale"]) == 0
+    assert "forgot 1 stale run(s)" in capsys.readouterr().out and Store(tmp_path).list() == []
+    with pytest.raises(SystemExit) as err:
+        main(["runs", "--store", str(tmp_path / "nowhere")])
+    assert err.value.code == 2 and "no run store at" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_cli_internal_error_prints_its_traceback_and_exits_3(monkeypatch, capsys):
+    import wdlib.cli
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(wdlib.cli, "_tau", broken)
+    with pytest.raises(SystemExit) as err:
+        wdlib.cli.main(["tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", "10", "--batch-size", "1"])
+    stderr = capsys.readouterr().err
+    assert err.value.code == 3 and "Traceback" in stderr and "KeyError: 'a bug'" in stderr
+    assert stderr.strip().splitlines()[-1] == "wdlib: internal error (a bug): please report it with the traceback above"
+
+
+def test_cli_run_rerun(tmp_path, capsys):
+    from wdlib.cli import main
+
+    cfg = _write_config(tmp_path / "c.json", steps=5, eval_every=5)
+    store = str(tmp_path / "s")
+    cached = []
+    for extra in ([], [], ["--rerun"]):
+        assert main(["run", str(cfg), "--store", store, *extra]) == 0
+        cached.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cached"])
+    assert cached == [False, True, False]
+
+
+# --- the example configuration and the defaults ----------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "example.yaml"
+
+
+def test_example_config_validates_as_shipped():
+    import yaml
+
+    fields = yaml.safe_load(EXAMPLE.read_text())
+    cfg = RunConfig.from_dict(fields)
+    assert cfg.steps == fields["steps"] == 200 and cfg.optimizer == "adam" and cfg.decay == "decoupled"
+    assert cfg.lr_schedule["name"] == "cosine" and cfg.lr_schedule["warmup"] > 0 and cfg.eval_every > 0
+
+
+def test_example_config_runs_through_the_cli(tmp_path, capsys):
+    from wdlib.cli import main
+
+    assert main(["run", str(EXAMPLE), "--store", str(tmp_path), "--set", "steps=25", "--set", "eval_every=25",
+                 "--set", "data_args={\"num_samples\": 600}"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["cached"] is False and line["steps_done"] == 25 and np.isfinite(line["final"]["val_loss"])
+
+
+def test_default_configuration_is_runnable():
+    r = train(RunConfig(steps=2, data_args={"num_samples": 600}))
+    assert r.steps_done == 2 and np.isfinite(r.final["val_loss"])
+    assert RunConfig().model_args == {"width": 128, "depth": 2}
+
+
+def test_numpy_and_tensor_scalars_are_plain_numbers():
+    plain = tiny(lr=1e-3, steps=100, weight_decay=0.1, betas=[0.9, 0.95], seed=3)
+    odd = tiny(lr=np.float32(1e-3), steps=np.int64(100), weight_decay=torch.tensor(0.1),
+               betas=[np.float64(0.9), np.float32(0.95)], seed=torch.tensor(3))
+    assert odd.key() == plain.key() and odd.to_dict() == plain.to_dict()
+    assert type(odd.steps) is int and type(odd.lr) is float and type(odd.seed) is int
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        tiny(steps=np.float64(100.0))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"model": "gpt"}, "model 'gpt' needs a token dataset (stdlib_chars, openwebtext), got data 'mnist1d'"),
+    ({"data": "stdlib_chars", "data_args": {}}, "model 'mlp' needs a classification dataset"),
+    ({"lr_schedule": {"name": "cosine", "warmup": 40}}, "lr_schedule: warmup (40) + delay (0) must be less than steps"),
+    ({"wd_schedule": {"name": "constant", "delay": 50}}, "wd_schedule: warmup (0) + delay (50)"),
+    ({"lr": float("inf")}, "lr must be a finite number"), ({"eps": float("nan")}, "eps must be a finite number"),
+    ({"seed": 1e26}, "seed must be an integer in [0, "), ({"seed": 2**63}, "seed must be an integer in [0, "),
+    ({"seed": 3.0}, "seed must be an integer"), ({"steps": 10**300}, "steps must be an integer in [1, "),
+    ({"perturb_step": 40}, "perturb_step must be an integer in [0, 39]"),
+    ({"diagnostics": 5}, "diagnostics must be a list"), ({"model_args": {1: 2}}, "model_args keys must be"),
+])
+def test_bad_values_fail_when_the_configuration_is_built(changes, message):
+    with pytest.raises(ValueError) as err:
+        tiny(**changes)
+    assert message in str(err.value)
+    with pytest.raises(ValueError, match="keys must be field names"):
+        RunConfig.from_dict({1: 2, "lr": 1e-3})
+
+
 def _worker(root: str, wd: float) -> None:
     torch.set_num_threads(1)
     run(tiny(weight_decay=wd), Store(root), progress=False)
@@ -267,7 +525,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     assert whole.returncode == 0, whole.stderr
     store = tmp_path / "killed"
     key = tiny(**changes).key()
-    ckpt = store / "checkpoints" / f"{key}.pt"
+    ckpt = Store(store).checkpoint_path(key)  # named by key and code identity
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     kills = []
     for _ in range(2):
@@ -353,3 +611,16 @@ def test_mup_run_applies_the_multipliers():
         tiny(mup={"decay": "scaled"})
     with pytest.raises(ValueError, match="independent"):
         tiny(model_args={"width": 32, "depth": 2}, mup={"base_width": 16}, decay="independent")
+
+
+def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path, monkeypatch):
+    """The checkpoint's name carries the code identity: other code starts over and leaves it on disk."""
+    import wdlib.runs as runs_mod
+
+    store = Store(tmp_path / "s")
+    key = tiny().key()
+    mine = store.checkpoint_path(key)
+    real = runs_mod.code_identity()
+    monkeypatch.setattr(runs_mod, "code_identity", lambda: {**real, "code": "0" * 64})
+    other = store.checkpoint_path(key)
+    assert other != mine and other.parent == mine.parent and key in other.name

@@ -77,3 +77,26 @@ def test_cli_rejects_bad_values_with_the_argument_name():
     out = _cli("tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", "10", "--batch-size", "1",
                "--to-width", "4")
     assert out.returncode == 2 and "--width" in out.stderr
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "1e-320"), ("--lr", "1e308"), ("--lr", "inf"), ("--lr", "nan"),
+                                        ("--lr", "0"), ("--lr", "-1e-3"), ("--weight-decay", "1e-320"),
+                                        ("--weight-decay", "-inf"), ("--dataset-size", "9" * 300),
+                                        ("--batch-size", "0"), ("--to-dataset-size", "9" * 300)])
+def test_cli_extreme_values_are_range_errors(flag, value, capsys):
+    """Never tau_iter = 0 or inf, a ZeroDivisionError or an OverflowError: one line naming the argument and its range."""
+    from wdlib.cli import main
+
+    args = {"--lr": "1e-3", "--weight-decay": "0.1", "--dataset-size": "50000", "--batch-size": "128", flag: value}
+    with pytest.raises(SystemExit) as err:
+        main(["tau", *[x for kv in args.items() for x in kv]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert err.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"wdlib: error: {flag} must be") and "in [" in lines[0] and len(lines[0]) < 200
+
+
+def test_cli_extreme_value_through_the_entry_point():
+    out = _cli("tau", "--lr", "1e-320", "--weight-decay", "0.1", "--dataset-size", "10", "--batch-size", "1")
+    assert out.returncode == 2 and out.stderr.strip() == \
+        "wdlib: error: --lr must be a finite number in [1e-50, 1e+50], got 1e-320"
+    assert "Traceback" not in out.stderr and out.stdout == ""

@@ -61,14 +61,20 @@ def git_commit() -> str | None:
         return None
 
 
+def kernel_env(results: Path) -> dict[str, str]:
+    """The environment variables the chapters' kernels get (papermill's kernels inherit this process's)."""
+    return {"WDLIB_RESULTS_DIR": str(results),
+            "WDLIB_STORE": str(results.parent / "store"),  # the chapters' runs (wiped by main())
+            # no progress bars: an executed copy would keep widget outputs without their state
+            "WDLIB_PROGRESS": "0",
+            "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline")}
+
+
 def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: str, seed: int = 0) -> list[dict]:
     """Run each notebook with papermill into ``src``; return one record per chapter."""
     import papermill as pm
 
-    os.environ["WDLIB_RESULTS_DIR"] = str(results)
-    os.environ["WDLIB_STORE"] = str(results.parent / "store")  # the chapters' runs (wiped by main())
-    os.environ["WDLIB_PROGRESS"] = "0"  # no progress bars in the executed copies
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ.update(kernel_env(results))
     records = []
     for nb in notebooks:
         out = src / f"{nb}.ipynb"
@@ -223,6 +229,24 @@ def fill_intro(text: str, catalogue_dir: Path | None = None) -> str:
     return text
 
 
+def bf16_speed_row() -> str:
+    """The status page's row on bfloat16: the build machine's measured matmul throughput and whether bfloat16
+    counted as fast (:func:`wdlib.precision.fast_bf16`; chapter 5 decides its precision by it)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from wdlib.precision import FAST_BF16_RATIO, bf16_matmul_speed, fast_bf16
+
+    m = bf16_matmul_speed("cpu")
+    cells = [f"CPU ({torch.get_num_threads()} threads), {m['n']}x{m['n']} matmul: {m['float32_gflops']:.1f} GFLOP/s in "
+             f"float32, {m['bfloat16_gflops']:.1f} in bfloat16 ({m['ratio']:.2f}x): bfloat16 counted as "
+             f"**{'fast' if m['fast'] else 'slow'}** (fast: at least {FAST_BF16_RATIO:g}x float32)"]
+    if torch.cuda.is_available():
+        cells.append(f"CUDA: bfloat16 counted as **{'fast' if fast_bf16('cuda') else 'slow'}** "
+                     "(torch.cuda.is_bf16_supported())")
+    return "| bfloat16 | " + "; ".join(cells) + " |"
+
+
 def status_page(records: list[dict], scale: str, results: Path | None = None) -> str:
     """The build-status page: machine, versions, and per chapter its time, base seed and claims recorded."""
     import torch
@@ -239,7 +263,8 @@ def status_page(records: list[dict], scale: str, results: Path | None = None) ->
              f"| Python | {platform.python_version()} |",
              f"| torch | {torch.__version__} |",
              f"| wdlib | {wdlib.__version__} |",
-             f"| commit | {git_commit() or 'unknown'} |", "",
+             f"| commit | {git_commit() or 'unknown'} |",
+             bf16_speed_row(), "",
              "| chapter | scale | base seed | execution time | claims recorded | status |", "|---|---|---|---|---|---|"]
     from wdlib.claims import catalogue
 

@@ -20,6 +20,16 @@ Schedules are small dicts, ``{"name": "cosine", "final": 0.1, "warmup": 100, "de
     Steps at 0 before the value switches on (for weight decay after warmup; default 0).
 
 The peak is the config's ``lr`` (for ``lr_schedule``) or ``weight_decay`` (for ``wd_schedule``).
+A schedule's ``warmup + delay`` must be shorter than the run (``steps``).
+
+Every field is checked when the configuration is built, so a bad value fails at once with a
+ValueError naming the field and its allowed values, never after minutes of training or silently:
+numbers must be finite (no ``inf``/``nan``), integers lie in the range the training loop can use
+(seeds and steps below 2**32, as :mod:`wdlib.data` draws its batches from them), ``model: gpt``
+needs a token dataset and the other models a classification dataset. NumPy scalars and 0-d torch
+tensors count as the numbers they hold (converted to plain ``int``/``float`` so the key is that of
+the plain-number configuration; a float32 scalar is read as the shortest decimal it rounds from,
+``np.float32(1e-3)`` as ``0.001``). ``RunConfig()`` itself is runnable: MNIST-1D, a 128x2 MLP.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +53,15 @@ SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "wsd", "step", "eq
 DTYPES: tuple[str, ...] = ("float32", "float64")
 _DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent")
 _SCALES: tuple[str, ...] = ("smoke", "full", "test")
+#: Datasets of token sequences (:class:`wdlib.data.TokenDataset`) and the models that read them; every other
+#: (registered) dataset is a classification dataset, read by every other model.
+TOKEN_DATA: tuple[str, ...] = ("stdlib_chars", "openwebtext")
+TOKEN_MODELS: tuple[str, ...] = ("gpt",)
+#: Model arguments with a default here (the model has none), so that ``RunConfig()`` is runnable as it stands.
+_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mlp": {"width": 128, "depth": 2}}
+_MAX_SEED = 2**32 - 2   # wdlib.data draws batches from seeds and steps below 2**32; perturb_step uses seed + 1
+_MAX_STEPS = 2**32 - 1
+_MAX_SIZE = 2**31 - 1   # batch, block and subset sizes (torch indexes with int64, but nothing useful is larger)
 
 FIELD_HELP: dict[str, str] = {
     "data": "dataset name (wdlib.data.load): mnist1d, digits, stdlib_chars, cifar10, openwebtext",
@@ -49,21 +69,24 @@ FIELD_HELP: dict[str, str] = {
     "subset": "number of training samples to keep (a nested subset fixed by data_seed); null keeps all",
     "data_seed": "seed of the subset and of the label noise (default 0)",
     "label_noise": "fraction of training labels replaced by a wrong class drawn at random (test labels stay clean)",
-    "model": "model name (wdlib.models.build): mlp, cnn, convnet, resnet18, gpt, tiedconv, tiedrnn",
-    "model_args": "keyword arguments of the model; in_dim/in_channels/num_classes/vocab_size are filled in",
+    "model": "model name (wdlib.models.build): mlp, cnn, convnet, resnet18, gpt, tiedconv, tiedrnn; gpt reads "
+             "token data (stdlib_chars, openwebtext), the others classification data",
+    "model_args": "keyword arguments of the model; in_dim/in_channels/num_classes/vocab_size are filled in "
+                  "(and the mlp's width and depth default to 128 and 2)",
     "optimizer": "adam or sgd (wdlib, with `decay`), or torch.adam, torch.adamw, torch.sgd (their own rule)",
     "lr": "peak learning rate",
     "weight_decay": "lambda (peak), in the convention named by `decay`",
-    "decay": "l2, decoupled (lr-multiplied, torch AdamW) or independent (the AdamW paper's)",
+    "decay": "l2 (torch.optim.Adam/SGD), decoupled (lr-multiplied, torch AdamW; the default, so optimizer adam "
+             "is AdamW unless decay is l2) or independent (the AdamW paper's)",
     "momentum": "SGD momentum (default 0)",
     "nesterov": "SGD Nesterov momentum (default false)",
     "betas": "Adam betas (default [0.9, 0.999])",
     "eps": "Adam epsilon (default 1e-8)",
     "decay_vectors": "also decay 1-D parameters (biases, norms); default false",
     "mup": "muP groups (wdlib.params.mup_groups): {base_width, decay: scaled|constant, zero_readout}; null: off",
-    "lr_schedule": "schedule of the LR: {name, final, warmup, delay} (default constant)",
+    "lr_schedule": "schedule of the LR: {name, final, warmup, delay} (default constant); warmup + delay < steps",
     "wd_schedule": "schedule of the weight decay, same form (default constant)",
-    "steps": "optimizer steps",
+    "steps": "optimizer steps (an integer in [1, 2**32 - 1])",
     "batch_size": "global batch size (samples or sequences per step)",
     "block_size": "sequence length for language data",
     "grad_accum": "micro-batches per step (the batch is split; default 1)",
@@ -72,7 +95,7 @@ FIELD_HELP: dict[str, str] = {
     "dtype": "float32 or float64 parameters for fp32 precision (float64 for exactness tests)",
     "bf16_update": "how bf16-pure parameters take their step: nearest (plain rounding), master (float32 master "
                    "weights), kahan (compensated) or stochastic (stochastic rounding); wdlib.optim",
-    "seed": "seed of the initialization and of the batch order",
+    "seed": "seed of the initialization and of the batch order (an integer in [0, 2**32 - 2])",
     "eval_every": "evaluate every this many steps (0: only at the end)",
     "eval_batches": "evaluation batches for language data (default 20)",
     "ema": "decay of an EMA of the weights evaluated alongside (null: off)",
@@ -88,26 +111,78 @@ FIELD_HELP: dict[str, str] = {
 }
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 300-digit integer must not flood the error line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars, 0-d arrays and 0-d torch tensors as the plain Python number (or bool) they hold.
+
+    Containers (dict, list, tuple) are converted element by element. A float32 or float16 value becomes
+    the shortest decimal that rounds to it (``np.float32(1e-3)`` -> ``0.001``): the number the user wrote,
+    so its key is that of the plain-number configuration. Anything else is returned unchanged.
+    """
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    mod = type(value).__module__.split(".")[0]
+    if mod == "torch":
+        import torch
+
+        if isinstance(value, torch.Tensor) and value.dim() == 0:
+            if value.dtype == torch.bool:
+                return bool(value.item())
+            if value.is_floating_point():
+                if value.dtype in (torch.float32, torch.float16):
+                    import numpy as np
+
+                    return _plain(np.array(value.item(), dtype=np.float32 if value.dtype == torch.float32
+                                           else np.float16)[()])
+                return float(value.item())
+            if not value.is_complex():
+                return int(value.item())
+        return value
+    if mod == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value[()]
+        if isinstance(value, np.bool_):
+            return bool(value)
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, np.floating):
+            # numpy prints a float32/float16 as the shortest decimal that rounds to it
+            return float(str(value)) if value.dtype.itemsize < 8 else float(value)
+    return value
+
+
 def _check_schedule_spec(name: str, spec: Any) -> dict[str, Any] | None:
     if spec is None:
         return None
     if not isinstance(spec, dict):
         raise ValueError(f"{name} must be a dict like {{\"name\": \"cosine\", \"warmup\": 100}} or null, got {spec!r}")
     allowed = {"name", "final", "warmup", "delay", "decay_fraction"}
-    unknown = sorted(set(spec) - allowed)
+    spec = _plain(spec)
+    unknown = sorted(repr(k) if not isinstance(k, str) else k for k in set(spec) - allowed)
     if unknown:
         raise ValueError(f"{name} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    if spec.get("name", "constant") not in SCHEDULES:
+    if not isinstance(spec.get("name", "constant"), str) or spec.get("name", "constant") not in SCHEDULES:
         raise ValueError(f"{name}.name must be one of {', '.join(repr(s) for s in SCHEDULES)}, got {spec.get('name')!r}")
     for key in ("warmup", "delay"):
         v = spec.get(key, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name}.{key} must be an integer >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_STEPS:
+            raise ValueError(f"{name}.{key} must be an integer in [0, {_MAX_STEPS}], got {_short(v)}")
     spec = dict(spec)
     for key in ("final", "decay_fraction"):
         v = spec.get(key, 0.0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise ValueError(f"{name}.{key} must be a number in [0, 1], got {v!r}")
+            raise ValueError(f"{name}.{key} must be a number in [0, 1], got {_short(v)}")
         if key in spec:
             spec[key] = float(v)
     return spec
@@ -198,6 +273,9 @@ class RunConfig:
     scale: str = "smoke"
 
     def __post_init__(self) -> None:
+        # NumPy scalars and 0-d tensors are the numbers they hold (plain values: to_dict and key work on them)
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
         # one key per value: 0 and 0.0 (JSON), "1e-3" (YAML 1.1 reads a float without a dot as a string)
         for name in ("lr", "weight_decay", "momentum", "eps", "grad_clip", "ema", "divergence_factor", "label_noise"):
             v = getattr(self, name)
@@ -205,44 +283,69 @@ class RunConfig:
                 try:
                     v = float(v)
                 except ValueError:
-                    raise ValueError(f"{name} must be a number, got {v!r}") from None
+                    raise ValueError(f"{name} must be a number, got {_short(v)}") from None
             if isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
+                try:
+                    v = float(v)
+                except OverflowError:
+                    raise ValueError(f"{name} must be a finite number, got an integer of {len(str(v))} digits") from None
             object.__setattr__(self, name, v)
 
-        def positive_int(name: str, minimum: int = 1) -> None:
+        def positive_int(name: str, minimum: int = 1, maximum: int = _MAX_STEPS, optional: bool = False) -> None:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+                raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}]{' or null' if optional else ''}, "
+                                 f"got {_short(v)}")
 
         def number(name: str, low: float = 0.0, high: float | None = None, open_high: bool = False,
                    optional: bool = False) -> None:
             v = getattr(self, name)
             if optional and v is None:
                 return
-            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < low
+            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low
             if not bad and high is not None:
                 bad = v >= high if open_high else v > high
             if bad:
                 rng = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
-                raise ValueError(f"{name} must be a number {rng}{' or null' if optional else ''}, got {v!r}")
+                raise ValueError(f"{name} must be a finite number {rng}{' or null' if optional else ''}, got {_short(v)}")
 
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             v = getattr(self, name)
-            if v not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {v!r}")
+            if not isinstance(v, str) or v not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {_short(v)}")
 
         for name in ("data", "model"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a name (string), got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a name (string), got {_short(getattr(self, name))}")
         from .data import DATASETS
         from .models import MODELS
 
         choice("data", tuple(DATASETS))
         choice("model", tuple(MODELS))
         for name in ("data_args", "model_args"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a dict of keyword arguments, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if not isinstance(v, dict):
+                raise ValueError(f"{name} must be a dict of keyword arguments, got {_short(v)}")
+            bad_keys = [k for k in v if not isinstance(k, str) or not k.isidentifier()]
+            if bad_keys:
+                raise ValueError(f"{name} keys must be argument names (strings), got {_short(bad_keys[0])}")
+        if self.model in TOKEN_MODELS and self.data not in TOKEN_DATA:
+            raise ValueError(f"model {self.model!r} needs a token dataset ({', '.join(TOKEN_DATA)}), "
+                             f"got data {self.data!r}")
+        if self.model not in TOKEN_MODELS and self.data in TOKEN_DATA:
+            others = ", ".join(d for d in DATASETS if d not in TOKEN_DATA)
+            raise ValueError(f"model {self.model!r} needs a classification dataset ({others}), got data "
+                             f"{self.data!r}; token data takes model {', '.join(repr(m) for m in TOKEN_MODELS)}")
+        if self.data in TOKEN_DATA:
+            for name, active in (("subset", self.subset is not None), ("label_noise", self.label_noise not in (0, 0.0))):
+                if active:
+                    raise ValueError(f"{name} applies to classification data, not to {self.data!r}; leave it unset")
+        if self.model in _MODEL_DEFAULTS:
+            filled = {**_MODEL_DEFAULTS[self.model], **self.model_args}
+            if filled != self.model_args:
+                object.__setattr__(self, "model_args", filled)
         choice("optimizer", OPTIMIZERS)
         choice("decay", _DECAYS)
         choice("precision", PRECISIONS)
@@ -252,14 +355,15 @@ class RunConfig:
             raise ValueError(f"bf16_update {self.bf16_update!r} applies to precision 'bf16-pure' with the wdlib "
                              f"optimizers 'adam' or 'sgd', got precision {self.precision!r}, optimizer {self.optimizer!r}")
         choice("scale", _SCALES)
-        for name in ("steps", "batch_size", "block_size", "grad_accum", "eval_batches"):
-            positive_int(name)
-        for name in ("seed", "data_seed", "eval_every", "checkpoint_every"):
+        positive_int("steps")
+        for name in ("batch_size", "block_size", "grad_accum", "eval_batches"):
+            positive_int(name, 1, _MAX_SIZE)
+        positive_int("seed", 0, _MAX_SEED)
+        positive_int("data_seed", 0, _MAX_STEPS)
+        for name in ("eval_every", "checkpoint_every"):
             positive_int(name, 0)
-        if self.subset is not None:
-            positive_int("subset")
-        if self.perturb_step is not None:
-            positive_int("perturb_step", 0)
+        positive_int("subset", 1, _MAX_SIZE, optional=True)
+        positive_int("perturb_step", 0, self.steps - 1, optional=True)
         number("lr")
         number("weight_decay")
         number("momentum", 0.0, 1.0, open_high=True)
@@ -275,6 +379,9 @@ class RunConfig:
             if not isinstance(self.mup, dict) or not set(self.mup) <= allowed or "base_width" not in self.mup:
                 raise ValueError(f"mup must be null or a dict with base_width and optionally decay, zero_readout; "
                                  f"got {self.mup!r}")
+            base = self.mup["base_width"]
+            if isinstance(base, bool) or not isinstance(base, int) or not 1 <= base <= _MAX_SIZE:
+                raise ValueError(f"mup.base_width must be an integer in [1, {_MAX_SIZE}], got {_short(base)}")
             if self.mup.get("decay", "scaled") not in ("scaled", "constant"):
                 raise ValueError(f"mup.decay must be 'scaled' or 'constant', got {self.mup.get('decay')!r}")
             if self.decay == "independent":
@@ -292,19 +399,26 @@ class RunConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         object.__setattr__(self, "lr_schedule", _check_schedule_spec("lr_schedule", self.lr_schedule))
         object.__setattr__(self, "wd_schedule", _check_schedule_spec("wd_schedule", self.wd_schedule))
+        for name in ("lr_schedule", "wd_schedule"):
+            spec = getattr(self, name) or {}
+            warm, delay = spec.get("warmup", 0), spec.get("delay", 0)
+            if warm + delay and warm + delay >= self.steps:
+                raise ValueError(f"{name}: warmup ({warm}) + delay ({delay}) must be less than steps ({self.steps}); "
+                                 f"the schedule would never reach its peak")
         if (self.wd_schedule or {}).get("name") == "equal_contribution":
             raise ValueError("wd_schedule.name 'equal_contribution' is an LR schedule; use it in lr_schedule")
-        if isinstance(self.diagnostics, str) or not all(isinstance(d, str) for d in self.diagnostics):
+        if not isinstance(self.diagnostics, (list, tuple)) or not all(isinstance(d, str) for d in self.diagnostics):
             raise ValueError(f"diagnostics must be a list of names, got {self.diagnostics!r}")
         object.__setattr__(self, "diagnostics", tuple(self.diagnostics))
-        if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in self.probes):
+        if not isinstance(self.probes, (list, tuple)) or not all(isinstance(p, dict) and isinstance(p.get("name"), str)
+                                                                 for p in self.probes):
             raise ValueError(f"probes must be a list of {{\"name\": ..., ...}} dicts, got {self.probes!r}")
         object.__setattr__(self, "probes", tuple(dict(p) for p in self.probes))
-        if isinstance(self.measures, (str, dict)) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
-                                                             for m in self.measures):
+        if not isinstance(self.measures, (list, tuple)) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                                                   for m in self.measures):
             raise ValueError(f"measures must be a list of {{\"name\": ..., ...}} dicts, got {self.measures!r}")
         object.__setattr__(self, "measures", tuple(dict(m) for m in self.measures))
-        if isinstance(self.snapshots, (str, int)) or not all(
+        if not isinstance(self.snapshots, (list, tuple)) or not all(
                 isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= self.steps for s in self.snapshots):
             raise ValueError(f"snapshots must be a list of steps in [1, steps={self.steps}], got {self.snapshots!r}")
         object.__setattr__(self, "snapshots", tuple(sorted(set(self.snapshots))))
@@ -324,6 +438,10 @@ class RunConfig:
         if not isinstance(d, dict):
             raise ValueError(f"a run configuration must be a mapping of fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
+        not_names = [k for k in d if not isinstance(k, str)]
+        if not_names:
+            raise ValueError(f"configuration keys must be field names (strings), got {_short(not_names[0])} "
+                             f"({type(not_names[0]).__name__}); known fields: {sorted(names)}")
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown configuration field(s) {unknown}; known fields: {sorted(names)}")

@@ -13,18 +13,26 @@ measures the per-step decay an optimizer actually applies to a set of low-precis
 the one requested, for each remedy of :mod:`wdlib.optim` (``bf16_update``: "nearest", "master",
 "kahan", "stochastic").
 
-Used by chapter 5 (``notebooks/05_llm_regime.ipynb``), claim LLM-7.
+:func:`bf16_matmul_speed` measures how fast a device multiplies bfloat16 matrices against float32, and
+:func:`fast_bf16` says whether bfloat16 is worth using there: many CPUs (AVX2 without AVX-512 BF16)
+emulate it at a fiftieth of the float32 rate, so a bf16 run on them takes an hour where float32 takes a
+minute. The decision is measured, not read from CPU flags.
+
+Used by chapter 5 (``notebooks/05_llm_regime.ipynb``), claim LLM-7 and its precision policy.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["applied_decay", "decay_changes_fraction", "stochastic_round", "ulp"]
+__all__ = ["FAST_BF16_RATIO", "applied_decay", "bf16_matmul_speed", "decay_changes_fraction", "fast_bf16",
+           "stochastic_round", "ulp"]
 
 _LOW_MASK = -(1 << 16)  # int32 0xFFFF0000: keeps the sign, the exponent and bfloat16's 7 mantissa bits
 
@@ -226,3 +234,79 @@ def applied_decay(weights: torch.Tensor | Sequence[torch.Tensor], lr: float, wei
         "decay": decay,
         "numel": numel,
     }
+
+
+# --- is bfloat16 fast here? -----------------------------------------------------------------------------
+
+#: bfloat16 counts as fast on a device when its matmul throughput is at least this fraction of float32's.
+FAST_BF16_RATIO = 0.5
+
+
+def _device(device: str | torch.device) -> torch.device:
+    from .runtime import resolve_device  # "auto" -> CUDA when available, else CPU
+
+    return resolve_device(device)
+
+
+def _best_gflops(a: torch.Tensor, b: torch.Tensor, budget: float, repeats: int) -> float:
+    """Best-of GFLOP/s of ``a @ b`` within about ``budget`` seconds: a first (warm-up) product, kept as the
+    measurement when it alone used half the budget (a slow kernel: one-off setup costs little beside it),
+    then up to ``repeats`` timed products while the budget lasts."""
+    sync = torch.cuda.synchronize if a.device.type == "cuda" else (lambda: None)
+    flops = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
+    start = time.perf_counter()
+    sync()
+    a @ b
+    sync()
+    best = time.perf_counter() - start
+    if best < budget / 2:
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            sync()
+            best = min(best, time.perf_counter() - t0)
+            if time.perf_counter() - start > budget:
+                break
+    return flops / max(best, 1e-9) / 1e9
+
+
+@functools.lru_cache(maxsize=None)
+def _matmul_speed(device: str, n: int) -> tuple[float, float]:
+    dev = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a32 = torch.randn(n, n, generator=gen).to(dev)
+    b32 = torch.randn(n, n, generator=gen).to(dev)
+    f32 = _best_gflops(a32, b32, budget=0.15, repeats=5)
+    bf = _best_gflops(a32.to(torch.bfloat16), b32.to(torch.bfloat16), budget=0.3, repeats=5)
+    return f32, bf
+
+
+def bf16_matmul_speed(device: str | torch.device = "cpu", n: int = 512) -> dict[str, Any]:
+    """Measured throughput of an ``n x n`` matmul on ``device`` in float32 and in bfloat16.
+
+    Best of a few products per dtype after a warm-up, within about half a second in all (a CPU that
+    emulates bfloat16, at about 1 GFLOP/s, gets a single timed product). Measured once per process and
+    device (cached): later calls return the same numbers. The threads are torch's current ones.
+
+    Returns:
+        A dict with ``device``, ``n``, ``float32_gflops``, ``bfloat16_gflops``, ``ratio`` (bfloat16 over
+        float32) and ``fast`` (``ratio >= FAST_BF16_RATIO``; for CUDA see :func:`fast_bf16`).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    dev = _device(device)
+    f32, bf = _matmul_speed(str(dev), n)
+    ratio = bf / f32 if f32 > 0 else math.nan
+    return {"device": str(dev), "n": n, "float32_gflops": f32, "bfloat16_gflops": bf, "ratio": ratio,
+            "fast": bool(ratio >= FAST_BF16_RATIO)}
+
+
+def fast_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether bfloat16 arithmetic is fast on ``device``: on CUDA, ``torch.cuda.is_bf16_supported()``;
+    elsewhere, a bfloat16 matmul reaching at least ``FAST_BF16_RATIO`` of float32's throughput
+    (:func:`bf16_matmul_speed`, measured once per process)."""
+    dev = _device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bf16_matmul_speed(dev)["fast"]

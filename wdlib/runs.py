@@ -7,23 +7,51 @@ was interrupted, trained otherwise. :func:`sweep` expands a grid and returns a t
 The store is a directory::
 
     index.sqlite            one row per finished run: key, scale, status, configuration, summary,
-                            provenance (wdlib, git commit, torch, device, wall time, date), file hashes
+                            provenance (wdlib, git commit, torch, device, wall time, date, code
+                            identity), file hashes
     results/<key>.npz       history and probe arrays (loaded with allow_pickle=False)
     results/<key>.pt        final weights (and EMA, and the snapshots the configuration asks for),
                             loaded with weights_only=True
-    checkpoints/<key>.pt    the checkpoint of a run in progress
+    results/<key>.json      the run's self-description: everything its index row holds
+    checkpoints/<key>-<code>.pt  the checkpoint of a run in progress (code: a hash of the code identity)
     locks/<key>.lock        held while a process trains that configuration
 
-Files are written to a temporary name and renamed; the index row comes last and records each
-file's SHA-256, so a half-written or corrupted entry is detected and trained again, never read as
-a result. SQLite (WAL mode, a busy timeout) and per-key file locks make parallel worker processes
-safe. The scale is part of the configuration and so of the key: smoke and full results never mix.
+Files are written to a temporary name and renamed; the .json and then the index row come last and
+record each file's SHA-256, so a half-written or corrupted entry is detected and trained again,
+never read as a result. SQLite (WAL mode, a busy timeout) and per-key file locks make parallel
+worker processes safe. The scale is part of the configuration and so of the key: smoke and full
+results never mix.
+
+Stale results. The key hashes the configuration only, so each result also records the *code
+identity* that made it (:func:`code_identity`: wdlib's version, torch's, and a SHA-256 of the
+training code path :data:`CODE_FILES`). A result whose identity differs from the running code's (or
+that has none: stored before identities were recorded) is *stale*, and the environment variable
+``WDLIB_STALE`` says what a lookup does with it:
+
+``recompute`` (default)
+    train it again; the new result replaces the old entry.
+``warn``
+    return it, with a :class:`StaleResultWarning` naming the key and what differs.
+``reuse``
+    return it silently.
+
+Any other value is a ValueError. ``run(..., rerun=True)`` (``wdlib run --rerun``) trains even a
+current result again; ``wdlib runs --all-stale`` removes the stale ones, ``--forget KEY`` one run.
+
+Recovery. A damaged ``index.sqlite`` (truncated, overwritten: SQLite reports it as a database
+error) is moved aside to ``index.sqlite.damaged-<UTC time>`` (with its -wal and -shm) and rebuilt
+from the results/*.json files (:meth:`Store.reindex`), with a :class:`StoreRecoveryWarning`; a
+readable index that lacks rows for existing .json files (emptied, or deleted) gets them back on
+lookup. Recovery never deletes a result file. Results stored before the .json files existed are
+described only by their index row and so cannot be recovered from a lost index (the warning counts them).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import io
 import itertools
@@ -32,6 +60,7 @@ import os
 import platform
 import sqlite3
 import subprocess
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -41,9 +70,10 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .train import RunResult, init_distributed, train
+from .train import RunResult, _show_progress, _tqdm, init_distributed, train
 
-__all__ = ["Store", "run", "run_many", "sweep", "results_table", "default_store", "expand_grid"]
+__all__ = ["Store", "run", "run_many", "sweep", "results_table", "default_store", "expand_grid", "code_identity",
+           "stale_policy", "check_key", "STALE_POLICIES", "CODE_FILES", "StaleResultWarning", "StoreRecoveryWarning"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -103,28 +133,259 @@ def _provenance(result: RunResult) -> dict[str, Any]:
             "host": platform.node(), "resumed_from": result.info.get("resumed_from", 0)}
 
 
-class Store:
-    """The run store in ``root`` (created on first use). See the module docstring for the layout."""
+#: The wdlib modules a training run executes (wdlib.train and what it imports inside wdlib, transitively),
+#: hashed into the code identity that every stored result records.
+CODE_FILES: tuple[str, ...] = ("config.py", "train.py", "optim.py", "models.py", "data.py", "schedules.py",
+                               "diagnostics.py", "precision.py", "params.py", "hessian.py", "ema.py", "quantize.py",
+                               "runtime.py", "_registry.py", "_checks.py")
+#: What a lookup does with a stale result (one stored by other code), read from ``$WDLIB_STALE``.
+STALE_POLICIES: tuple[str, ...] = ("recompute", "warn", "reuse")
+_KEY_CHARS = frozenset("0123456789abcdef")
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+
+class StaleResultWarning(UserWarning):
+    """A stored result made by other code (wdlib, torch or the training code) is returned (``WDLIB_STALE=warn``)."""
+
+
+class StoreRecoveryWarning(UserWarning):
+    """The store's index was unreadable or incomplete and was rebuilt from the self-describing result files."""
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> dict[str, str]:
+    """What made a result: ``{"wdlib": __version__, "torch": torch.__version__, "code": SHA-256}``.
+
+    ``code`` hashes the bytes of :data:`CODE_FILES` (the training code path) as they are on disk when
+    first asked, once per process (a file that is not there enters as absent). A stored result whose
+    identity differs from this one is *stale*.
+    """
+    from . import __version__
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in CODE_FILES:
+        h.update(name.encode() + b"\0")
+        path = here / name
+        h.update(path.read_bytes() if path.is_file() else b"<absent>")
+        h.update(b"\0")
+    return {"wdlib": __version__, "torch": torch.__version__, "code": h.hexdigest()}
+
+
+def stale_policy() -> str:
+    """``$WDLIB_STALE``: ``recompute`` (default), ``warn`` or ``reuse``; anything else is a ValueError."""
+    value = os.environ.get("WDLIB_STALE", "").strip().lower() or "recompute"
+    if value not in STALE_POLICIES:
+        raise ValueError(f"WDLIB_STALE must be one of {', '.join(STALE_POLICIES)} (unset: recompute), "
+                         f"got {os.environ.get('WDLIB_STALE')!r}")
+    return value
+
+
+def _staleness(identity: Any) -> str | None:
+    """How a stored code identity differs from :func:`code_identity` (None: it does not, the result is current)."""
+    if not isinstance(identity, dict):
+        return "it records no code identity (stored before wdlib recorded one)"
+    now = code_identity()
+    diffs = []
+    for name, label in (("wdlib", "wdlib"), ("torch", "torch"), ("code", "training code")):
+        old, new = identity.get(name), now[name]
+        if old != new:
+            short = (lambda v: str(v)[:12]) if name == "code" else str
+            diffs.append(f"{label} {short(old)} -> {short(new)}")
+    return ", ".join(diffs) or None
+
+
+def check_key(key: Any) -> str:
+    """``key`` if it is a run key (24 lowercase hex digits, :meth:`RunConfig.key`), else a ValueError."""
+    if not isinstance(key, str) or len(key) != 24 or not set(key) <= _KEY_CHARS:
+        raise ValueError(f"a run key is 24 hex digits (as `wdlib runs` lists them), got {key!r}")
+    return key
+
+
+def _is_damage(err: sqlite3.Error) -> bool:
+    """Whether an SQLite error means the index file is damaged (not merely busy or misused)."""
+    msg = str(err).lower()
+    return type(err) is sqlite3.DatabaseError or "malformed" in msg or "not a database" in msg
+
+
+_ROW_FIELDS = ("key", "scale", "status", "config", "summary", "provenance", "files", "created")
+
+
+class Store:
+    """The run store in ``root``. See the module docstring for the layout, staleness and recovery.
+
+    ``create=False`` opens an existing store only: a path that holds neither ``index.sqlite`` nor
+    ``results/`` raises ValueError instead of becoming a new, empty store (``wdlib runs`` uses it, so a
+    mistyped path is reported rather than listed as "0 runs").
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
         self.root = Path(root) if root is not None else default_store()
+        index = self.root / "index.sqlite"
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"run store {self.root} is not a directory")
+        if not create and not (index.exists() or (self.root / "results").is_dir()):
+            raise ValueError(f"no run store at {self.root} (it has no index.sqlite or results/)")
+        fresh = not index.exists()
         for sub in ("results", "checkpoints", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+        self._db(lambda db: db.execute(_SCHEMA))
+        if fresh and any((self.root / "results").glob("*.json")):
+            n = self.reindex()
+            warnings.warn(f"run store {self.root} had no index.sqlite; rebuilt it from results/*.json ({n} run(s))",
+                          StoreRecoveryWarning, stacklevel=2)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    # --- the index ----------------------------------------------------------------------------------
+
+    def _connection(self, fn: Any) -> Any:
+        """``fn(db)`` inside one transaction on a fresh connection (rows as dicts-by-name)."""
         db = sqlite3.connect(self.root / "index.sqlite", timeout=120)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            db.row_factory = sqlite3.Row
             with db:  # one transaction
-                yield db
+                return fn(db)
         finally:
             db.close()
 
+    def _db(self, fn: Any) -> Any:
+        """``fn(db)`` on the index; a damaged index is moved aside and rebuilt first (:meth:`_recover`)."""
+        try:
+            return self._connection(fn)
+        except sqlite3.DatabaseError as err:
+            if not _is_damage(err):
+                raise
+            self._recover(err)
+            return self._connection(fn)
+
+    @contextlib.contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        import fcntl
+
+        with open(self.root / "locks" / "index.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _recover(self, err: sqlite3.Error) -> None:
+        """Move a damaged ``index.sqlite`` (and its -wal, -shm) aside and rebuild it from results/*.json.
+
+        Under a store-wide lock, so that of several processes that hit the damage one recovers and the
+        others find the new index. Result files are never deleted here.
+        """
+        index = self.root / "index.sqlite"
+        with self._index_lock():
+            try:  # another process may have rebuilt it while this one waited
+                if [tuple(r) for r in self._connection(lambda db: db.execute("PRAGMA quick_check").fetchall())] \
+                        == [("ok",)]:
+                    return
+            except sqlite3.DatabaseError as again:
+                if not _is_damage(again):
+                    raise
+            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            aside = index.with_name(f"index.sqlite.damaged-{stamp}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{index}{suffix}")
+                if src.exists():
+                    os.replace(src, Path(f"{aside}{suffix}"))
+            self._connection(lambda db: db.execute(_SCHEMA))
+            n, skipped, legacy = self._reindex(via=self._connection)
+        msg = (f"run store index {index} was unreadable ({err}); moved it to {aside.name} and rebuilt it from "
+               f"results/*.json: {n} run(s) recovered")
+        if skipped:
+            msg += f", {len(skipped)} result file(s) skipped as unreadable or failing their hashes ({', '.join(skipped[:5])})"
+        if legacy:
+            msg += (f"; {legacy} result(s) stored before results/<key>.json existed cannot be recovered "
+                    f"(their files stay in results/) and will be trained again")
+        warnings.warn(msg, StoreRecoveryWarning, stacklevel=3)
+
+    def _record(self, key: str) -> dict[str, Any] | None:
+        """The verified self-description ``results/<key>.json`` of a run as an index row, or None when it is
+        missing, unreadable, names another key or its files fail their hashes."""
+        path = self.root / "results" / f"{key}.json"
+        try:
+            rec = json.loads(path.read_text())
+            if not isinstance(rec, dict) or rec.get("key") != key or not isinstance(rec.get("config"), dict):
+                return None
+            files = rec["files"]
+            for kind in ("npz", "pt"):
+                if _sha256(self.root / "results" / f"{key}.{kind}") != files[kind]:
+                    return None
+            return {"key": key, "scale": str(rec["scale"]), "status": str(rec["status"]),
+                    "config": json.dumps(rec["config"], sort_keys=True), "summary": json.dumps(rec["summary"]),
+                    "provenance": json.dumps(rec["provenance"]), "files": json.dumps(files),
+                    "created": str(rec["created"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _insert(self, db: sqlite3.Connection, row: Mapping[str, Any]) -> None:
+        db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_ROW_FIELDS)}) VALUES ({', '.join('?' * len(_ROW_FIELDS))})",
+                   tuple(row[f] for f in _ROW_FIELDS))
+
+    def _reindex(self, via: Any = None) -> tuple[int, list[str], int]:
+        """(runs indexed, names of result files skipped, results without a .json) -- see :meth:`reindex`.
+        ``via`` runs the insertions (default :meth:`_db`; :meth:`_recover`, holding the index lock, passes
+        :meth:`_connection` so that a failure cannot recurse into another recovery)."""
+        results = self.root / "results"
+        rows, skipped = [], []
+        for path in sorted(results.glob("*.json")):
+            key = path.stem
+            row = self._record(key) if len(key) == 24 and set(key) <= _KEY_CHARS else None
+            if row is None:
+                skipped.append(path.name)
+            else:
+                rows.append(row)
+        legacy = sum(1 for p in results.glob("*.npz") if not p.with_suffix(".json").exists())
+
+        def insert(db: sqlite3.Connection) -> None:
+            for row in rows:
+                self._insert(db, row)
+
+        (via or self._db)(insert)
+        return len(rows), skipped, legacy
+
+    def reindex(self) -> int:
+        """Rebuild the index from the self-describing ``results/<key>.json`` files; the number of runs indexed.
+
+        Each file's results are checked against its recorded SHA-256s; a file that fails is skipped (and
+        kept, never deleted), and so are results stored before the .json files existed, whose only
+        description was the index row (a warning counts both). Rows already in the index stay.
+        """
+        n, skipped, legacy = self._reindex()
+        if skipped or legacy:
+            parts = []
+            if skipped:
+                parts.append(f"{len(skipped)} result file(s) skipped as unreadable or failing their hashes "
+                             f"({', '.join(skipped[:5])})")
+            if legacy:
+                parts.append(f"{legacy} result(s) have no results/<key>.json (stored before it existed) and can be "
+                             f"found only through the index")
+            warnings.warn(f"reindex of {self.root}: {'; '.join(parts)}", StoreRecoveryWarning, stacklevel=2)
+        return n
+
+    def _row(self, key: str) -> dict[str, Any] | None:
+        """The index row of ``key``; when the index lacks it but a verified ``results/<key>.json`` exists
+        (an emptied or rebuilt index), the row is put back from that file first."""
+        row = self._db(lambda db: db.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone())
+        if row is not None:
+            return dict(row)
+        healed = self._record(key)
+        if healed is not None:
+            self._db(lambda db: self._insert(db, healed))
+        return healed
+
+    # --- files ----------------------------------------------------------------------------------------
+
     def checkpoint_path(self, key: str) -> Path:
-        return self.root / "checkpoints" / f"{key}.pt"
+        """Where the run ``key`` keeps its checkpoint while it trains: named by the key and the code identity.
+
+        A checkpoint written by other code (another wdlib, torch or training code) is not resumed, for the
+        same reason a stale result is not reused: the two halves of the run would come from different code.
+        It stays on disk, untouched.
+        """
+        code = hashlib.sha256(json.dumps(code_identity(), sort_keys=True).encode()).hexdigest()[:12]
+        return self.root / "checkpoints" / f"{key}-{code}.pt"
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -139,7 +400,8 @@ class Store:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def put(self, cfg: RunConfig, result: RunResult) -> str:
-        """File a finished run under its key: arrays, weights, then the index row with their hashes."""
+        """File a finished run under its key: arrays, weights, its self-description ``results/<key>.json``
+        (everything the index row holds, the code identity included), then the index row."""
         key = cfg.key()
         arrays = {f"history{_SEP}{k.replace('/', _SEP)}": v for k, v in result.history.items()}
         arrays.update({f"probes{_SEP}{k.replace('/', _SEP)}": v for k, v in result.probes.items()})
@@ -155,24 +417,35 @@ class Store:
         files = {"npz": _sha256(npz), "pt": _sha256(pt)}
         summary = {**result.summary(), "info": result.info}
         status = "diverged" if result.diverged else "done"
-        with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO runs (key, scale, status, config, summary, provenance, files, created) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (key, cfg.scale, status, json.dumps(cfg.to_dict(), sort_keys=True), json.dumps(summary),
-                        json.dumps(_provenance(result)), json.dumps(files),
-                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+        provenance = {**_provenance(result), "identity": code_identity()}
+        created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        record = {"format": 1, "key": key, "scale": cfg.scale, "status": status, "config": cfg.to_dict(),
+                  "summary": summary, "provenance": provenance, "files": files, "created": created}
+        _atomic_write(self.root / "results" / f"{key}.json", json.dumps(record, sort_keys=True, indent=1).encode())
+        row = {"key": key, "scale": cfg.scale, "status": status, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+               "summary": json.dumps(summary), "provenance": json.dumps(provenance), "files": json.dumps(files),
+               "created": created}
+        self._db(lambda db: self._insert(db, row))
         return key
 
-    def _row(self, key: str) -> sqlite3.Row | None:
-        with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            return db.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+    def get(self, cfg: RunConfig, *, stale: str | None = None) -> RunResult | None:
+        """The stored result of ``cfg``, or None when it is missing, of another scale, or fails its hashes.
 
-    def get(self, cfg: RunConfig) -> RunResult | None:
-        """The stored result of ``cfg``, or None when it is missing, of another scale, or fails its hashes."""
+        A *stale* result (its code identity differs from :func:`code_identity`, or it has none) follows
+        ``stale`` (default ``$WDLIB_STALE``): ``recompute`` -> None (so :func:`run` trains it again and
+        replaces it), ``warn`` -> returned with a :class:`StaleResultWarning`, ``reuse`` -> returned.
+        ``result.info["stale"]`` tells which it was.
+        """
+        policy = stale_policy() if stale is None else stale
+        if policy not in STALE_POLICIES:
+            raise ValueError(f"stale must be one of {', '.join(STALE_POLICIES)}, got {policy!r}")
         key = cfg.key()
         row = self._row(key)
         if row is None or row["scale"] != cfg.scale:
+            return None
+        provenance = json.loads(row["provenance"])
+        why = _staleness(provenance.get("identity"))
+        if why is not None and policy == "recompute":
             return None
         npz, pt = self.root / "results" / f"{key}.npz", self.root / "results" / f"{key}.pt"
         try:
@@ -186,13 +459,16 @@ class Store:
             # missing, corrupted or half-written: not a result. run() trains it again under the key's
             # lock and put() replaces the entry; nothing is deleted here, where another process may be writing.
             return None
+        if why is not None and policy == "warn":
+            warnings.warn(f"run {key} in {self.root} is stale ({why}); returning it because WDLIB_STALE=warn "
+                          f"(recompute trains it again)", StaleResultWarning, stacklevel=2)
         history = {k[len("history" + _SEP):].replace(_SEP, "/"): v for k, v in arrays.items()
                    if k.startswith("history" + _SEP)}
         probes = {k[len("probes" + _SEP):].replace(_SEP, "/"): v for k, v in arrays.items()
                   if k.startswith("probes" + _SEP)}
         summary = json.loads(row["summary"])
-        info = {**summary.get("info", {}), "cached": True, "key": key,
-                "provenance": json.loads(row["provenance"])}
+        info = {**summary.get("info", {}), "cached": True, "key": key, "stale": why is not None,
+                "provenance": provenance}
         return RunResult(config=json.loads(row["config"]), history=history, final=summary["final"],
                          diverged_at=summary["diverged_at"], steps_done=summary["steps_done"],
                          wall_time=summary["wall_time"], probes=probes, info=info,
@@ -201,10 +477,15 @@ class Store:
 
     def snapshot(self, key: str, step: int) -> dict[str, torch.Tensor]:
         """The weights of stored run ``key`` after ``step`` steps (a step its configuration's ``snapshots``
-        names, or its last step). ValueError when the run is not in the store or has no such snapshot."""
+        names, or its last step). ValueError when the run is not in the store, has no such snapshot, or is
+        stale while ``WDLIB_STALE=recompute`` (a current run must not start from another code's weights)."""
         row = self._row(key)
         if row is None:
             raise ValueError(f"init_from: run {key} is not in the store {self.root}; run its configuration first")
+        why = _staleness(json.loads(row["provenance"]).get("identity"))
+        if why is not None and stale_policy() == "recompute":
+            raise ValueError(f"init_from: run {key} is stale ({why}); run its configuration again first "
+                             f"(or set WDLIB_STALE=warn or reuse to start from it anyway)")
         cfg = RunConfig.from_dict(json.loads(row["config"]))
         result = self.get(cfg)
         if result is None:
@@ -217,46 +498,79 @@ class Store:
                          f"{sorted(result.snapshots) + [cfg.steps]}")
 
     def discard(self, key: str) -> None:
-        """Forget a run (its row and files)."""
-        with self._connect() as db:
-            db.execute("DELETE FROM runs WHERE key = ?", (key,))
-        for path in (self.root / "results" / f"{key}.npz", self.root / "results" / f"{key}.pt"):
-            path.unlink(missing_ok=True)
+        """Forget a run (its row and files), whether or not it is there."""
+        self._db(lambda db: db.execute("DELETE FROM runs WHERE key = ?", (key,)))
+        for ext in ("npz", "pt", "json"):
+            (self.root / "results" / f"{key}.{ext}").unlink(missing_ok=True)
+
+    def forget(self, key: str) -> None:
+        """Remove run ``key`` (its index row and result files); ValueError when the store has no such run."""
+        check_key(key)
+        known = self._db(lambda db: db.execute("SELECT 1 FROM runs WHERE key = ?", (key,)).fetchone()) is not None
+        if not known and not any((self.root / "results" / f"{key}.{ext}").exists() for ext in ("npz", "pt", "json")):
+            raise ValueError(f"no run {key} in the store {self.root}")
+        self.discard(key)
+
+    def forget_stale(self) -> int:
+        """Remove every stale run (see :meth:`get`); the number removed."""
+        stale = [r["key"] for r in self.list() if r["stale"]]
+        for key in stale:
+            self.discard(key)
+        return len(stale)
 
     def list(self, scale: str | None = None) -> list[dict[str, Any]]:
-        """Every stored run (optionally of one scale): key, scale, status, configuration, summary, provenance."""
+        """Every stored run (optionally of one scale): key, scale, status, configuration, summary, provenance,
+        and ``stale`` (its code identity differs from this process's). Result files that the index lacks
+        (an emptied index) are put back into it first."""
+        known = {r["key"] for r in self._db(lambda db: db.execute("SELECT key FROM runs").fetchall())}
+        for path in (self.root / "results").glob("*.json"):
+            if path.stem not in known and len(path.stem) == 24 and set(path.stem) <= _KEY_CHARS:
+                self._row(path.stem)
         query, args = "SELECT * FROM runs", ()
         if scale is not None:
             query, args = "SELECT * FROM runs WHERE scale = ?", (scale,)
-        with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute(query + " ORDER BY created", args).fetchall()
-        return [{"key": r["key"], "scale": r["scale"], "status": r["status"], "config": json.loads(r["config"]),
-                 "summary": json.loads(r["summary"]), "provenance": json.loads(r["provenance"])} for r in rows]
+        rows = self._db(lambda db: db.execute(query + " ORDER BY created", args).fetchall())
+        out = []
+        for r in rows:
+            prov = json.loads(r["provenance"])
+            out.append({"key": r["key"], "scale": r["scale"], "status": r["status"], "config": json.loads(r["config"]),
+                        "summary": json.loads(r["summary"]), "provenance": prov,
+                        "stale": _staleness(prov.get("identity")) is not None})
+        return out
 
 
 def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str] | None = None, *,
-        resume: bool = True, device: str = "auto", progress: bool | None = None) -> RunResult:
+        resume: bool = True, device: str = "auto", progress: bool | None = None, rerun: bool = False) -> RunResult:
     """The result of ``cfg``: from the store, resumed from its checkpoint, or trained now.
 
     ``result.info["cached"]`` tells whether it came from the store, ``result.info["key"]`` its key.
     Under ``torchrun`` every rank calls it; rank 0 locks, looks up and writes, the others follow. The
     store (and so the checkpoints) must then be on a filesystem that every rank sees.
     ``resume=False`` ignores a checkpoint (the run starts over); a finished result is still reused.
-    A configuration with ``init_from`` starts from that stored run's snapshot (:meth:`Store.snapshot`).
+    ``rerun=True`` trains even when the store holds a current result, and replaces it. A stale stored
+    result (made by other code) is trained again, returned with a warning or returned as ``$WDLIB_STALE``
+    says (:meth:`Store.get`). A configuration with ``init_from`` starts from that stored run's snapshot
+    (:meth:`Store.snapshot`).
     """
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(dict(cfg))
+    if not isinstance(rerun, bool):
+        raise ValueError(f"rerun must be True or False, got {rerun!r}")
+    stale_policy()  # a bad $WDLIB_STALE fails before anything is trained
     store = store if isinstance(store, Store) else Store(store)
     key = cfg.key()
+
+    def lookup() -> RunResult | None:
+        return None if rerun else store.get(cfg)
+
     init = None
-    if cfg.init_from is not None and store.get(cfg) is None:
+    if cfg.init_from is not None and lookup() is None:
         init = store.snapshot(cfg.init_from["run"], cfg.init_from["step"])
     rank, world = init_distributed()
     if world > 1:  # under torchrun: rank 0 locks, looks up and writes; the others follow its decision
         import torch.distributed as tdist
 
         with store.lock(key) if rank == 0 else contextlib.nullcontext():
-            decision = [store.get(cfg) is not None if rank == 0 else None]
+            decision = [lookup() is not None if rank == 0 else None]
             tdist.broadcast_object_list(decision, src=0)
             if not decision[0]:
                 result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume,
@@ -269,11 +583,11 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
             return store.get(cfg)  # type: ignore[return-value]
         result.info.update({"cached": False, "key": key})
         return result
-    found = store.get(cfg)
+    found = lookup()
     if found is not None:
         return found
     with store.lock(key):
-        found = store.get(cfg)  # another process may have finished it while we waited
+        found = lookup()  # another process may have finished it while we waited
         if found is not None:
             return found
         if cfg.init_from is not None and init is None:
@@ -306,41 +620,66 @@ def _run_in_worker(cfg_dict: dict[str, Any], root: str, device: str) -> str:
 
 
 def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], store: Store | str | os.PathLike[str] | None = None, *,
-             workers: int = 1, device: str = "auto", progress: bool | None = None) -> list[RunResult]:
+             workers: int = 1, device: str = "auto", progress: bool | None = None,
+             desc: str | None = None) -> list[RunResult]:
     """The results of ``configs`` in order, training those the store lacks in ``workers`` processes.
 
     ``workers > 1`` trains in that many single-thread processes (for models under about 1M
     parameters two such workers beat one process with two threads on 2 cores). Configurations that
     start from another's snapshot (``init_from``) must come in a later call than that run.
+
+    ``progress``: one tqdm bar over the configurations (``desc`` its label), advancing as each run
+    finishes (the stored ones at once); the runs' own step bars are off. None shows it when someone is
+    watching (a terminal, or a notebook with ipywidgets) and never when ``CI`` is set or
+    ``WDLIB_PROGRESS=0`` (the book build sets it).
     """
     configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(dict(c)) for c in configs]
     store = store if isinstance(store, Store) else Store(store)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    missing = list({c.key(): c for c in configs if store.get(c) is None}.values())
-    if workers > 1 and len(missing) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    keys = [c.key() for c in configs]
+    per_key = collections.Counter(keys)  # a configuration may come more than once
+    missing = {k: c for k, c in zip(keys, configs) if store.get(c) is None}
+    show = _show_progress(progress) and int(os.environ.get("RANK", "0")) == 0
+    todo = set(missing)
+    stored = sum(n for k, n in per_key.items() if k not in todo)  # counted at once
+    with _tqdm()(total=len(configs), initial=stored, disable=not show, desc=desc or "runs", unit="run",
+                 mininterval=1.0, dynamic_ncols=True) as bar:
+        if workers > 1 and len(missing) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            futures = [pool.submit(_run_in_worker, c.to_dict(), str(store.root), device) for c in missing]
-            for f in futures:
-                f.result()
-    return [run(c, store, device=device, progress=progress) for c in configs]
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_worker_init) as pool:
+                futures = {pool.submit(_run_in_worker, c.to_dict(), str(store.root), device): k
+                           for k, c in missing.items()}
+                for f in as_completed(futures):
+                    f.result()
+                    todo.discard(futures[f])
+                    bar.update(per_key[futures[f]])
+        results = []
+        for k, c in zip(keys, configs):
+            results.append(run(c, store, device=device, progress=False))  # no step bars inside a sweep
+            if k in todo:
+                todo.discard(k)
+                bar.update(per_key[k])
+    return results
 
 
 def sweep(base: RunConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]],
           store: Store | str | os.PathLike[str] | None = None, *, workers: int = 1, device: str = "auto",
-          progress: bool | None = None) -> Any:
+          progress: bool | None = None, desc: str | None = None) -> Any:
     """Run every configuration of the grid that the store lacks and return a table (a pandas DataFrame).
 
     One row per configuration: the grid's fields, ``key``, ``diverged_at``, ``wall_time`` and the
     final metrics. ``workers > 1`` trains in that many single-thread processes (for models under
     about 1M parameters two such workers beat one process with two threads on 2 cores).
+    ``progress`` and ``desc``: one bar over the grid, as in :func:`run_many` (``desc`` defaults to
+    the grid's field names).
     """
     configs = expand_grid(base, grid)
-    results = run_many(configs, store, workers=workers, device=device, progress=progress)
+    results = run_many(configs, store, workers=workers, device=device, progress=progress,
+                       desc=desc or "sweep over " + ", ".join(grid))
     return results_table(configs, results, list(grid))
 
 

@@ -291,9 +291,17 @@ def _group_norms(opt: torch.optim.Optimizer) -> dict[str, float]:
 
 
 def _show_progress(progress: bool | None) -> bool:
+    """Whether to draw a progress bar: ``progress`` when given; for None, when a person is watching (a terminal,
+    or a Jupyter/Colab kernel with ipywidgets), never when ``CI`` is set (CI logs) or ``WDLIB_PROGRESS=0`` (the
+    book build's kernels, so executed notebooks hold no widget outputs). ``WDLIB_PROGRESS=1`` forces it on."""
     if progress is not None:
-        return progress
-    if os.environ.get("CI") or os.environ.get("WDLIB_PROGRESS") == "0":  # CI logs, the book build
+        return bool(progress)
+    setting = os.environ.get("WDLIB_PROGRESS", "").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return False
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
         return False
     try:
         import ipywidgets  # noqa: F401

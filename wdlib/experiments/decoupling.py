@@ -95,7 +95,7 @@ def trajectory_gaps_many(s: Setup, *, lr: float, weight_decay: float, seeds: tup
     configs = [c for m, dt in cases for sd in seeds
                for c in _pair_configs(s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd),
                                       snapshots=snapshots)]
-    run_many(configs, store, workers=workers, device=str(device), progress=False)
+    run_many(configs, store, workers=workers, device=str(device), desc="trajectory gaps", progress=None)
     return {(m, dt): {int(sd): trajectory_gap(s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd),
                                               snapshots=snapshots, device=device, store=store)
                       for sd in seeds} for m, dt in cases}
@@ -166,7 +166,7 @@ def shrinkage_many(s: Setup, *, decay: str, lr: float, weight_decay: float, seed
     store = store if isinstance(store, Store) else Store(store)
     window = window or max(s.steps // 3, 1)
     run_many([_shrinkage_config(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=int(sd), window=window)
-              for sd in seeds], store, workers=workers, device=str(device), progress=False)
+              for sd in seeds], store, workers=workers, device=str(device), desc=f"shrinkage ({decay})", progress=None)
     return {int(sd): shrinkage_vs_second_moment(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=int(sd),
                                                 window=window, device=device, store=store) for sd in seeds}
 
@@ -286,7 +286,7 @@ def warmup_delay_many(s: Setup, *, peak_lr: float, weight_decay: float, warmup_s
     store = store if isinstance(store, Store) else Store(store)
     run_many([c for sd in seeds for c in _warmup_delay_configs(s, peak_lr=peak_lr, weight_decay=weight_decay,
                                                                warmup_steps=warmup_steps, seed=int(sd)).values()],
-             store, workers=workers, device=str(device), progress=False)
+             store, workers=workers, device=str(device), desc="warmup delay", progress=None)
     return {int(sd): warmup_delay_runs(s, peak_lr=peak_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                                        seed=int(sd), device=device, store=store) for sd in seeds}
 

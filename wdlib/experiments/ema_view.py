@@ -84,7 +84,8 @@ def reconstruction(s: Setup, *, lr: float, weight_decay: float, schedules: dict[
     configs = [base_config(s, seed, lr=lr, weight_decay=weight_decay, lr_schedule=spec, dtype="float64",
                            probes=[{"name": "updates", "tensor": 1, "coords": 1024}]) for spec in schedules.values()]
     out = {}
-    for name, r in zip(schedules, run_many(configs, store, workers=s.workers, device=device, progress=False)):
+    for name, r in zip(schedules, run_many(configs, store, workers=s.workers, device=device,
+                                           desc="EMA reconstruction", progress=None)):
         p = _probe(_check(r))
         rec = reconstruct(p["theta0"], p["updates"], p["lr"], p["shrink"])
         scale = np.abs(p["final"]).max()
@@ -147,7 +148,7 @@ def memory(s: Setup, *, lr: float, kappas: tuple[float, ...], perturb_step: int,
         for seed in seeds:
             plan.append((wd, seed, base_config(s, seed, **common), base_config(s, seed, perturb_step=perturb_step, **common)))
     configs = [c for _, _, a, b in plan for c in (a, b)]
-    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    results = run_many(configs, store, workers=s.workers, device=device, desc="memory", progress=None)
     out: dict[str, Any] = {}
     for i, (wd, seed, a_cfg, _) in enumerate(plan):
         a, b = _check(results[2 * i]), _check(results[2 * i + 1])
@@ -192,7 +193,8 @@ def rms_network(s: Setup, *, pairs: tuple[tuple[float, float], ...], beta2: floa
                            divergence_factor=1e6, eval_every=max(s.rms_steps // 50, 1), diagnostics=["matrix_rms"],
                            model_args={"width": s.width, "depth": 2, "scale_invariant": True})
                for lr, wd in pairs for seed in seeds]
-    results = [_check(r) for r in run_many(configs, store, workers=s.workers, device=device, progress=False)]
+    results = [_check(r) for r in run_many(configs, store, workers=s.workers, device=device,
+                                           desc="RMS, network", progress=None)]
     rows = []
     k = len(seeds)
     for j, (lr, wd) in enumerate(pairs):
@@ -251,7 +253,8 @@ def schedule_comparison(s: Setup, *, lr: float, weight_decay: float, seeds: tupl
     configs = [base_config(s, seed, lr=lr, weight_decay=weight_decay, lr_schedule=spec, eval_every=max(s.steps // 20, 1),
                            probes=[{"name": "updates", "tensor": 1, "coords": 1024}])
                for spec in specs.values() for seed in seeds]
-    results = [_check(r) for r in run_many(configs, store, workers=s.workers, device=device, progress=False)]
+    results = [_check(r) for r in run_many(configs, store, workers=s.workers, device=device,
+                                           desc="schedule comparison", progress=None)]
     out = {}
     k = len(seeds)
     for j, (name, spec) in enumerate(specs.items()):

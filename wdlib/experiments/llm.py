@@ -2,11 +2,18 @@
 
 A small GPT (:class:`wdlib.models.GPT`) trained single-pass on the standard-library character corpus
 (:func:`wdlib.data.stdlib_chars`, validation blocks interleaved with the training text) with AdamW,
-betas (0.9, 0.95), gradient clipping at 1.0, decay on weight matrices and embeddings only, bf16
-autocast with float32 master weights, and a warmup-stable-decay LR schedule, after the nanoGPT fork of
-Andriushchenko et al. (arXiv 2310.04415; settings in ``shared/SOURCES.md``). Every run goes through
-:func:`wdlib.runs.run_many`; the functions return tables and arrays and the per-seed statistics the
-chapter's claims are judged on (the rules and thresholds are in ``wdlib/catalogue/05_llm_regime.yml``).
+betas (0.9, 0.95), gradient clipping at 1.0, decay on weight matrices and embeddings only, and a
+warmup-stable-decay LR schedule, after the nanoGPT fork of Andriushchenko et al. (arXiv 2310.04415;
+settings in ``shared/SOURCES.md``). Every run goes through :func:`wdlib.runs.run_many`; the functions
+return tables and arrays and the per-seed statistics the chapter's claims are judged on (the rules and
+thresholds are in ``wdlib/catalogue/05_llm_regime.yml``).
+
+Precision (:func:`main_precision`, :func:`precision_table`): the source trains every run in bf16 autocast
+with float32 master weights. Here the runs of the claims about bfloat16 (LLM-6, LLM-7) keep their bf16
+arms at every scale; the other runs (LLM-1 to LLM-5) use bf16 autocast only at full scale on a device
+where bfloat16 is fast (:func:`wdlib.precision.fast_bf16`, measured) and float32 otherwise, so at smoke
+scale they run in float32 on every machine (a CPU without fast bfloat16 multiplies bf16 matrices some 50x
+slower than float32, and a verdict must not depend on which CPU built it).
 
 Training seeds are not fixed here: a :class:`Setup` holds seed *counts*, and :func:`plan` takes the
 seeds themselves (the notebook passes ``setting.seeds(seed_count(s))``, derived from its ``seed``
@@ -23,13 +30,14 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
+from ..precision import bf16_matmul_speed, fast_bf16
 from ..runs import Store, run_many
 from ..train import RunResult
 
 __all__ = ["Setup", "LLM_SETTINGS", "setup", "seed_count", "base_config", "corpus", "plan", "run_plan", "finetune_configs", "table", "run_finetunes",
            "decay_start", "constant_phase_end", "value_at", "diverged", "applied_decay_table", "bf16_pure_weights", "APPLIED_ARMS",
            "NEAREST_ARMS", "REMEDY_ARMS", "accumulated_decay", "divergence_ratio", "crossing_strength", "consecutive_ratios",
-           "O7_PAIRS", "shrink_shares", "per_seed", "SMALL_DECAY"]
+           "O7_PAIRS", "shrink_shares", "per_seed", "SMALL_DECAY", "BF16_CLAIMS", "main_precision", "precision_table"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,65 @@ def base_config(s: Setup, **changes: Any) -> RunConfig:
     return cfg.replace(**changes) if changes else cfg
 
 
+#: The claims about bfloat16 itself: their runs keep their bf16 arms at every scale and on every device.
+BF16_CLAIMS = ("LLM-6", "LLM-7")
+
+
+def main_precision(s: Setup, device: str = "cpu") -> str:
+    """The precision of the runs for the claims not about bfloat16 (LLM-1 to LLM-5: the main runs, their
+    fine-tuning copies and the LayerNorm runs).
+
+    The source's (:func:`base_config`: bf16 autocast) only at full scale on a device where bfloat16 is
+    fast (:func:`wdlib.precision.fast_bf16`: measured on a CPU, ``torch.cuda.is_bf16_supported()`` on
+    CUDA); ``"fp32"`` otherwise, and always below full scale (nothing is measured then), so the smoke
+    verdicts are the same on every machine.
+    """
+    source = base_config(s).precision
+    if source != "fp32" and s.scale == "full" and fast_bf16(device):
+        return source
+    return "fp32"
+
+
+def _precision_name(precision: str) -> str:
+    return {"fp32": "float32", "bf16-autocast": "bf16 autocast (float32 master weights)",
+            "bf16-pure": "bfloat16 parameters"}.get(precision, precision)
+
+
+def precision_table(s: Setup, device: str = "cpu") -> Any:
+    """Which precision each claim's verdict rests on, from the policy of :func:`plan` (a pandas table: claim,
+    runs, precision, why), and the measured matmul throughput behind it."""
+    import pandas as pd
+
+    from ..runtime import resolve_device
+
+    dev = resolve_device(device)
+    main = main_precision(s, str(dev))
+    if dev.type == "cuda":
+        speed = f"torch.cuda.is_bf16_supported() is {fast_bf16(dev)}"
+    else:
+        m = bf16_matmul_speed(dev)
+        speed = (f"a {m['n']}x{m['n']} matmul runs at {m['bfloat16_gflops']:.1f} GFLOP/s in bfloat16 against "
+                 f"{m['float32_gflops']:.1f} in float32 on this {dev.type.upper()}, so bfloat16 counts as "
+                 f"{'fast' if m['fast'] else 'slow'} here")
+    if main != "fp32":
+        why = f"the source's precision: full scale, and {speed}"
+    elif s.scale != "full":
+        why = (f"float32 at {s.scale} scale on every machine (the source used bf16 autocast), so the verdict does not "
+               f"depend on the machine's bfloat16 speed ({speed})")
+    else:
+        why = f"float32 instead of the source's bf16 autocast: {speed}"
+    rows = [{"claim": "LLM-1 to LLM-4", "runs": "main runs (and LLM-2's fine-tuning copies)",
+             "precision": _precision_name(main), "why": why},
+            {"claim": "LLM-5", "runs": "main runs and their twins with the LayerNorm gains decayed",
+             "precision": _precision_name(main), "why": why},
+            {"claim": "LLM-6", "runs": "LR ladder: three arms", "precision": "bf16 autocast (with and without decay) "
+             "against float32", "why": "the claim is about bf16 mixed precision: its arms at every scale"},
+            {"claim": "LLM-7", "runs": "short training runs; the zero-gradient measurement on a main run's weights",
+             "precision": f"bfloat16 parameters against float32 (the main run: {_precision_name(main)})",
+             "why": "the claim is about parameters stored in bfloat16: its arms at every scale"}]
+    return pd.DataFrame(rows)
+
+
 def corpus(s: Setup) -> Any:
     """The chapter's dataset at scale ``s`` (:func:`wdlib.data.stdlib_chars` with the setup's arguments)."""
     from ..train import build_data
@@ -143,11 +210,13 @@ def corpus(s: Setup) -> Any:
     return build_data(base_config(s))
 
 
-def plan(s: Setup, seeds: Any = None) -> dict[str, dict[tuple, RunConfig]]:
+def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[tuple, RunConfig]]:
     """Every run of the chapter but the fine-tuning copies, by section and arm.
 
     ``seeds``: at least :func:`seed_count` distinct training seeds (default ``0, 1, ...``); the main and
     LayerNorm runs use the first ``n_seeds``, LLM-6 the first ``o6_n_seeds``, LLM-7 the first ``o7_n_seeds``.
+    ``device``: where the runs will train; the main and LayerNorm runs take :func:`main_precision` on it
+    (float32 below full scale), LLM-6 and LLM-7 their own arms.
 
     ``main`` (LLM-1 to LLM-4): ``(wd, seed)``, with EMA, the relative-update probe, the Adam effective
     LR, the seen/unseen measure and a snapshot at ``ft_from``. ``ln`` (LLM-5): ``(wd, seed)`` with
@@ -155,16 +224,17 @@ def plan(s: Setup, seeds: Any = None) -> dict[str, dict[tuple, RunConfig]]:
     warmup, attention logits recorded. ``o7`` (LLM-7): ``(precision, optimizer, bf16_update, wd, seed)``.
     """
     seeds = _seeds(s, seeds)
+    main_prec = main_precision(s, device)  # LLM-6 and LLM-7 keep their own arms
     main, ln, o6, o7 = {}, {}, {}, {}
     for wd in s.wds:
         for seed in seeds[:s.n_seeds]:
             main[(wd, seed)] = base_config(
-                s, weight_decay=wd, seed=seed, ema=s.ema, diagnostics=["matrix_norm", "adam_elr"],
+                s, weight_decay=wd, seed=seed, ema=s.ema, precision=main_prec, diagnostics=["matrix_norm", "adam_elr"],
                 probes=[{"name": "relative_update", "every": s.rel_every}], measures=[{"name": "seen_unseen", "windows": s.seen_windows}],
                 snapshots=[s.ft_from])
     for wd in s.ln_wds:
         for seed in seeds[:s.n_seeds]:
-            ln[(wd, seed)] = base_config(s, weight_decay=wd, seed=seed, decay_vectors=True)
+            ln[(wd, seed)] = base_config(s, weight_decay=wd, seed=seed, decay_vectors=True, precision=main_prec)
     for lr in s.o6_lrs:
         for precision, wd in (("bf16-autocast", 0.0), ("bf16-autocast", s.o6_wd), ("fp32", 0.0)):
             for seed in seeds[:s.o6_n_seeds]:
@@ -189,10 +259,12 @@ def plan(s: Setup, seeds: Any = None) -> dict[str, dict[tuple, RunConfig]]:
 
 def run_plan(s: Setup, seeds: Any = None, *, store: Store | None = None,
              device: str = "cpu") -> dict[str, dict[tuple, RunResult]]:
-    """Train (or fetch from the store) every run of :func:`plan`, in ``s.workers`` parallel workers."""
-    runs = plan(s, seeds)
+    """Train (or fetch from the store) every run of :func:`plan`, in ``s.workers`` parallel workers (one
+    progress bar over the runs when someone is watching: :func:`wdlib.runs.run_many`)."""
+    runs = plan(s, seeds, device=device)
     flat = [(section, arm, cfg) for section, arms in runs.items() for arm, cfg in arms.items()]
-    results = run_many([cfg for _, _, cfg in flat], store, workers=s.workers, device=device)
+    results = run_many([cfg for _, _, cfg in flat], store, workers=s.workers, device=device,
+                       desc="chapter 5 runs", progress=None)
     out: dict[str, dict[tuple, RunResult]] = {section: {} for section in runs}
     for (section, arm, _), r in zip(flat, results):
         out[section][arm] = r
@@ -221,7 +293,8 @@ def run_finetunes(s: Setup, main: dict[tuple, RunResult], *, store: Store | None
                   device: str = "cpu") -> dict[tuple, RunResult]:
     """The results of :func:`finetune_configs` (after the main runs: they start from their snapshots)."""
     cfgs = finetune_configs(s, main)
-    return dict(zip(cfgs, run_many(list(cfgs.values()), store, workers=s.workers, device=device)))
+    return dict(zip(cfgs, run_many(list(cfgs.values()), store, workers=s.workers, device=device,
+                                   desc="LLM-2 fine-tuning", progress=None)))
 
 
 # --- reading results ------------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def grid_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None 
                                      steps=s.o1_epochs * _spe(s), measures=[{"name": "noise_fit"}],
                                      lr_schedule={"name": "step", "final": 0.1, "decay_fraction": 0.5}))
                 extra.append({"lr_role": "large" if lr == max(s.o1_lrs) else "small"})
-    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    results = run_many(configs, store, workers=s.workers, device=device, desc="lr x wd grid", progress=None)
     t = _table(configs, results, extra)
     return t.rename(columns={"noise_fit/noisy_fit": "noisy_fit", "noise_fit/clean_fit": "clean_fit"})
 
@@ -191,7 +191,7 @@ def plateau_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | No
     histories by key.
     """
     configs = _plateau_configs(s, seeds)
-    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    results = run_many(configs, store, workers=s.workers, device=device, desc="plateau runs", progress=None)
     t = _table(configs, results, [{} for _ in configs])
     t["lr_wd"] = t["lr"] * t["weight_decay"]
     return t, {r.info["key"]: r.history for r in results}
@@ -211,7 +211,7 @@ def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | Non
     trace_se, scale_aware, val_acc, test_err, train_loss, weight_norm.
     """
     parents = _plateau_configs(s, seeds)
-    run_many(parents, store, workers=s.workers, device=device, progress=False)
+    run_many(parents, store, workers=s.workers, device=device, desc="flow parents", progress=None)
     configs, extra = [], []
     for p in parents:
         trajectory = p.lr == s.o4_lr and p.weight_decay in (s.o4_wd, 0.0)
@@ -229,7 +229,7 @@ def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | Non
                                      seed=1000 + p.seed, eval_every=0, measures=trace if trajectory else []))
             extra.append({"epoch": step // _spe(s), "parent_seed": p.seed, "parent_lr": p.lr,
                           "role": "trajectory" if trajectory else "final"})
-    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    results = run_many(configs, store, workers=s.workers, device=device, desc="flow copies", progress=None)
     t = _table(configs, results, extra)
     t["seed"], t["lr"] = t["parent_seed"], t["parent_lr"]
     t = t.drop(columns=["parent_seed", "parent_lr"]).rename(columns={"hessian_trace/value": "trace",
@@ -366,7 +366,8 @@ def angular_runs(s: Setup, seeds: Any, *, device: str = "cpu",
                   ("sgd", False, seed, _o5_base(s, "sgd", s.o5_sgd[0], 0.0, "l2", seed)),
                   ("adam", True, seed, _o5_base(s, "adam", s.o5_adam[0], s.o5_adam[1], "decoupled", seed)),
                   ("adam", False, seed, _o5_base(s, "adam", s.o5_adam[0], 0.0, "decoupled", seed))]
-    results = run_many([c for *_, c in specs], store, workers=s.workers, device=device, progress=False)
+    results = run_many([c for *_, c in specs], store, workers=s.workers, device=device,
+                       desc="angular runs", progress=None)
     return {(rule, wd, seed): r for (rule, wd, seed, _), r in zip(specs, results)}
 
 

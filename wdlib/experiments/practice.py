@@ -198,7 +198,7 @@ def grid_sweeps(s: Setup, arms: tuple[Arm, ...] = GRID_ARMS, seeds: tuple[int, .
                                                          "lr": lr_values(s, arm),
                                                          "weight_decay": wd_values(s, arm)}) for arm in arms}
     results = run_many([c for cs in plans.values() for c in cs], store, workers=s.workers, device=device,
-                       progress=False)
+                       desc="lr x wd grids", progress=None)
     tables, i = {}, 0
     for label, configs in plans.items():
         df = results_table(configs, results[i:i + len(configs)], fields)
@@ -290,7 +290,7 @@ def convention_twins(s: Setup, tables: dict[str, Any], seed: int, cells: int = 2
             configs.append(cfg)
             rows.append({"arm": label, "lr": float(lr), "weight_decay_paper": float(wd),
                          "weight_decay_torch": float(wd / lr), "test_error_paper": float(paper["test_error"].iloc[0])})
-    results = run_many(configs, _store(store), workers=s.workers, device=device, progress=False)
+    results = run_many(configs, _store(store), workers=s.workers, device=device, desc="convention twins", progress=None)
     for row, r in zip(rows, results):
         row["test_error_torch"] = 1.0 if r.diverged else 1.0 - float(r.final["val_acc"])
         row["difference"] = row["test_error_torch"] - row["test_error_paper"]
@@ -327,7 +327,7 @@ def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cp
     configs = [_spur_base(s, decay).replace(seed=sd, weight_decay=float(wd),
                                             data_args={**s.spur_data, "seed": sd})
                for decay in ("l2", "decoupled") for sd in map(int, seeds) for wd in s.spur_wds[decay]]
-    results = run_many(configs, store, workers=s.workers, device=device, progress=False)
+    results = run_many(configs, store, workers=s.workers, device=device, desc="spurious-feature sweep", progress=None)
     df = results_table(configs, results, ["decay", "seed", "weight_decay"])
     rows = []
     for cfg, result in zip(configs, results):
@@ -419,7 +419,8 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
             base = _share_base(s, m, decay)
             configs += [base.replace(seed=sd, model_args={**base.model_args, "tie": t})
                         for sd in map(int, seeds) for t in ties]
-    results = run_many(configs, _store(store), workers=s.workers, device=device, progress=False)
+    results = run_many(configs, _store(store), workers=s.workers, device=device,
+                       desc="weight-sharing sweep", progress=None)
     rows = []
     for cfg, r in zip(configs, results):
         named = dict(build_model(cfg, build_data(cfg)).named_parameters())

@@ -89,7 +89,7 @@ def data_size_sweep(s: Setup, sizes: tuple[int, ...], seeds: tuple[int, ...], *,
     tables = []
     for size in sizes:
         t = sweep(_base(s, size, s.epochs, s.width, lr=s.lr), {"weight_decay": list(s.lams), "seed": list(seeds)},
-                  store, workers=s.workers, device=device, progress=False)
+                  store, workers=s.workers, device=device, desc=f"data size {size}", progress=None)
         t["size"] = size
         t["steps"] = s.epochs * size // s.batch_size
         tables.append(t)
@@ -110,7 +110,7 @@ def width_sweep(s: Setup, decay: str, seeds: tuple[int, ...], *, device: str = "
         base = _base(s, s.s3_size, s.s3_epochs, width, weight_decay=s.s3_lambda,
                      mup={"base_width": s.base_width, "decay": decay, "zero_readout": True})
         t = sweep(base, {"lr": list(s.base_lrs), "seed": list(seeds)}, store, workers=s.workers,
-                  device=device, progress=False)
+                  device=device, desc=f"width {width}, {decay} decay", progress=None)
         t["width"] = width
         tables.append(t)
     out = pd.concat(tables, ignore_index=True)
