@@ -12,17 +12,33 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["as_real", "as_integer", "check_real", "short_repr"]
+__all__ = ["plain", "as_real", "as_integer", "check_real", "short_repr"]
 
 
-def _unwrap(value: Any) -> Any:
-    """A 0-d numpy array or torch tensor as its Python scalar; anything else unchanged."""
-    if type(value).__module__.startswith("torch") and hasattr(value, "dim"):
-        if value.dim() != 0 or value.dtype.is_complex or value.dtype == _torch_bool():
+def plain(value: Any, *, shortest: bool = False) -> Any:
+    """A 0-d numpy array, numpy scalar or 0-d torch tensor as the Python bool, int or float it holds.
+
+    Anything else comes back unchanged (a 1-d tensor too: it is not a number). ``shortest=True`` reads
+    a float32 or float16 value as the shortest decimal that rounds to it (``np.float32(1e-3)`` ->
+    ``0.001``, the number the user wrote; the run configuration uses it so that keys match the plain-
+    number configuration's); by default it is the exact value, as torch itself reads it.
+    """
+    module = type(value).__module__.split(".")[0]
+    if module == "torch" and hasattr(value, "dim"):
+        if value.dim() != 0 or value.dtype.is_complex:
             return value
-        return value.item()
-    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == () and hasattr(value, "item"):
-        return value.item()  # 0-d arrays and numpy scalars: np.float32 -> float, np.int64 -> int, np.bool_ -> bool
+        low = value.dtype in (_torch().float32, _torch().float16)
+        if shortest and low:
+            import numpy as np
+
+            return plain(np.array(value.item(), dtype="float32" if value.dtype == _torch().float32 else "float16")[()],
+                         shortest=True)
+        return value.item()  # bool, int or float by the tensor's dtype
+    if module == "numpy" and getattr(value, "shape", None) == () and hasattr(value, "item"):
+        if shortest and getattr(value, "dtype", None) is not None and value.dtype.kind == "f" \
+                and value.dtype.itemsize < 8:
+            return float(str(value[()]))  # numpy prints a float32/float16 as its shortest decimal
+        return value.item()  # np.float32 -> float, np.int64 -> int, np.bool_ -> bool
     return value
 
 
@@ -34,10 +50,10 @@ def short_repr(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _torch_bool() -> Any:
+def _torch() -> Any:
     import torch
 
-    return torch.bool
+    return torch
 
 
 def as_real(value: Any) -> float | None:
@@ -46,7 +62,7 @@ def as_real(value: Any) -> float | None:
     Integers too large for a float (a 400-digit int) come back as ``inf``, so that a range check
     rejects them with its own message instead of an OverflowError.
     """
-    value = _unwrap(value)
+    value = plain(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     try:
@@ -60,7 +76,7 @@ def as_integer(value: Any) -> int | None:
 
     Floats are not integers here, even integral ones: ``seed: 1e26`` is a float that lost its digits.
     """
-    value = _unwrap(value)
+    value = plain(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return None
     return int(value)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from ._checks import short_repr
 from .config import FIELD_HELP
 from .timescale import tau_epoch, tau_iter, transfer_weight_decay
 
@@ -138,13 +139,6 @@ _DEVICES = "auto, cpu, cuda, cuda:N, mps"
 _MAX_WORKERS = 1024
 
 
-def _show(value: Any, limit: int = 40) -> str:
-    """A value for an error line, cut short (a 300-digit integer must not flood it)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:20]}...{text[-8:]} ({len(text)} digits)" \
-        if isinstance(value, int) else f"{text[:limit]}..."
-
-
 def _in_range(flag: str, value: float | int | None, low: float, high: float, integer: bool = False) -> None:
     """ValueError naming ``flag`` and its range when ``value`` (not None) is not finite and in [low, high]."""
     if value is None:
@@ -152,7 +146,7 @@ def _in_range(flag: str, value: float | int | None, low: float, high: float, int
     ok = low <= value <= high if integer else (math.isfinite(value) and low <= value <= high)
     if not ok:
         kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"{flag} must be {kind} in [{low:g}, {high:g}], got {_show(value)}")
+        raise ValueError(f"{flag} must be {kind} in [{low:g}, {high:g}], got {short_repr(value)}")
 
 
 def _check_tau_args(args: argparse.Namespace) -> None:
@@ -206,11 +200,6 @@ def _tau(args: argparse.Namespace) -> str:
             out["transfer"] = target.to_dict()
     except (ValueError, ArithmeticError) as err:  # the library's own checks (and any overflow they let through)
         raise ValueError(f"tau: {err}") from err
-    values = [out["tau_iter"], out["tau_epoch"]] + ([target.lr, target.weight_decay, target.tau_iter, target.tau_epoch]
-                                                   if target is not None else [])
-    if not all(math.isfinite(v) and v > 0 for v in values):  # cannot happen inside the ranges above; kept as a guard
-        raise ValueError("these values give a timescale outside the floating-point range; keep --lr and "
-                         f"--weight-decay in [{_TAU_FLOAT_RANGE[0]:g}, {_TAU_FLOAT_RANGE[1]:g}]")
     if args.json:
         return json.dumps(out)
     lines = [f"tau_iter  = {out['tau_iter']:.6g} iterations  (1/(lr*wd))",
@@ -270,7 +259,7 @@ def _read_config(path: str) -> dict[str, Any]:
                          f"got a {type(data).__name__}")
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
-        raise ValueError(f"config file {path!r}: keys must be field names, got {_show(bad[0])} "
+        raise ValueError(f"config file {path!r}: keys must be field names, got {short_repr(bad[0])} "
                          f"({type(bad[0]).__name__}); `wdlib run --help` lists the fields")
     return data
 
@@ -338,9 +327,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(_tau(args))
     elif args.command == "run":
         from .config import RunConfig
-        from .runs import Store, run, stale_policy
-
-        stale_policy()
+        from .runs import Store, run
         device = _check_device(args.device)
         cfg = RunConfig.from_dict(_load_config(args.config, args.set))
         result = run(cfg, Store(args.store), resume=args.resume, device=device, rerun=args.rerun)
@@ -348,11 +335,9 @@ def _dispatch(args: argparse.Namespace) -> None:
                           **result.summary()}))
     elif args.command == "sweep":
         from .config import RunConfig
-        from .runs import Store, stale_policy, sweep
-
-        stale_policy()
+        from .runs import Store, sweep
         if not 1 <= args.workers <= _MAX_WORKERS:
-            raise ValueError(f"--workers must be an integer in [1, {_MAX_WORKERS}], got {_show(args.workers)}")
+            raise ValueError(f"--workers must be an integer in [1, {_MAX_WORKERS}], got {short_repr(args.workers)}")
         device = _check_device(args.device)
         grid = _grid(args.grid)
         base = RunConfig.from_dict(_load_config(args.config, args.set))

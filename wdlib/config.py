@@ -41,6 +41,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._checks import plain, short_repr
 from .schedules import (Constant, Cosine, Delayed, EqualContribution, LinearDecay, Schedule, StepDrop, Warmup,
                         WarmupStableDecay)
 
@@ -111,10 +112,12 @@ FIELD_HELP: dict[str, str] = {
 }
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a 300-digit integer must not flood the error line)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
+def is_run_key(value: Any) -> bool:
+    """Whether ``value`` has the form of a run key (:meth:`RunConfig.key`): 24 lowercase hex digits."""
+    return isinstance(value, str) and len(value) == 24 and set(value) <= _HEX
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def _plain(value: Any) -> Any:
@@ -122,44 +125,13 @@ def _plain(value: Any) -> Any:
 
     Containers (dict, list, tuple) are converted element by element. A float32 or float16 value becomes
     the shortest decimal that rounds to it (``np.float32(1e-3)`` -> ``0.001``): the number the user wrote,
-    so its key is that of the plain-number configuration. Anything else is returned unchanged.
+    so its key is that of the plain-number configuration (:func:`wdlib._checks.plain`).
     """
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    mod = type(value).__module__.split(".")[0]
-    if mod == "torch":
-        import torch
-
-        if isinstance(value, torch.Tensor) and value.dim() == 0:
-            if value.dtype == torch.bool:
-                return bool(value.item())
-            if value.is_floating_point():
-                if value.dtype in (torch.float32, torch.float16):
-                    import numpy as np
-
-                    return _plain(np.array(value.item(), dtype=np.float32 if value.dtype == torch.float32
-                                           else np.float16)[()])
-                return float(value.item())
-            if not value.is_complex():
-                return int(value.item())
-        return value
-    if mod == "numpy":
-        import numpy as np
-
-        if isinstance(value, np.ndarray) and value.ndim == 0:
-            value = value[()]
-        if isinstance(value, np.bool_):
-            return bool(value)
-        if isinstance(value, np.integer):
-            return int(value)
-        if isinstance(value, np.floating):
-            # numpy prints a float32/float16 as the shortest decimal that rounds to it
-            return float(str(value)) if value.dtype.itemsize < 8 else float(value)
-    return value
+    return plain(value, shortest=True)
 
 
 def _check_schedule_spec(name: str, spec: Any) -> dict[str, Any] | None:
@@ -177,12 +149,12 @@ def _check_schedule_spec(name: str, spec: Any) -> dict[str, Any] | None:
     for key in ("warmup", "delay"):
         v = spec.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_STEPS:
-            raise ValueError(f"{name}.{key} must be an integer in [0, {_MAX_STEPS}], got {_short(v)}")
+            raise ValueError(f"{name}.{key} must be an integer in [0, {_MAX_STEPS}], got {short_repr(v)}")
     spec = dict(spec)
     for key in ("final", "decay_fraction"):
         v = spec.get(key, 0.0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise ValueError(f"{name}.{key} must be a number in [0, 1], got {_short(v)}")
+            raise ValueError(f"{name}.{key} must be a number in [0, 1], got {short_repr(v)}")
         if key in spec:
             spec[key] = float(v)
     return spec
@@ -283,7 +255,7 @@ class RunConfig:
                 try:
                     v = float(v)
                 except ValueError:
-                    raise ValueError(f"{name} must be a number, got {_short(v)}") from None
+                    raise ValueError(f"{name} must be a number, got {short_repr(v)}") from None
             if isinstance(v, int) and not isinstance(v, bool):
                 try:
                     v = float(v)
@@ -297,7 +269,7 @@ class RunConfig:
                 return
             if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
                 raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}]{' or null' if optional else ''}, "
-                                 f"got {_short(v)}")
+                                 f"got {short_repr(v)}")
 
         def number(name: str, low: float = 0.0, high: float | None = None, open_high: bool = False,
                    optional: bool = False) -> None:
@@ -309,16 +281,16 @@ class RunConfig:
                 bad = v >= high if open_high else v > high
             if bad:
                 rng = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
-                raise ValueError(f"{name} must be a finite number {rng}{' or null' if optional else ''}, got {_short(v)}")
+                raise ValueError(f"{name} must be a finite number {rng}{' or null' if optional else ''}, got {short_repr(v)}")
 
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             v = getattr(self, name)
             if not isinstance(v, str) or v not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {_short(v)}")
+                raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {short_repr(v)}")
 
         for name in ("data", "model"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a name (string), got {_short(getattr(self, name))}")
+                raise ValueError(f"{name} must be a name (string), got {short_repr(getattr(self, name))}")
         from .data import DATASETS
         from .models import MODELS
 
@@ -327,10 +299,10 @@ class RunConfig:
         for name in ("data_args", "model_args"):
             v = getattr(self, name)
             if not isinstance(v, dict):
-                raise ValueError(f"{name} must be a dict of keyword arguments, got {_short(v)}")
+                raise ValueError(f"{name} must be a dict of keyword arguments, got {short_repr(v)}")
             bad_keys = [k for k in v if not isinstance(k, str) or not k.isidentifier()]
             if bad_keys:
-                raise ValueError(f"{name} keys must be argument names (strings), got {_short(bad_keys[0])}")
+                raise ValueError(f"{name} keys must be argument names (strings), got {short_repr(bad_keys[0])}")
         if self.model in TOKEN_MODELS and self.data not in TOKEN_DATA:
             raise ValueError(f"model {self.model!r} needs a token dataset ({', '.join(TOKEN_DATA)}), "
                              f"got data {self.data!r}")
@@ -381,7 +353,7 @@ class RunConfig:
                                  f"got {self.mup!r}")
             base = self.mup["base_width"]
             if isinstance(base, bool) or not isinstance(base, int) or not 1 <= base <= _MAX_SIZE:
-                raise ValueError(f"mup.base_width must be an integer in [1, {_MAX_SIZE}], got {_short(base)}")
+                raise ValueError(f"mup.base_width must be an integer in [1, {_MAX_SIZE}], got {short_repr(base)}")
             if self.mup.get("decay", "scaled") not in ("scaled", "constant"):
                 raise ValueError(f"mup.decay must be 'scaled' or 'constant', got {self.mup.get('decay')!r}")
             if self.decay == "independent":
@@ -424,8 +396,7 @@ class RunConfig:
         object.__setattr__(self, "snapshots", tuple(sorted(set(self.snapshots))))
         if self.init_from is not None:
             f = self.init_from
-            ok = (isinstance(f, dict) and set(f) == {"run", "step"} and isinstance(f["run"], str) and len(f["run"]) == 24
-                  and all(c in "0123456789abcdef" for c in f["run"]) and isinstance(f["step"], int)
+            ok = (isinstance(f, dict) and set(f) == {"run", "step"} and is_run_key(f["run"]) and isinstance(f["step"], int)
                   and not isinstance(f["step"], bool) and f["step"] >= 1)
             if not ok:
                 raise ValueError(f"init_from must be null or {{\"run\": <24-hex run key>, \"step\": <step >= 1>}}, "
@@ -440,7 +411,7 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         not_names = [k for k in d if not isinstance(k, str)]
         if not_names:
-            raise ValueError(f"configuration keys must be field names (strings), got {_short(not_names[0])} "
+            raise ValueError(f"configuration keys must be field names (strings), got {short_repr(not_names[0])} "
                              f"({type(not_names[0]).__name__}); known fields: {sorted(names)}")
         unknown = sorted(set(d) - names)
         if unknown:

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, is_run_key
 from .train import RunResult, _show_progress, _tqdm, init_distributed, train
 
 __all__ = ["Store", "run", "run_many", "sweep", "results_table", "default_store", "expand_grid", "code_identity",
@@ -140,7 +140,6 @@ CODE_FILES: tuple[str, ...] = ("config.py", "train.py", "optim.py", "models.py",
                                "runtime.py", "_registry.py", "_checks.py")
 #: What a lookup does with a stale result (one stored by other code), read from ``$WDLIB_STALE``.
 STALE_POLICIES: tuple[str, ...] = ("recompute", "warn", "reuse")
-_KEY_CHARS = frozenset("0123456789abcdef")
 
 
 class StaleResultWarning(UserWarning):
@@ -180,8 +179,10 @@ def stale_policy() -> str:
     return value
 
 
-def _staleness(identity: Any) -> str | None:
-    """How a stored code identity differs from :func:`code_identity` (None: it does not, the result is current)."""
+def _staleness(provenance: Mapping[str, Any]) -> str | None:
+    """How a stored run's code identity (``provenance["identity"]``) differs from :func:`code_identity`
+    (None: it does not, the result is current)."""
+    identity = provenance.get("identity")
     if not isinstance(identity, dict):
         return "it records no code identity (stored before wdlib recorded one)"
     now = code_identity()
@@ -196,7 +197,7 @@ def _staleness(identity: Any) -> str | None:
 
 def check_key(key: Any) -> str:
     """``key`` if it is a run key (24 lowercase hex digits, :meth:`RunConfig.key`), else a ValueError."""
-    if not isinstance(key, str) or len(key) != 24 or not set(key) <= _KEY_CHARS:
+    if not is_run_key(key):
         raise ValueError(f"a run key is 24 hex digits (as `wdlib runs` lists them), got {key!r}")
     return key
 
@@ -208,6 +209,27 @@ def _is_damage(err: sqlite3.Error) -> bool:
 
 
 _ROW_FIELDS = ("key", "scale", "status", "config", "summary", "provenance", "files", "created")
+
+
+def _row_of(record: Mapping[str, Any]) -> dict[str, str]:
+    """The index row of a run's self-description (``results/<key>.json``): the same fields, JSON-encoded."""
+    return {"key": str(record["key"]), "scale": str(record["scale"]), "status": str(record["status"]),
+            "config": json.dumps(record["config"], sort_keys=True), "summary": json.dumps(record["summary"]),
+            "provenance": json.dumps(record["provenance"]), "files": json.dumps(record["files"]),
+            "created": str(record["created"])}
+
+
+def _unrecovered(skipped: Sequence[str], legacy: int, fate: str) -> list[str]:
+    """The parts of a recovery warning about what a rebuilt index lacks: result files skipped as unreadable
+    or failing their hashes, and results stored before the .json files existed (``fate`` says what becomes
+    of those)."""
+    parts = []
+    if skipped:
+        parts.append(f"{len(skipped)} result file(s) skipped as unreadable or failing their hashes "
+                     f"({', '.join(skipped[:5])})")
+    if legacy:
+        parts.append(f"{legacy} result(s) stored before results/<key>.json existed {fate}")
+    return parts
 
 
 class Store:
@@ -293,12 +315,9 @@ class Store:
             n, skipped, legacy = self._reindex(via=self._connection)
         msg = (f"run store index {index} was unreadable ({err}); moved it to {aside.name} and rebuilt it from "
                f"results/*.json: {n} run(s) recovered")
-        if skipped:
-            msg += f", {len(skipped)} result file(s) skipped as unreadable or failing their hashes ({', '.join(skipped[:5])})"
-        if legacy:
-            msg += (f"; {legacy} result(s) stored before results/<key>.json existed cannot be recovered "
-                    f"(their files stay in results/) and will be trained again")
-        warnings.warn(msg, StoreRecoveryWarning, stacklevel=3)
+        warnings.warn("; ".join([msg, *_unrecovered(skipped, legacy, "cannot be recovered (their files stay in "
+                                                                         "results/) and will be trained again")]),
+                      StoreRecoveryWarning, stacklevel=3)
 
     def _record(self, key: str) -> dict[str, Any] | None:
         """The verified self-description ``results/<key>.json`` of a run as an index row, or None when it is
@@ -312,10 +331,7 @@ class Store:
             for kind in ("npz", "pt"):
                 if _sha256(self.root / "results" / f"{key}.{kind}") != files[kind]:
                     return None
-            return {"key": key, "scale": str(rec["scale"]), "status": str(rec["status"]),
-                    "config": json.dumps(rec["config"], sort_keys=True), "summary": json.dumps(rec["summary"]),
-                    "provenance": json.dumps(rec["provenance"]), "files": json.dumps(files),
-                    "created": str(rec["created"])}
+            return _row_of(rec)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -331,7 +347,7 @@ class Store:
         rows, skipped = [], []
         for path in sorted(results.glob("*.json")):
             key = path.stem
-            row = self._record(key) if len(key) == 24 and set(key) <= _KEY_CHARS else None
+            row = self._record(key) if is_run_key(key) else None
             if row is None:
                 skipped.append(path.name)
             else:
@@ -353,14 +369,8 @@ class Store:
         description was the index row (a warning counts both). Rows already in the index stay.
         """
         n, skipped, legacy = self._reindex()
-        if skipped or legacy:
-            parts = []
-            if skipped:
-                parts.append(f"{len(skipped)} result file(s) skipped as unreadable or failing their hashes "
-                             f"({', '.join(skipped[:5])})")
-            if legacy:
-                parts.append(f"{legacy} result(s) have no results/<key>.json (stored before it existed) and can be "
-                             f"found only through the index")
+        parts = _unrecovered(skipped, legacy, "can be found only through the index")
+        if parts:
             warnings.warn(f"reindex of {self.root}: {'; '.join(parts)}", StoreRecoveryWarning, stacklevel=2)
         return n
 
@@ -422,9 +432,7 @@ class Store:
         record = {"format": 1, "key": key, "scale": cfg.scale, "status": status, "config": cfg.to_dict(),
                   "summary": summary, "provenance": provenance, "files": files, "created": created}
         _atomic_write(self.root / "results" / f"{key}.json", json.dumps(record, sort_keys=True, indent=1).encode())
-        row = {"key": key, "scale": cfg.scale, "status": status, "config": json.dumps(cfg.to_dict(), sort_keys=True),
-               "summary": json.dumps(summary), "provenance": json.dumps(provenance), "files": json.dumps(files),
-               "created": created}
+        row = _row_of(record)
         self._db(lambda db: self._insert(db, row))
         return key
 
@@ -444,7 +452,7 @@ class Store:
         if row is None or row["scale"] != cfg.scale:
             return None
         provenance = json.loads(row["provenance"])
-        why = _staleness(provenance.get("identity"))
+        why = _staleness(provenance)
         if why is not None and policy == "recompute":
             return None
         npz, pt = self.root / "results" / f"{key}.npz", self.root / "results" / f"{key}.pt"
@@ -482,7 +490,7 @@ class Store:
         row = self._row(key)
         if row is None:
             raise ValueError(f"init_from: run {key} is not in the store {self.root}; run its configuration first")
-        why = _staleness(json.loads(row["provenance"]).get("identity"))
+        why = _staleness(json.loads(row["provenance"]))
         if why is not None and stale_policy() == "recompute":
             raise ValueError(f"init_from: run {key} is stale ({why}); run its configuration again first "
                              f"(or set WDLIB_STALE=warn or reuse to start from it anyway)")
@@ -524,7 +532,7 @@ class Store:
         (an emptied index) are put back into it first."""
         known = {r["key"] for r in self._db(lambda db: db.execute("SELECT key FROM runs").fetchall())}
         for path in (self.root / "results").glob("*.json"):
-            if path.stem not in known and len(path.stem) == 24 and set(path.stem) <= _KEY_CHARS:
+            if path.stem not in known and is_run_key(path.stem):
                 self._row(path.stem)
         query, args = "SELECT * FROM runs", ()
         if scale is not None:
@@ -535,7 +543,7 @@ class Store:
             prov = json.loads(r["provenance"])
             out.append({"key": r["key"], "scale": r["scale"], "status": r["status"], "config": json.loads(r["config"]),
                         "summary": json.loads(r["summary"]), "provenance": prov,
-                        "stale": _staleness(prov.get("identity")) is not None})
+                        "stale": _staleness(prov) is not None})
         return out
 
 
