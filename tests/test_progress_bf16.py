@@ -15,7 +15,7 @@ import pytest
 from wdlib import precision
 from wdlib.config import RunConfig
 from wdlib.runs import Store, run_many, sweep
-from wdlib.train import _show_progress
+from wdlib.progress import show_progress
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(data="mnist1d", data_args={"num_samples": 600}, model="mlp", model_args={"width": 8, "depth": 1},
@@ -77,19 +77,19 @@ def test_show_progress_is_off_in_the_book_build_and_in_ci(monkeypatch):
     monkeypatch.setattr(sys, "stderr", Tty())
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("WDLIB_PROGRESS", raising=False)
-    assert _show_progress(None) is True  # a terminal: someone is watching
-    assert _show_progress(False) is False and _show_progress(True) is True
+    assert show_progress(None) is True  # a terminal: someone is watching
+    assert show_progress(False) is False and show_progress(True) is True
     monkeypatch.setenv("WDLIB_PROGRESS", "0")
-    assert _show_progress(None) is False
-    assert _show_progress(True) is True  # an explicit request still wins
+    assert show_progress(None) is False
+    assert show_progress(True) is True  # an explicit request still wins
     monkeypatch.delenv("WDLIB_PROGRESS")
     monkeypatch.setenv("CI", "true")
-    assert _show_progress(None) is False
+    assert show_progress(None) is False
     monkeypatch.setenv("WDLIB_PROGRESS", "1")
-    assert _show_progress(None) is True
+    assert show_progress(None) is True
     monkeypatch.delenv("WDLIB_PROGRESS")
     monkeypatch.setenv("CI", "false")
-    assert _show_progress(None) is True
+    assert show_progress(None) is True
 
 
 def test_book_build_turns_progress_off_in_its_kernels(tmp_path):

@@ -5,8 +5,10 @@
     opt = wdlib.Adam(model.parameters(), lr=1e-3, weight_decay=0.1)    # = torch.optim.Adam (coupled L2)
 """
 
-__version__ = "0.1.0"
+from . import optim, schedules, timescale
+from ._version import __version__
+from .optim import SGD, SGDW, Adam, AdamW, convert_weight_decay
+from .timescale import tau_epoch, tau_iter, transfer_weight_decay, weight_decay_for
 
-from . import claims, optim, schedules, timescale  # noqa: E402,F401
-from .optim import SGD, SGDW, Adam, AdamW, convert_weight_decay  # noqa: E402,F401
-from .timescale import tau_epoch, tau_iter, transfer_weight_decay, weight_decay_for  # noqa: E402,F401
+__all__ = ["__version__", "optim", "schedules", "timescale", "SGD", "SGDW", "Adam", "AdamW", "convert_weight_decay",
+           "tau_epoch", "tau_iter", "transfer_weight_decay", "weight_decay_for"]

@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ._version import __version__
+
 __all__ = ["VERDICTS", "OUTCOMES", "MIN_SEEDS", "OPS", "Measurement", "Test", "Sanity", "Revision", "Claim",
            "catalogue", "claim", "judge", "judge_test", "verdict", "opposite", "rejudge", "measurement_text",
            "ClaimResult", "Ledger", "environment", "load_results", "CATALOGUE_DIR"]
@@ -440,8 +442,6 @@ def _plain(value: Any) -> Any:
 def environment() -> dict[str, Any]:
     """Versions and machine: what produced a result."""
     import torch
-
-    from . import __version__
 
     env = {"wdlib": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
            "numpy": np.__version__, "platform": platform.platform(), "processor": platform.machine(),

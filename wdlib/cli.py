@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from ._version import __version__
 from ._checks import short_repr
 from .config import FIELD_HELP
 from .timescale import tau_epoch, tau_iter, transfer_weight_decay

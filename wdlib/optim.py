@@ -53,7 +53,7 @@ the same bits as ``"nearest"``):
 ``"stochastic"``
     Stochastic rounding (bfloat16 only; float16 raises ValueError): the step runs on ``p`` in float32
     and is written back rounded up or down at random with probabilities that make the rounding
-    unbiased, ``E[p_new] = w`` (:func:`wdlib.precision.stochastic_round`, global torch RNG, so a
+    unbiased, ``E[p_new] = w`` (:func:`wdlib.rounding.stochastic_round`, global torch RNG, so a
     checkpoint with the RNG state resumes exactly). No extra state (+0 bytes).
 
 With ``"master"``, ``"kahan"`` and ``"stochastic"`` the optimizer state of a low-precision parameter
@@ -85,7 +85,7 @@ from torch.optim.adamw import adamw as _adamw_functional
 from torch.optim.sgd import sgd as _sgd_functional
 
 from wdlib._checks import check_real
-from wdlib.precision import _stochastic_round_float32_
+from wdlib.rounding import stochastic_round_float32_
 
 __all__ = [
     "BF16_UPDATES",
@@ -437,7 +437,7 @@ class _DecayOptimizer(torch.optim.Optimizer):
             torch._foreach_sub_(work, scratch)  # w - p: what rounding dropped, exact in float32
             torch._foreach_copy_([self.state[p]["kahan_comp"] for p in params], work)
         else:  # the work tensors are temporaries here: round them in place
-            torch._foreach_copy_(params, [_stochastic_round_float32_(w) for w in work])
+            torch._foreach_copy_(params, [stochastic_round_float32_(w) for w in work])
 
 
 class SGD(_DecayOptimizer):

@@ -69,8 +69,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._version import __version__
 from .config import RunConfig, is_run_key
-from .train import RunResult, _show_progress, _tqdm, init_distributed, train
+from .progress import progress_bar, show_progress
+from .train import RunResult, init_distributed, train
 
 __all__ = ["Store", "run", "run_many", "sweep", "results_table", "default_store", "expand_grid", "code_identity",
            "stale_policy", "check_key", "STALE_POLICIES", "CODE_FILES", "StaleResultWarning", "StoreRecoveryWarning"]
@@ -124,8 +126,6 @@ def _git_commit() -> str | None:
 
 
 def _provenance(result: RunResult) -> dict[str, Any]:
-    from . import __version__
-
     return {"wdlib": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
             "python": platform.python_version(), "device": result.info.get("device"),
             "device_name": result.info.get("device_name"), "wall_time": result.wall_time,
@@ -135,9 +135,12 @@ def _provenance(result: RunResult) -> dict[str, Any]:
 
 #: The wdlib modules a training run executes (wdlib.train and what it imports inside wdlib, transitively),
 #: hashed into the code identity that every stored result records.
-CODE_FILES: tuple[str, ...] = ("config.py", "train.py", "optim.py", "models.py", "data.py", "schedules.py",
-                               "diagnostics.py", "precision.py", "params.py", "hessian.py", "ema.py", "quantize.py",
-                               "runtime.py", "_registry.py", "_checks.py")
+#: wdlib's modules that are not on a run's code path (the book layer, the store, the CLI, progress bars).
+_NOT_TRAINING: frozenset[str] = frozenset({"__init__.py", "__main__.py", "_version.py", "claims.py", "cli.py",
+                                           "plotting.py", "progress.py", "runs.py", "stats.py"})
+#: The files a run's result depends on: every top-level module of wdlib's core and engine layers.
+CODE_FILES: tuple[str, ...] = tuple(sorted(p.name for p in Path(__file__).resolve().parent.glob("*.py")
+                                           if p.name not in _NOT_TRAINING))
 #: What a lookup does with a stale result (one stored by other code), read from ``$WDLIB_STALE``.
 STALE_POLICIES: tuple[str, ...] = ("recompute", "warn", "reuse")
 
@@ -158,8 +161,6 @@ def code_identity() -> dict[str, str]:
     first asked, once per process (a file that is not there enters as absent). A stored result whose
     identity differs from this one is *stale*.
     """
-    from . import __version__
-
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for name in CODE_FILES:
@@ -648,10 +649,10 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], store: Store | st
     keys = [c.key() for c in configs]
     per_key = collections.Counter(keys)  # a configuration may come more than once
     missing = {k: c for k, c in zip(keys, configs) if store.get(c) is None}
-    show = _show_progress(progress) and int(os.environ.get("RANK", "0")) == 0
+    show = show_progress(progress) and int(os.environ.get("RANK", "0")) == 0
     todo = set(missing)
     stored = sum(n for k, n in per_key.items() if k not in todo)  # counted at once
-    with _tqdm()(total=len(configs), initial=stored, disable=not show, desc=desc or "runs", unit="run",
+    with progress_bar(total=len(configs), initial=stored, disable=not show, desc=desc or "runs", unit="run",
                  mininterval=1.0, dynamic_ncols=True) as bar:
         if workers > 1 and len(missing) > 1:
             import multiprocessing as mp

@@ -34,7 +34,6 @@ import copy
 import math
 import os
 import random
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,20 +48,12 @@ from torch import nn
 from .config import RunConfig, schedule_from_spec
 from .diagnostics import DIAGNOSTICS, MEASURES, PROBES
 from .params import decay_groups, group_counts, mup_groups
+from .progress import progress_bar, show_progress
 from .runtime import resolve_device
 from .schedules import HyperparameterScheduler
 
 __all__ = ["RunResult", "train", "build_data", "build_model", "build_optimizer", "evaluate",
            "init_distributed", "load_checkpoint"]
-
-
-def _tqdm():
-    try:  # a notebook widget where ipywidgets exists (Colab, Jupyter), plain text elsewhere
-        import ipywidgets  # noqa: F401
-        from tqdm.auto import tqdm
-    except ImportError:
-        from tqdm import tqdm
-    return tqdm
 
 
 @dataclass
@@ -290,27 +281,6 @@ def _group_norms(opt: torch.optim.Optimizer) -> dict[str, float]:
     return out
 
 
-def _show_progress(progress: bool | None) -> bool:
-    """Whether to draw a progress bar: ``progress`` when given; for None, when a person is watching (a terminal,
-    or a Jupyter/Colab kernel with ipywidgets), never when ``CI`` is set (CI logs) or ``WDLIB_PROGRESS=0`` (the
-    book build's kernels, so executed notebooks hold no widget outputs). ``WDLIB_PROGRESS=1`` forces it on."""
-    if progress is not None:
-        return bool(progress)
-    setting = os.environ.get("WDLIB_PROGRESS", "").strip().lower()
-    if setting in ("0", "false", "no", "off"):
-        return False
-    if setting in ("1", "true", "yes", "on"):
-        return True
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        return False
-    try:
-        import ipywidgets  # noqa: F401
-        in_notebook = "ipykernel" in sys.modules
-    except ImportError:
-        in_notebook = False
-    return in_notebook or sys.stderr.isatty()
-
-
 def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: str | os.PathLike[str] | None = None,
           resume: bool = True, progress: bool | None = None, data: Any = None,
           init_state: dict[str, torch.Tensor] | None = None) -> RunResult:
@@ -454,7 +424,7 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
                          f"({world} x {cfg.grad_accum})")
     model.train()
     t0 = time.perf_counter()
-    bar = _tqdm()(total=total, initial=start, disable=not (_show_progress(progress) and rank == 0),
+    bar = progress_bar(total=total, initial=start, disable=not (show_progress(progress) and rank == 0),
                   mininterval=1.0, desc=f"{cfg.model} {cfg.optimizer}")
     step, loss_value = start, float("nan")
     for step in range(start, total):
