@@ -187,7 +187,7 @@ def test_seen_unseen_measure_evaluates_the_windows_it_names():
     import torch.nn.functional as F
 
     from wdlib.diagnostics import MEASURES
-    from wdlib.train import build_data, build_model
+    from wdlib.components import build_data, build_model
 
     cfg = _gpt(steps=40)
     ds = build_data(cfg)

@@ -17,7 +17,8 @@ from wdlib.models import ConvNet, build
 from wdlib.optim import SGD, Adam
 from wdlib.runs import Store, run, run_many
 from wdlib.schedules import StepDrop
-from wdlib.train import build_data, train
+from wdlib.components import build_data
+from wdlib.train import train
 
 
 def _tiny(**changes):

@@ -506,6 +506,19 @@ class Store:
         raise ValueError(f"init_from: run {key} has no snapshot at step {step}; it kept "
                          f"{sorted(result.snapshots) + [cfg.steps]}")
 
+    def load_model(self, key: str, *, data: Any = None, ema: bool = False) -> torch.nn.Module:
+        """The trained model of stored run ``key`` (:meth:`RunResult.model`); ValueError when it is not stored.
+
+        ``data``: the run's dataset when already loaded (it sizes the model); ``ema``: the EMA weights.
+        """
+        if not is_run_key(key):
+            raise ValueError(f"key must be a run key (24 lowercase hex digits), got {key!r}")
+        row = self._row(key)
+        result = self.get(RunConfig.from_dict(json.loads(row["config"]))) if row is not None else None
+        if result is None:
+            raise ValueError(f"run {key} is not in the store {self.root} (or is stale or damaged); run it first")
+        return result.model(data=data, ema=ema)
+
     def discard(self, key: str) -> None:
         """Forget a run (its row and files), whether or not it is there."""
         self._db(lambda db: db.execute("DELETE FROM runs WHERE key = ?", (key,)))

@@ -47,7 +47,7 @@ from torch import nn
 
 from .config import RunConfig, schedule_from_spec
 from .diagnostics import DIAGNOSTICS, MEASURES, PROBES
-from .params import decay_groups, group_counts, mup_groups
+from .components import build_data, build_model, build_optimizer, is_language
 from .progress import progress_bar, show_progress
 from .runtime import resolve_device
 from .schedules import HyperparameterScheduler
@@ -83,84 +83,23 @@ class RunResult:
     def diverged(self) -> bool:
         return self.diverged_at is not None
 
+    def model(self, *, data: Any = None, ema: bool = False) -> nn.Module:
+        """The trained model: built as the run built it (:func:`wdlib.components.build_model`, sized to ``data``
+        or to the configuration's dataset) with the final weights (``ema``: those of the EMA), on the CPU, its
+        parameters in the dtype the run trained them in (the EMA's in float32, or float64 for a float64 run)."""
+        state = self.ema_state if ema else self.model_state
+        if state is None:
+            raise ValueError("this result holds no " + ("EMA weights (the run had no ema)" if ema else "weights"))
+        cfg = RunConfig.from_dict(self.config)
+        model = build_model(cfg, data if data is not None else build_data(cfg))
+        model = model.to(next(iter(v for v in state.values() if v.is_floating_point())).dtype)
+        model.load_state_dict({k: v.cpu() for k, v in state.items()})
+        return model
+
     def summary(self) -> dict[str, Any]:
         """A one-line summary: final metrics, ``diverged_at``, wall time."""
         return {"final": self.final, "diverged_at": self.diverged_at, "steps_done": self.steps_done,
                 "wall_time": round(self.wall_time, 3)}
-
-
-# --- construction --------------------------------------------------------------------------------------
-
-def build_data(cfg: RunConfig) -> Any:
-    """The dataset of ``cfg`` (:func:`wdlib.data.load`), cut to ``cfg.subset`` training samples if set,
-    then with ``cfg.label_noise`` of its training labels made wrong (:func:`wdlib.data.with_label_noise`)."""
-    from . import data as wd_data
-
-    ds = wd_data.load(cfg.data, **cfg.data_args)
-    for name, active in (("subset", cfg.subset is not None), ("label_noise", cfg.label_noise > 0)):
-        if active and not isinstance(ds, wd_data.Dataset):
-            raise ValueError(f"{name} applies to classification data, not to {cfg.data!r}")
-    if cfg.subset is not None:
-        ds = wd_data.subset(ds, cfg.subset, cfg.data_seed)
-    if cfg.label_noise > 0:
-        ds = wd_data.with_label_noise(ds, cfg.label_noise, cfg.data_seed)
-    return ds
-
-
-def _is_language(ds: Any) -> bool:
-    return hasattr(ds, "vocab_size")
-
-
-def build_model(cfg: RunConfig, ds: Any) -> nn.Module:
-    """The model of ``cfg`` (:func:`wdlib.models.build`), its input and output sizes filled from the data."""
-    from .models import build
-
-    args = dict(cfg.model_args)
-    if _is_language(ds):
-        args.setdefault("vocab_size", ds.vocab_size)
-        args.setdefault("block_size", cfg.block_size)
-    else:
-        sample = ds.x_train[0]
-        fills = {"mlp": {"in_dim": int(sample.numel()), "out_dim": ds.num_classes},
-                 "cnn": {"in_channels": int(sample.shape[0]) if sample.ndim > 1 else 1,
-                         "num_classes": ds.num_classes},
-                 "convnet": {"in_channels": int(sample.shape[0]) if sample.ndim > 1 else 1,
-                             "num_classes": ds.num_classes, "input_size": int(sample.shape[-1])},
-                 "resnet18": {"in_channels": int(sample.shape[0]), "num_classes": ds.num_classes},
-                 "tiedconv": {"in_channels": int(sample.shape[0]) if sample.ndim > 1 else 1,
-                              "num_classes": ds.num_classes, "input_size": int(sample.shape[-1])},
-                 "tiedrnn": {"input_size": int(sample.numel()), "num_classes": ds.num_classes}}
-        for k, v in fills.get(cfg.model, {}).items():
-            args.setdefault(k, v)
-    torch.manual_seed(cfg.seed)
-    return build(cfg.model, **args)
-
-
-def build_optimizer(cfg: RunConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, list[dict[str, Any]]]:
-    """The optimizer of ``cfg`` over :func:`wdlib.params.decay_groups` of ``model``."""
-    from .optim import SGD, Adam
-
-    if cfg.mup is not None:
-        groups = mup_groups(model, int(cfg.mup["base_width"]), int(cfg.model_args["width"]),
-                            cfg.mup.get("decay", "scaled"), bool(cfg.mup.get("zero_readout", True)))
-    else:
-        groups = decay_groups(model, cfg.decay_vectors)
-    counts = group_counts(groups)
-    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ours = dict(common, decay=cfg.decay)
-    if cfg.bf16_update != "nearest":  # left out otherwise: the plain path, as before the option existed
-        ours["bf16_update"] = cfg.bf16_update
-    if cfg.optimizer == "adam":
-        opt = Adam(groups, betas=cfg.betas, eps=cfg.eps, **ours)
-    elif cfg.optimizer == "sgd":
-        opt = SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **ours)
-    elif cfg.optimizer == "torch.adam":
-        opt = torch.optim.Adam(groups, betas=cfg.betas, eps=cfg.eps, **common)
-    elif cfg.optimizer == "torch.adamw":
-        opt = torch.optim.AdamW(groups, betas=cfg.betas, eps=cfg.eps, **common)
-    else:
-        opt = torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
-    return opt, [{"name": g["name"], **counts[g["name"]]} for g in groups]
 
 
 def init_distributed() -> tuple[int, int]:
@@ -303,7 +242,7 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     if cfg.precision != "fp32" and cfg.dtype != "float32":
         raise ValueError(f"dtype {cfg.dtype!r} applies to precision 'fp32' only, got precision {cfg.precision!r}")
     ds = data if data is not None else build_data(cfg)
-    language = _is_language(ds)
+    language = is_language(ds)
     if not language and dev.type != "cpu":
         ds = ds.to(dev)
 

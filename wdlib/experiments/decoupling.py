@@ -131,7 +131,7 @@ def one_step_gap(s: Setup, state: dict[str, torch.Tensor], *, lr: float, weight_
     The algebra alone, without a trajectory that could amplify rounding: for ``batches`` batches,
     the model in ``state`` (float64) takes one step of each rule (no momentum) on the same gradient.
     """
-    from ..train import build_data, build_model
+    from ..components import build_data, build_model
 
     cfg = base_config(s, seed, dtype="float64")
     data = build_data(cfg)

@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..ema import predicted_rms, reconstruct
 from ..schedules import contribution_weights
 from ..runs import Store, run_many
-from ..train import build_data, build_model
+from ..components import build_data, build_model
 
 __all__ = ["Setup", "SCALE_SETTINGS", "setup", "base_config", "reconstruction", "memory", "memory_stats",
            "rms_network", "rms_fit", "schedule_comparison", "term_stats"]

@@ -205,7 +205,7 @@ def precision_table(s: Setup, device: str = "cpu") -> Any:
 
 def corpus(s: Setup) -> Any:
     """The chapter's dataset at scale ``s`` (:func:`wdlib.data.stdlib_chars` with the setup's arguments)."""
-    from ..train import build_data
+    from ..components import build_data
 
     return build_data(base_config(s))
 

@@ -136,7 +136,7 @@ def _table(configs: list[RunConfig], results: list[Any], extra: list[dict[str, A
 
 def test_size(s: Setup) -> int:
     """The number of test points every run of the chapter is evaluated on."""
-    from ..train import build_data
+    from ..components import build_data
 
     return int(build_data(_base(s, steps=1)).y_test.numel())
 
@@ -394,7 +394,7 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
     formula. Returns the arrays and their log-log slopes against ``c``.
     """
     from ..optim import SGD, Adam
-    from ..train import build_data, build_model
+    from ..components import build_data, build_model
 
     cfg = RunConfig.from_dict(result.config)
     ds = build_data(cfg)

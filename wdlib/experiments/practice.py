@@ -321,7 +321,7 @@ def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cp
     """
     import pandas as pd
 
-    from ..train import build_data, build_model
+    from ..components import build_data, build_model
 
     store = _store(store)
     configs = [_spur_base(s, decay).replace(seed=sd, weight_decay=float(wd),
@@ -406,7 +406,7 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
     """
     import pandas as pd
 
-    from ..train import build_data, build_model
+    from ..components import build_data, build_model
 
     models = (model,) if isinstance(model, str) else tuple(model)
     for m in models:
@@ -452,7 +452,8 @@ def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...
     """
     import pandas as pd
 
-    from ..train import build_data, build_model, evaluate
+    from ..components import build_data, build_model
+    from ..train import evaluate
 
     stored = _store(store)
     arms = {a.label: a for a in GRID_ARMS}
