@@ -1,7 +1,8 @@
 # Weight Decay, Reproduced: the two commands of the README.
 #   make book   execute every chapter (papermill, SCALE=smoke, SEED=0) and build the HTML book into _build/html
 #               (SEED=1 rebuilds on a disjoint set of run seeds: a check that each verdict holds)
-#   make test   unit tests of wdlib, then the book, then a headless-Chromium check of the built HTML
+#   make test   lint (ruff, import-linter layer contracts), unit tests of wdlib, then the book, then a
+#               headless-Chromium check of the built HTML
 # Both set up .venv by themselves on a fresh machine. torch is installed first, pinned, so that the
 # project's `torch>=2.4` is already satisfied and pip never pulls a multi-GB CUDA build.
 
@@ -14,7 +15,7 @@ SEED        ?= 0
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.wdlib-installed
 
-.PHONY: book test unit browser-deps setup clean
+.PHONY: book test lint unit browser-deps setup clean
 
 setup: $(STAMP)
 
@@ -28,13 +29,18 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(PY) tools/build_book.py --scale $(SCALE) --device $(DEVICE) --seed $(SEED)
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check wdlib tests tools benchmarks notebooks
+	$(VENV)/bin/ruff format --check wdlib tests tools benchmarks notebooks
+	$(VENV)/bin/lint-imports
+
 unit: $(STAMP)
 	$(PY) -m pytest -m "not book" -q
 
 browser-deps:
 	@sh tools/ensure_chromium.sh
 
-test: unit book browser-deps
+test: lint unit book browser-deps
 	$(PY) -m pytest -m book -q
 
 clean:

@@ -116,7 +116,7 @@ def train(model: torch.nn.Module, data, steps: int, seed: int) -> tuple[float, f
     model.train()
     t0 = time.perf_counter()
     for step in range(steps):
-        xb, yb = data.batch(step, 64, seed)
+        xb, yb = data.batch(step, seed, batch_size=64)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(xb), yb).backward()
         opt.step()

@@ -1,6 +1,6 @@
 """Execute every chapter with papermill, generate the ledger and status pages, build the HTML book.
 
-    python tools/build_book.py [--scale smoke|full] [--device auto|cpu|cuda] [--out _build]
+    python tools/build_book.py [--scale smoke|full|test] [--device auto|cpu|cuda] [--out _build]
 
 Layout of the build tree (all of it a build product, ignored by git)::
 
@@ -28,7 +28,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALES = ("smoke", "full")
+sys.path.insert(0, str(ROOT))
+from wdlib.config import SCALES  # noqa: E402  (the one vocabulary of scales: a run's and a chapter's)
 
 
 def toc_files(toc_path: Path) -> list[str]:

@@ -95,3 +95,11 @@ def check_real(name: str, value: Any, *, low: float = 0.0, high: float | None = 
     if not ok:
         raise ValueError(f"{name} must be {allowed}, got {short_repr(value)}")
     return x  # type: ignore[return-value]
+
+
+def check_integer(name: str, value: Any, *, low: int, high: int) -> int:
+    """``value`` as a Python int in ``[low, high]``, or ValueError naming ``name`` and the allowed range."""
+    x = as_integer(value)
+    if x is None or not low <= x <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {short_repr(value)}")
+    return x

@@ -53,6 +53,7 @@ import numpy as np
 import yaml
 
 from ._version import __version__
+from .stats import t_interval
 
 __all__ = ["VERDICTS", "OUTCOMES", "MIN_SEEDS", "OPS", "Measurement", "Test", "Sanity", "Revision", "Claim",
            "catalogue", "claim", "judge", "judge_test", "verdict", "opposite", "rejudge", "measurement_text",
@@ -106,8 +107,6 @@ class Measurement:
         spread = float(v.std(ddof=1)) if v.size > 1 else None
         interval = None
         if v.size > 1 and np.all(np.isfinite(v)):
-            from .stats import t_interval
-
             _, lo, hi = t_interval(v, level)
             interval = (lo, hi)
         return cls(value=mean, spread=spread, n=int(v.size), kind="seeds", per_seed=tuple(map(float, v)),

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import re
+import sqlite3
 import sys
 import traceback
 import warnings
@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._version import __version__
-from ._checks import short_repr
-from .config import FIELD_HELP
+from ._checks import check_integer, check_real, short_repr
+from .config import FIELD_HELP, SCALES, RunConfig
+from .data import DataNotFoundError
+from .runs import run, sweep
+from .store import Store
 from .timescale import tau_epoch, tau_iter, transfer_weight_decay
 
 
@@ -134,29 +137,22 @@ def _parser() -> argparse.ArgumentParser:
 #: non-zero double (lr*wd*N and its transfers stay far from overflow and underflow).
 _TAU_FLOAT_RANGE = (1e-50, 1e50)
 _TAU_INT_RANGE = (1, 10**15)
-_TAU_WIDTH_RANGE = (1.0, 1e15)
+_TAU_WIDTH_RANGE = (1, 10**15)
 _DEVICES = "auto, cpu, cuda, cuda:N, mps"
 _MAX_WORKERS = 1024
 
 
-def _in_range(flag: str, value: float | int | None, low: float, high: float, integer: bool = False) -> None:
-    """ValueError naming ``flag`` and its range when ``value`` (not None) is not finite and in [low, high]."""
-    if value is None:
-        return
-    ok = low <= value <= high if integer else (math.isfinite(value) and low <= value <= high)
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"{flag} must be {kind} in [{low:g}, {high:g}], got {short_repr(value)}")
-
-
 def _check_tau_args(args: argparse.Namespace) -> None:
     for flag, name in (("--lr", "lr"), ("--weight-decay", "weight_decay")):
-        _in_range(flag, getattr(args, name), *_TAU_FLOAT_RANGE)
+        if getattr(args, name) is not None:
+            check_real(flag, getattr(args, name), low=_TAU_FLOAT_RANGE[0], high=_TAU_FLOAT_RANGE[1])
     for flag, name in (("--dataset-size", "dataset_size"), ("--batch-size", "batch_size"),
                        ("--to-dataset-size", "to_dataset_size"), ("--to-batch-size", "to_batch_size")):
-        _in_range(flag, getattr(args, name), *_TAU_INT_RANGE, integer=True)
+        if getattr(args, name) is not None:
+            check_integer(flag, getattr(args, name), low=_TAU_INT_RANGE[0], high=_TAU_INT_RANGE[1])
     for flag, name in (("--width", "width"), ("--to-width", "to_width")):
-        _in_range(flag, getattr(args, name), *_TAU_WIDTH_RANGE)
+        if getattr(args, name) is not None:
+            check_real(flag, getattr(args, name), low=_TAU_WIDTH_RANGE[0], high=_TAU_WIDTH_RANGE[1])
     if args.to_width is not None and args.width is None:
         raise ValueError("--to-width needs --width (the width the lr and weight decay were tuned at)")
     if args.width is not None and args.to_width is None:
@@ -289,12 +285,20 @@ def _grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def _list_runs(args: argparse.Namespace) -> None:
-    from .config import _SCALES
-    from .runs import Store
+def _optimizer_label(config: dict[str, Any]) -> str:
+    """``name(rule)`` of a stored configuration's optimizer, whether stored as a spec or in the old flat fields."""
+    spec = config.get("optimizer")
+    if not isinstance(spec, dict):
+        try:
+            spec = RunConfig.from_dict(config).optimizer
+        except ValueError:  # a row this code cannot rebuild: show what it says
+            spec = {"name": spec, "decay": config.get("decay")}
+    return f"{spec.get('name')}({spec.get('decay')})"
 
-    if args.scale is not None and args.scale not in _SCALES:
-        raise ValueError(f"--scale must be one of {', '.join(_SCALES)}, got {args.scale!r}")
+
+def _list_runs(args: argparse.Namespace) -> None:
+    if args.scale is not None and args.scale not in SCALES:
+        raise ValueError(f"--scale must be one of {', '.join(SCALES)}, got {args.scale!r}")
     store = Store(args.store, create=False)
     if args.forget is not None:
         store.forget(args.forget)
@@ -313,8 +317,8 @@ def _list_runs(args: argparse.Namespace) -> None:
     for r in rows:
         c, s = r["config"], r["summary"]
         loss = s["final"].get("val_loss")
-        print(f"{r['key']}  {r['scale']:<5s}  {r['status']:<8s}  {c['data']}/{c['model']}/{c['optimizer']}"
-              f"({c['decay']}) lr={c['lr']:g} wd={c['weight_decay']:g} steps={c['steps']}  "
+        print(f"{r['key']}  {r['scale']:<5s}  {r['status']:<8s}  {c['data']}/{c['model']}/{_optimizer_label(c)}"
+              f" lr={c['lr']:g} wd={c['weight_decay']:g} steps={c['steps']}  "
               f"val_loss={'n/a' if loss is None else f'{loss:.4g}'}  {s['wall_time']:.1f}s"
               f"{'  stale' if r['stale'] else ''}")
     stale = sum(r["stale"] for r in rows)
@@ -326,16 +330,12 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "tau":
         print(_tau(args))
     elif args.command == "run":
-        from .config import RunConfig
-        from .runs import Store, run
         device = _check_device(args.device)
         cfg = RunConfig.from_dict(_load_config(args.config, args.set))
         result = run(cfg, Store(args.store), resume=args.resume, device=device, rerun=args.rerun)
         print(json.dumps({"key": result.info["key"], "cached": result.info.get("cached", False),
                           **result.summary()}))
     elif args.command == "sweep":
-        from .config import RunConfig
-        from .runs import Store, sweep
         if not 1 <= args.workers <= _MAX_WORKERS:
             raise ValueError(f"--workers must be an integer in [1, {_MAX_WORKERS}], got {short_repr(args.workers)}")
         device = _check_device(args.device)
@@ -376,10 +376,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     (``1`` for a failing file system or store index, 130 on Ctrl-C). Anything else is a bug: its
     traceback, then ``wdlib: internal error (a bug): ...``, and ``SystemExit(3)``.
     """
-    import sqlite3
-
-    from .data import DataNotFoundError
-
     parser = _parser()
     args = parser.parse_args(argv)  # argparse's own errors: usage, then one "error:" line, exit 2
     try:

@@ -30,6 +30,17 @@ needs a token dataset and the other models a classification dataset. NumPy scala
 tensors count as the numbers they hold (converted to plain ``int``/``float`` so the key is that of
 the plain-number configuration; a float32 scalar is read as the shortest decimal it rounds from,
 ``np.float32(1e-3)`` as ``0.001``). ``RunConfig()`` itself is runnable: MNIST-1D, a 128x2 MLP.
+
+The optimizer is a spec, ``{"name": "adam", "decay": "l2", "betas": [0.9, 0.999], "eps": 1e-8}`` or
+``{"name": "sgd", "decay": "decoupled", "momentum": 0.9, "nesterov": true}`` (a bare name, ``"adam"``,
+is short for ``{"name": "adam"}``), checked and completed with its defaults by the optimizer registry
+(:func:`wdlib.optim.optimizer_spec`; ``cfg.optimizer`` is always the full dict). ``lr`` and
+``weight_decay`` stay fields of their own: schedules and sweeps set them. Configurations written before
+the spec existed kept the optimizer's settings in fields of their own (``optimizer: sgd``, ``decay``,
+``momentum``, ``nesterov``, ``betas``, ``eps``, ``bf16_update``); :meth:`RunConfig.from_dict` (files, the
+run store, :meth:`RunConfig.replace`) still reads them into the spec, and :meth:`RunConfig.key` hashes
+that old flat form, so a stored run keeps its key. A field written ``optimizer.<option>`` (``--set
+optimizer.decay=l2``) sets that option of the spec.
 """
 
 from __future__ import annotations
@@ -42,18 +53,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._checks import plain, short_repr
+from .data import DATASETS
+from .models import MODELS
+from .optim import BF16_UPDATES, optimizer_spec
+from .optim import OPTIMIZERS as _REGISTRY
 from .schedules import (Constant, Cosine, Delayed, EqualContribution, LinearDecay, Schedule, StepDrop, Warmup,
                         WarmupStableDecay)
 
 __all__ = ["RunConfig", "OPTIMIZERS", "PRECISIONS", "BF16_UPDATES", "SCHEDULES", "DTYPES", "schedule_from_spec", "FIELD_HELP"]
 
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "torch.adam", "torch.adamw", "torch.sgd")
+#: Names of the registered optimizers (:data:`wdlib.optim.OPTIMIZERS`, which holds their options and rules).
+OPTIMIZERS: tuple[str, ...] = tuple(_REGISTRY)
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16-autocast", "bf16-pure")
-BF16_UPDATES: tuple[str, ...] = ("nearest", "master", "kahan", "stochastic")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "wsd", "step", "equal_contribution")
 DTYPES: tuple[str, ...] = ("float32", "float64")
-_DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent")
-_SCALES: tuple[str, ...] = ("smoke", "full", "test")
+SCALES: tuple[str, ...] = ("smoke", "full", "test")   # a run's (and a chapter's) sizes; "test": the unit tests'
 #: Datasets of token sequences (:class:`wdlib.data.TokenDataset`) and the models that read them; every other
 #: (registered) dataset is a classification dataset, read by every other model.
 TOKEN_DATA: tuple[str, ...] = ("stdlib_chars", "openwebtext")
@@ -74,15 +88,19 @@ FIELD_HELP: dict[str, str] = {
              "token data (stdlib_chars, openwebtext), the others classification data",
     "model_args": "keyword arguments of the model; in_dim/in_channels/num_classes/vocab_size are filled in "
                   "(and the mlp's width and depth default to 128 and 2)",
-    "optimizer": "adam or sgd (wdlib, with `decay`), or torch.adam, torch.adamw, torch.sgd (their own rule)",
+    "optimizer": "the optimizer spec {name, decay, ...options} (or just its name): name adam or sgd (wdlib, any "
+                 "decay rule), torch.adam, torch.adamw or torch.sgd (torch.optim's, their own rule only)",
+    "optimizer.decay": "l2 (torch.optim.Adam/SGD), decoupled (lr-multiplied, torch AdamW; the default of adam "
+                       "and sgd, so adam is AdamW unless decay is l2) or independent (the AdamW paper's)",
+    "optimizer.momentum": "SGD momentum in [0, 1) (sgd, torch.sgd; default 0)",
+    "optimizer.nesterov": "SGD Nesterov momentum (sgd, torch.sgd; default false; needs momentum > 0)",
+    "optimizer.betas": "Adam betas (adam, torch.adam, torch.adamw; default [0.9, 0.999])",
+    "optimizer.eps": "Adam epsilon (adam, torch.adam, torch.adamw; default 1e-8)",
+    "optimizer.bf16_update": "how bf16-pure parameters take their step (adam, sgd; precision bf16-pure only): "
+                             "nearest (plain rounding, the default), master (float32 master weights), kahan "
+                             "(compensated) or stochastic (stochastic rounding); wdlib.optim",
     "lr": "peak learning rate",
-    "weight_decay": "lambda (peak), in the convention named by `decay`",
-    "decay": "l2 (torch.optim.Adam/SGD), decoupled (lr-multiplied, torch AdamW; the default, so optimizer adam "
-             "is AdamW unless decay is l2) or independent (the AdamW paper's)",
-    "momentum": "SGD momentum (default 0)",
-    "nesterov": "SGD Nesterov momentum (default false)",
-    "betas": "Adam betas (default [0.9, 0.999])",
-    "eps": "Adam epsilon (default 1e-8)",
+    "weight_decay": "lambda (peak), in the rule named by `optimizer.decay`",
     "decay_vectors": "also decay 1-D parameters (biases, norms); default false",
     "mup": "muP groups (wdlib.params.mup_groups): {base_width, decay: scaled|constant, zero_readout}; null: off",
     "lr_schedule": "schedule of the LR: {name, final, warmup, delay} (default constant); warmup + delay < steps",
@@ -94,8 +112,6 @@ FIELD_HELP: dict[str, str] = {
     "grad_clip": "clip the global gradient norm to this value (null: off)",
     "precision": "fp32, bf16-autocast (float32 weights) or bf16-pure (weights and state in bfloat16)",
     "dtype": "float32 or float64 parameters for fp32 precision (float64 for exactness tests)",
-    "bf16_update": "how bf16-pure parameters take their step: nearest (plain rounding), master (float32 master "
-                   "weights), kahan (compensated) or stochastic (stochastic rounding); wdlib.optim",
     "seed": "seed of the initialization and of the batch order (an integer in [0, 2**32 - 2])",
     "eval_every": "evaluate every this many steps (0: only at the end)",
     "eval_batches": "evaluation batches for language data (default 20)",
@@ -103,9 +119,9 @@ FIELD_HELP: dict[str, str] = {
     "checkpoint_every": "write a checkpoint every this many steps (0: none; an interrupted run then starts over)",
     "divergence_factor": "a loss above this multiple of its running minimum counts as divergence",
     "perturb_step": "replace the batch of this step by one from another seed (memory experiments); null: off",
-    "diagnostics": "names of diagnostics recorded at each evaluation (wdlib.diagnostics.DIAGNOSTICS)",
-    "probes": "hooks that watch every step, as {name, ...args} (wdlib.diagnostics.PROBES)",
-    "measures": "measurements of the final model on the data, as {name, ...args} (wdlib.diagnostics.MEASURES)",
+    "diagnostics": "names of diagnostics recorded at each evaluation (wdlib.measures.DIAGNOSTICS)",
+    "probes": "hooks that watch every step, as {name, ...args} (wdlib.measures.PROBES)",
+    "measures": "measurements of the final model on the data, as {name, ...args} (wdlib.measures.MEASURES)",
     "snapshots": "steps after which the weights are kept in the result (for runs that start from them)",
     "init_from": "start from a snapshot of a stored run: {run: <key>, step: <step>} (wdlib.runs.run resolves it)",
     "scale": "smoke, full or test: results of different scales never mix",
@@ -197,6 +213,74 @@ def schedule_from_spec(spec: dict[str, Any] | None, peak: float, steps: int,
 #: Fields added after the first stored runs, with their (JSON) defaults: left out of the key at these values.
 _LATER_FIELDS: dict[str, Any] = {"label_noise": 0.0, "measures": [], "snapshots": [], "init_from": None,
                                  "bf16_update": "nearest"}
+#: The optimizer's settings as configurations held them before the spec (fields of their own), with their
+#: (JSON) defaults: read into the spec by :meth:`RunConfig.from_dict`, and the form :meth:`RunConfig.key` hashes.
+_FLAT_OPTIMIZER: dict[str, Any] = {"decay": "decoupled", "momentum": 0.0, "nesterov": False, "betas": [0.9, 0.999],
+                                   "eps": 1e-8, "bf16_update": "nearest"}
+
+
+def _same_setting(value: Any, default: Any) -> bool:
+    """Whether an old flat optimizer field holds its default (``0`` for ``0.0``, ``"1e-8"`` as YAML 1.1 reads it)."""
+    value = _plain(value)
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value is default
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return value == default
+
+
+def _migrate_optimizer(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the optimizer's settings in its spec: old flat fields (``decay``, ``momentum``, ...) and
+    ``optimizer.<option>`` fields moved into ``optimizer`` (a name or a spec), where they override it.
+
+    An old field that the named optimizer does not take was ignored by the old code; it is dropped when it
+    holds its old default (``decay: decoupled`` beside ``optimizer: torch.adam``, ``momentum: 0`` beside
+    ``adam``) and raises ValueError otherwise (``decay: l2`` beside ``torch.adamw`` asked for a rule that
+    was never applied). ``d`` without such fields comes back as it is.
+    """
+    flat = [k for k in _FLAT_OPTIMIZER if k in d]
+    dotted = [k for k in d if k.startswith("optimizer.")]
+    if not flat and not dotted:
+        return d
+    out = {k: v for k, v in d.items() if k not in flat and k not in dotted}
+    spec = out.get("optimizer", "adam")
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else spec
+    entry = _REGISTRY.get(spec.get("name")) if isinstance(spec, dict) and isinstance(spec.get("name"), str) else None
+    if entry is None:
+        optimizer_spec(spec)  # raises: not a spec, or no (known) name
+        raise AssertionError("unreachable")
+    name = entry.name
+    for key in flat:
+        value = d[key]
+        if key in entry.options or (key == "decay" and len(entry.decays) > 1):
+            spec[key] = value
+        elif _same_setting(value, _FLAT_OPTIMIZER[key]):
+            continue  # the old default, which the old code ignored for this optimizer
+        elif key == "decay":
+            spec[key] = value  # torch's own rule is fine; any other raises in optimizer_spec
+        else:
+            raise ValueError(f"{key} {short_repr(value)} does not apply to optimizer {name!r} (its options: "
+                             f"{', '.join(['decay', *entry.options])}); {key} is now optimizer.{key}, an option "
+                             f"of {', '.join(repr(n) for n, e in _REGISTRY.items() if key in e.options)}")
+    for key in dotted:
+        spec[key.removeprefix("optimizer.")] = d[key]
+    out["optimizer"] = spec
+    return out
+
+
+def _flat_optimizer(spec: dict[str, Any]) -> dict[str, Any]:
+    """The (full) optimizer spec as the old flat fields: ``optimizer`` (its name), ``decay``, ``momentum``,
+    ``nesterov``, ``betas``, ``eps``, ``bf16_update``, each at its old default where the optimizer has no such
+    option. torch's optimizers ignored ``decay`` and kept the default ("decoupled") whatever their rule."""
+    flat = {"optimizer": spec["name"], **{k: spec.get(k, default) for k, default in _FLAT_OPTIMIZER.items()}}
+    if len(_REGISTRY[spec["name"]].decays) == 1:
+        flat["decay"] = _FLAT_OPTIMIZER["decay"]
+    return flat
 
 
 @dataclass(frozen=True)
@@ -210,14 +294,9 @@ class RunConfig:
     label_noise: float = 0.0
     model: str = "mlp"
     model_args: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "adam"
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adam"})  # or a name; stored in full
     lr: float = 1e-3
     weight_decay: float = 0.0
-    decay: str = "decoupled"
-    momentum: float = 0.0
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
     decay_vectors: bool = False
     mup: dict[str, Any] | None = None
     lr_schedule: dict[str, Any] | None = None
@@ -229,7 +308,6 @@ class RunConfig:
     grad_clip: float | None = None
     precision: str = "fp32"
     dtype: str = "float32"
-    bf16_update: str = "nearest"
     seed: int = 0
     eval_every: int = 0
     eval_batches: int = 20
@@ -249,7 +327,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
         # one key per value: 0 and 0.0 (JSON), "1e-3" (YAML 1.1 reads a float without a dot as a string)
-        for name in ("lr", "weight_decay", "momentum", "eps", "grad_clip", "ema", "divergence_factor", "label_noise"):
+        for name in ("lr", "weight_decay", "grad_clip", "ema", "divergence_factor", "label_noise"):
             v = getattr(self, name)
             if isinstance(v, str):
                 try:
@@ -291,9 +369,6 @@ class RunConfig:
         for name in ("data", "model"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a name (string), got {short_repr(getattr(self, name))}")
-        from .data import DATASETS
-        from .models import MODELS
-
         choice("data", tuple(DATASETS))
         choice("model", tuple(MODELS))
         for name in ("data_args", "model_args"):
@@ -318,15 +393,14 @@ class RunConfig:
             filled = {**_MODEL_DEFAULTS[self.model], **self.model_args}
             if filled != self.model_args:
                 object.__setattr__(self, "model_args", filled)
-        choice("optimizer", OPTIMIZERS)
-        choice("decay", _DECAYS)
+        object.__setattr__(self, "optimizer", optimizer_spec(self.optimizer))  # the registry checks it
         choice("precision", PRECISIONS)
         choice("dtype", DTYPES)
-        choice("bf16_update", BF16_UPDATES)
-        if self.bf16_update != "nearest" and (self.precision != "bf16-pure" or self.optimizer not in ("adam", "sgd")):
-            raise ValueError(f"bf16_update {self.bf16_update!r} applies to precision 'bf16-pure' with the wdlib "
-                             f"optimizers 'adam' or 'sgd', got precision {self.precision!r}, optimizer {self.optimizer!r}")
-        choice("scale", _SCALES)
+        bf16_update = self.optimizer.get("bf16_update", "nearest")
+        if bf16_update != "nearest" and self.precision != "bf16-pure":
+            raise ValueError(f"optimizer.bf16_update {bf16_update!r} applies to precision 'bf16-pure', got precision "
+                             f"{self.precision!r}; leave it at 'nearest' or set precision bf16-pure")
+        choice("scale", SCALES)
         positive_int("steps")
         for name in ("batch_size", "block_size", "grad_accum", "eval_batches"):
             positive_int(name, 1, _MAX_SIZE)
@@ -338,8 +412,6 @@ class RunConfig:
         positive_int("perturb_step", 0, self.steps - 1, optional=True)
         number("lr")
         number("weight_decay")
-        number("momentum", 0.0, 1.0, open_high=True)
-        number("eps")
         number("grad_clip", optional=True)
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be a number > 0 or null, got {self.grad_clip!r}")
@@ -356,17 +428,13 @@ class RunConfig:
                 raise ValueError(f"mup.base_width must be an integer in [1, {_MAX_SIZE}], got {short_repr(base)}")
             if self.mup.get("decay", "scaled") not in ("scaled", "constant"):
                 raise ValueError(f"mup.decay must be 'scaled' or 'constant', got {self.mup.get('decay')!r}")
-            if self.decay == "independent":
-                raise ValueError("mup with decay='independent' is not supported: its lr multipliers would scale the decay too")
+            if self.optimizer["decay"] == "independent":
+                raise ValueError("mup with optimizer.decay 'independent' is not supported: its lr multipliers "
+                                 "would scale the decay too; use 'decoupled' or 'l2'")
             if "width" not in self.model_args:
                 raise ValueError("mup needs model_args.width (the width that base_width is compared with)")
-        if not isinstance(self.nesterov, bool) or not isinstance(self.decay_vectors, bool):
-            raise ValueError("nesterov and decay_vectors must be true or false")
-        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else None
-        if betas is None or len(betas) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float))
-                                                     or not 0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {self.betas!r}")
-        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+        if not isinstance(self.decay_vectors, bool):
+            raise ValueError(f"decay_vectors must be true or false, got {short_repr(self.decay_vectors)}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         object.__setattr__(self, "lr_schedule", _check_schedule_spec("lr_schedule", self.lr_schedule))
@@ -405,7 +473,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Build from a plain dict (a parsed JSON or YAML file); an unknown field raises ValueError naming it."""
+        """Build from a plain dict (a parsed JSON or YAML file); an unknown field raises ValueError naming it.
+
+        Also reads the forms configurations had before the optimizer spec: the old flat fields (``optimizer:
+        sgd``, ``decay``, ``momentum``, ``nesterov``, ``betas``, ``eps``, ``bf16_update``) go into the spec, as
+        do ``optimizer.<option>`` fields (``{"optimizer.decay": "l2"}``); either overrides the spec's option.
+        """
         if not isinstance(d, dict):
             raise ValueError(f"a run configuration must be a mapping of fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -413,26 +486,51 @@ class RunConfig:
         if not_names:
             raise ValueError(f"configuration keys must be field names (strings), got {short_repr(not_names[0])} "
                              f"({type(not_names[0]).__name__}); known fields: {sorted(names)}")
-        unknown = sorted(set(d) - names)
+        unknown = sorted(k for k in set(d) - names - set(_FLAT_OPTIMIZER) if not k.startswith("optimizer."))
         if unknown:
             raise ValueError(f"unknown configuration field(s) {unknown}; known fields: {sorted(names)}")
-        return cls(**d)
+        return cls(**_migrate_optimizer(d))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (tuples as lists)."""
+        """Plain JSON-ready values (tuples as lists); the optimizer as its full spec."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A copy with some fields changed (checked again)."""
+        """A copy with some fields changed (checked again).
+
+        ``optimizer=`` replaces the whole spec (options left out take their defaults); to change one option
+        keep the rest, ``cfg.replace(optimizer={**cfg.optimizer, "decay": "l2"})``, or name it as a field,
+        ``cfg.replace(**{"optimizer.decay": "l2"})``. The old flat fields work too (see :meth:`from_dict`).
+        """
         return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def value(self, name: str) -> Any:
+        """The value of field ``name``; ``optimizer.<option>`` reads an option of the optimizer spec (the form
+        ``--set`` and ``--grid`` take), ``optimizer`` alone its name, an old flat field (``decay``) its option.
+        ValueError for an unknown field. (:func:`wdlib.runs.results_table` reads a sweep's fields with it.)"""
+        if name == "optimizer":
+            return self.optimizer["name"]
+        if name.startswith("optimizer."):
+            option = name.removeprefix("optimizer.")
+            if option not in self.optimizer:
+                raise ValueError(f"{name}: optimizer {self.optimizer['name']!r} has no option {option!r}; its "
+                                 f"options: {', '.join(self.optimizer)}")
+            return self.optimizer[option]
+        if name in _FLAT_OPTIMIZER:  # an old flat field (``--grid decay=l2,decoupled``): the spec's option
+            return self.optimizer.get(name, _FLAT_OPTIMIZER[name])
+        if name not in {f.name for f in dataclasses.fields(self)}:
+            raise ValueError(f"unknown configuration field {name!r}")
+        return getattr(self, name)
 
     def key(self) -> str:
         """A stable hash of the configuration: the run store's key (24 hex digits of SHA-256).
 
         Fields added after the store format was fixed (:data:`_LATER_FIELDS`) enter the hash only when
-        they differ from their default, so runs stored before they existed keep their keys.
+        they differ from their default, so runs stored before they existed keep their keys. The optimizer
+        enters as the flat fields configurations had before its spec (:data:`_FLAT_OPTIMIZER`), so a run
+        keeps its key across that change too (tests/test_optimizer_spec.py holds keys computed before it).
         """
-        d = self.to_dict()
+        d = {**self.to_dict(), **_flat_optimizer(self.optimizer)}
         for name, default in _LATER_FIELDS.items():
             if d.get(name) == default:
                 d.pop(name)

@@ -12,13 +12,23 @@ Full scale (read from disk; a clear error names the offline alternative when the
 - CIFAR-10 (Krizhevsky 2009), the official python-pickle batches.
 - OpenWebText-style GPT-2 token files (``train.bin``/``val.bin`` as nanoGPT's ``prepare.py`` writes them).
 
-Batching is stateless: the batch of step ``t`` is a pure function of ``(seed, t)``, so a run resumed from a
-checkpoint at step ``t`` sees bit-identical batches, and the ranks of a data-parallel run each take a
-contiguous shard of the same global batch. ``load(name, **kwargs)`` picks a dataset by name.
+Both kinds of data, :class:`Dataset` (classification) and :class:`TokenDataset` (a token stream), answer
+one protocol, so the training loop never asks which it has:
+
+- ``ds.batch(step, seed, *, batch_size, device=None, rank=0, world_size=1)``: the training batch of
+  ``step``, a pure function of ``(seed, step)``, so a run resumed from a checkpoint at step ``t`` sees
+  bit-identical batches, and the ranks of a data-parallel run each take a contiguous shard of the same
+  global batch (a token dataset's window length is its bound ``block_size``);
+- ``ds.eval_sets(*, batch_size, count, device=None)``: ``{"val": f, "train": f}``, fixed evaluation batches;
+- ``ds.sizes``: what sizes a model to the data (:func:`wdlib.models.data_args`);
+- ``ds.for_device(device)``: the dataset as a run on that device reads it.
+
+``load(name, **kwargs)`` picks a dataset by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import operator
@@ -44,12 +54,20 @@ import torch
 from ._registry import call_checked
 
 __all__ = [
-    "DATASETS", "DataNotFoundError", "Dataset", "TokenDataset", "batch_indices", "batches", "check_vocab",
+    "DATASETS", "DataNotFoundError", "Dataset", "EvalSet", "TokenDataset", "batch_indices", "batches", "check_vocab",
     "cifar10", "digits", "encode_gpt2", "load", "mnist1d", "openwebtext", "spurious", "stdlib_chars", "subset",
     "token_file", "with_label_noise", "write_tokens",
 ]
 
 _MAX_SEED = 2**32  # seeds and steps live in [0, 2**32): the generator seeds below stay within 64 bits
+
+
+EVAL_CHUNK = 1024  # samples per evaluation batch of classification data
+EVAL_TRAIN_SAMPLES = 4096  # training samples a run evaluates (the first ones: the split is in a seeded order)
+
+
+#: An evaluation set: called, a fresh iterator of ``(x, y)`` batches (see ``Dataset.eval_sets``).
+EvalSet = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -154,6 +172,16 @@ class Dataset:
     def input_dim(self) -> int:
         return int(self.x_train[0].numel())
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample (``x_train.shape[1:]``)."""
+        return tuple(int(n) for n in self.x_train.shape[1:])
+
+    @property
+    def sizes(self) -> dict[str, Any]:
+        """What sizes a model to this data: ``input_shape`` and ``num_classes`` (see :func:`wdlib.models.data_args`)."""
+        return {"input_shape": self.input_shape, "num_classes": self.num_classes}
+
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Dataset:
         """A copy on ``device``; ``dtype`` applies to the inputs only."""
         def cast(x: torch.Tensor) -> torch.Tensor:
@@ -162,19 +190,38 @@ class Dataset:
                        self.y_test.to(device), self.num_classes,
                        self.noisy.to(device) if self.noisy is not None else None)
 
-    def batch(self, step: int, batch_size: int, seed: int, device: str | torch.device = "cpu", rank: int = 0,
-              world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` of ``rank``'s shard of the global training batch at ``step``, on ``device``.
+    def for_device(self, device: str | torch.device) -> Dataset:
+        """The dataset as a run on ``device`` reads it: itself on the CPU, else a copy there (:meth:`to`), so
+        batches are gathered by indexing on the device."""
+        return self if torch.device(device).type == "cpu" else self.to(device)
+
+    def batch(self, step: int, seed: int, *, batch_size: int, device: str | torch.device | None = None,
+              rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of ``rank``'s shard of the global training batch at ``step``, moved to ``device`` if given.
 
         The global batch is ``batch_indices(len(x_train), batch_size, step, seed)``; rank ``r`` of
         ``world_size`` takes its ``r``-th contiguous slice of ``batch_size // world_size`` samples, so the
         ranks' shards, concatenated in rank order, are the global batch. Gathered by tensor indexing.
+        The signature is :class:`TokenDataset`'s: one training loop serves both kinds of data.
         """
         start, stop = _shard("batch_size", _int("batch_size", batch_size, 1), rank, world_size)
         idx = batch_indices(self.x_train.shape[0], batch_size, step, seed)[start:stop].to(self.x_train.device)
-        return self.x_train[idx].to(device), self.y_train[idx].to(device)
+        x, y = self.x_train[idx], self.y_train[idx]
+        return (x, y) if device is None else (x.to(device), y.to(device))
 
-    def eval_batches(self, split: str = "test", batch_size: int = 1024,
+    def eval_sets(self, *, batch_size: int, count: int, device: str | torch.device | None = None) -> dict[str, EvalSet]:
+        """The evaluation sets of a run: ``{"val": f, "train": f}``, each ``f()`` a fresh iterator of ``(x, y)``.
+
+        ``val`` is the whole test split, ``train`` the first ``EVAL_TRAIN_SAMPLES`` (4,096) training samples,
+        both in order in chunks of ``EVAL_CHUNK`` (1,024) (:meth:`eval_batches`), moved to ``device`` if given.
+        They are fixed samples: ``batch_size`` and ``count`` size the sampled windows of token data only.
+        """
+        def chunks(split: str, limit: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for x, y in self.eval_batches(split, EVAL_CHUNK, limit):
+                yield (x, y) if device is None else (x.to(device), y.to(device))
+        return {"val": lambda: chunks("test", None), "train": lambda: chunks("train", EVAL_TRAIN_SAMPLES)}
+
+    def eval_batches(self, split: str = "test", batch_size: int = EVAL_CHUNK,
                      limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(x, y)`` chunks of ``batch_size`` over the ``split`` ("test" or "train"), in order.
 
@@ -465,20 +512,52 @@ def cifar10(root: str | os.PathLike[str], download: bool = False) -> Dataset:
 
 @dataclass(frozen=True, eq=False)
 class TokenDataset:
-    """A token stream split into ``train`` and ``val`` (1-D int64 tensors, or uint16 memmaps of token files)."""
+    """A token stream split into ``train`` and ``val`` (1-D int64 tensors, or uint16 memmaps of token files).
+
+    ``block_size`` is the length of the windows a run trains on (None until bound with
+    :meth:`with_block_size`; :func:`wdlib.components.build_data` binds the run's). :meth:`batch` and
+    :meth:`eval_sets` read it, so they take the same arguments as :class:`Dataset`'s.
+    """
 
     name: str
     train: torch.Tensor | np.ndarray
     val: torch.Tensor | np.ndarray
     vocab_size: int
     meta: dict = field(default_factory=dict)
+    block_size: int | None = None
 
     def _split(self, split: str) -> torch.Tensor | np.ndarray:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         return self.train if split == "train" else self.val
 
-    def batch(self, step: int, batch_size: int, block_size: int, seed: int, device: str | torch.device = "cpu",
+    def with_block_size(self, block_size: int) -> TokenDataset:
+        """The same tokens (shared, not copied) with windows of ``block_size`` tokens for :meth:`batch` and
+        :meth:`eval_sets`."""
+        return dataclasses.replace(self, block_size=_int("block_size", block_size, 1))
+
+    def _block(self) -> int:
+        """The bound ``block_size``, or a ValueError saying how to bind one."""
+        if self.block_size is None:
+            raise ValueError(f"{self.name} has no block_size: bind the window length with "
+                             f"with_block_size(n) (wdlib.components.build_data binds the run's)")
+        return self.block_size
+
+    @property
+    def sizes(self) -> dict[str, Any]:
+        """What sizes a model to this data: ``vocab_size``, and ``block_size`` once bound
+        (see :func:`wdlib.models.data_args`)."""
+        out: dict[str, Any] = {"vocab_size": self.vocab_size}
+        if self.block_size is not None:
+            out["block_size"] = self.block_size
+        return out
+
+    def for_device(self, device: str | torch.device) -> TokenDataset:
+        """The dataset as a run on ``device`` reads it: itself, the tokens staying on the CPU (a memmap stays on
+        disk); :meth:`batch` gathers the windows there and moves them to the device."""
+        return self
+
+    def batch(self, step: int, seed: int, *, batch_size: int, device: str | torch.device | None = None,
               rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)``, int64 (batch_size // world_size, block_size), of ``rank``'s shard of the batch at ``step``.
 
@@ -486,16 +565,31 @@ class TokenDataset:
         generator seeded with ``seed * 2**32 + step``; ``x = train[s:s + block_size]`` and
         ``y = train[s + 1:s + 1 + block_size]`` (next-token targets). Every rank draws the same global starts
         and keeps its contiguous slice, so the shards concatenate to the global batch and a resumed run
-        repeats it exactly. Gathered by indexing with ``s + arange(block_size + 1)``, without a Python loop.
-        Used by the large-language-model chapter (LLM-1..LLM-7).
+        repeats it exactly. Gathered by indexing with ``s + arange(block_size + 1)``, without a Python loop,
+        on the CPU, then moved to ``device`` (the CPU when None). ``block_size`` is the bound one
+        (:meth:`with_block_size`). Used by the large-language-model chapter (LLM-1..LLM-7).
         """
+        block_size = self._block()
         batch_size = _int("batch_size", batch_size, 1)
         start, stop = _shard("batch_size", batch_size, rank, world_size)
         step = _int("step", step, 0, _MAX_SEED)
         seed = _int("seed", seed, 0, _MAX_SEED)
         gen = torch.Generator().manual_seed(seed * _MAX_SEED + step)
         return _windows(self.train, _starts(len(self.train), batch_size, block_size, gen)[start:stop],
-                        block_size, device)
+                        block_size, "cpu" if device is None else device)
+
+    def eval_sets(self, *, batch_size: int, count: int, device: str | torch.device | None = None) -> dict[str, EvalSet]:
+        """The evaluation sets of a run: ``{"val": f, "train": f}``, each ``f()`` a fresh iterator of ``(x, y)``.
+
+        Each is :meth:`eval_batches` of its split: ``count`` batches of ``batch_size`` fixed windows of the
+        bound ``block_size``, drawn with seed 0 (the same windows at every evaluation and in every run),
+        on ``device`` (the CPU when None).
+        """
+        block_size, device = self._block(), "cpu" if device is None else device
+
+        def windows(split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            return self.eval_batches(batch_size, block_size, count, seed=0, split=split, device=device)
+        return {"val": lambda: windows("val"), "train": lambda: windows("train")}
 
     def train_starts(self, steps: int, batch_size: int, block_size: int, seed: int) -> torch.Tensor:
         """The window starts of the training batches of steps ``0 .. steps-1`` (global batches), in step order.

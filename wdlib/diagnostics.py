@@ -6,8 +6,9 @@ part, per weight, and measures the effective shrinkage each weight receives (cla
 step, and :func:`effective_lr` / :func:`adam_effective_lr` the effective learning rates of
 scale-invariant layers (OVER-5, chapter 4). The Hessian measurements (:func:`hutchinson_trace`,
 :func:`top_eigenvalue`, :func:`hvp`) live in :mod:`wdlib.hessian` and are re-exported here.
-:data:`DIAGNOSTICS`, :data:`PROBES` and :data:`MEASURES` name what a run configuration can ask the
-training loop (:mod:`wdlib.train`) to record at each evaluation, at each step, and on the final model.
+:data:`DIAGNOSTICS` and :data:`PROBES` name what a run configuration can ask the training loop
+(:mod:`wdlib.train`) to record at each evaluation and at each step; :mod:`wdlib.measures` (which needs
+the data and the models) adds its own diagnostics to them and holds the measures of the final model.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import numpy as np
 import torch
 
 from .hessian import EigenEstimate, TraceEstimate, hutchinson_trace, hvp, scale_aware_trace, top_eigenvalue
-from .optim import decay_factor
+from .optim import decay_factor, decay_rule
 
-__all__ = ["ShrinkageProbe", "UpdateRecorder", "AngularProbe", "RelativeUpdateProbe", "DIAGNOSTICS", "PROBES", "MEASURES",
+__all__ = ["ShrinkageProbe", "UpdateRecorder", "AngularProbe", "RelativeUpdateProbe", "DIAGNOSTICS", "PROBES",
            "register_diagnostic", "effective_lr", "adam_effective_lr", "weight_norms", "update_to_weight_ratio", "weight_angle",
            "hvp", "hutchinson_trace", "top_eigenvalue", "scale_aware_trace", "TraceEstimate", "EigenEstimate"]
 
@@ -139,8 +140,9 @@ class UpdateRecorder:
         self.group_index = next(i for i, g in enumerate(optimizer.param_groups)
                                 if any(q is param for q in g["params"]))
         g = optimizer.param_groups[self.group_index]
-        if "betas" not in g or g.get("decay", "decoupled") == "l2":
-            raise ValueError("UpdateRecorder needs Adam with decoupled or independent decay")
+        if "betas" not in g or decay_rule(g, optimizer) == "l2":
+            raise ValueError("UpdateRecorder needs Adam with decoupled or independent decay (wdlib's Adam with "
+                             "decay 'decoupled' or 'independent', or torch.optim.AdamW)")
         self.theta0: torch.Tensor | None = None
         self.updates: list[torch.Tensor] = []
         self.lr: list[float] = []
@@ -164,7 +166,7 @@ class UpdateRecorder:
         v_hat = self._take(st["exp_avg_sq"]) / (1 - beta2**t)
         self.updates.append(m_hat / (v_hat.sqrt() + g["eps"]))
         self.lr.append(float(g["lr"]))
-        shrink = decay_factor(g) if "decay" in g else g["lr"] * g["weight_decay"]
+        shrink = decay_factor(g, self.optimizer)
         self.shrink.append(float(shrink))
 
     def state_dict(self) -> dict[str, Any]:
@@ -370,8 +372,9 @@ class RelativeUpdateProbe(_RowsProbe):
     rate of Andriushchenko et al. (arXiv 2310.04415, Section 4; claim LLM-3, chapter 5). Records
     ``step``, ``lr``, ``weight_norm`` and ``update_norm`` every ``every`` steps from ``start``, and
     ``step_norm`` = ``||W_{t+1} - W_t + s_t W_t||``, the update without the decay's own shrink
-    ``s_t W_t`` (``s_t`` from :func:`wdlib.optim.decay_factor` for wdlib's optimizers, ``lr*lambda``
-    for ``torch.optim.AdamW``, 0 for optimizers whose decay goes through the gradient).
+    ``s_t W_t`` (``s_t`` from :func:`wdlib.optim.decay_factor`: ``lr*lambda`` for decoupled decay, wdlib's
+    or ``torch.optim.AdamW``'s, ``lr/reference_lr*lambda`` for the independent rule, 0 for an L2 penalty,
+    whose decay goes through the gradient).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1,
@@ -392,14 +395,7 @@ class RelativeUpdateProbe(_RowsProbe):
         out = []
         for p in self.params:
             g = group_of.get(id(p))
-            if g is None:
-                out.append(0.0)
-            elif "decay" in g:  # wdlib's optimizers
-                out.append(decay_factor(g))
-            elif isinstance(self.optimizer, torch.optim.AdamW):
-                out.append(float(g["lr"]) * float(g["weight_decay"]))
-            else:
-                out.append(0.0)
+            out.append(0.0 if g is None else decay_factor(g, self.optimizer))
         return out
 
     @staticmethod
@@ -475,26 +471,16 @@ def _adam_elr(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float
     return adam_effective_lr(optimizer)
 
 
-def _attn_logit_max(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, batch: tuple[torch.Tensor, torch.Tensor],
-                    autocast: Callable[[], Any] | None = None) -> np.ndarray:
-    """:func:`wdlib.models.attention_logit_max` per layer on a fixed validation batch, in the run's autocast."""
-    from .models import attention_logit_max
-
-    return attention_logit_max(model, batch[0], autocast)
-
-
-_attn_logit_max.needs_batch = True  # type: ignore[attr-defined]
-
-
 #: Diagnostics recorded at each evaluation: ``name -> f(model, optimizer) -> float or array``. A function
 #: with the attribute ``needs_batch = True`` is called as ``f(model, optimizer, batch=(x, y), autocast=...)``
-#: with the first validation batch and the run's autocast context factory.
+#: with the first validation batch and the run's autocast context factory. These need the model and the
+#: optimizer alone; :mod:`wdlib.measures` adds those that need a model class (``attn_logit_max``) with
+#: :func:`register_diagnostic`, and is where the training loop reads the registries from.
 DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] = {
     "params": _params_snapshot,
     "matrix_rms": _matrix_rms,
     "matrix_norm": _matrix_norm,
     "adam_elr": _adam_elr,
-    "attn_logit_max": _attn_logit_max,
 }
 
 #: Hooks that watch every step: ``name -> factory(model, optimizer, **args)`` returning an object with
@@ -504,114 +490,6 @@ PROBES: dict[str, Callable[..., Any]] = {
     "updates": _update_recorder,
     "angular": _angular_probe,
     "relative_update": _relative_update_probe,
-}
-
-
-# --- measures of the final model on its data ------------------------------------------------------------
-
-def _train_points(model: torch.nn.Module, ds: Any, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``samples`` training points (a fixed subset: the training split is already in a seeded
-    order), on the model's device and in its dtype."""
-    if not hasattr(ds, "x_train"):
-        raise ValueError("this measure applies to classification data (x_train, y_train)")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-    p = next(model.parameters())
-    n = min(samples, ds.x_train.shape[0])
-    return ds.x_train[:n].to(p.device, p.dtype), ds.y_train[:n].to(p.device)
-
-
-def _measure_trace(model: torch.nn.Module, ds: Any, *, probes: int = 10, samples: int = 1000, seed: int = 0,
-                   probe_chunk: int | None = None, data_chunk: int | None = 250) -> dict[str, float]:
-    """Hutchinson trace of the training-loss Hessian on the first ``samples`` training points, eval mode.
-
-    Returns ``value``, ``stderr``, ``probes``, ``samples`` and ``scale_aware`` (sum over tensors of the
-    tensor's trace times its squared norm, :func:`wdlib.hessian.scale_aware_trace`). ``data_chunk`` (250)
-    bounds the memory of the batched probes and was the fastest setting on CPU
-    (``benchmarks/hessian_trace.py``).
-    """
-    x, y = _train_points(model, ds, samples)
-    est = hutchinson_trace(model, x, y, probes=probes, seed=seed, probe_chunk=probe_chunk, data_chunk=data_chunk,
-                           mode="eval")
-    return {"value": est.value, "stderr": est.stderr, "probes": est.probes, "samples": est.samples,
-            "scale_aware": scale_aware_trace(est, model)}
-
-
-def _measure_top_eigenvalue(model: torch.nn.Module, ds: Any, *, iters: int = 100, samples: int = 1000,
-                            seed: int = 0, tol: float = 1e-4) -> dict[str, float]:
-    """Largest-magnitude Hessian eigenvalue on the first ``samples`` training points (power iteration, eval mode)."""
-    x, y = _train_points(model, ds, samples)
-    est = top_eigenvalue(model, x, y, iters=iters, tol=tol, seed=seed, mode="eval")
-    return {"value": est.value, "iterations": est.iterations, "residual": est.residual}
-
-
-@torch.no_grad()
-def _measure_noise_fit(model: torch.nn.Module, ds: Any) -> dict[str, float]:
-    """Of the training samples with a wrong label (:func:`wdlib.data.with_label_noise`), the fraction the
-    model predicts as that wrong label (``noisy_fit``: memorized noise); of the others, the fraction it
-    gets right (``clean_fit``). Eval mode."""
-    if getattr(ds, "noisy", None) is None:
-        raise ValueError("noise_fit needs a dataset with label noise (RunConfig.label_noise > 0)")
-    was = model.training
-    model.eval()
-    p = next(model.parameters())
-    pred = torch.cat([model(ds.x_train[i:i + 1024].to(p.device, p.dtype)).argmax(-1).cpu()
-                      for i in range(0, ds.x_train.shape[0], 1024)])
-    model.train(was)
-    right = pred == ds.y_train.cpu()
-    noisy = ds.noisy.cpu()
-    return {"noisy_fit": float(right[noisy].double().mean()) if noisy.any() else float("nan"),
-            "clean_fit": float(right[~noisy].double().mean())}
-
-
-def _measure_seen_unseen(model: torch.nn.Module, ds: Any, *, run: Any, autocast: Callable[[], Any] | None = None,
-                         windows: int = 256, recent: float = 0.1, seed: int = 0) -> dict[str, float]:
-    """Loss on training windows the run trained on, on as many it never touched, and on validation windows.
-
-    ``windows`` of each kind, in the run's autocast: ``seen`` drawn (seeded by ``seed``) from the
-    windows of all training batches (:meth:`wdlib.data.TokenDataset.train_starts`); ``recent`` from
-    the batches of the last ``recent`` fraction of the steps (what a model would remember best);
-    ``unseen``, training-split windows no batch touched (:meth:`~wdlib.data.TokenDataset.unseen_starts`);
-    ``val``, random windows of the validation split. Unseen minus seen near zero is single-pass
-    training's signature: the model has not memorized what it saw (claim LLM-1, chapter 5).
-    Returns ``seen_loss``, ``recent_loss``, ``unseen_loss``, ``val_loss`` and ``gap`` = unseen - seen.
-    """
-    from .train import evaluate
-
-    if not hasattr(ds, "train_starts"):
-        raise ValueError("the seen_unseen measure applies to language data (a TokenDataset)")
-    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
-        raise ValueError(f"windows must be an integer >= 1, got {windows!r}")
-    if not 0 < recent <= 1:
-        raise ValueError(f"recent must be a fraction in (0, 1], got {recent!r}")
-    seen_all = ds.train_starts(run.steps, run.batch_size, run.block_size, run.seed)
-    gen = torch.Generator().manual_seed(seed)
-    seen = seen_all[torch.randperm(seen_all.numel(), generator=gen)[:windows]]
-    last = seen_all[-max(1, int(round(recent * run.steps))) * run.batch_size:]
-    recent_starts = last[torch.randperm(last.numel(), generator=gen)[:windows]]
-    unseen = ds.unseen_starts(windows, run.block_size, seen_all, seed=seed)
-    val = torch.randint(0, len(ds.val) - run.block_size, (windows,), generator=gen)
-    device = next(model.parameters()).device
-    out = {}
-    for name, starts, split in (("seen", seen, "train"), ("recent", recent_starts, "train"),
-                                ("unseen", unseen, "train"), ("val", val, "val")):
-        out[f"{name}_loss"] = evaluate(model, ds.windows(starts, run.block_size, run.batch_size, split=split,
-                                                         device=device), autocast)[0]
-    out["gap"] = out["unseen_loss"] - out["seen_loss"]
-    return out
-
-
-_measure_seen_unseen.needs_run = True  # type: ignore[attr-defined]
-
-
-#: Measurements of the final model on its dataset: ``name -> f(model, dataset, **args) -> {value: float}``;
-#: a run configuration names them in ``measures`` and the values land in ``final["<name>/<value>"]``. A
-#: function with the attribute ``needs_run = True`` also gets ``run=<RunConfig>, autocast=<context factory>``.
-MEASURES: dict[str, Callable[..., dict[str, float]]] = {
-    "hessian_trace": _measure_trace,
-    "top_eigenvalue": _measure_top_eigenvalue,
-    "noise_fit": _measure_noise_fit,
-    "seen_unseen": _measure_seen_unseen,
 }
 
 

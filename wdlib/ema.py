@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .optim import Adam
-from .schedules import contribution_weights
+from .optim import Adam, decay_factor
+from .schedules import Constant, Cosine, EqualContribution, InverseSqrt, WarmupStableDecay, contribution_weights, values
 
 __all__ = ["predicted_rms", "no_decay_rms", "update_rms", "reconstruct", "simulate_rms", "rms_recursion", "contribution_figure_data",
-           "SCHEDULE_NAMES", "explorer"]
+           "SCHEDULE_NAMES"]
 
 
 def predicted_rms(lr: Any, weight_decay: Any) -> Any:
@@ -131,8 +131,8 @@ def simulate_rms(lrs: Sequence[float], weight_decays: Sequence[float], *, coords
         if t % every == 0 or t == steps:
             rec_steps.append(t)
             rms.append([float(p.detach().pow(2).mean().sqrt()) for p in params])
-    upd = [float(((q * (1 - lr * wd) - p.detach()) / lr).pow(2).mean().sqrt())
-           for q, p, lr, wd in zip(prev, params, lrs, weight_decays)]
+    upd = [float(((q * (1 - decay_factor(g)) - p.detach()) / lr).pow(2).mean().sqrt())  # the step less the decay
+           for q, p, lr, g in zip(prev, params, lrs, opt.param_groups)]
     pred = np.array([math.sqrt(lr / (2 * wd)) if wd > 0 else float("nan") for lr, wd in zip(lrs, weight_decays)])
     return {"step": np.array(rec_steps), "rms": np.array(rms), "predicted": pred, "update_rms": np.array(upd)}
 
@@ -147,8 +147,6 @@ def contribution_figure_data(lr: float, weight_decay: float, steps: int, schedul
     ``rms_instant`` (``sqrt(eta_s/(2*lambda_s))``, the equilibrium of each step's own values).
     The cosine and WSD shapes here go to lr/100 without warmup.
     """
-    from .schedules import Constant, Cosine, EqualContribution, InverseSqrt, WarmupStableDecay, values
-
     makers = {
         "constant": (Constant(lr), Constant(weight_decay)),
         "cosine": (Cosine(peak=lr, steps=steps, final=lr / 100), Constant(weight_decay)),
@@ -168,33 +166,3 @@ def contribution_figure_data(lr: float, weight_decay: float, steps: int, schedul
 
 
 SCHEDULE_NAMES: tuple[str, ...] = ("constant", "cosine", "wsd", "equal contribution", "inverse sqrt")
-
-
-def explorer(steps: int = 20_000) -> Any:
-    """Sliders for eta, lambda and the schedule, redrawing the contribution weights and the predicted RMS.
-
-    Needs ipywidgets (Jupyter, Colab); returns the widget. The book shows a static figure instead.
-    """
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-
-    def draw(log10_lr: float = -3.0, log10_wd: float = -1.0, schedule: str = "cosine") -> None:
-        d = contribution_figure_data(10**log10_lr, 10**log10_wd, steps, schedule)
-        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-        a.plot(d["step"], d["weights"] / d["weights"].sum())
-        a.set_xlabel("step")
-        a.set_ylabel("share of the final parameters")
-        a.set_title(f"theta_0 keeps {d['theta0_weight']:.2%}", fontsize=10)
-        b.plot(d["step"], d["rms"], label="mean-field recursion")
-        b.plot(d["step"], d["rms_instant"], ":", label=r"$\sqrt{\eta_s/(2\lambda_s)}$")
-        b.set_xlabel("step")
-        b.set_ylabel("predicted weight RMS")
-        b.legend(fontsize=7)
-        fig.tight_layout()
-        plt.show()
-
-    return widgets.interactive(draw, log10_lr=widgets.FloatSlider(value=-3.0, min=-5.0, max=-1.0, step=0.25,
-                                                                  description="log10 lr"),
-                               log10_wd=widgets.FloatSlider(value=-1.0, min=-3.0, max=1.0, step=0.25,
-                                                            description="log10 wd"),
-                               schedule=widgets.Dropdown(options=list(SCHEDULE_NAMES), value="cosine"))

@@ -6,6 +6,8 @@
 ``MODELS`` names what :func:`build` knows: an MLP, a VGG-style CNN without normalization, the CIFAR
 ResNet-18 (optionally scale-invariant, as in Andriushchenko et al., arXiv 2310.04415), a nanoGPT-like
 GPT, and a convolution and an RNN whose weights are shared over a chosen number of positions or steps.
+Each model class names in ``DATA_ARGS`` the constructor arguments its data sets (input size, classes,
+vocabulary, context), and :func:`data_args` reads them from a dataset's ``sizes``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +25,8 @@ from torch import nn
 
 from ._registry import call_checked
 
-__all__ = ["MLP", "CNN", "ConvNet", "ResNet18", "GPT", "TiedConv", "TiedRNN", "MODELS", "attention_backend", "attention_logit_max", "build", "flat_parameters"]
+__all__ = ["MLP", "CNN", "ConvNet", "ResNet18", "GPT", "TiedConv", "TiedRNN", "MODELS", "attention_backend",
+           "attention_logit_max", "build", "data_args", "flat_parameters"]
 
 
 def _check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -36,6 +40,57 @@ def _check_bool(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a bool, got {value!r}")
 
 
+# --------------------------------------------------------------------------------------------------
+# Sizes from the data: each model's DATA_ARGS names the constructor arguments the data sets
+# --------------------------------------------------------------------------------------------------
+
+#: How a model reads one constructor argument from a dataset's ``sizes`` (``input_shape`` and
+#: ``num_classes`` for classification data, ``vocab_size`` and ``block_size`` for token data).
+SizeRule = Callable[[Mapping[str, Any]], int]
+
+
+def _flat_size(sizes: Mapping[str, Any]) -> int:
+    """Values per input sample: the product of ``input_shape``."""
+    return int(math.prod(sizes["input_shape"]))
+
+
+def _channels(sizes: Mapping[str, Any]) -> int:
+    """Input channels: the first axis of ``input_shape``, or 1 for samples with a single axis."""
+    shape = sizes["input_shape"]
+    return int(shape[0]) if len(shape) > 1 else 1
+
+
+def _leading(sizes: Mapping[str, Any]) -> int:
+    """The first axis of ``input_shape`` (channels of images)."""
+    return int(sizes["input_shape"][0])
+
+
+def _spatial(sizes: Mapping[str, Any]) -> int:
+    """The last axis of ``input_shape`` (length of a signal, side of an image)."""
+    return int(sizes["input_shape"][-1])
+
+
+def _size(key: str) -> SizeRule:
+    """The size named ``key`` as it is."""
+    return lambda sizes: sizes[key]
+
+
+def data_args(name: str, sizes: Mapping[str, Any]) -> dict[str, int]:
+    """The constructor arguments of model ``name`` that the data sets, read from the data's ``sizes``.
+
+    Each model class declares them in ``DATA_ARGS`` (argument -> rule); an argument whose size the data
+    lacks is left out (the constructor then reports it missing), as is everything for an unknown name.
+    ``data_args("mlp", {"input_shape": (1, 8, 8), "num_classes": 10})`` is ``{"in_dim": 64, "out_dim": 10}``.
+    """
+    out = {}
+    for arg, rule in getattr(_REGISTRY.get(name), "DATA_ARGS", {}).items():
+        try:
+            out[arg] = rule(sizes)
+        except KeyError:
+            continue
+    return out
+
+
 class MLP(nn.Sequential):
     """``depth`` hidden layers of ``width`` units with ReLU: in_dim -> width -> ... -> out_dim.
 
@@ -44,6 +99,8 @@ class MLP(nn.Sequential):
     (the setting where the weight norm is set by decay and noise alone; chapter 2, EMA-3).
     Used in chapter 1 on MNIST-1D (40 -> 128 -> 128 -> 10 at smoke scale) and chapter 2.
     """
+
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_dim": _flat_size, "out_dim": _size("num_classes")}
 
     def __init__(self, in_dim: int, width: int, depth: int, out_dim: int, bias: bool = True,
                  scale_invariant: bool = False) -> None:
@@ -106,6 +163,8 @@ class CNN(nn.Module):
     Used in the vision chapters (MNIST-1D at ``dim=1``, digits 8x8 at ``dim=2``) at CPU scale.
     """
 
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_channels": _channels, "num_classes": _size("num_classes")}
+
     def __init__(self, in_channels: int, num_classes: int, channels: tuple[int, ...] = (32, 64, 128),
                  dim: int = 2) -> None:
         super().__init__()
@@ -162,6 +221,9 @@ class ConvNet(nn.Module):
             weight is scale-invariant, as in the BatchNorm ResNets of Loshchilov & Hutter's
             (lr, lambda) grids (chapter 1b, DEC-8).
     """
+
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_channels": _channels, "num_classes": _size("num_classes"),
+                                                "input_size": _spatial}
 
     def __init__(self, in_channels: int, num_classes: int, input_size: int, channels: tuple[int, ...] = (32, 32, 32),
                  kernels: tuple[int, ...] = (5, 3, 3), strides: tuple[int, ...] = (1, 2, 2), dim: int = 1,
@@ -267,6 +329,8 @@ class ResNet18(nn.Module):
     (large-LR SGD, scale-invariant networks and the effective learning rate).
     """
 
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_channels": _leading, "num_classes": _size("num_classes")}
+
     def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3,
                  scale_invariant: bool = False) -> None:
         super().__init__()
@@ -368,6 +432,8 @@ class GPT(nn.Module):
 
     Used in the language-model chapter (a few layers of width 64-128 on CPU, GPT-2 small on a GPU).
     """
+
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"vocab_size": _size("vocab_size"), "block_size": _size("block_size")}
 
     def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
                  dropout: float = 0.0, bias: bool = False) -> None:
@@ -532,6 +598,9 @@ class TiedConv(nn.Module):
     ``tie`` gradient terms, a larger second moment, and so (the claim) a smaller effective decay.
     """
 
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_channels": _channels, "num_classes": _size("num_classes"),
+                                                "input_size": _spatial}
+
     def __init__(self, in_channels: int, num_classes: int, input_size: int, channels: int = 16, kernel: int = 5,
                  tie: int = 1) -> None:
         super().__init__()
@@ -576,6 +645,8 @@ class TiedRNN(nn.Module):
     so that :func:`wdlib.params.decay_groups` treats it as a bias; ``b[g]`` is its ``g``-th slice),
     initialized as ``nn.RNN`` does (uniform, bound ``1/sqrt(hidden)``). Chapter 1b, DEC-5.
     """
+
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"input_size": _flat_size, "num_classes": _size("num_classes")}
 
     def __init__(self, input_size: int, num_classes: int, hidden: int = 32, chunk: int = 4, tie: int = 1) -> None:
         super().__init__()

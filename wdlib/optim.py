@@ -71,12 +71,20 @@ on bfloat16 even rounds the factor ``1 - s`` to bfloat16 first: ``s < 2^-9`` bec
 ``s = 3e-3`` becomes ``2^-8``. Measured by :func:`wdlib.precision.applied_decay`; used by chapter 5
 (``notebooks/05_llm_regime.ipynb``, claim LLM-7).
 
+Run configurations name their optimizer through a registry, :data:`OPTIMIZERS`: a spec
+``{"name": "sgd", "decay": "l2", "momentum": 0.9}`` is checked (and completed with its defaults) by
+:func:`optimizer_spec`, the one place that knows each optimizer's options and the decay rules it can
+follow, and built by :func:`make_optimizer`. torch's own optimizers are registered as they are
+("torch.adam", "torch.adamw", "torch.sgd"), each with the one rule it implements. :func:`decay_factor`
+answers, for a param group of any of them, what shrink it applies at the current step.
+
 Used by every chapter; introduced in chapter 1 (``notebooks/01_l2_vs_decoupled.ipynb``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -84,7 +92,7 @@ from torch.optim.adam import adam as _adam_functional
 from torch.optim.adamw import adamw as _adamw_functional
 from torch.optim.sgd import sgd as _sgd_functional
 
-from wdlib._checks import check_real
+from wdlib._checks import check_real, short_repr
 from wdlib.rounding import stochastic_round_float32_
 
 __all__ = [
@@ -95,8 +103,13 @@ __all__ = [
     "SGDW",
     "Adam",
     "AdamW",
+    "OPTIMIZERS",
+    "OptimizerEntry",
     "convert_weight_decay",
     "decay_factor",
+    "decay_rule",
+    "make_optimizer",
+    "optimizer_spec",
 ]
 
 Decay = Literal["l2", "decoupled", "independent"]
@@ -118,20 +131,22 @@ def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None
     return check_real(name, value, low=low, high=high, high_open=high_open)
 
 
-def _check_betas(betas: Any) -> tuple[float, float]:
+def _check_betas(betas: Any, name: str = "betas") -> tuple[float, float]:
     try:
         pair = tuple(betas) if not isinstance(betas, (str, bytes)) else None
     except TypeError:  # a number, a 0-d tensor
         pair = None
     if pair is None or len(pair) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), each a finite number in [0, 1), got {betas!r}")
-    return (_check_number("betas[0]", pair[0], high=1.0, high_open=True),
-            _check_number("betas[1]", pair[1], high=1.0, high_open=True))
+        raise ValueError(f"{name} must be a pair (beta1, beta2), each a finite number in [0, 1), "
+                         f"got {short_repr(betas)}")
+    return (_check_number(f"{name}[0]", pair[0], high=1.0, high_open=True),
+            _check_number(f"{name}[1]", pair[1], high=1.0, high_open=True))
 
 
-def _check_decay(decay: Any) -> str:
-    if decay not in DECAYS:
-        raise ValueError(f"decay must be one of {', '.join(repr(d) for d in DECAYS)}, got {decay!r}")
+def _check_decay(decay: Any, name: str = "decay") -> str:
+    """The one check of a weight-decay rule's name (wdlib's optimizers and :func:`optimizer_spec` call it)."""
+    if not isinstance(decay, str) or decay not in DECAYS:
+        raise ValueError(f"{name} must be one of {', '.join(repr(d) for d in DECAYS)}, got {short_repr(decay)}")
     return decay
 
 
@@ -141,10 +156,10 @@ def _check_impl(impl: Any) -> str:
     return impl
 
 
-def _check_bf16_update(bf16_update: Any, params: Iterable[torch.Tensor] = ()) -> str:
-    if bf16_update not in BF16_UPDATES:
-        raise ValueError(f"bf16_update must be one of {', '.join(repr(b) for b in BF16_UPDATES)}, "
-                         f"got {bf16_update!r}")
+def _check_bf16_update(bf16_update: Any, params: Iterable[torch.Tensor] = (), name: str = "bf16_update") -> str:
+    if not isinstance(bf16_update, str) or bf16_update not in BF16_UPDATES:
+        raise ValueError(f"{name} must be one of {', '.join(repr(b) for b in BF16_UPDATES)}, "
+                         f"got {short_repr(bf16_update)}")
     if bf16_update == "stochastic" and any(p.dtype == torch.float16 for p in params):
         raise ValueError("bf16_update='stochastic' rounds to bfloat16 only, and a parameter is float16; "
                          "use 'master' or 'kahan' for float16 parameters")
@@ -172,17 +187,46 @@ def convert_weight_decay(weight_decay: float, peak_lr: float, source: str, targe
     return weight_decay * peak_lr if target == "independent" else weight_decay / peak_lr
 
 
-def decay_factor(group: dict[str, Any]) -> float:
-    """The per-step shrink ``s`` of a param group, so that the decay is ``theta <- theta*(1 - s)``.
+def decay_rule(group: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> str:
+    """The weight-decay rule ("l2", "decoupled" or "independent") a param group follows.
 
-    ``lr*lambda`` for "decoupled", ``(lr/reference_lr)*lambda`` for "independent", and 0 for "l2"
-    (whose decay goes through the gradient instead). ``reference_lr`` is the learning rate the group
-    was built with (see :class:`Adam`); state dicts saved before it existed fall back to ``initial_lr``.
+    A group of wdlib's optimizers names it (``group["decay"]``, checked when the group was built). A
+    ``torch.optim`` group: "decoupled" when it says ``decoupled_weight_decay=True`` (``torch.optim.AdamW``;
+    ``torch.optim.Adam`` with that flag) or, for torch versions whose groups do not say, when ``optimizer``
+    is a ``torch.optim.AdamW``; otherwise "l2" (the ``weight_decay`` of ``torch.optim.Adam``, ``SGD`` and
+    the rest is a coupled penalty, ``g <- g + lambda*theta``).
     """
-    decay, wd, lr = group["decay"], group["weight_decay"], group["lr"]
-    if decay == "decoupled":
+    if "decay" in group:
+        return group["decay"]
+    if "decoupled_weight_decay" in group:
+        return "decoupled" if group["decoupled_weight_decay"] else "l2"
+    return "decoupled" if isinstance(optimizer, torch.optim.AdamW) else "l2"
+
+
+def decay_factor(group: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> float:
+    """The shrink ``s_t`` a param group applies at this step: its decay is ``theta <- theta*(1 - s_t)``.
+
+    The one place that answers it, for every optimizer a run can use (:func:`decay_rule` reads the rule;
+    ``optimizer`` only serves torch groups that do not record theirs)::
+
+        decoupled:   s_t = lr_t * lambda                  (torch.optim.AdamW, wdlib's AdamW/SGDW)
+        independent: s_t = lr_t / reference_lr * lambda   (the AdamW paper's; = s * lambda, s the schedule)
+        l2:          s_t = 0
+
+    An L2 penalty shrinks nothing by itself: its gradient ``lambda*theta`` joins the data gradient before
+    momentum or Adam's normalisation (plain SGD without momentum is the one case where its step is the
+    shrink ``lr_t*lambda``; :func:`wdlib.precision.applied_decay` measures that case as the decoupled one).
+    ``lr_t`` and ``lambda`` are the group's current ``lr`` and ``weight_decay`` (as schedules set them);
+    ``reference_lr`` is the learning rate the group was built with (see :class:`Adam`), and state dicts
+    saved before it existed fall back to ``initial_lr``. Used by the optimizers' own steps,
+    :mod:`wdlib.diagnostics` (the update probes), :mod:`wdlib.ema` and :func:`wdlib.precision.applied_decay`.
+    """
+    rule, wd, lr = decay_rule(group, optimizer), group["weight_decay"], group["lr"]
+    if "decay" not in group:  # torch keeps what it was given (a 0-d tensor lr, say); wdlib stores floats
+        wd, lr = float(wd), float(lr)
+    if rule == "decoupled":
         return lr * wd
-    if decay == "independent":
+    if rule == "independent":
         return lr / _reference_lr(group) * wd
     return 0.0
 
@@ -621,3 +665,151 @@ class AdamW(Adam):
                  bf16_update: str = "nearest") -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay="decoupled",
                          impl=impl, bf16_update=bf16_update)
+
+
+# --- the optimizers a run configuration names ----------------------------------------------------------
+
+def _spec_number(high: float | None = None) -> Callable[[str, Any], float]:
+    def check(name: str, value: Any) -> float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-8 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {short_repr(value)}") from None
+        return _check_number(name, value, high=high, high_open=high is not None)
+    return check
+
+
+def _spec_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {short_repr(value)}")
+    return value
+
+
+def _spec_betas(name: str, value: Any) -> list[float]:
+    if isinstance(value, (list, tuple)):  # "0.9" strings too (YAML 1.1)
+        value = [_spec_number()(f"{name}[{i}]", v) if isinstance(v, str) else v for i, v in enumerate(value)]
+    return list(_check_betas(value, name))
+
+
+#: How each option of an optimizer spec is checked: ``check(field_name, value) -> normalised value``.
+_OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "betas": _spec_betas,
+    "eps": _spec_number(),
+    "momentum": _spec_number(high=1.0),
+    "nesterov": _spec_bool,
+    "bf16_update": lambda name, value: _check_bf16_update(value, name=name),
+}
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """An optimizer that a run configuration names: ``{"name": <name>, "decay": <rule>, **options}``.
+
+    Attributes:
+        name: the registered name.
+        build: ``build(params, lr=..., weight_decay=..., decay=..., **options)``, the optimizer over
+            ``params`` (tensors or param groups).
+        options: its options besides ``decay``, with their defaults (checked by :data:`_OPTION_CHECKS`).
+        decays: the weight-decay rules it can follow, its default first. wdlib's optimizers follow all
+            three; torch's follow the one their class implements.
+        summary: what it is, in a few words (error messages and help).
+    """
+
+    name: str
+    build: Callable[..., torch.optim.Optimizer]
+    options: Mapping[str, Any]
+    decays: tuple[str, ...]
+    summary: str
+
+
+_ADAM_OPTIONS = {"betas": [0.9, 0.999], "eps": 1e-8}
+_SGD_OPTIONS = {"momentum": 0.0, "nesterov": False}
+
+#: The optimizers a run configuration can name (``RunConfig.optimizer``; :func:`optimizer_spec`). "adam"
+#: and "sgd" are wdlib's (:class:`Adam`, :class:`SGD`) and follow any rule, "decoupled" by default (so a
+#: bare "adam" is AdamW). "torch.adam", "torch.adamw" and "torch.sgd" are ``torch.optim``'s classes as they
+#: are, with the one rule each implements: L2 for Adam and SGD, decoupled for AdamW.
+OPTIMIZERS: dict[str, OptimizerEntry] = {e.name: e for e in (
+    OptimizerEntry(
+        "adam", lambda params, *, betas, decay, **kw: Adam(params, betas=tuple(betas), decay=decay, **kw),
+        {**_ADAM_OPTIONS, "bf16_update": "nearest"}, ("decoupled", "l2", "independent"),
+        "wdlib.optim.Adam, any decay rule"),
+    OptimizerEntry(
+        "sgd", lambda params, *, decay, **kw: SGD(params, decay=decay, **kw),
+        {**_SGD_OPTIONS, "bf16_update": "nearest"}, ("decoupled", "l2", "independent"),
+        "wdlib.optim.SGD, any decay rule"),
+    OptimizerEntry(
+        "torch.adam", lambda params, *, betas, decay, **kw: torch.optim.Adam(params, betas=tuple(betas), **kw),
+        dict(_ADAM_OPTIONS), ("l2",), "torch.optim.Adam, whose weight_decay is an L2 penalty"),
+    OptimizerEntry(
+        "torch.adamw", lambda params, *, betas, decay, **kw: torch.optim.AdamW(params, betas=tuple(betas), **kw),
+        dict(_ADAM_OPTIONS), ("decoupled",), "torch.optim.AdamW, whose weight decay is decoupled"),
+    OptimizerEntry(
+        "torch.sgd", lambda params, *, decay, **kw: torch.optim.SGD(params, **kw),
+        dict(_SGD_OPTIONS), ("l2",), "torch.optim.SGD, whose weight_decay is an L2 penalty"),
+)}
+
+
+def optimizer_spec(spec: str | Mapping[str, Any], field: str = "optimizer") -> dict[str, Any]:
+    """The full, checked form of an optimizer spec: ``{"name", "decay", **options}``, defaults filled in.
+
+    ``spec`` is a registered name (:data:`OPTIMIZERS`; shorthand for ``{"name": name}``) or a dict with
+    ``name`` and any of its options::
+
+        {"name": "adam", "decay": "l2", "betas": [0.9, 0.999], "eps": 1e-8, "bf16_update": "nearest"}
+        {"name": "sgd", "decay": "decoupled", "momentum": 0.9, "nesterov": True, "bf16_update": "nearest"}
+        {"name": "torch.adamw", "decay": "decoupled", "betas": [0.9, 0.999], "eps": 1e-8}
+
+    ``decay`` is the rule (see the module docstring); torch's optimizers take their own only, and asking
+    one for another (``{"name": "torch.adamw", "decay": "l2"}``) is an error, as is an option the
+    optimizer does not have. Options: ``betas`` (a pair in [0, 1)), ``eps`` (>= 0), ``momentum`` (in
+    [0, 1)), ``nesterov`` (needs momentum > 0), ``bf16_update`` (wdlib's optimizers: "nearest",
+    "master", "kahan", "stochastic"). Numbers are stored as floats (a string such as "1e-8", as YAML 1.1
+    reads it, as the number it spells), ``betas`` as a list.
+
+    The one place a spec is checked: a bad one raises ValueError naming the field (``optimizer.<option>``,
+    ``field`` being the prefix) and its allowed values. Used by :class:`wdlib.config.RunConfig` and
+    :func:`make_optimizer`.
+    """
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{field} must be an optimizer name ({', '.join(repr(n) for n in OPTIMIZERS)}) or a dict "
+                         f"like {{\"name\": \"adam\", \"decay\": \"decoupled\"}}, got {short_repr(spec)}")
+    if "name" not in spec:
+        raise ValueError(f"{field}.name is missing: a spec names its optimizer, one of "
+                         f"{', '.join(repr(n) for n in OPTIMIZERS)}")
+    name = spec["name"]
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        raise ValueError(f"{field}.name must be one of {', '.join(repr(n) for n in OPTIMIZERS)}, "
+                         f"got {short_repr(name)}")
+    entry = OPTIMIZERS[name]
+    allowed = ("name", "decay", *entry.options)
+    for key in spec:
+        if key not in allowed:
+            owners = [n for n, e in OPTIMIZERS.items() if key in e.options]
+            also = f"; {key} is an option of {', '.join(repr(n) for n in owners)}" if owners else ""
+            raise ValueError(f"{field}.{key} is not an option of optimizer {name!r} (its options: "
+                             f"{', '.join(allowed)}){also}")
+    decay = _check_decay(spec.get("decay", entry.decays[0]), f"{field}.decay")
+    if decay not in entry.decays:
+        raise ValueError(f"{field}.decay must be {' or '.join(repr(d) for d in entry.decays)} for optimizer "
+                         f"{name!r} ({entry.summary}), got {decay!r}; for the {decay} rule use "
+                         f"{{\"name\": \"{name.removeprefix('torch.').removesuffix('w')}\", \"decay\": \"{decay}\"}}")
+    out: dict[str, Any] = {"name": name, "decay": decay}
+    for key, default in entry.options.items():
+        out[key] = _OPTION_CHECKS[key](f"{field}.{key}", spec.get(key, default))
+    if out.get("nesterov") and out["momentum"] == 0.0:
+        raise ValueError(f"{field}.nesterov true needs {field}.momentum > 0, got momentum 0.0")
+    return out
+
+
+def make_optimizer(spec: str | Mapping[str, Any], params: Iterable[Any], *, lr: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer a spec describes (:func:`optimizer_spec`, checked first), over ``params`` (tensors or
+    param groups), with learning rate ``lr`` and weight decay ``weight_decay`` (lambda, in the spec's rule)."""
+    spec = optimizer_spec(spec)
+    options = {k: v for k, v in spec.items() if k != "name"}
+    return OPTIMIZERS[spec["name"]].build(params, lr=lr, weight_decay=weight_decay, **options)
+

@@ -8,7 +8,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["figure", "caption", "heatmap"]
+from . import ema
+
+__all__ = ["figure", "caption", "heatmap", "ema_explorer"]
 
 
 def figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list]:
@@ -51,3 +53,33 @@ def heatmap(ax: Any, x: Any, y: Any, z: Any, *, xlabel: str, ylabel: str, label:
     if colorbar:
         ax.figure.colorbar(mesh, ax=ax, label=label, shrink=0.9)
     return mesh
+
+
+def ema_explorer(steps: int = 20_000) -> Any:
+    """Sliders for eta, lambda and the schedule, redrawing the contribution weights and the predicted RMS.
+
+    Needs ipywidgets (Jupyter, Colab); returns the widget. The book shows a static figure instead. Chapter 2;
+    the curves are :func:`wdlib.ema.contribution_figure_data`.
+    """
+    import ipywidgets as widgets
+
+    def draw(log10_lr: float = -3.0, log10_wd: float = -1.0, schedule: str = "cosine") -> None:
+        d = ema.contribution_figure_data(10**log10_lr, 10**log10_wd, steps, schedule)
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+        a.plot(d["step"], d["weights"] / d["weights"].sum())
+        a.set_xlabel("step")
+        a.set_ylabel("share of the final parameters")
+        a.set_title(f"theta_0 keeps {d['theta0_weight']:.2%}", fontsize=10)
+        b.plot(d["step"], d["rms"], label="mean-field recursion")
+        b.plot(d["step"], d["rms_instant"], ":", label=r"$\sqrt{\eta_s/(2\lambda_s)}$")
+        b.set_xlabel("step")
+        b.set_ylabel("predicted weight RMS")
+        b.legend(fontsize=7)
+        fig.tight_layout()
+        plt.show()
+
+    return widgets.interactive(draw, log10_lr=widgets.FloatSlider(value=-3.0, min=-5.0, max=-1.0, step=0.25,
+                                                                  description="log10 lr"),
+                               log10_wd=widgets.FloatSlider(value=-1.0, min=-3.0, max=1.0, step=0.25,
+                                                            description="log10 wd"),
+                               schedule=widgets.Dropdown(options=list(ema.SCHEDULE_NAMES), value="cosine"))

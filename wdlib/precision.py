@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .optim import SGD, Adam, decay_factor
+from .optim import SGD, Adam, decay_factor, optimizer_spec
 from .rounding import stochastic_round, ulp
 from .runtime import resolve_device
 
@@ -74,7 +74,8 @@ def applied_decay(weights: torch.Tensor | Sequence[torch.Tensor], lr: float, wei
     update is exactly zero too, and the decay is the only change. Then, from the stored
     (low-precision) values, in float64::
 
-        requested          = s = decay_factor(group)  (lr*lambda decoupled; lambda independent; lr*lambda l2-SGD)
+        requested          = s = decay_factor(group)  (lr*lambda decoupled, torch AdamW too; lambda independent;
+                                                    lr*lambda l2-SGD, whose step on a zero gradient is that shrink)
         applied            = 1 - (||w_steps|| / ||w_0||)^(1/steps)
         ratio              = applied / requested
         applied_first_step = 1 - ||w_1|| / ||w_0||
@@ -95,9 +96,9 @@ def applied_decay(weights: torch.Tensor | Sequence[torch.Tensor], lr: float, wei
     """
     if optimizer not in ("adam", "sgd", "torch.adamw"):
         raise ValueError(f"optimizer must be 'adam', 'sgd' or 'torch.adamw', got {optimizer!r}")
-    if optimizer == "torch.adamw" and (bf16_update != "nearest" or decay != "decoupled"):
-        raise ValueError("optimizer='torch.adamw' is torch's own AdamW: bf16_update must be 'nearest' and decay "
-                         "'decoupled'")
+    # the registry's checks: the rule (torch.adamw follows 'decoupled' only) and bf16_update (wdlib's only)
+    optimizer_spec({"name": optimizer, "decay": decay,
+                    **({} if bf16_update == "nearest" else {"bf16_update": bf16_update})})
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if optimizer == "adam" and decay == "l2":
@@ -108,14 +109,14 @@ def applied_decay(weights: torch.Tensor | Sequence[torch.Tensor], lr: float, wei
         kernel = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl)
         if kernel is None:
             raise ValueError(f"impl must be 'auto', 'foreach' or 'fused', got {impl!r}")
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kernel)
-        requested = lr * weight_decay
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kernel)
     else:
         cls = Adam if optimizer == "adam" else SGD
         opt = cls(params, lr=lr, weight_decay=weight_decay, decay=decay, impl=impl, bf16_update=bf16_update)
-        requested = decay_factor(opt.param_groups[0])
-    if decay == "l2":
-        requested = lr * weight_decay  # SGD without momentum: g + lambda*theta with g = 0
+    group = opt.param_groups[0]
+    if decay == "l2":  # SGD without momentum on a zero gradient: theta - lr*lambda*theta, the decoupled shrink
+        group = {**group, "decay": "decoupled"}
+    requested = decay_factor(group, opt)
 
     def run() -> tuple[float, float, float, float]:
         first = [p.detach().clone() for p in params]

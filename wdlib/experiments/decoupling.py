@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..components import build_data
 from ..config import RunConfig
-from ..data import Dataset, mnist1d
+from ..data import Dataset
 from ..optim import SGD, convert_weight_decay
-from ..runs import Store, run, run_many
+from ..runs import RunResult, Store, run, run_many
 from ..stats import spearman
+from ._scaffold import Setting, pick_settings
 
-__all__ = ["SCALE_SETTINGS", "Setup", "setup", "base_config", "trajectory_gap", "trajectory_gaps_many", "log_gap",
+__all__ = ["SETTINGS", "Setup", "setup", "dataset", "base_config", "trajectory_gap", "trajectory_gaps_many", "log_gap",
            "one_step_gap", "shrinkage_vs_second_moment", "shrinkage_many", "quadratic_fixed_points",
            "convention_runs", "warmup_delay_runs", "warmup_delay_many", "GAP_FLOOR"]
 
@@ -32,10 +34,9 @@ GAP_FLOOR = 1e-17
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(Setting):
     """Data and model size of one scale."""
 
-    scale: str
     num_samples: int
     width: int
     depth: int
@@ -43,20 +44,24 @@ class Setup:
     steps: int
 
 
-SCALE_SETTINGS: dict[str, Setup] = {
+SETTINGS: dict[str, Setup] = {
     # 2 CPU cores, a few seconds per run
     "smoke": Setup(scale="smoke", num_samples=4000, width=128, depth=2, batch_size=100, steps=1000),
     # one GPU (or a patient CPU): 10x the data, 4x the width, 10x the steps
     "full": Setup(scale="full", num_samples=40000, width=512, depth=3, batch_size=128, steps=10000),
+    # the unit tests: seconds on one core
+    "test": Setup(scale="test", num_samples=300, width=8, depth=1, batch_size=20, steps=30),
 }
 
 
-def setup(scale: str, device: torch.device | str = "cpu") -> tuple[Setup, Dataset]:
-    """The settings of ``scale`` ("smoke" or "full") and its MNIST-1D data (for describing it)."""
-    if scale not in SCALE_SETTINGS:
-        raise ValueError(f"scale must be one of {', '.join(repr(s) for s in SCALE_SETTINGS)}, got {scale!r}")
-    s = SCALE_SETTINGS[scale]
-    return s, mnist1d(num_samples=s.num_samples)
+def setup(scale: str, device: torch.device | str = "cpu", seed: int = 0) -> Setup:
+    """The settings of ``scale`` ("smoke", "full" or "test"; :func:`wdlib.experiments.pick_settings`)."""
+    return pick_settings(SETTINGS, scale, device=device, seed=seed)
+
+
+def dataset(s: Setup) -> Dataset:
+    """The chapter's MNIST-1D data at scale ``s`` (for describing it)."""
+    return build_data(base_config(s))
 
 
 def base_config(s: Setup, seed: int = 0, **changes: Any) -> RunConfig:
@@ -74,9 +79,9 @@ def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
 def _pair_configs(s: Setup, *, lr: float, weight_decay: float, momentum: float, dtype: str, seed: int,
                   snapshots: int) -> tuple[RunConfig, RunConfig]:
     every = max(s.steps // snapshots, 1)
-    common = dict(optimizer="sgd", lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype,
-                  eval_every=every, diagnostics=["params"])
-    return base_config(s, seed, decay="l2", **common), base_config(s, seed, decay="decoupled", **common)
+    common = dict(lr=lr, weight_decay=weight_decay, dtype=dtype, eval_every=every, diagnostics=["params"])
+    return (base_config(s, seed, optimizer={"name": "sgd", "decay": "l2", "momentum": momentum}, **common),
+            base_config(s, seed, optimizer={"name": "sgd", "decay": "decoupled", "momentum": momentum}, **common))
 
 
 def log_gap(gap: Any) -> float:
@@ -103,14 +108,14 @@ def trajectory_gaps_many(s: Setup, *, lr: float, weight_decay: float, seeds: tup
 
 def trajectory_gap(s: Setup, *, lr: float, weight_decay: float, momentum: float, dtype: str = "float64",
                    seed: int = 0, snapshots: int = 50, device: str | torch.device = "cpu",
-                   store: Store | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   store: Store | None = None) -> tuple[np.ndarray, np.ndarray, RunResult]:
     """SGD+L2 and SGDW from one init on the same batches: ``max_i |theta_L2[i] - theta_SGDW[i]|`` along the way (DEC-1).
 
     Two runs through :func:`wdlib.runs.run` that record the parameters ``snapshots`` times
     (diagnostic ``"params"``, at most 32,768 evenly strided coordinates). Both use the lr-multiplied
     lambda, so without momentum the updates are the same algebra:
-    ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``. Returns (steps, gap, final
-    weights of the L2 run).
+    ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``. Returns (steps, gap, the L2 run's
+    result, whose final model :func:`one_step_gap` starts from).
     """
     ca, cb = _pair_configs(s, lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype, seed=seed,
                            snapshots=snapshots)
@@ -118,28 +123,27 @@ def trajectory_gap(s: Setup, *, lr: float, weight_decay: float, momentum: float,
     b = run(cb, store, device=str(device))
     for r in (a, b):
         if r.diverged:
-            raise RuntimeError(f"run {r.info['key']} ({r.config['decay']}) diverged at step {r.diverged_at}: "
+            raise RuntimeError(f"run {r.info['key']} ({RunConfig.from_dict(r.config).optimizer['decay']}) diverged at "
+                               f"step {r.diverged_at}: "
                                "no trajectory to compare; lower the learning rate")
     gap = np.abs(a.history["diag/params"] - b.history["diag/params"]).max(axis=1)
-    return a.history["step"], gap, a.model_state
+    return a.history["step"], gap, a
 
 
-def one_step_gap(s: Setup, state: dict[str, torch.Tensor], *, lr: float, weight_decay: float, seed: int = 0,
+def one_step_gap(s: Setup, result: RunResult, *, lr: float, weight_decay: float, seed: int = 0,
                  batches: int = 10) -> float:
     """Largest parameter difference after one SGD+L2 step and one SGDW step from the same state (DEC-1).
 
     The algebra alone, without a trajectory that could amplify rounding: for ``batches`` batches,
-    the model in ``state`` (float64) takes one step of each rule (no momentum) on the same gradient.
+    the final model of ``result`` (a run of :func:`trajectory_gap`; in float64) takes one step of each
+    rule (no momentum) on the same gradient.
     """
-    from ..components import build_data, build_model
-
     cfg = base_config(s, seed, dtype="float64")
     data = build_data(cfg)
     worst = 0.0
     for step in range(batches):
-        model = build_model(cfg, data).double()
-        model.load_state_dict(state)
-        x, y = data.batch(step, s.batch_size, seed)
+        model = result.model(data=data).double()
+        x, y = data.batch(step, seed, batch_size=s.batch_size)
         torch.nn.functional.cross_entropy(model(x.double()), y).backward()
         params = [p.detach() for p in model.parameters()]
         grads = [p.grad.detach() for p in model.parameters()]
@@ -155,7 +159,8 @@ def one_step_gap(s: Setup, state: dict[str, torch.Tensor], *, lr: float, weight_
 
 
 def _shrinkage_config(s: Setup, *, decay: str, lr: float, weight_decay: float, seed: int, window: int) -> RunConfig:
-    return base_config(s, seed, optimizer="adam", decay=decay, lr=lr, weight_decay=weight_decay, dtype="float64",
+    return base_config(s, seed, optimizer={"name": "adam", "decay": decay}, lr=lr, weight_decay=weight_decay,
+                       dtype="float64",
                        probes=[{"name": "shrinkage", "start": s.steps - window, "tensors": "matrices"}])
 
 
@@ -249,12 +254,12 @@ def convention_runs(s: Setup, *, peak_lr: float, weight_decay: float, seed: int 
     lam_paper = convert_weight_decay(weight_decay, peak_lr, "decoupled", "independent")
     common = dict(lr=peak_lr, dtype=dtype, lr_schedule=_warmup_cosine(s.steps, max(s.steps // 20, 1)))
     configs = {
-        "torch AdamW": base_config(s, seed, optimizer="torch.adamw", weight_decay=weight_decay, **common),
-        "wdlib decoupled": base_config(s, seed, optimizer="adam", decay="decoupled", weight_decay=weight_decay,
-                                       **common),
-        "wdlib independent, converted": base_config(s, seed, optimizer="adam", decay="independent",
+        "torch AdamW": base_config(s, seed, optimizer={"name": "torch.adamw"}, weight_decay=weight_decay, **common),
+        "wdlib decoupled": base_config(s, seed, optimizer={"name": "adam", "decay": "decoupled"},
+                                       weight_decay=weight_decay, **common),
+        "wdlib independent, converted": base_config(s, seed, optimizer={"name": "adam", "decay": "independent"},
                                                     weight_decay=lam_paper, **common),
-        "wdlib independent, unconverted": base_config(s, seed, optimizer="adam", decay="independent",
+        "wdlib independent, unconverted": base_config(s, seed, optimizer={"name": "adam", "decay": "independent"},
                                                       weight_decay=weight_decay, **common),
     }
     results = {name: run(cfg, store, device=str(device)) for name, cfg in configs.items()}
@@ -274,7 +279,8 @@ def _warmup_delay_configs(s: Setup, *, peak_lr: float, weight_decay: float, warm
     out = {}
     for name, kind in _DELAY_ARMS:
         wd_schedule = None if kind is None else {"name": "constant", "delay": warmup_steps}
-        out[name] = base_config(s, seed, optimizer="adam", decay="decoupled", lr=peak_lr, weight_decay=weight_decay,
+        out[name] = base_config(s, seed, optimizer={"name": "adam", "decay": "decoupled"}, lr=peak_lr,
+                                weight_decay=weight_decay,
                                 lr_schedule=_warmup_cosine(s.steps, warmup_steps), wd_schedule=wd_schedule)
     return out
 

@@ -2,7 +2,7 @@
 
 Training runs go through :func:`wdlib.runs.run_many` (MNIST-1D, MLPs, ``Setup.workers`` single-thread
 worker processes); the simulation is :func:`wdlib.ema.simulate_rms`. The multi-seed experiments take a
-tuple of run seeds (the notebook passes ``setting.seeds(s.seeds)``) and return per-seed numbers and arrays;
+tuple of run seeds (the notebook passes ``setting.seeds(s.n_seeds)``) and return per-seed numbers and arrays;
 the notebook draws them and passes the measurements to the claims ledger.
 """
 
@@ -14,21 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..components import build_data, build_model
 from ..config import RunConfig
 from ..ema import predicted_rms, reconstruct
-from ..schedules import contribution_weights
 from ..runs import Store, run_many
-from ..components import build_data, build_model
+from ..schedules import contribution_weights
+from ._scaffold import Setting, pick_settings
 
-__all__ = ["Setup", "SCALE_SETTINGS", "setup", "base_config", "reconstruction", "memory", "memory_stats",
+__all__ = ["Setup", "SETTINGS", "setup", "base_config", "reconstruction", "memory", "memory_stats",
            "rms_network", "rms_fit", "schedule_comparison", "term_stats"]
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(Setting):
     """Sizes of one scale."""
 
-    scale: str
     num_samples: int
     width: int
     batch_size: int
@@ -37,32 +37,33 @@ class Setup:
     rms_steps: int          # EMA-3 network runs
     sim_steps: int          # EMA-3 sweep of the simulation (Su's own point always runs 100,000 steps)
     sim_coords: int
-    seeds: int = 5          # training seeds of EMA-2 and EMA-4
+    n_seeds: int = 5        # training seeds of EMA-2 and EMA-4
     rms_seeds: int = 3      # training seeds of EMA-3's network runs (the costliest: 12 runs per seed)
     workers: int = 2        # single-thread worker processes for the multi-seed runs
 
 
-SCALE_SETTINGS: dict[str, Setup] = {
+SETTINGS: dict[str, Setup] = {
     "smoke": Setup("smoke", num_samples=4000, width=128, batch_size=100, steps=1000, memory_steps=1500,
-                   rms_steps=6000, sim_steps=50_000, sim_coords=10_000, seeds=5, rms_seeds=3,
+                   rms_steps=6000, sim_steps=50_000, sim_coords=10_000, n_seeds=5, rms_seeds=3,
                    workers=2),
     "full": Setup("full", num_samples=40_000, width=512, batch_size=128, steps=10_000, memory_steps=15_000,
-                  rms_steps=80_000, sim_steps=200_000, sim_coords=100_000, seeds=5,
+                  rms_steps=80_000, sim_steps=200_000, sim_coords=100_000, n_seeds=5,
                   rms_seeds=5, workers=1),
+    # the unit tests: seconds on one core
+    "test": Setup("test", num_samples=300, width=8, batch_size=20, steps=30, memory_steps=40, rms_steps=60,
+                  sim_steps=1000, sim_coords=100, n_seeds=2, rms_seeds=2, workers=1),
 }
 
 
-def setup(scale: str) -> Setup:
-    """The settings of ``scale`` ("smoke" or "full")."""
-    if scale not in SCALE_SETTINGS:
-        raise ValueError(f"scale must be one of {', '.join(repr(s) for s in SCALE_SETTINGS)}, got {scale!r}")
-    return SCALE_SETTINGS[scale]
+def setup(scale: str, device: str = "cpu", seed: int = 0) -> Setup:
+    """The settings of ``scale`` ("smoke", "full" or "test"; :func:`wdlib.experiments.pick_settings`)."""
+    return pick_settings(SETTINGS, scale, device=device, seed=seed)
 
 
 def base_config(s: Setup, seed: int = 0, **changes: Any) -> RunConfig:
     """AdamW (decoupled) on MNIST-1D with an MLP of depth 2; only weight matrices decayed."""
     cfg = RunConfig(data="mnist1d", data_args={"num_samples": s.num_samples}, model="mlp",
-                    model_args={"width": s.width, "depth": 2}, optimizer="adam", decay="decoupled",
+                    model_args={"width": s.width, "depth": 2}, optimizer={"name": "adam", "decay": "decoupled"},
                     steps=s.steps, batch_size=s.batch_size, seed=seed, scale=s.scale)
     return cfg.replace(**changes) if changes else cfg
 
@@ -188,7 +189,8 @@ def rms_network(s: Setup, *, pairs: tuple[tuple[float, float], ...], beta2: floa
     last fifth with the fifth before it (a settled run drifts little; averaging over seeds keeps a
     systematic drift and averages out a one-seed fluctuation); ``drift_per_seed`` is the same per run.
     """
-    configs = [base_config(s, seed, lr=lr, weight_decay=wd, betas=(0.9, beta2), steps=s.rms_steps,
+    configs = [base_config(s, seed, lr=lr, weight_decay=wd, steps=s.rms_steps,
+                           optimizer={"name": "adam", "decay": "decoupled", "betas": [0.9, beta2]},
                            # loss spikes after a second-moment spike recover: only a non-finite loss counts
                            divergence_factor=1e6, eval_every=max(s.rms_steps // 50, 1), diagnostics=["matrix_rms"],
                            model_args={"width": s.width, "depth": 2, "scale_invariant": True})

@@ -29,22 +29,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import RunConfig
-from ..precision import bf16_matmul_speed, fast_bf16
-from ..runs import Store, run_many
-from ..train import RunResult
+from ..components import build_data
+from ..config import RunConfig, schedule_from_spec
+from ..precision import applied_decay, bf16_matmul_speed, fast_bf16
+from ..runs import RunResult, Store, run_many
+from ..runtime import resolve_device
+from ._scaffold import Setting, pick_settings
 
-__all__ = ["Setup", "LLM_SETTINGS", "setup", "seed_count", "base_config", "corpus", "plan", "run_plan", "finetune_configs", "table", "run_finetunes",
+__all__ = ["Setup", "SETTINGS", "setup", "seed_count", "base_config", "corpus", "plan", "run_plan", "finetune_configs", "table", "run_finetunes",
            "decay_start", "constant_phase_end", "value_at", "diverged", "applied_decay_table", "bf16_pure_weights", "APPLIED_ARMS",
            "NEAREST_ARMS", "REMEDY_ARMS", "accumulated_decay", "divergence_ratio", "crossing_strength", "consecutive_ratios",
            "O7_PAIRS", "shrink_shares", "per_seed", "SMALL_DECAY", "BF16_CLAIMS", "main_precision", "precision_table"]
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(Setting):
     """Sizes of one scale (the source's own values are in the chapter)."""
 
-    scale: str
     data_args: dict[str, Any]
     model_args: dict[str, Any]
     block_size: int
@@ -64,30 +65,30 @@ class Setup:
     ft_from: int                    # LLM-2: fine-tune from the snapshot at this step ...
     ft_steps: int                   # ... for this many steps ...
     ft_lr_factor: float             # ... at this fraction of the peak LR, constant
-    o6_lrs: tuple[float, ...]       # LLM-6 ladder
-    o6_wd: float
-    o6_steps: int
-    o6_n_seeds: int
-    o6_eval_every: int
-    o7_lr: float                    # LLM-7 runs with parameters stored in bfloat16
-    o7_wd: float
-    o7_steps: int
-    o7_n_seeds: int                 # seeds of the LLM-7 training runs
-    o7_grid: tuple[float, ...]      # lr * lambda values of the applied-decay measurement
+    ladder_lrs: tuple[float, ...]   # LLM-6: the learning-rate ladder (bf16 autocast with and without decay, float32)
+    ladder_wd: float
+    ladder_steps: int
+    ladder_n_seeds: int
+    ladder_eval_every: int
+    bf16_pure_lr: float             # LLM-7 runs with parameters stored in bfloat16
+    bf16_pure_wd: float
+    bf16_pure_steps: int
+    bf16_pure_n_seeds: int          # seeds of the LLM-7 training runs
+    applied_decay_grid: tuple[float, ...]   # LLM-7: lr * lambda values of the applied-decay measurement
     seen_windows: int = 1024        # LLM-1: windows of each kind in the seen/unseen measure
-    o6_block_size: int | None = None  # LLM-6 context (None: block_size)
+    ladder_block_size: int | None = None  # LLM-6 context (None: block_size)
     workers: int = 2
     notes: dict[str, str] = field(default_factory=dict)
 
 
-LLM_SETTINGS: dict[str, Setup] = {
+SETTINGS: dict[str, Setup] = {
     "smoke": Setup("smoke", data_args={"max_bytes": 4_000_000, "val_split": "interleaved"},
                    model_args={"n_layer": 2, "n_head": 2, "n_embd": 128}, block_size=64, batch_size=16,
                    steps=1000, warmup=50, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 0.1, 1.0),
                    n_seeds=3, ln_wds=(0.1, 1.0), ema=0.99, eval_every=100, eval_batches=8, rel_every=10,
-                   ft_from=500, ft_steps=150, ft_lr_factor=0.1, o6_lrs=(1e-2, 2e-2), o6_wd=0.3, o6_steps=400,
-                   o6_n_seeds=3, o6_eval_every=25, o7_lr=1e-3, o7_wd=1.0, o7_steps=200, o7_n_seeds=3,
-                   o7_grid=(6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2)),
+                   ft_from=500, ft_steps=150, ft_lr_factor=0.1, ladder_lrs=(1e-2, 2e-2), ladder_wd=0.3,
+                   ladder_steps=400, ladder_n_seeds=3, ladder_eval_every=25, bf16_pure_lr=1e-3, bf16_pure_wd=1.0,
+                   bf16_pure_steps=200, bf16_pure_n_seeds=3, applied_decay_grid=(6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2)),
     # GPT-2 small (124M with the GPT-2 vocabulary; 85M non-embedding here, a character vocabulary) on the
     # largest offline corpus this Python's own sources give (standard library and installed packages: 166M
     # characters where the book was built, so 6,000 steps of 16,384 tokens are about 0.6 of one pass), for one
@@ -97,28 +98,29 @@ LLM_SETTINGS: dict[str, Setup] = {
                   model_args={"n_layer": 12, "n_head": 12, "n_embd": 768}, block_size=256, batch_size=64,
                   steps=6_000, warmup=400, decay_fraction=0.2, final=0.1, lr=6e-4, wds=(0.0, 0.1, 0.3),
                   n_seeds=3, ln_wds=(0.1, 0.3), ema=0.99, eval_every=250, eval_batches=40, rel_every=50,
-                  ft_from=3_000, ft_steps=1_000, ft_lr_factor=1e-5 / 6e-4, o6_lrs=(6e-4, 1e-3), o6_wd=0.1,
-                  o6_steps=2_000, o6_n_seeds=3, o6_eval_every=50, o7_lr=6e-4, o7_wd=0.1, o7_steps=2_000, o7_n_seeds=3,
-                  o7_grid=(1e-5, 6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2), o6_block_size=1024, seen_windows=4096),
+                  ft_from=3_000, ft_steps=1_000, ft_lr_factor=1e-5 / 6e-4, ladder_lrs=(6e-4, 1e-3), ladder_wd=0.1,
+                  ladder_steps=2_000, ladder_n_seeds=3, ladder_eval_every=50, bf16_pure_lr=6e-4, bf16_pure_wd=0.1,
+                  bf16_pure_steps=2_000, bf16_pure_n_seeds=3,
+                  applied_decay_grid=(1e-5, 6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2), ladder_block_size=1024,
+                  seen_windows=4096),
     "test": Setup("test", data_args={"max_bytes": 200_000, "val_split": "interleaved", "val_block": 4096},
                   model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, block_size=16, batch_size=4, steps=24,
                   warmup=4, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 1.0), n_seeds=1, ln_wds=(1.0,),
                   ema=0.9, eval_every=6, eval_batches=2, rel_every=2, ft_from=12, ft_steps=6, ft_lr_factor=0.1,
-                  o6_lrs=(2e-2,), o6_wd=0.3, o6_steps=12, o6_n_seeds=1, o6_eval_every=3, o7_lr=1e-3, o7_wd=1.0,
-                  o7_steps=12, o7_n_seeds=1, o7_grid=(1e-4, 1e-2), seen_windows=16, workers=1),
+                  ladder_lrs=(2e-2,), ladder_wd=0.3, ladder_steps=12, ladder_n_seeds=1, ladder_eval_every=3,
+                  bf16_pure_lr=1e-3, bf16_pure_wd=1.0, bf16_pure_steps=12, bf16_pure_n_seeds=1,
+                  applied_decay_grid=(1e-4, 1e-2), seen_windows=16, workers=1),
 }
 
 
-def setup(scale: str) -> Setup:
-    """The settings of ``scale`` ("smoke", "full", or "test" for the unit tests)."""
-    if scale not in LLM_SETTINGS:
-        raise ValueError(f"scale must be one of {', '.join(repr(s) for s in LLM_SETTINGS)}, got {scale!r}")
-    return LLM_SETTINGS[scale]
+def setup(scale: str, device: str = "cpu", seed: int = 0) -> Setup:
+    """The settings of ``scale`` ("smoke", "full" or "test"; :func:`wdlib.experiments.pick_settings`)."""
+    return pick_settings(SETTINGS, scale, device=device, seed=seed)
 
 
 def seed_count(s: Setup) -> int:
     """How many training seeds :func:`plan` needs (the largest of the sections' counts)."""
-    return max(s.n_seeds, s.o6_n_seeds, s.o7_n_seeds)
+    return max(s.n_seeds, s.ladder_n_seeds, s.bf16_pure_n_seeds)
 
 
 def _seeds(s: Setup, seeds: Any) -> tuple[int, ...]:
@@ -134,11 +136,15 @@ def _schedule(s: Setup, constant: bool = False) -> dict[str, Any]:
     return {"name": "wsd", "warmup": s.warmup, "decay_fraction": s.decay_fraction, "final": s.final}
 
 
+#: The recipe's optimizer: AdamW (decoupled), betas (0.9, 0.95); LLM-7 also trains torch's AdamW with it.
+_RECIPE_OPTIMIZER: dict[str, Any] = {"name": "adam", "decay": "decoupled", "betas": [0.9, 0.95]}
+
+
 def base_config(s: Setup, **changes: Any) -> RunConfig:
     """The chapter's recipe at scale ``s``: AdamW (decoupled), betas (0.9, 0.95), clip 1.0, bf16 autocast,
     matrices and embeddings decayed (not LayerNorm gains), warmup-stable-decay LR schedule."""
     cfg = RunConfig(data="stdlib_chars", data_args=dict(s.data_args), model="gpt", model_args=dict(s.model_args),
-                    optimizer="adam", decay="decoupled", lr=s.lr, betas=(0.9, 0.95), grad_clip=1.0,
+                    optimizer=dict(_RECIPE_OPTIMIZER), lr=s.lr, grad_clip=1.0,
                     precision="bf16-autocast", steps=s.steps, batch_size=s.batch_size, block_size=s.block_size,
                     lr_schedule=_schedule(s), eval_every=s.eval_every, eval_batches=s.eval_batches, scale=s.scale)
     return cfg.replace(**changes) if changes else cfg
@@ -173,8 +179,6 @@ def precision_table(s: Setup, device: str = "cpu") -> Any:
     runs, precision, why), and the measured matmul throughput behind it."""
     import pandas as pd
 
-    from ..runtime import resolve_device
-
     dev = resolve_device(device)
     main = main_precision(s, str(dev))
     if dev.type == "cuda":
@@ -205,8 +209,6 @@ def precision_table(s: Setup, device: str = "cpu") -> Any:
 
 def corpus(s: Setup) -> Any:
     """The chapter's dataset at scale ``s`` (:func:`wdlib.data.stdlib_chars` with the setup's arguments)."""
-    from ..components import build_data
-
     return build_data(base_config(s))
 
 
@@ -214,7 +216,7 @@ def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[
     """Every run of the chapter but the fine-tuning copies, by section and arm.
 
     ``seeds``: at least :func:`seed_count` distinct training seeds (default ``0, 1, ...``); the main and
-    LayerNorm runs use the first ``n_seeds``, LLM-6 the first ``o6_n_seeds``, LLM-7 the first ``o7_n_seeds``.
+    LayerNorm runs use the first ``n_seeds``, LLM-6 the first ``ladder_n_seeds``, LLM-7 the first ``bf16_pure_n_seeds``.
     ``device``: where the runs will train; the main and LayerNorm runs take :func:`main_precision` on it
     (float32 below full scale), LLM-6 and LLM-7 their own arms.
 
@@ -235,25 +237,27 @@ def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[
     for wd in s.ln_wds:
         for seed in seeds[:s.n_seeds]:
             ln[(wd, seed)] = base_config(s, weight_decay=wd, seed=seed, decay_vectors=True, precision=main_prec)
-    for lr in s.o6_lrs:
-        for precision, wd in (("bf16-autocast", 0.0), ("bf16-autocast", s.o6_wd), ("fp32", 0.0)):
-            for seed in seeds[:s.o6_n_seeds]:
+    for lr in s.ladder_lrs:
+        for precision, wd in (("bf16-autocast", 0.0), ("bf16-autocast", s.ladder_wd), ("fp32", 0.0)):
+            for seed in seeds[:s.ladder_n_seeds]:
                 o6[(lr, precision, wd, seed)] = base_config(
-                    s, lr=lr, weight_decay=wd, seed=seed, precision=precision, steps=s.o6_steps,
-                    block_size=s.o6_block_size or s.block_size,
-                    lr_schedule=_schedule(s, constant=True), eval_every=s.o6_eval_every,
+                    s, lr=lr, weight_decay=wd, seed=seed, precision=precision, steps=s.ladder_steps,
+                    block_size=s.ladder_block_size or s.block_size,
+                    lr_schedule=_schedule(s, constant=True), eval_every=s.ladder_eval_every,
                     eval_batches=max(2, s.eval_batches // 2), diagnostics=["attn_logit_max", "matrix_norm"])
     # LLM-7: float32 references, torch's own AdamW on bfloat16 parameters (its default CPU kernel shrinks
     # with a separate p.mul_(1 - lr*wd), rounded on its own), and wdlib's Adam with each bf16_update
-    o7_arms = [("fp32", "adam", "nearest", 0.0), ("fp32", "adam", "nearest", s.o7_wd),
-               ("bf16-pure", "torch.adamw", "nearest", 0.0), ("bf16-pure", "torch.adamw", "nearest", s.o7_wd),
+    o7_arms = [("fp32", "adam", "nearest", 0.0), ("fp32", "adam", "nearest", s.bf16_pure_wd),
+               ("bf16-pure", "torch.adamw", "nearest", 0.0), ("bf16-pure", "torch.adamw", "nearest", s.bf16_pure_wd),
                ("bf16-pure", "adam", "nearest", 0.0)] + \
-              [("bf16-pure", "adam", u, s.o7_wd) for u in ("nearest", "master", "kahan", "stochastic")]
-    for seed in seeds[:s.o7_n_seeds]:
+              [("bf16-pure", "adam", u, s.bf16_pure_wd) for u in ("nearest", "master", "kahan", "stochastic")]
+    for seed in seeds[:s.bf16_pure_n_seeds]:
         for precision, optimizer, update, wd in o7_arms:
             o7[(precision, optimizer, update, wd, seed)] = base_config(
-                s, lr=s.o7_lr, weight_decay=wd, precision=precision, optimizer=optimizer, bf16_update=update,
-                steps=s.o7_steps, seed=seed, diagnostics=["matrix_norm"])
+                s, lr=s.bf16_pure_lr, weight_decay=wd, precision=precision,
+                optimizer={**_RECIPE_OPTIMIZER, "name": optimizer,
+                           **({"bf16_update": update} if optimizer == "adam" else {})},
+                steps=s.bf16_pure_steps, seed=seed, diagnostics=["matrix_norm"])
     return {"main": main, "ln": ln, "o6": o6, "o7": o7}
 
 
@@ -383,8 +387,6 @@ def applied_decay_table(weights: list[torch.Tensor], grid: tuple[float, ...], st
     ``applied``, ``ratio``, ``changed_first_step``."""
     import pandas as pd
 
-    from ..precision import applied_decay
-
     rows = []
     for arm, (optimizer, dtype, update, impl) in APPLIED_ARMS.items():
         for shrink in grid:
@@ -397,8 +399,6 @@ def applied_decay_table(weights: list[torch.Tensor], grid: tuple[float, ...], st
 
 def accumulated_decay(cfg: RunConfig) -> float:
     """``sum_t eta_t * lambda`` over a run: the number of decay timescales it spans (decoupled convention)."""
-    from ..config import schedule_from_spec
-
     sched = schedule_from_spec(cfg.lr_schedule, cfg.lr, cfg.steps)
     return float(sum(sched(t) for t in range(cfg.steps)) * cfg.weight_decay)
 
@@ -470,7 +470,7 @@ def shrink_shares(s: Setup, o7: dict[tuple, RunResult]) -> Any:
     seeds = sorted({k[-1] for k in o7})
 
     def key(arm: tuple, seed: int) -> tuple:
-        return tuple(s.o7_wd if x == "wd" else x for x in arm) + (seed,)
+        return tuple(s.bf16_pure_wd if x == "wd" else x for x in arm) + (seed,)
 
     def norm(r: RunResult) -> float:
         return float(r.final["weight_norm/decay"])

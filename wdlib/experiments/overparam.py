@@ -23,21 +23,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..components import build_data
 from ..config import RunConfig
 from ..diagnostics import weight_angle
+from ..optim import SGD, Adam
 from ..runs import Store, run_many
 from ..stats import loglog_slope, spearman, two_proportion_p
+from ._scaffold import Setting, pick_settings
 
-__all__ = ["Setup", "OVER_SETTINGS", "setup", "recipes", "grid_runs", "plateau_runs", "flow_copies", "spoiled",
+__all__ = ["Setup", "SETTINGS", "setup", "recipes", "grid_runs", "plateau_runs", "flow_copies", "spoiled",
            "plateau_level", "plateau_statistics", "paired_gain", "angular_runs", "angle_statistics", "rescaling_check",
            "trace_correlations", "window_means", "test_size", "equal_norm_pairs", "pair_excess_z"]
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(Setting):
     """Sizes of one scale (see the chapter for the source's own values)."""
 
-    scale: str
     data: str
     data_args: dict[str, Any]
     train_size: int
@@ -45,63 +47,64 @@ class Setup:
     model: str
     model_args: dict[str, Any]
     # OVER-1 (and OVER-2's companion table): (small, large) LR x (0, wd), one drop to lr/10 at half
-    o1_noise: float
-    o1_lrs: tuple[float, float]
-    o1_wd: float
-    o1_epochs: int
-    o1_seeds: int                       # number of training seeds (their values come from the notebook's seed)
+    grid_noise: float
+    grid_lrs: tuple[float, float]
+    grid_wd: float
+    grid_epochs: int
+    grid_seeds: int                     # number of training seeds (their values come from the notebook's seed)
     # OVER-3 and OVER-4: constant large LR, clean labels
-    o4_lr: float
-    o4_wd: float
-    o4_epochs: int
-    o4_every: int                       # epochs between snapshots of the large-LR phase
-    o4_nowd_every: int                  # fine-tune every k-th snapshot of the run without decay (1: all)
-    o4_finetune_epochs: int
-    o4_finetune_factor: float           # fine-tune LR = factor * large LR
-    o4_seeds: int                       # number of seeds of every plateau recipe and of the trajectories
+    plateau_lr: float
+    plateau_wd: float
+    plateau_epochs: int
+    snapshot_every: int                 # epochs between snapshots of the large-LR phase
+    nowd_copy_every: int                # fine-tune every k-th snapshot of the run without decay (1: all)
+    finetune_epochs: int
+    finetune_factor: float              # fine-tune LR = factor * large LR
+    plateau_seeds: int                  # number of seeds of every plateau recipe and of the trajectories
     trace_probes: int
     trace_samples: int
     trace_probe_chunk: int | None       # probes per vmap call (None: all at once; bounds memory at full scale)
-    o3_pairs: tuple[tuple[float, float], ...]   # further (lr, wd) of the plateau runs (every seed)
+    plateau_pairs: tuple[tuple[float, float], ...]   # further (lr, wd) of the plateau runs (every seed)
     # OVER-5: a scale-invariant MLP, SGD and Adam, with and without decay
-    o5_width: int
-    o5_steps: int
-    o5_sgd: tuple[float, float]         # (lr, wd) of SGD (L2 penalty, as the source)
-    o5_adam: tuple[float, float]        # (lr, wd) of AdamW (decoupled, torch convention)
-    o5_seeds: int                       # number of seeds of each of the four runs
+    angular_width: int
+    angular_steps: int
+    angular_sgd: tuple[float, float]    # (lr, wd) of SGD (L2 penalty, as the source)
+    angular_adam: tuple[float, float]   # (lr, wd) of AdamW (decoupled, torch convention)
+    angular_seeds: int                  # number of seeds of each of the four runs
     workers: int
     eval_epochs: int                    # epochs between evaluations
 
 
-OVER_SETTINGS: dict[str, Setup] = {
+SETTINGS: dict[str, Setup] = {
     "smoke": Setup("smoke", "mnist1d", {"num_samples": 5000}, train_size=4000, batch_size=128, model="convnet",
-                   model_args={}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=200, o1_seeds=3,
-                   o4_lr=0.2, o4_wd=5e-3, o4_epochs=240, o4_every=20, o4_nowd_every=2, o4_finetune_epochs=10,
-                   o4_finetune_factor=0.1, o4_seeds=3, trace_probes=30, trace_samples=1000, trace_probe_chunk=None,
-                   o3_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
-                   o5_width=128, o5_steps=6000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), o5_seeds=3, workers=2,
-                   eval_epochs=5),
+                   model_args={}, grid_noise=0.3, grid_lrs=(0.1, 0.3), grid_wd=5e-3, grid_epochs=200, grid_seeds=3,
+                   plateau_lr=0.2, plateau_wd=5e-3, plateau_epochs=240, snapshot_every=20, nowd_copy_every=2,
+                   finetune_epochs=10, finetune_factor=0.1, plateau_seeds=3, trace_probes=30, trace_samples=1000,
+                   trace_probe_chunk=None,
+                   plateau_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
+                   angular_width=128, angular_steps=6000, angular_sgd=(0.2, 5e-3), angular_adam=(3e-3, 1.0),
+                   angular_seeds=3, workers=2, eval_epochs=5),
     "full": Setup("full", "mnist1d", {"num_samples": 25_000}, train_size=20_000, batch_size=128, model="convnet",
-                  model_args={"channels": [64, 64, 64]}, o1_noise=0.3, o1_lrs=(0.1, 0.3), o1_wd=5e-3, o1_epochs=400,
-                  o1_seeds=5, o4_lr=0.2, o4_wd=5e-3, o4_epochs=600, o4_every=50, o4_nowd_every=1, o4_finetune_epochs=20,
-                  o4_finetune_factor=0.1, o4_seeds=5, trace_probes=50, trace_samples=5000, trace_probe_chunk=10,
-                  o3_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
-                  o5_width=512, o5_steps=20_000, o5_sgd=(0.2, 5e-3), o5_adam=(3e-3, 1.0), o5_seeds=5, workers=1,
-                  eval_epochs=10),
+                  model_args={"channels": [64, 64, 64]}, grid_noise=0.3, grid_lrs=(0.1, 0.3), grid_wd=5e-3,
+                  grid_epochs=400, grid_seeds=5, plateau_lr=0.2, plateau_wd=5e-3, plateau_epochs=600,
+                  snapshot_every=50, nowd_copy_every=1, finetune_epochs=20, finetune_factor=0.1, plateau_seeds=5,
+                  trace_probes=50, trace_samples=5000, trace_probe_chunk=10,
+                  plateau_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
+                  angular_width=512, angular_steps=20_000, angular_sgd=(0.2, 5e-3), angular_adam=(3e-3, 1.0),
+                  angular_seeds=5, workers=1, eval_epochs=10),
     "test": Setup("test", "mnist1d", {"num_samples": 1000}, train_size=512, batch_size=64, model="convnet",
-                  model_args={"channels": [8, 8, 8]}, o1_noise=0.3, o1_lrs=(0.05, 0.2), o1_wd=5e-3, o1_epochs=4,
-                  o1_seeds=2, o4_lr=0.2, o4_wd=5e-3, o4_epochs=4, o4_every=2, o4_nowd_every=1, o4_finetune_epochs=1,
-                  o4_finetune_factor=0.1, o4_seeds=2, trace_probes=4, trace_samples=128, trace_probe_chunk=None,
-                  o3_pairs=((0.1, 1e-2), (0.1, 0.0)), o5_width=16, o5_steps=40, o5_sgd=(0.2, 5e-3),
-                  o5_adam=(3e-3, 1.0), o5_seeds=2, workers=1, eval_epochs=1),
+                  model_args={"channels": [8, 8, 8]}, grid_noise=0.3, grid_lrs=(0.05, 0.2), grid_wd=5e-3,
+                  grid_epochs=4, grid_seeds=2, plateau_lr=0.2, plateau_wd=5e-3, plateau_epochs=4, snapshot_every=2,
+                  nowd_copy_every=1, finetune_epochs=1, finetune_factor=0.1, plateau_seeds=2, trace_probes=4,
+                  trace_samples=128, trace_probe_chunk=None, plateau_pairs=((0.1, 1e-2), (0.1, 0.0)),
+                  angular_width=16, angular_steps=40, angular_sgd=(0.2, 5e-3), angular_adam=(3e-3, 1.0),
+                  angular_seeds=2, workers=1, eval_epochs=1),
 }
 
 
-def setup(scale: str) -> Setup:
-    """The settings of ``scale`` ("smoke", "full", or "test" for the unit tests)."""
-    if scale not in OVER_SETTINGS:
-        raise ValueError(f"scale must be one of {', '.join(repr(s) for s in OVER_SETTINGS)}, got {scale!r}")
-    return OVER_SETTINGS[scale]
+def setup(scale: str, device: str = "cpu", seed: int = 0) -> Setup:
+    """The settings of ``scale`` ("smoke", "full" or "test"; :func:`wdlib.experiments.pick_settings`)."""
+    return pick_settings(SETTINGS, scale, device=device, seed=seed)
 
 
 def _spe(s: Setup) -> int:
@@ -112,7 +115,7 @@ def _spe(s: Setup) -> int:
 def _base(s: Setup, **changes: Any) -> RunConfig:
     """Plain SGD, momentum 0, coupled L2 on every parameter (torch SGD's weight_decay, as the source)."""
     fields: dict[str, Any] = dict(data=s.data, data_args=s.data_args, subset=s.train_size, data_seed=0, model=s.model,
-                                  model_args=s.model_args, optimizer="sgd", decay="l2", momentum=0.0,
+                                  model_args=s.model_args, optimizer={"name": "sgd", "decay": "l2", "momentum": 0.0},
                                   decay_vectors=True, batch_size=s.batch_size, eval_every=s.eval_epochs * _spe(s),
                                   divergence_factor=1e6, scale=s.scale)
     fields.update(changes)
@@ -136,8 +139,6 @@ def _table(configs: list[RunConfig], results: list[Any], extra: list[dict[str, A
 
 def test_size(s: Setup) -> int:
     """The number of test points every run of the chapter is evaluated on."""
-    from ..components import build_data
-
     return int(build_data(_base(s, steps=1)).y_test.numel())
 
 
@@ -149,45 +150,48 @@ def _check_seeds(seeds: Any, n: int, what: str) -> tuple[int, ...]:
 
 
 def grid_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> Any:
-    """OVER-1: (small, large) LR x (0, wd) x ``seeds`` (``o1_seeds`` of them, e.g. ``setting.seeds(n)``) on
-    labels with ``o1_noise`` of them wrong (the wrong labels are fixed by ``data_seed`` 0: they define the task).
+    """OVER-1: (small, large) LR x (0, wd) x ``seeds`` (``grid_seeds`` of them, e.g. ``setting.seeds(n)``) on
+    labels with ``grid_noise`` of them wrong (the wrong labels are fixed by ``data_seed`` 0: they define the task).
 
-    ``o1_epochs`` epochs, the LR dropping to a tenth at half. Returns a DataFrame with lr,
+    ``grid_epochs`` epochs, the LR dropping to a tenth at half. Returns a DataFrame with lr,
     weight_decay, seed, val_acc, val_loss, train_loss, train_acc, weight_norm, and ``noisy_fit``
     (fraction of the wrong training labels the final model reproduces) and ``clean_fit``.
     """
     configs, extra = [], []
-    for lr in s.o1_lrs:
-        for wd in (0.0, s.o1_wd):
-            for seed in _check_seeds(seeds, s.o1_seeds, "grid_runs"):
-                configs.append(_base(s, lr=lr, weight_decay=wd, seed=seed, label_noise=s.o1_noise,
-                                     steps=s.o1_epochs * _spe(s), measures=[{"name": "noise_fit"}],
+    for lr in s.grid_lrs:
+        for wd in (0.0, s.grid_wd):
+            for seed in _check_seeds(seeds, s.grid_seeds, "grid_runs"):
+                configs.append(_base(s, lr=lr, weight_decay=wd, seed=seed, label_noise=s.grid_noise,
+                                     steps=s.grid_epochs * _spe(s), measures=[{"name": "noise_fit"}],
                                      lr_schedule={"name": "step", "final": 0.1, "decay_fraction": 0.5}))
-                extra.append({"lr_role": "large" if lr == max(s.o1_lrs) else "small"})
+                extra.append({"lr_role": "large" if lr == max(s.grid_lrs) else "small"})
     results = run_many(configs, store, workers=s.workers, device=device, desc="lr x wd grid", progress=None)
     t = _table(configs, results, extra)
     return t.rename(columns={"noise_fit/noisy_fit": "noisy_fit", "noise_fit/clean_fit": "clean_fit"})
 
 
 def recipes(s: Setup) -> list[tuple[float, float]]:
-    """The (lr, wd) of the plateau runs: the trajectory recipes (o4_lr, o4_wd) and (o4_lr, 0), then ``o3_pairs``."""
-    return [(s.o4_lr, s.o4_wd), (s.o4_lr, 0.0)] + [p for p in s.o3_pairs if p not in ((s.o4_lr, s.o4_wd), (s.o4_lr, 0.0))]
+    """The (lr, wd) of the plateau runs: the trajectory recipes (plateau_lr, plateau_wd) and (plateau_lr, 0),
+    then ``plateau_pairs``."""
+    trajectory = [(s.plateau_lr, s.plateau_wd), (s.plateau_lr, 0.0)]
+    return trajectory + [p for p in s.plateau_pairs if p not in trajectory]
 
 
 def _plateau_configs(s: Setup, seeds: Any) -> list[RunConfig]:
-    snaps = list(range(s.o4_every * _spe(s), s.o4_epochs * _spe(s) + 1, s.o4_every * _spe(s)))
+    snaps = list(range(s.snapshot_every * _spe(s), s.plateau_epochs * _spe(s) + 1, s.snapshot_every * _spe(s)))
     out = []
-    for seed in _check_seeds(seeds, s.o4_seeds, "plateau_runs"):
+    for seed in _check_seeds(seeds, s.plateau_seeds, "plateau_runs"):
         for lr, wd in recipes(s):
-            out.append(_base(s, lr=lr, weight_decay=wd, seed=seed, steps=s.o4_epochs * _spe(s), snapshots=snaps))
+            out.append(_base(s, lr=lr, weight_decay=wd, seed=seed, steps=s.plateau_epochs * _spe(s),
+                             snapshots=snaps))
     return out
 
 
 def plateau_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> tuple[Any, dict[str, Any]]:
-    """OVER-3 (and the large-LR phases of OVER-4): constant LR, clean labels, ``o4_epochs`` epochs.
+    """OVER-3 (and the large-LR phases of OVER-4): constant LR, clean labels, ``plateau_epochs`` epochs.
 
-    Runs every recipe of :func:`recipes` for every seed of ``seeds`` (``o4_seeds`` of them). Each keeps
-    snapshots of its weights every ``o4_every`` epochs. Returns the table (one row per run) and the
+    Runs every recipe of :func:`recipes` for every seed of ``seeds`` (``plateau_seeds`` of them). Each keeps
+    snapshots of its weights every ``snapshot_every`` epochs. Returns the table (one row per run) and the
     histories by key.
     """
     configs = _plateau_configs(s, seeds)
@@ -200,10 +204,10 @@ def plateau_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | No
 def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> Any:
     """OVER-4 (and OVER-2): fine-tuned, measured copies of the plateau runs' snapshots.
 
-    Every snapshot of the (o4_lr, o4_wd) run and every ``o4_nowd_every``-th snapshot of the (o4_lr, 0) run,
-    of every seed (``role`` "trajectory"), and the last snapshot of each further plateau run of
-    ``o3_pairs`` (``role`` "final", whose Hessian trace is not measured: they serve OVER-2 only). Each copy trains
-    ``o4_finetune_epochs`` epochs at a tenth (``o4_finetune_factor``) of its run's LR with the same
+    Every snapshot of the (plateau_lr, plateau_wd) run and every ``nowd_copy_every``-th snapshot of the
+    (plateau_lr, 0) run, of every seed (``role`` "trajectory"), and the last snapshot of each further plateau
+    run of ``plateau_pairs`` (``role`` "final", whose Hessian trace is not measured: they serve OVER-2 only).
+    Each copy trains ``finetune_epochs`` epochs at a tenth (``finetune_factor``) of its run's LR with the same
     weight decay and batch-order seed ``1000 + seed`` (a gradient-flow proxy, as the source's
     fine-tuning at a small LR), then its Hessian trace is measured with ``trace_probes`` Rademacher
     probes on the first ``trace_samples`` training points (eval mode). Returns one row per copy: role,
@@ -214,18 +218,18 @@ def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | Non
     run_many(parents, store, workers=s.workers, device=device, desc="flow parents", progress=None)
     configs, extra = [], []
     for p in parents:
-        trajectory = p.lr == s.o4_lr and p.weight_decay in (s.o4_wd, 0.0)
+        trajectory = p.lr == s.plateau_lr and p.weight_decay in (s.plateau_wd, 0.0)
         if not trajectory:
             steps = p.snapshots[-1:]
         elif p.weight_decay == 0:
-            steps = p.snapshots[s.o4_nowd_every - 1::s.o4_nowd_every]
+            steps = p.snapshots[s.nowd_copy_every - 1::s.nowd_copy_every]
         else:
             steps = p.snapshots
         trace = [{"name": "hessian_trace", "probes": s.trace_probes, "samples": s.trace_samples, "seed": 0,
                   "probe_chunk": s.trace_probe_chunk}]
         for step in steps:
             configs.append(p.replace(init_from={"run": p.key(), "step": step}, snapshots=[],
-                                     steps=s.o4_finetune_epochs * _spe(s), lr=p.lr * s.o4_finetune_factor,
+                                     steps=s.finetune_epochs * _spe(s), lr=p.lr * s.finetune_factor,
                                      seed=1000 + p.seed, eval_every=0, measures=trace if trajectory else []))
             extra.append({"epoch": step // _spe(s), "parent_seed": p.seed, "parent_lr": p.lr,
                           "role": "trajectory" if trajectory else "final"})
@@ -343,11 +347,12 @@ def paired_gain(table: Any, lr: float, metric: str = "val_acc") -> tuple[float, 
 
 # --- OVER-5: effective learning rate of scale-invariant layers ---------------------------------------------
 
-def _o5_base(s: Setup, optimizer: str, lr: float, wd: float, decay: str, seed: int) -> RunConfig:
+def _angular_base(s: Setup, optimizer: str, lr: float, wd: float, decay: str, seed: int) -> RunConfig:
     return RunConfig(data=s.data, data_args=s.data_args, subset=s.train_size, data_seed=0, seed=seed, model="mlp",
-                     model_args={"width": s.o5_width, "depth": 2, "scale_invariant": True, "bias": False},
-                     optimizer=optimizer, lr=lr, weight_decay=wd, decay=decay, batch_size=s.batch_size,
-                     steps=s.o5_steps, eval_every=max(s.o5_steps // 10, 1), divergence_factor=1e6, scale=s.scale,
+                     model_args={"width": s.angular_width, "depth": 2, "scale_invariant": True, "bias": False},
+                     optimizer={"name": optimizer, "decay": decay}, lr=lr, weight_decay=wd, batch_size=s.batch_size,
+                     steps=s.angular_steps, eval_every=max(s.angular_steps // 10, 1), divergence_factor=1e6,
+                     scale=s.scale,
                      probes=[{"name": "angular", "tensors": [0, 1], "every": 1}])
 
 
@@ -355,17 +360,18 @@ def angular_runs(s: Setup, seeds: Any, *, device: str = "cpu",
                  store: Store | None = None) -> dict[tuple[str, bool, int], Any]:
     """OVER-5: a scale-invariant MLP (two hidden layers, each bias-free and followed by LayerNorm without
     affine parameters) trained by SGD (L2 penalty) and by AdamW, each with and without decay, for every
-    seed of ``seeds`` (``o5_seeds`` of them).
+    seed of ``seeds`` (``angular_seeds`` of them).
 
     Returns ``{(rule, with_wd, seed): RunResult}``, ``rule`` "sgd" or "adam"; each result's probes hold
     the per-step norm, gradient norm, update norm and angle of the two hidden matrices.
     """
     specs = []
-    for seed in _check_seeds(seeds, s.o5_seeds, "angular_runs"):
-        specs += [("sgd", True, seed, _o5_base(s, "sgd", s.o5_sgd[0], s.o5_sgd[1], "l2", seed)),
-                  ("sgd", False, seed, _o5_base(s, "sgd", s.o5_sgd[0], 0.0, "l2", seed)),
-                  ("adam", True, seed, _o5_base(s, "adam", s.o5_adam[0], s.o5_adam[1], "decoupled", seed)),
-                  ("adam", False, seed, _o5_base(s, "adam", s.o5_adam[0], 0.0, "decoupled", seed))]
+    for seed in _check_seeds(seeds, s.angular_seeds, "angular_runs"):
+        (sgd_lr, sgd_wd), (adam_lr, adam_wd) = s.angular_sgd, s.angular_adam
+        specs += [("sgd", True, seed, _angular_base(s, "sgd", sgd_lr, sgd_wd, "l2", seed)),
+                  ("sgd", False, seed, _angular_base(s, "sgd", sgd_lr, 0.0, "l2", seed)),
+                  ("adam", True, seed, _angular_base(s, "adam", adam_lr, adam_wd, "decoupled", seed)),
+                  ("adam", False, seed, _angular_base(s, "adam", adam_lr, 0.0, "decoupled", seed))]
     results = run_many([c for *_, c in specs], store, workers=s.workers, device=device,
                        desc="angular runs", progress=None)
     return {(rule, wd, seed): r for (rule, wd, seed, _), r in zip(specs, results)}
@@ -393,17 +399,12 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
     The angles are measured (``arccos`` between the weights before and after), not computed from a
     formula. Returns the arrays and their log-log slopes against ``c``.
     """
-    from ..optim import SGD, Adam
-    from ..components import build_data, build_model
-
     cfg = RunConfig.from_dict(result.config)
     ds = build_data(cfg)
     x, y = ds.x_train[:samples].double(), ds.y_train[:samples]
 
     def fresh(c: float) -> tuple[torch.nn.Module, list[torch.Tensor]]:
-        model = build_model(cfg, ds)
-        model.load_state_dict({k: v.cpu() for k, v in result.model_state.items()})
-        model = model.double()
+        model = result.model(data=ds).float().double()  # the trained weights as float32, then in float64
         mats = [p for p in model.parameters() if p.ndim >= 2][:2]
         with torch.no_grad():
             for p in mats:
@@ -413,7 +414,7 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
         return model, mats
 
     loss_, grad_, sgd_, adam_ = [], [], [], []
-    lr_sgd = cfg.lr if cfg.optimizer == "sgd" else s.o5_sgd[0]
+    lr_sgd = cfg.lr if cfg.optimizer["name"] == "sgd" else s.angular_sgd[0]
     for c in scales:
         model, mats = fresh(c)
         loss = F.cross_entropy(model(x), y)
@@ -424,10 +425,10 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
         SGD(mats, lr=lr_sgd).step()
         sgd_.append(weight_angle(before, [p.detach() for p in mats]))
         model, mats = fresh(c)
-        opt = Adam(mats, lr=s.o5_adam[0], weight_decay=0.0, decay="decoupled")
+        opt = Adam(mats, lr=s.angular_adam[0], weight_decay=0.0, decay="decoupled")
         angles = []
         for k in range(adam_steps):
-            xb, yb = ds.batch(k, s.batch_size, seed=12345)
+            xb, yb = ds.batch(k, 12345, batch_size=s.batch_size)
             opt.zero_grad()
             F.cross_entropy(model(xb.double()), yb).backward()
             before = [p.detach().clone() for p in mats]

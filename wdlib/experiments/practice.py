@@ -19,7 +19,7 @@
 
 Every run goes through :func:`wdlib.runs.run_many` (cached in the run store, in parallel single-thread
 workers). The training seeds are arguments (the notebook derives them from its ``seed`` parameter with
-:meth:`wdlib.runtime.Setting.seeds`); a :class:`Setup` holds only how many of them each experiment uses.
+:meth:`wdlib.experiments.Setting.seeds`); a :class:`Setup` holds only how many of them each experiment uses.
 The functions return tables and arrays; the notebook draws them and passes the measurements to the
 claims ledger.
 """
@@ -32,12 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..claims import Measurement
+from ..components import build_data
 from ..config import RunConfig
+from ..data import spurious
+from ..objective import evaluate
 from ..quantize import grid_distance, quantizable, quantize_state
 from ..runs import Store, expand_grid, results_table, run_many
 from ..stats import loglog_slope
+from ._scaffold import Setting, pick_settings
 
-__all__ = ["Arm", "GRID_ARMS", "TORCH_ARMS", "Setup", "PRACTICE_SETTINGS", "setup", "grid_values", "grid_sweeps",
+__all__ = ["Arm", "GRID_ARMS", "TORCH_ARMS", "Setup", "SETTINGS", "setup", "grid_values", "grid_sweeps",
            "wd_values", "lr_values", "error_matrix", "valley", "tilt_measurement", "convention_twins", "spurious_sweep", "spurious_reliance", "causal_only_accuracy", "select_lambda", "sharing_sweep",
            "quantization_table", "basin_cells"]
 
@@ -78,10 +83,9 @@ TORCH_ARMS: dict[str, Arm] = {
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(Setting):
     """Sizes of one scale; each experiment's fields carry its prefix."""
 
-    scale: str
     workers: int
     # DEC-8 and DEC-6: BatchNorm ConvNet on MNIST-1D, cosine schedule
     grid_samples: int
@@ -122,7 +126,7 @@ class Setup:
 # pilot on decade steps; lambda*lr = 0.1 per step, AdamW's 100, no longer trains)
 _SPUR_WDS = {"l2": (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "decoupled": (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)}
 
-PRACTICE_SETTINGS: dict[str, Setup] = {
+SETTINGS: dict[str, Setup] = {
     # 2 CPU cores. DEC-8: 5 learning rates (2 decades for SGD, 1 for Adam) by 7 lambdas (3 decades), 5 seeds,
     # 400 steps; DEC-5 on 3 seeds (the floor: the time budget)
     "smoke": Setup("smoke", workers=2, grid_samples=4000, grid_channels=16, grid_steps=400, grid_batch=128,
@@ -145,11 +149,9 @@ PRACTICE_SETTINGS: dict[str, Setup] = {
 }
 
 
-def setup(scale: str) -> Setup:
-    """The settings of ``scale`` ("smoke", "full" or "test")."""
-    if scale not in PRACTICE_SETTINGS:
-        raise ValueError(f"scale must be one of {', '.join(map(repr, PRACTICE_SETTINGS))}, got {scale!r}")
-    return PRACTICE_SETTINGS[scale]
+def setup(scale: str, device: str = "cpu", seed: int = 0) -> Setup:
+    """The settings of ``scale`` ("smoke", "full" or "test"; :func:`wdlib.experiments.pick_settings`)."""
+    return pick_settings(SETTINGS, scale, device=device, seed=seed)
 
 
 # --- DEC-8: the (lr, lambda) grid --------------------------------------------------------------------
@@ -176,8 +178,9 @@ def wd_values(s: Setup, arm: Arm) -> list[float]:
 def _grid_base(s: Setup, arm: Arm) -> RunConfig:
     return RunConfig(data="mnist1d", data_args={"num_samples": s.grid_samples}, model="convnet",
                      model_args={"channels": [s.grid_channels] * 3, "norm": "batch"}, steps=s.grid_steps,
-                     batch_size=s.grid_batch, optimizer=arm.optimizer, decay=arm.decay,
-                     momentum=s.grid_momentum if arm.optimizer == "sgd" else 0.0, lr_schedule={"name": "cosine"},
+                     batch_size=s.grid_batch, lr_schedule={"name": "cosine"},
+                     optimizer={"name": arm.optimizer, "decay": arm.decay,
+                                **({"momentum": s.grid_momentum} if arm.optimizer == "sgd" else {})},
                      decay_vectors=True, eval_every=s.grid_steps, scale=s.scale)
 
 
@@ -255,8 +258,6 @@ def tilt_measurement(table: Any, basin_factor: float = 2.0, *, resamples: int = 
     from ``resamples`` bootstrap resamples of the seeds (a seed drawn twice counts twice in the mean);
     ``per_seed`` holds each seed's own tilt (``nan`` where its grid has fewer than 3 counted columns).
     """
-    from ..claims import Measurement
-
     seeds = sorted(int(x) for x in table["seed"].unique())
     mats = [error_matrix(table, seed=sd) for sd in seeds]
     lrs, wds = mats[0][0], mats[0][1]
@@ -308,7 +309,7 @@ def basin_cells(table: Any, basin_factor: float = 2.0) -> Any:
 def _spur_base(s: Setup, decay: str) -> RunConfig:
     return RunConfig(data="spurious", data_args=dict(s.spur_data), model="mlp",
                      model_args={"width": s.spur_width, "depth": 1}, steps=s.spur_steps, batch_size=s.spur_batch,
-                     optimizer="adam", decay=decay, lr=s.spur_lr, lr_schedule={"name": "cosine"},
+                     optimizer={"name": "adam", "decay": decay}, lr=s.spur_lr, lr_schedule={"name": "cosine"},
                      decay_vectors=False, eval_every=s.spur_steps, scale=s.scale)
 
 
@@ -321,8 +322,6 @@ def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cp
     """
     import pandas as pd
 
-    from ..components import build_data, build_model
-
     store = _store(store)
     configs = [_spur_base(s, decay).replace(seed=sd, weight_decay=float(wd),
                                             data_args={**s.spur_data, "seed": sd})
@@ -331,9 +330,7 @@ def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cp
     df = results_table(configs, results, ["decay", "seed", "weight_decay"])
     rows = []
     for cfg, result in zip(configs, results):
-        model = build_model(cfg, build_data(cfg))
-        model.load_state_dict(result.model_state)
-        rows.append(spurious_reliance(model, cfg, s.spur_ood_agreement))
+        rows.append(spurious_reliance(result.model().float(), cfg, s.spur_ood_agreement))
     return pd.concat([df, pd.DataFrame(rows)], axis=1)
 
 
@@ -355,8 +352,6 @@ def spurious_reliance(model: torch.nn.Module, cfg: RunConfig, ood_agreement: flo
     draw of the test split (``test_draw=1``) with the spurious feature's agreement set to
     ``ood_agreement`` (0.5: independent of the label).
     """
-    from ..data import spurious
-
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
     cols = first.weight.detach().double().norm(dim=0)
     model.eval()
@@ -388,7 +383,8 @@ def _share_base(s: Setup, model: str, decay: str) -> RunConfig:
     args = dict(s.share_conv if model == "tiedconv" else s.share_rnn)
     window = max(s.share_steps // 3, 1)
     return RunConfig(data="mnist1d", data_args={"num_samples": s.share_samples}, model=model, model_args=args,
-                     steps=s.share_steps, batch_size=s.share_batch, optimizer="adam", decay=decay, lr=s.share_lr,
+                     steps=s.share_steps, batch_size=s.share_batch, optimizer={"name": "adam", "decay": decay},
+                     lr=s.share_lr,
                      weight_decay=s.share_wd, decay_vectors=False, dtype="float64", eval_every=s.share_steps,
                      probes=[{"name": "shrinkage", "start": s.share_steps - window,
                               "tensors": [name for name, _ in _PROBED[model]]}],
@@ -406,8 +402,6 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
     """
     import pandas as pd
 
-    from ..components import build_data, build_model
-
     models = (model,) if isinstance(model, str) else tuple(model)
     for m in models:
         if m not in _PROBED:
@@ -423,7 +417,7 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
                        desc="weight-sharing sweep", progress=None)
     rows = []
     for cfg, r in zip(configs, results):
-        named = dict(build_model(cfg, build_data(cfg)).named_parameters())
+        named = dict(r.model().named_parameters())  # (their shapes)
         rel = r.probes["shrinkage/shrinkage"] / (s.share_lr * s.share_wd)
         start = 0
         for name, group in _PROBED[cfg.model]:
@@ -432,7 +426,8 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
             start += size
             if name == "w_h" and cfg.model_args["tie"] == 1:
                 values = values[named[name][0].numel():]  # the step-0 weights never see a data gradient
-            rows.append({"model": cfg.model, "decay": cfg.decay, "seed": cfg.seed, "tie": int(cfg.model_args["tie"]),
+            rows.append({"model": cfg.model, "decay": cfg.optimizer["decay"], "seed": cfg.seed,
+                         "tie": int(cfg.model_args["tie"]),
                          "group": group, "weights": int(values.size), "median": float(np.median(values)),
                          "mean": float(np.mean(values)), "test_acc": r.final["val_acc"]})
     return pd.DataFrame(rows)
@@ -452,9 +447,6 @@ def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...
     """
     import pandas as pd
 
-    from ..components import build_data, build_model
-    from ..train import evaluate
-
     stored = _store(store)
     arms = {a.label: a for a in GRID_ARMS}
     rows = []
@@ -471,8 +463,7 @@ def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...
                                    f"{cfg.weight_decay:g}) is not in the store at {stored.root}: run grid_sweeps first")
             if data is None:
                 data = build_data(cfg)
-            model = build_model(cfg, data)
-            model.load_state_dict(r.model_state)
+            model = r.model(data=data).float()
             f_loss, f_acc = evaluate(model, data.eval_batches("test"))
             for b in bits or s.quant_bits:
                 for gran in ("tensor", "channel"):

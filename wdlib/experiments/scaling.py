@@ -19,21 +19,21 @@ import numpy as np
 
 from ..config import RunConfig
 from ..runs import Store, sweep
+from ._scaffold import Setting, pick_settings
 
-__all__ = ["Setup", "SCALE_SETTINGS", "setup", "data_size_sweep", "width_sweep", "best_index", "tau_epoch_star",
+__all__ = ["Setup", "SETTINGS", "setup", "data_size_sweep", "width_sweep", "best_index", "tau_epoch_star",
            "loss_grid", "refined_index", "optimum_log2", "tau_log2_spread", "lambda_exponent", "tau_log2_over_epochs",
            "lr_drift"]
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(Setting):
     """Sizes of one scale."""
 
-    scale: str
     pool: int                       # MNIST-1D samples drawn once (80% train, 20% the shared test set)
     sizes: tuple[int, ...]          # SCALE-1 training-set sizes, nested subsets of the pool's train split
     lams: tuple[float, ...]         # SCALE-1 lambda grid (factor 2)
-    seeds: int                      # SCALE-1/2 training seeds (count)
+    size_seeds: int                 # SCALE-1/2 training seeds (count)
     width: int
     lr: float
     batch_size: int
@@ -41,10 +41,10 @@ class Setup:
     widths: tuple[int, ...]         # SCALE-3
     base_width: int
     base_lrs: tuple[float, ...]     # SCALE-3 base LR grid (factor 2)
-    s3_size: int
-    s3_epochs: int
-    s3_lambda: float
-    s3_seeds: int                   # SCALE-3 training seeds (count)
+    mup_size: int                   # SCALE-3 (the muP width sweep): training-set size
+    mup_epochs: int
+    mup_lambda: float               # hidden and readout lambda at base_width
+    mup_seeds: int                  # SCALE-3 training seeds (count)
     workers: int
 
 
@@ -52,27 +52,29 @@ def _grid(start: float, n: int) -> tuple[float, ...]:
     return tuple(float(start * 2**i) for i in range(n))
 
 
-SCALE_SETTINGS: dict[str, Setup] = {
-    "smoke": Setup("smoke", pool=10_000, sizes=(2000, 4000, 8000), lams=_grid(0.125, 7), seeds=3, width=256,
+SETTINGS: dict[str, Setup] = {
+    "smoke": Setup("smoke", pool=10_000, sizes=(2000, 4000, 8000), lams=_grid(0.125, 7), size_seeds=3, width=256,
                    lr=1e-3, batch_size=128, epochs=40, widths=(64, 128, 256, 512), base_width=64,
-                   base_lrs=_grid(2e-3, 6), s3_size=4000, s3_epochs=60, s3_lambda=1.0, s3_seeds=3, workers=2),
+                   base_lrs=_grid(2e-3, 6), mup_size=4000, mup_epochs=60, mup_lambda=1.0, mup_seeds=3, workers=2),
     "full": Setup("full", pool=200_000, sizes=(10_000, 20_000, 40_000, 80_000, 160_000), lams=_grid(0.015625, 10),
-                  seeds=5, width=1024, lr=1e-3, batch_size=128, epochs=40, widths=(128, 256, 512, 1024, 2048),
-                  base_width=128, base_lrs=_grid(1e-3, 7), s3_size=40_000, s3_epochs=60, s3_lambda=1.0,
-                  s3_seeds=5, workers=1),
+                  size_seeds=5, width=1024, lr=1e-3, batch_size=128, epochs=40, widths=(128, 256, 512, 1024, 2048),
+                  base_width=128, base_lrs=_grid(1e-3, 7), mup_size=40_000, mup_epochs=60, mup_lambda=1.0,
+                  mup_seeds=5, workers=1),
+    # the unit tests: seconds on one core
+    "test": Setup("test", pool=1000, sizes=(200, 400), lams=_grid(0.125, 3), size_seeds=2, width=16, lr=1e-3,
+                  batch_size=32, epochs=2, widths=(8, 16), base_width=8, base_lrs=_grid(2e-3, 3), mup_size=200,
+                  mup_epochs=2, mup_lambda=1.0, mup_seeds=2, workers=1),
 }
 
 
-def setup(scale: str) -> Setup:
-    """The settings of ``scale`` ("smoke" or "full")."""
-    if scale not in SCALE_SETTINGS:
-        raise ValueError(f"scale must be one of {', '.join(repr(s) for s in SCALE_SETTINGS)}, got {scale!r}")
-    return SCALE_SETTINGS[scale]
+def setup(scale: str, device: str = "cpu", seed: int = 0) -> Setup:
+    """The settings of ``scale`` ("smoke", "full" or "test"; :func:`wdlib.experiments.pick_settings`)."""
+    return pick_settings(SETTINGS, scale, device=device, seed=seed)
 
 
 def _base(s: Setup, size: int, epochs: int, width: int, **changes: Any) -> RunConfig:
     return RunConfig(data="mnist1d", data_args={"num_samples": s.pool}, subset=size, data_seed=0, model="mlp",
-                     model_args={"width": width, "depth": 2}, optimizer="adam", decay="decoupled",
+                     model_args={"width": width, "depth": 2}, optimizer={"name": "adam", "decay": "decoupled"},
                      steps=epochs * size // s.batch_size, batch_size=s.batch_size, scale=s.scale,
                      divergence_factor=1e6, **changes)
 
@@ -99,15 +101,15 @@ def data_size_sweep(s: Setup, sizes: tuple[int, ...], seeds: tuple[int, ...], *,
 def width_sweep(s: Setup, decay: str, seeds: tuple[int, ...], *, device: str = "cpu", store: Store | None = None) -> Any:
     """SCALE-3: test loss for every (width, base LR, seed) under muP, hidden weight decay ``decay``.
 
-    ``decay="scaled"``: hidden and readout lambda = s3_lambda * width/base_width (lr*lambda fixed);
-    ``"constant"``: lambda = s3_lambda at every width. Hidden and readout LR = base LR * base_width/width,
+    ``decay="scaled"``: hidden and readout lambda = mup_lambda * width/base_width (lr*lambda fixed);
+    ``"constant"``: lambda = mup_lambda at every width. Hidden and readout LR = base LR * base_width/width,
     readout initialized at zero (:func:`wdlib.params.mup_groups`).
     """
     import pandas as pd
 
     tables = []
     for width in s.widths:
-        base = _base(s, s.s3_size, s.s3_epochs, width, weight_decay=s.s3_lambda,
+        base = _base(s, s.mup_size, s.mup_epochs, width, weight_decay=s.mup_lambda,
                      mup={"base_width": s.base_width, "decay": decay, "zero_readout": True})
         t = sweep(base, {"lr": list(s.base_lrs), "seed": list(seeds)}, store, workers=s.workers,
                   device=device, desc=f"width {width}, {decay} decay", progress=None)

@@ -14,8 +14,8 @@ from scipy import stats as sps
 from torch import nn
 
 from wdlib.data import load, spurious
-from wdlib.diagnostics import PROBES
 from wdlib.experiments import practice
+from wdlib.measures import PROBES
 from wdlib.models import ConvNet, TiedConv, TiedRNN
 from wdlib.optim import Adam
 from wdlib.quantize import grid_distance, grid_step, quantize, quantize_state

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import math
+import time
 
 import pytest
 import torch
 
+from wdlib import precision
 from wdlib.optim import BF16_UPDATES, SGD, SGDW, Adam, AdamW
 from wdlib.precision import applied_decay, decay_changes_fraction, stochastic_round, ulp
 
@@ -410,3 +412,25 @@ def test_applied_decay_of_torch_adamw_kernels_on_bf16():
     assert over["changed_first_step"] == 1.0 and over["ratio"] > 1.2
     with pytest.raises(ValueError, match="torch.adamw"):
         applied_decay(w, lr=1e-3, weight_decay=1.0, optimizer="torch.adamw", bf16_update="kahan")
+
+
+def test_bf16_matmul_speed_is_measured_once_and_quickly():
+    precision._matmul_speed.cache_clear()
+    start = time.perf_counter()
+    m = precision.bf16_matmul_speed("cpu", n=256)
+    took = time.perf_counter() - start
+    assert took < 2.0  # about 0.5 s at most by design; slack for a busy machine
+    assert m["device"] == "cpu" and m["n"] == 256
+    assert m["float32_gflops"] > 0 and m["bfloat16_gflops"] > 0
+    assert m["ratio"] == pytest.approx(m["bfloat16_gflops"] / m["float32_gflops"])
+    assert m["fast"] == (m["ratio"] >= precision.FAST_BF16_RATIO)
+    assert precision.bf16_matmul_speed("cpu", n=256) == m  # cached per process
+    with pytest.raises(ValueError, match="n must be"):
+        precision.bf16_matmul_speed("cpu", n=0)
+
+
+def test_fast_bf16_follows_the_measurement(monkeypatch):
+    monkeypatch.setattr(precision, "_matmul_speed", lambda device, n: (65.0, 1.3))  # AVX2 without AVX-512 BF16
+    assert precision.bf16_matmul_speed("cpu")["fast"] is False and precision.fast_bf16("cpu") is False
+    monkeypatch.setattr(precision, "_matmul_speed", lambda device, n: (65.0, 90.0))
+    assert precision.fast_bf16("cpu") is True

@@ -83,7 +83,7 @@ def test_probe_and_diagnostics_are_recorded():
 
 
 def test_a_chapter_can_register_its_own_diagnostic():
-    from wdlib.diagnostics import DIAGNOSTICS, register_diagnostic
+    from wdlib.measures import DIAGNOSTICS, register_diagnostic
 
     register_diagnostic("test_first_weight_mean", lambda model, opt: float(next(model.parameters()).mean()))
     try:
@@ -146,14 +146,14 @@ def quick(**changes) -> RunConfig:
 
 def _other_code(monkeypatch) -> None:
     """Pretend the training code changed since the store was filled (its results become stale)."""
-    import wdlib.runs as runs_mod
+    import wdlib.store as runs_mod
 
     real = runs_mod.code_identity()
     monkeypatch.setattr(runs_mod, "code_identity", lambda: {**real, "code": "0" * 64})
 
 
 def test_each_result_describes_itself_with_its_code_identity(tmp_path):
-    from wdlib.runs import CODE_FILES, code_identity
+    from wdlib.store import CODE_FILES, code_identity
 
     r = run(quick(), tmp_path)
     key = r.info["key"]
@@ -170,7 +170,7 @@ def test_each_result_describes_itself_with_its_code_identity(tmp_path):
 def test_stale_results_follow_wdlib_stale(tmp_path, monkeypatch):
     import warnings
 
-    from wdlib.runs import StaleResultWarning
+    from wdlib.store import StaleResultWarning
 
     first = run(quick(), tmp_path)
     key = first.info["key"]
@@ -222,7 +222,7 @@ def test_rerun_trains_a_current_result_again(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_damaged_index_is_moved_aside_and_rebuilt(tmp_path, damage):
-    from wdlib.runs import StoreRecoveryWarning
+    from wdlib.store import StoreRecoveryWarning
 
     first = [run(quick(seed=s), tmp_path) for s in range(3)]
     index = tmp_path / "index.sqlite"
@@ -238,7 +238,7 @@ def test_a_damaged_index_is_moved_aside_and_rebuilt(tmp_path, damage):
 def test_an_emptied_or_deleted_index_heals_and_old_results_are_counted(tmp_path):
     import sqlite3
 
-    from wdlib.runs import StoreRecoveryWarning
+    from wdlib.store import StoreRecoveryWarning
 
     a = run(quick(), tmp_path)
     b = run(quick(seed=1), tmp_path)
@@ -261,7 +261,7 @@ def test_an_emptied_or_deleted_index_heals_and_old_results_are_counted(tmp_path)
 
 
 def test_reindex_checks_hashes_and_deletes_nothing(tmp_path):
-    from wdlib.runs import StoreRecoveryWarning
+    from wdlib.store import StoreRecoveryWarning
 
     good = run(quick(), tmp_path).info["key"]
     bad = run(quick(seed=1), tmp_path).info["key"]
@@ -339,7 +339,7 @@ def test_cli_run_rerun(tmp_path, capsys):
 
 # --- the example configuration and the defaults ----------------------------------------------------------
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "example.yaml"
 
 
 def test_example_config_validates_as_shipped():
@@ -347,7 +347,8 @@ def test_example_config_validates_as_shipped():
 
     fields = yaml.safe_load(EXAMPLE.read_text())
     cfg = RunConfig.from_dict(fields)
-    assert cfg.steps == fields["steps"] == 200 and cfg.optimizer == "adam" and cfg.decay == "decoupled"
+    assert cfg.steps == fields["steps"] == 200
+    assert cfg.optimizer["name"] == "adam" and cfg.optimizer["decay"] == "decoupled"
     assert cfg.lr_schedule["name"] == "cosine" and cfg.lr_schedule["warmup"] > 0 and cfg.eval_every > 0
 
 
@@ -367,9 +368,9 @@ def test_default_configuration_is_runnable():
 
 
 def test_numpy_and_tensor_scalars_are_plain_numbers():
-    plain = tiny(lr=1e-3, steps=100, weight_decay=0.1, betas=[0.9, 0.95], seed=3)
+    plain = tiny(lr=1e-3, steps=100, weight_decay=0.1, optimizer={"name": "adam", "betas": [0.9, 0.95]}, seed=3)
     odd = tiny(lr=np.float32(1e-3), steps=np.int64(100), weight_decay=torch.tensor(0.1),
-               betas=[np.float64(0.9), np.float32(0.95)], seed=torch.tensor(3))
+               optimizer={"name": "adam", "betas": [np.float64(0.9), np.float32(0.95)]}, seed=torch.tensor(3))
     assert odd.key() == plain.key() and odd.to_dict() == plain.to_dict()
     assert type(odd.steps) is int and type(odd.lr) is float and type(odd.seed) is int
     with pytest.raises(ValueError, match="steps must be an integer"):
@@ -381,7 +382,8 @@ def test_numpy_and_tensor_scalars_are_plain_numbers():
     ({"data": "stdlib_chars", "data_args": {}}, "model 'mlp' needs a classification dataset"),
     ({"lr_schedule": {"name": "cosine", "warmup": 40}}, "lr_schedule: warmup (40) + delay (0) must be less than steps"),
     ({"wd_schedule": {"name": "constant", "delay": 50}}, "wd_schedule: warmup (0) + delay (50)"),
-    ({"lr": float("inf")}, "lr must be a finite number"), ({"eps": float("nan")}, "eps must be a finite number"),
+    ({"lr": float("inf")}, "lr must be a finite number"),
+    ({"optimizer": {"name": "adam", "eps": float("nan")}}, "optimizer.eps must be a finite number"),
     ({"seed": 1e26}, "seed must be an integer in [0, "), ({"seed": 2**63}, "seed must be an integer in [0, "),
     ({"seed": 3.0}, "seed must be an integer"), ({"steps": 10**300}, "steps must be an integer in [1, "),
     ({"perturb_step": 40}, "perturb_step must be an integer in [0, 39]"),
@@ -427,8 +429,9 @@ def test_sweep_table_with_two_workers(tmp_path):
 
 @pytest.mark.parametrize("changes,field", [
     ({"stpes": 10}, "stpes"), ({"model": "vgg"}, "model"), ({"data": "mnist"}, "data"), ({"steps": -1}, "steps"),
-    ({"precision": "fp16"}, "precision"), ({"decay": "adamw"}, "decay"), ({"lr_schedule": {"name": "exp"}}, "lr_schedule"),
-    ({"batch_size": 10, "grad_accum": 3}, "batch_size"), ({"betas": [0.9, 1.0]}, "betas"),
+    ({"precision": "fp16"}, "precision"), ({"optimizer": {"name": "adam", "decay": "adamw"}}, "optimizer.decay"),
+    ({"lr_schedule": {"name": "exp"}}, "lr_schedule"), ({"batch_size": 10, "grad_accum": 3}, "batch_size"),
+    ({"optimizer": {"name": "adam", "betas": [0.9, 1.0]}}, "optimizer.betas"),
     ({"grad_clip": 0}, "grad_clip"), ({"wd_schedule": {"name": "equal_contribution"}}, "wd_schedule"),
     ({"lr": "fast"}, "lr"),
 ])
@@ -451,7 +454,7 @@ def test_late_failures_are_caught_before_training():
 
 
 def test_a_diagnostic_of_the_wrong_kind_fails_at_the_first_evaluation():
-    from wdlib.diagnostics import DIAGNOSTICS, register_diagnostic
+    from wdlib.measures import DIAGNOSTICS, register_diagnostic
 
     calls = []
     register_diagnostic("test_ragged", lambda model, opt: calls.append(1) or np.zeros(len(calls)))
@@ -508,7 +511,7 @@ def test_cli_run_runs_and_help(tmp_path):
     helptext = _cli("run", "--help").stdout
     assert all(name in helptext for name in RunConfig.__dataclass_fields__)
     bad = _cli("run", str(_write_config(tmp_path / "b.json", optimizer="adagrad")), "--store", str(tmp_path / "s"))
-    assert bad.returncode == 2 and "optimizer must be one of" in bad.stderr
+    assert bad.returncode == 2 and "optimizer.name must be one of" in bad.stderr
     yaml_cfg = tmp_path / "c.yaml"
     yaml_cfg.write_text("data: mnist1d\ndata_args: {num_samples: 600}\nmodel: mlp\nmodel_args: {width: 8, depth: 1}\n"
                         "steps: 5\nbatch_size: 32\nscale: test\n")
@@ -610,12 +613,13 @@ def test_mup_run_applies_the_multipliers():
     with pytest.raises(ValueError, match="mup"):
         tiny(mup={"decay": "scaled"})
     with pytest.raises(ValueError, match="independent"):
-        tiny(model_args={"width": 32, "depth": 2}, mup={"base_width": 16}, decay="independent")
+        tiny(model_args={"width": 32, "depth": 2}, mup={"base_width": 16},
+             optimizer={"name": "adam", "decay": "independent"})
 
 
 def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path, monkeypatch):
     """The checkpoint's name carries the code identity: other code starts over and leaves it on disk."""
-    import wdlib.runs as runs_mod
+    import wdlib.store as runs_mod
 
     store = Store(tmp_path / "s")
     key = tiny().key()

@@ -76,7 +76,7 @@ def test_update_recorder_rebuilds_a_real_run_exactly():
     rec = reconstruct(p["theta0"], p["updates"], p["lr"], p["shrink"])
     np.testing.assert_allclose(rec["exact"], p["final"], rtol=1e-10, atol=1e-13)
     with pytest.raises(ValueError, match="decoupled or independent"):
-        train(cfg.replace(decay="l2"))
+        train(cfg.replace(optimizer={"name": "adam", "decay": "l2"}))
 
 
 def test_perturb_step_changes_only_that_batch():

@@ -21,8 +21,8 @@ SMALL = 200_000
 
 def _gpt(**changes):
     fields = dict(data="stdlib_chars", data_args={"max_bytes": SMALL, "val_split": "interleaved", "val_block": 4096},
-                  model="gpt", model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, optimizer="adam", lr=3e-3,
-                  weight_decay=0.1, betas=(0.9, 0.95), steps=12, batch_size=4, block_size=16, eval_every=6,
+                  model="gpt", model_args={"n_layer": 1, "n_head": 2, "n_embd": 16},
+                  optimizer={"name": "adam", "betas": [0.9, 0.95]}, lr=3e-3, weight_decay=0.1, steps=12, batch_size=4, block_size=16, eval_every=6,
                   eval_batches=2, scale="test")
     fields.update(changes)
     return RunConfig(**fields)
@@ -129,7 +129,7 @@ def test_train_starts_are_the_training_batches():
     starts = ds.train_starts(5, 4, 16, seed=3)
     assert starts.shape == (20,)
     for step in range(5):
-        x, _ = ds.batch(step, 4, 16, 3)
+        x, _ = ds.with_block_size(16).batch(step, 3, batch_size=4)
         expected = torch.stack([ds.train[s:s + 16] for s in starts[step * 4:(step + 1) * 4]])
         assert torch.equal(x, expected)
 
@@ -186,8 +186,8 @@ def test_seen_unseen_measure_evaluates_the_windows_it_names():
     """The measure's losses are those of the drawn training windows and of untouched ones, computed by hand."""
     import torch.nn.functional as F
 
-    from wdlib.diagnostics import MEASURES
     from wdlib.components import build_data, build_model
+    from wdlib.measures import MEASURES
 
     cfg = _gpt(steps=40)
     ds = build_data(cfg)
@@ -281,8 +281,8 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     assert ln.config["decay_vectors"] and not main[(1.0, 0)].config["decay_vectors"]
     assert "diag/attn_logit_max" in runs["o6"][(2e-2, "fp32", 0.0, 0)].history
     # LLM-7 arms: torch's AdamW on bf16 weights, and wdlib's with each remedy
-    assert runs["o7"][("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].config["optimizer"] == "torch.adamw"
-    assert runs["o7"][("bf16-pure", "adam", "kahan", 1.0, 0)].config["bf16_update"] == "kahan"
+    assert runs["o7"][("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].config["optimizer"]["name"] == "torch.adamw"
+    assert runs["o7"][("bf16-pure", "adam", "kahan", 1.0, 0)].config["optimizer"]["bf16_update"] == "kahan"
     shares = llm.shrink_shares(s, runs["o7"])
     assert list(shares["arm"]) == list(llm.O7_PAIRS) and set(shares["seed"]) == {0}
     f32 = shares.set_index("arm").loc["float32"]
@@ -292,8 +292,8 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     expected = 1 - (o7[("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].final["weight_norm/decay"]
                     / o7[("bf16-pure", "torch.adamw", "nearest", 0.0, 0)].final["weight_norm/decay"])
     assert tq["shrink"] == pytest.approx(expected) and tq["shrink_vs_float32"] == pytest.approx(expected / f32["shrink"])
-    t = llm.applied_decay_table(llm.bf16_pure_weights(r), s.o7_grid, steps=20)
-    assert set(t["arm"]) == set(llm.APPLIED_ARMS) and len(t) == len(llm.APPLIED_ARMS) * len(s.o7_grid)
+    t = llm.applied_decay_table(llm.bf16_pure_weights(r), s.applied_decay_grid, steps=20)
+    assert set(t["arm"]) == set(llm.APPLIED_ARMS) and len(t) == len(llm.APPLIED_ARMS) * len(s.applied_decay_grid)
     f32 = t[t["arm"] == "float32"]["ratio"]
     np.testing.assert_allclose(f32, 1.0, rtol=1e-3)
     lost = t[(t["arm"] == "bf16, nearest (fused kernel)") & (t["lr_x_wd"] == 1e-4)]["ratio"]
@@ -310,13 +310,14 @@ def test_plan_takes_its_training_seeds_from_the_caller():
     from wdlib.experiments import llm
 
     s = llm.setup("smoke")
-    assert llm.seed_count(s) == max(s.n_seeds, s.o6_n_seeds, s.o7_n_seeds)
+    assert llm.seed_count(s) == max(s.n_seeds, s.ladder_n_seeds, s.bf16_pure_n_seeds)
     seeds = tuple(1000 + i for i in range(llm.seed_count(s)))
     p = llm.plan(s, seeds)
     assert {k[1] for k in p["main"]} == set(seeds[:s.n_seeds]) == {k[1] for k in p["ln"]}
-    assert {k[-1] for k in p["o6"]} == set(seeds[:s.o6_n_seeds]) and {k[-1] for k in p["o7"]} == set(seeds[:s.o7_n_seeds])
+    assert {k[-1] for k in p["o6"]} == set(seeds[:s.ladder_n_seeds])
+    assert {k[-1] for k in p["o7"]} == set(seeds[:s.bf16_pure_n_seeds])
     assert all(cfg.seed == k[-1] for section in ("main", "ln", "o6", "o7") for k, cfg in p[section].items())
-    assert len(p["o7"]) == 9 * s.o7_n_seeds
+    assert len(p["o7"]) == 9 * s.bf16_pure_n_seeds
     # the default seeds are 0, 1, ...: the same runs (same keys) as the notebook's base seed 0
     assert llm.plan(s)["main"][(0.0, 0)].key() == llm.plan(s, range(llm.seed_count(s)))["main"][(0.0, 0)].key()
     with pytest.raises(ValueError, match="distinct seeds"):
@@ -357,3 +358,48 @@ def test_per_seed_statistics_and_consecutive_ratios():
     np.testing.assert_allclose(consecutive_ratios([4.0, 2.0, 3.0]), [0.5, 1.5])
     t = pd.DataFrame({"wd": [1.0, 0.0, 0.1, 0.0, 1.0, 0.1], "seed": [0, 0, 0, 1, 1, 1], "x": [3.0, 1.0, 2.0, 5.0, 4.0, 6.0]})
     assert per_seed(t, lambda g: g["x"].iloc[-1] - g["x"].iloc[0]) == [2.0, -1.0]  # sorted by wd within each seed
+
+
+def test_llm_precision_policy(monkeypatch):
+    from wdlib.experiments import llm
+
+    def no_measuring(device):
+        raise AssertionError("below full scale nothing is measured")
+
+    monkeypatch.setattr(llm, "fast_bf16", no_measuring)
+    smoke = llm.setup("smoke")
+    assert llm.main_precision(smoke, "cpu") == "fp32"
+    p = llm.plan(smoke)
+    assert {c.precision for c in p["main"].values()} == {c.precision for c in p["ln"].values()} == {"fp32"}
+    # the claims about bfloat16 keep their arms, and everything else of their runs is as before
+    assert {k[1] for k in p["o6"]} == {"bf16-autocast", "fp32"}
+    assert {c.precision for c in p["o6"].values()} == {"bf16-autocast", "fp32"}
+    assert {c.precision for c in p["o7"].values()} == {"bf16-pure", "fp32"}
+    cfg = p["main"][(smoke.wds[1], 0)]
+    assert cfg.replace(precision="bf16-autocast").to_dict() == llm.base_config(
+        smoke, weight_decay=smoke.wds[1], seed=0, ema=smoke.ema, diagnostics=["matrix_norm", "adam_elr"],
+        probes=[{"name": "relative_update", "every": smoke.rel_every}],
+        measures=[{"name": "seen_unseen", "windows": smoke.seen_windows}], snapshots=[smoke.ft_from]).to_dict()
+
+    full = llm.setup("full")
+    monkeypatch.setattr(llm, "fast_bf16", lambda device: True)
+    assert llm.main_precision(full, "cpu") == "bf16-autocast"
+    assert {c.precision for c in llm.plan(full)["main"].values()} == {"bf16-autocast"}
+    monkeypatch.setattr(llm, "fast_bf16", lambda device: False)
+    assert llm.main_precision(full, "cpu") == "fp32"
+
+
+def test_llm_precision_table_names_each_claim(monkeypatch):
+    from wdlib.experiments import llm
+
+    monkeypatch.setattr(llm, "bf16_matmul_speed", lambda device: {"n": 512, "float32_gflops": 65.0,
+                                                                   "bfloat16_gflops": 1.3, "fast": False})
+    t = llm.precision_table(llm.setup("smoke"), "cpu")
+    assert list(t["claim"]) == ["LLM-1 to LLM-4", "LLM-5", "LLM-6", "LLM-7"]
+    row = t.set_index("claim").loc["LLM-5"]
+    assert row["precision"] == "float32" and "1.3 GFLOP/s" in row["why"] and "slow" in row["why"]
+    assert "bf16 autocast" in t.set_index("claim").loc["LLM-6", "precision"]
+    monkeypatch.setattr(llm, "fast_bf16", lambda device: False)
+    t = llm.precision_table(llm.setup("full"), "cpu")
+    assert t.set_index("claim").loc["LLM-5", "precision"] == "float32"
+    assert "instead of the source's bf16 autocast" in t.set_index("claim").loc["LLM-5", "why"]

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from wdlib.experiments import scaling as sc
+from wdlib.runs import Store
 
 
 def _table():
@@ -82,3 +83,21 @@ def test_loss_grid_and_lr_drift():
     rows = np.array([[(i - 1.0) ** 2 for i in range(5)], [(i - 3.0) ** 2 for i in range(5)]])
     assert sc.lr_drift([rows, rows], (1.0, 2.0, 4.0, 8.0, 16.0)) == pytest.approx(2.0)
     assert sc.lr_drift([rows[[0, 0]]], (1.0, 2.0, 4.0, 8.0, 16.0)) == pytest.approx(0.0)
+
+
+def test_settings_name_what_they_hold():
+    s = sc.setup("smoke")
+    assert (s.size_seeds, s.mup_size, s.mup_epochs, s.mup_lambda, s.mup_seeds) == (3, 4000, 60, 1.0, 3)
+    t = sc.setup("test")
+    assert t.scale == "test" and t.workers == 1 and t.mup_size <= t.pool * 0.8 and max(t.sizes) <= t.pool * 0.8
+
+
+def test_sweeps_at_the_test_scale(tmp_path):
+    s, store = sc.setup("test"), Store(tmp_path / "store")
+    t = sc.data_size_sweep(s, s.sizes[:1], (0, 1), store=store)
+    assert len(t) == len(s.lams) * 2 and set(t["size"]) == {s.sizes[0]}
+    assert (t["steps"] == s.epochs * s.sizes[0] // s.batch_size).all() and t["val_loss"].notna().all()
+    assert set(sc.best_index(t, "size", "weight_decay", s.lams)) == {s.sizes[0]}
+    w = sc.width_sweep(s, "scaled", (0,), store=store)
+    assert len(w) == len(s.widths) * len(s.base_lrs) and set(w["decay"]) == {"scaled"}
+    assert len(sc.loss_grid(w, "width", "lr", s.widths, s.base_lrs)) == 1

@@ -1,4 +1,5 @@
-"""Statistics of chapter 2's experiments (wdlib.experiments.ema_view) on hand-built histories."""
+"""Chapter 2's experiments (wdlib.experiments.ema_view): statistics on hand-built histories, and runs at the
+"test" scale."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import numpy as np
 import pytest
 
 from wdlib.experiments import ema_view as ev
+from wdlib.runs import Store
 from wdlib.schedules import EqualContribution, values
+
+TINY = ev.setup("test")
 
 
 def test_memory_stats_reads_rate_and_theta0_share():
@@ -58,7 +62,49 @@ def test_term_stats_flat_coefficients_and_update_ratio():
 
 def test_settings_take_seed_counts():
     s = ev.setup("smoke")
-    assert isinstance(s.seeds, int) and s.seeds >= 5 and s.workers >= 1
+    assert isinstance(s.n_seeds, int) and s.n_seeds >= 5 and s.workers >= 1
+    assert s.seeds(2) == (0, 1) and ev.setup("smoke", seed=3).seeds(s.rms_seeds) == (3000, 3001, 3002)
     assert s.rms_steps * 1e-3 * 1.0 >= 5                           # every EMA-3 pair spans >= 5 timescales
     with pytest.raises(ValueError, match="scale"):
         ev.setup("medium")
+
+
+def test_memory_stats_of_identical_runs_without_decay_of_theta0():
+    n = 50
+    init = np.linspace(-1, 1, n)
+    steps = np.arange(0, 101, 10)
+    a = np.tile(init, (len(steps), 1))                            # theta never moves: all of theta_0 is kept
+    b = a + np.exp(-0.01 * steps)[:, None]                        # a distance fading at 0.01 per step
+    mask = np.arange(n) < 30
+    st = ev.memory_stats(steps, a, b, init, mask, lr=0.1, weight_decay=0.1, perturb_step=0)
+    assert st["theta0_projection"] == pytest.approx(1.0)
+    assert st["rate"] == pytest.approx(0.01) and st["eta_lambda"] == pytest.approx(0.01)
+    assert st["ratio"][0] == 1.0 and st["step"][0] == 10
+    assert st["theta0_noise"] == pytest.approx(np.linalg.norm(init[mask]) / (np.linalg.norm(init[mask]) * np.sqrt(30)))
+
+
+def test_probe_reads_one_probe_by_name():
+    class R:
+        probes = {"updates/lr": 1, "updates/final": 2, "shrinkage/lr": 3}
+    assert ev._probe(R()) == {"lr": 1, "final": 2}
+    assert ev._probe(R(), "shrinkage") == {"lr": 3}
+
+
+def test_reconstruction_rebuilds_the_recorded_weights(tmp_path):
+    rec = ev.reconstruction(TINY, lr=1e-2, weight_decay=1.0, seed=0, store=Store(tmp_path / "store"),
+                            schedules={"constant": None, "cosine": {"name": "cosine", "warmup": 3, "final": 0.1}})
+    assert list(rec) == ["constant", "cosine"]
+    for r in rec.values():
+        assert r["max_rel_error_exact"] < 1e-10                  # the unrolled recursion is exact (float64)
+        assert r["within_bound"] and r["final"].shape == (min(1024, TINY.width ** 2),)   # a hidden matrix
+        assert r["theta0_weight"] == pytest.approx(np.prod(1 - r["shrink"]))
+
+
+def test_memory_groups_seeds_by_lambda(tmp_path):
+    out = ev.memory(TINY, lr=1e-2, kappas=(0.1, 0.2), perturb_step=10, seeds=(0, 1), snapshots=4,
+                    store=Store(tmp_path / "store"))
+    assert list(out) == pytest.approx([k / (1e-2 * TINY.memory_steps) for k in (0.1, 0.2)])
+    for wd, v in out.items():
+        assert len(v["per_seed"]) == 2 and v["kappa_T"] == pytest.approx(1e-2 * wd * TINY.memory_steps)
+        assert v["theta0_predicted"] == pytest.approx(np.exp(-v["kappa_T"]))
+        assert all(ps["step"][0] > 10 for ps in v["per_seed"])

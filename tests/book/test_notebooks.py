@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 from build_book import fill_intro, ledger_page, status_page, toc_files  # noqa: E402
 

@@ -16,7 +16,7 @@ from wdlib.claims import MIN_SEEDS, catalogue, load_results, rejudge
 
 pytestmark = pytest.mark.book
 
-RESULTS = Path(__file__).resolve().parent.parent / "_build" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "_build" / "results"
 
 
 def _recorded() -> dict[str, dict]:

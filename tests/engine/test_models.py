@@ -224,3 +224,9 @@ def test_build_registry():
 def test_constructor_validation(make, field):
     with pytest.raises(ValueError, match=field):
         make()
+
+
+def test_mlp_shape_and_bad_width():
+    assert MLP(40, 16, 2, 10)(torch.zeros(3, 40)).shape == (3, 10)
+    with pytest.raises(ValueError, match="width"):
+        MLP(40, 0, 2, 10)

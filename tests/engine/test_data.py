@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import random
 import tarfile
 import sysconfig
 import urllib.error
@@ -15,8 +16,8 @@ import pytest
 import torch
 
 from wdlib import data as D
-from wdlib.data import (DataNotFoundError, Dataset, TokenDataset, batch_indices, check_vocab, cifar10, digits,
-                        load, openwebtext, stdlib_chars, subset, token_file, write_tokens)
+from wdlib.data import (DataNotFoundError, Dataset, TokenDataset, batch_indices, batches, check_vocab, cifar10, digits,
+                        load, mnist1d, openwebtext, stdlib_chars, subset, token_file, write_tokens)
 
 SMALL = 200_000  # bytes of stdlib text for the tests
 
@@ -145,7 +146,7 @@ def test_token_files_round_trip_and_openwebtext(tmp_path):
     write_tokens(torch.tensor([5, 6, 7, 8, 9, 10]), tmp_path / "val.bin")
     ds = openwebtext(tmp_path)
     assert ds.vocab_size == 50257 and len(ds.train) == len(tokens) and ds.meta["val_tokens"] == 6
-    x, y = ds.batch(3, 4, 16, seed=1)
+    x, y = ds.with_block_size(16).batch(3, 1, batch_size=4)
     assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
     starts = (x[:, 0] // 7).tolist()  # token k*7 sits at position k
@@ -209,16 +210,16 @@ def test_batch_indices_reject_bad_inputs(kwargs, name):
 
 def test_dataset_batch_shards_concatenate_to_the_global_batch():
     ds = toy()
-    x, y = ds.batch(6, 8, seed=2)
+    x, y = ds.batch(6, 2, batch_size=8)
     assert torch.equal(y, batch_indices(20, 8, 6, 2)) and torch.equal(x[:, 0].long(), y)
     for world in (2, 4):
-        shards = [ds.batch(6, 8, seed=2, rank=r, world_size=world) for r in range(world)]
+        shards = [ds.batch(6, 2, batch_size=8, rank=r, world_size=world) for r in range(world)]
         assert torch.equal(torch.cat([s[0] for s in shards]), x)
         assert torch.equal(torch.cat([s[1] for s in shards]), y)
     with pytest.raises(ValueError, match="world_size"):
-        ds.batch(0, 8, seed=0, world_size=3)
+        ds.batch(0, 0, batch_size=8, world_size=3)
     with pytest.raises(ValueError, match="rank"):
-        ds.batch(0, 8, seed=0, rank=2, world_size=2)
+        ds.batch(0, 0, batch_size=8, rank=2, world_size=2)
 
 
 def test_dataset_eval_batches():
@@ -231,20 +232,22 @@ def test_dataset_eval_batches():
 
 
 def test_token_batch_shards_and_determinism():
-    ds = stdlib_chars(SMALL)
-    x, y = ds.batch(11, 8, 32, seed=5)
+    ds = stdlib_chars(SMALL).with_block_size(32)
+    x, y = ds.batch(11, 5, batch_size=8)
     assert x.shape == (8, 32) and torch.equal(x[:, 1:], y[:, :-1])
-    assert torch.equal(ds.batch(11, 8, 32, seed=5)[0], x) and not torch.equal(ds.batch(12, 8, 32, seed=5)[0], x)
-    shards = [ds.batch(11, 8, 32, seed=5, rank=r, world_size=4) for r in range(4)]
+    assert torch.equal(ds.batch(11, 5, batch_size=8)[0], x) and not torch.equal(ds.batch(12, 5, batch_size=8)[0], x)
+    shards = [ds.batch(11, 5, batch_size=8, rank=r, world_size=4) for r in range(4)]
     assert torch.equal(torch.cat([s[0] for s in shards]), x) and torch.equal(torch.cat([s[1] for s in shards]), y)
-    memmap_like = TokenDataset("np", ds.train.numpy().astype(np.uint16), ds.val.numpy(), ds.vocab_size, {})
-    assert torch.equal(memmap_like.batch(11, 8, 32, seed=5)[1], y)  # the numpy path gathers the same windows
+    memmap_like = TokenDataset("np", ds.train.numpy().astype(np.uint16), ds.val.numpy(), ds.vocab_size, {}, 32)
+    assert torch.equal(memmap_like.batch(11, 5, batch_size=8)[1], y)  # the numpy path gathers the same windows
     a, b = list(ds.eval_batches(4, 16, count=3)), list(ds.eval_batches(4, 16, count=3))
     assert len(a) == 3 and all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
     with pytest.raises(ValueError, match="block_size"):
-        ds.batch(0, 2, len(ds.train), seed=0)
+        ds.with_block_size(len(ds.train)).batch(0, 0, batch_size=2)
+    with pytest.raises(ValueError, match="block_size"):
+        stdlib_chars(SMALL).batch(0, 0, batch_size=2)  # no window length bound
     with pytest.raises(ValueError, match="batch_size"):
-        ds.batch(0, 6, 8, seed=0, world_size=4)
+        ds.with_block_size(8).batch(0, 0, batch_size=6, world_size=4)
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -260,3 +263,34 @@ def test_load_registry(tmp_path):
         load("cifar10")
     with pytest.raises(FileNotFoundError, match="smoke"):
         load("openwebtext", root=tmp_path)
+
+
+def test_mnist1d_is_generated_offline_and_deterministic():
+    a = mnist1d(200, seed=3)
+    b = mnist1d(200, seed=3)
+    assert a.x_train.shape == (160, 40) and a.x_test.shape == (40, 40)
+    assert a.input_dim == 40 and a.num_classes == 10
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.x_train, mnist1d(200, seed=4).x_train)
+
+
+def test_mnist1d_leaves_global_rngs_alone():
+    random.seed(0)
+    np.random.seed(0)
+    mnist1d(120, seed=11)
+    assert random.random() == random.Random(0).random()
+    assert np.random.rand() == np.random.RandomState(0).rand()
+
+
+def test_mnist1d_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="num_samples"):
+        mnist1d(5)
+
+
+def test_batches_cover_each_epoch_once():
+    x = torch.arange(10.0)[:, None]
+    y = torch.arange(10)
+    seen = torch.cat([yb for _, yb in batches(x, y, 5, 2, torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(batches(x, y, 11, 1, torch.Generator()))
