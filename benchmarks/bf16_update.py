@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wdlib.optim import BF16_UPDATES, SGD, Adam  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from optim_step import make_params as _make_params, time_steps  # noqa: E402  (one timing loop for both)
+from optim_step import make_params as _make_params  # noqa: E402  (one timing loop for both)
+from optim_step import time_steps
 
 
 def make_params(total: float, device: torch.device, dtype: torch.dtype) -> list[torch.nn.Parameter]:
@@ -34,8 +35,12 @@ def make_params(total: float, device: torch.device, dtype: torch.dtype) -> list[
 
 def state_bytes_per_param(opt: torch.optim.Optimizer, n: int) -> float:
     """Bytes of tensor state (master, compensation, moments; not the scalar step) per parameter."""
-    total = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-                if isinstance(v, torch.Tensor) and v.dim() > 0)
+    total = sum(
+        v.numel() * v.element_size()
+        for s in opt.state.values()
+        for v in s.values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0
+    )
     return total / n
 
 
@@ -52,30 +57,37 @@ def main(argv: list[str] | None = None) -> None:
     fp32 = make_params(args.params, device, torch.float32)
     bf16 = make_params(args.params, device, torch.bfloat16)
     n = sum(p.numel() for p in bf16)
-    print(f"{n / 1e6:.2f}M parameters in {len(bf16)} tensors, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats} steps")
+    print(
+        f"{n / 1e6:.2f}M parameters in {len(bf16)} tensors, {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; median of {args.repeats} steps"
+    )
 
     lr, wd = 6e-4, 0.1
     families = {
         "AdamW (decoupled)": lambda ps, mode: Adam(ps, lr=lr, weight_decay=wd, decay="decoupled", bf16_update=mode),
-        "SGD momentum 0.9 (decoupled)": lambda ps, mode: SGD(ps, lr=lr, momentum=0.9, weight_decay=wd, decay="decoupled",
-                                                             bf16_update=mode),
+        "SGD momentum 0.9 (decoupled)": lambda ps, mode: SGD(
+            ps, lr=lr, momentum=0.9, weight_decay=wd, decay="decoupled", bf16_update=mode
+        ),
     }
     originals = [p.detach().clone() for p in bf16]
     for family, make in families.items():
         print(f"\n{family}")
         opt = make(fp32, "nearest")
         reference = time_steps(opt, device, args.repeats)
-        print(f"  {'float32 nearest':<20s} {reference * 1e3:8.2f} ms   x{1.0:5.2f}   "
-              f"state {state_bytes_per_param(opt, n):4.1f} B/param")
+        print(
+            f"  {'float32 nearest':<20s} {reference * 1e3:8.2f} ms   x{1.0:5.2f}   "
+            f"state {state_bytes_per_param(opt, n):4.1f} B/param"
+        )
         for mode in BF16_UPDATES:
             with torch.no_grad():
                 for p, o in zip(bf16, originals):
                     p.copy_(o)
             opt = make(bf16, mode)
             seconds = time_steps(opt, device, args.repeats)
-            print(f"  {'bfloat16 ' + mode:<20s} {seconds * 1e3:8.2f} ms   x{seconds / reference:5.2f}   "
-                  f"state {state_bytes_per_param(opt, n):4.1f} B/param")
+            print(
+                f"  {'bfloat16 ' + mode:<20s} {seconds * 1e3:8.2f} ms   x{seconds / reference:5.2f}   "
+                f"state {state_bytes_per_param(opt, n):4.1f} B/param"
+            )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ def rademacher_probes(params: list[torch.Tensor], probes: int, seed: int) -> lis
     return out
 
 
-def pyhessian_trace(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    probes: list[list[torch.Tensor]]) -> list[float]:
+def pyhessian_trace(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, probes: list[list[torch.Tensor]]
+) -> list[float]:
     """PyHessian's single-batch ``trace()``: one reverse pass through the gradient's graph per probe."""
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -71,8 +72,9 @@ def pyhessian_trace(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return trace_vhv
 
 
-def pyhessian_top_eigenvalue(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int, tol: float,
-                             seed: int) -> tuple[float, int]:
+def pyhessian_top_eigenvalue(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int, tol: float, seed: int
+) -> tuple[float, int]:
     """PyHessian-style power iteration on the same start vector as ``hessian.top_eigenvalue(seed=seed)``.
 
     The stopping rule is wdlib's (relative change of the Rayleigh quotient <= tol), so that both sides do
@@ -87,7 +89,7 @@ def pyhessian_top_eigenvalue(model: torch.nn.Module, x: torch.Tensor, y: torch.T
     v = [t / norm for t in v]
     grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
     prev, value, it = None, 0.0, 0
-    for it in range(1, iters + 1):
+    for it in range(1, iters + 1):  # noqa: B007 (the count of iterations is returned after the loop)
         hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
         value = float(sum(torch.sum(a.double() * b.double()) for a, b in zip(hv, v)))
         if prev is not None and abs(value - prev) <= tol * max(abs(value), abs(prev)):
@@ -166,16 +168,20 @@ def main(argv: list[str] | None = None) -> None:
     while data.x_train.shape[0] < args.samples:  # the 80/20 split is not exact for every size
         num_samples = math.ceil(num_samples * 1.05) + 1
         data = load("mnist1d", num_samples=num_samples)
-    x, y = data.x_train[:args.samples], data.y_train[:args.samples]
+    x, y = data.x_train[: args.samples], data.y_train[: args.samples]
     torch.manual_seed(args.seed)
     model = CNN(in_channels=1, num_classes=10, channels=(16, 16), dim=1)
     n_params = sum(p.numel() for p in model.parameters())
     train_s, train_loss = train(model, data, args.steps, args.seed)
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"CNN(1, 10, channels=(16, 16), dim=1): {n_params} parameters; MNIST-1D, Hessian over {x.shape[0]} "
-          f"training points; {args.steps} SGD steps ({train_s:.1f} s, train loss {train_loss:.3f})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, {os.cpu_count()} CPUs, "
-          f"load average {load_avg:.2f}; {args.probes} probes, median of {args.repeats} runs")
+    print(
+        f"CNN(1, 10, channels=(16, 16), dim=1): {n_params} parameters; MNIST-1D, Hessian over {x.shape[0]} "
+        f"training points; {args.steps} SGD steps ({train_s:.1f} s, train loss {train_loss:.3f})"
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, {os.cpu_count()} CPUs, "
+        f"load average {load_avg:.2f}; {args.probes} probes, median of {args.repeats} runs"
+    )
 
     params = [p for p in model.parameters() if p.requires_grad]
     probe_list = rademacher_probes(params, args.probes, args.seed)
@@ -184,43 +190,54 @@ def main(argv: list[str] | None = None) -> None:
         if dc is not None and dc >= x.shape[0]:
             continue
         for pc in parse_chunks(args.probe_chunks, args.probes):
-            fns[f"wdlib probe_chunk={pc} data_chunk={dc}"] = (
-                lambda pc=pc, dc=dc: hessian.hutchinson_trace(model, x, y, probes=args.probes, seed=args.seed,
-                                                              probe_chunk=pc, data_chunk=dc))
+            fns[f"wdlib probe_chunk={pc} data_chunk={dc}"] = lambda pc=pc, dc=dc: hessian.hutchinson_trace(
+                model, x, y, probes=args.probes, seed=args.seed, probe_chunk=pc, data_chunk=dc
+            )
     times, results = median_times(fns, args.repeats)
 
     ref = np.array(results["reference"], dtype=np.float64)
     ref_mean = float(ref.mean())
     ref_se = float(ref.std(ddof=1) / math.sqrt(len(ref))) if len(ref) > 1 else float("nan")
     t_ref = times["reference"]
-    print(f"{'reference (PyHessian-style loop)':<44} Tr(H) = {ref_mean:.6f} +- {ref_se:.6f}   "
-          f"{t_ref * 1e3:8.1f} ms  ({t_ref / args.probes * 1e3:.1f} ms/probe)")
+    print(
+        f"{'reference (PyHessian-style loop)':<44} Tr(H) = {ref_mean:.6f} +- {ref_se:.6f}   "
+        f"{t_ref * 1e3:8.1f} ms  ({t_ref / args.probes * 1e3:.1f} ms/probe)"
+    )
     best = None
     for name, t in times.items():
         if name == "reference":
             continue
         est = results[name]
         diff = float(np.abs(est.samples_per_probe - ref).max())
-        print(f"{name:<44} Tr(H) = {est.value:.6f} +- {est.stderr:.6f}   {t * 1e3:8.1f} ms  "
-              f"({t / args.probes * 1e3:.1f} ms/probe)  speed-up x{t_ref / t:.2f}  max|per-probe diff| {diff:.1e}")
+        print(
+            f"{name:<44} Tr(H) = {est.value:.6f} +- {est.stderr:.6f}   {t * 1e3:8.1f} ms  "
+            f"({t / args.probes * 1e3:.1f} ms/probe)  speed-up x{t_ref / t:.2f}  max|per-probe diff| {diff:.1e}"
+        )
         if best is None or t < times[best]:
             best = name
     assert best is not None
     agree = np.allclose(results[best].samples_per_probe, ref, rtol=1e-4, atol=1e-5 * max(1.0, abs(ref_mean)))
     default = "wdlib probe_chunk=None data_chunk=None"
     default_text = f" (default setting x{t_ref / times[default]:.2f})" if default in times else ""
-    print(f"fastest wdlib setting: {best}: x{t_ref / times[best]:.2f} the reference's speed{default_text}; "
-          f"estimates agree probe by probe: {agree}")
+    print(
+        f"fastest wdlib setting: {best}: x{t_ref / times[best]:.2f} the reference's speed{default_text}; "
+        f"estimates agree probe by probe: {agree}"
+    )
 
-    top_t, top_r = median_times({
-        "wdlib": lambda: hessian.top_eigenvalue(model, x, y, iters=args.eig_iters, tol=1e-4, seed=args.seed),
-        "reference": lambda: pyhessian_top_eigenvalue(model, x, y, args.eig_iters, 1e-4, args.seed),
-    }, args.repeats)
+    top_t, top_r = median_times(
+        {
+            "wdlib": lambda: hessian.top_eigenvalue(model, x, y, iters=args.eig_iters, tol=1e-4, seed=args.seed),
+            "reference": lambda: pyhessian_top_eigenvalue(model, x, y, args.eig_iters, 1e-4, args.seed),
+        },
+        args.repeats,
+    )
     top, (ref_val, ref_it) = top_r["wdlib"], top_r["reference"]
-    print(f"top_eigenvalue: {top.value:.6f} after {top.iterations} HVPs (residual {top.residual:.2e}) in "
-          f"{top_t['wdlib'] * 1e3:.1f} ms ({top_t['wdlib'] / top.iterations * 1e3:.1f} ms/HVP); "
-          f"PyHessian-style power iteration {ref_val:.6f} after {ref_it} in {top_t['reference'] * 1e3:.1f} ms "
-          f"({top_t['reference'] / ref_it * 1e3:.1f} ms/HVP)")
+    print(
+        f"top_eigenvalue: {top.value:.6f} after {top.iterations} HVPs (residual {top.residual:.2e}) in "
+        f"{top_t['wdlib'] * 1e3:.1f} ms ({top_t['wdlib'] / top.iterations * 1e3:.1f} ms/HVP); "
+        f"PyHessian-style power iteration {ref_val:.6f} after {ref_it} in {top_t['reference'] * 1e3:.1f} ms "
+        f"({top_t['reference'] / ref_it * 1e3:.1f} ms/HVP)"
+    )
 
 
 if __name__ == "__main__":

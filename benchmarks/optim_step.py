@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wdlib.optim import SGD, Adam  # noqa: E402
 
 
-def make_params(total: float, device: torch.device, dtype: torch.dtype, d: int = 512,
-                init_scale: float = 1.0) -> list[torch.nn.Parameter]:
+def make_params(
+    total: float, device: torch.device, dtype: torch.dtype, d: int = 512, init_scale: float = 1.0
+) -> list[torch.nn.Parameter]:
     """Repeating (d x 4d, 4d x d, d x d, d, d, 4d) tensors until ``total`` elements, values ``init_scale * N(0, 1)``
     and gradients ``1e-3 * N(0, 1)`` (seeded). Also used by ``bf16_update.py``."""
     block = ((d, 4 * d), (4 * d, d), (d, d), (d,), (d,), (4 * d,))
@@ -73,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     params = make_params(args.params, device, dtype)
     n = sum(p.numel() for p in params)
-    print(f"{n / 1e6:.1f}M parameters in {len(params)} tensors, {dtype}, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats} steps")
+    print(
+        f"{n / 1e6:.1f}M parameters in {len(params)} tensors, {dtype}, {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; median of {args.repeats} steps"
+    )
 
     lr, wd = 1e-3, 0.1
     cases = {
@@ -88,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
         "SGD momentum 0.9": [
             ("torch SGD fused", lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, fused=True)),
-            ("torch SGD foreach", lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd,
-                                                          foreach=True)),
+            ("torch SGD foreach", lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, foreach=True)),
             ("wdlib SGD l2", lambda: SGD(params, lr=lr, momentum=0.9, weight_decay=wd, decay="l2")),
             ("wdlib SGD decoupled", lambda: SGD(params, lr=lr, momentum=0.9, weight_decay=wd)),
             ("wdlib SGD foreach", lambda: SGD(params, lr=lr, momentum=0.9, weight_decay=wd, impl="foreach")),

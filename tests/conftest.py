@@ -18,8 +18,15 @@ def data():
     return mnist1d(1000, seed=0)
 
 
-def train(data, make_opt: Callable, steps: int = 300, dtype: torch.dtype = torch.float32,
-          make_sched: Callable | None = None, seed: int = 0, before_step: Callable | None = None) -> torch.Tensor:
+def train(
+    data,
+    make_opt: Callable,
+    steps: int = 300,
+    dtype: torch.dtype = torch.float32,
+    make_sched: Callable | None = None,
+    seed: int = 0,
+    before_step: Callable | None = None,
+) -> torch.Tensor:
     """Train an MLP 40-64-64-10 for ``steps`` steps (batches of 50, fixed order); return its flat parameters."""
     torch.manual_seed(seed)
     model = MLP(data.input_dim, 64, 2, data.num_classes).to(dtype)

@@ -13,8 +13,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "wdlib"
-CORE = ("_checks", "_registry", "_version", "rounding", "optim", "precision", "schedules", "timescale", "params",
-        "hessian", "diagnostics", "ema", "quantize", "runtime")
+CORE = (
+    "_checks",
+    "_registry",
+    "_version",
+    "rounding",
+    "optim",
+    "precision",
+    "schedules",
+    "timescale",
+    "params",
+    "hessian",
+    "diagnostics",
+    "ema",
+    "quantize",
+    "runtime",
+)
 #: Function-level imports of wdlib modules that are allowed, and why. Empty: every import is at a module's top.
 ALLOWED_NESTED: dict[tuple[str, str], str] = {}
 
@@ -26,8 +40,11 @@ def _nested_wdlib_imports(path: Path) -> list[tuple[int, str]]:
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            if in_function and isinstance(child, ast.ImportFrom) and (child.level > 0 or
-                                                                    (child.module or "").startswith("wdlib")):
+            if (
+                in_function
+                and isinstance(child, ast.ImportFrom)
+                and (child.level > 0 or (child.module or "").startswith("wdlib"))
+            ):
                 found.append((child.lineno, "." * child.level + (child.module or "")))
             elif in_function and isinstance(child, ast.Import):
                 found.extend((child.lineno, a.name) for a in child.names if a.name.split(".")[0] == "wdlib")
@@ -41,14 +58,19 @@ def test_no_function_level_imports_of_wdlib_modules():
     bad = []
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT.parent).as_posix()
-        bad += [f"{rel}:{line} imports {mod}" for line, mod in _nested_wdlib_imports(path)
-                if (rel, mod) not in ALLOWED_NESTED]
+        bad += [
+            f"{rel}:{line} imports {mod}"
+            for line, mod in _nested_wdlib_imports(path)
+            if (rel, mod) not in ALLOWED_NESTED
+        ]
     assert not bad, "import wdlib modules at the top of the module:\n" + "\n".join(bad)
 
 
 def test_the_detector_finds_a_nested_import(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import os\nfrom . import a\n\ndef f():\n    from .b import c\n    import wdlib.optim\n    import json\n")
+    f.write_text(
+        "import os\nfrom . import a\n\ndef f():\n    from .b import c\n    import wdlib.optim\n    import json\n"
+    )
     assert _nested_wdlib_imports(f) == [(5, ".b"), (6, "wdlib.optim")]
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Tally how the library answers the bad inputs of ``tests/engine/test_bad_inputs.py``: clear, misleading, traceback, silent.
+"""Tally how the library answers the bad inputs of ``tests/engine/test_bad_inputs.py``: clear, misleading,
+traceback, silent.
 
     .venv/bin/python tools/bad_input_tally.py [--verbose] [--json]
 
@@ -28,7 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def load_cases(root: Path = ROOT):
     """The ``tests/engine/test_bad_inputs.py`` module of ``root`` (with its ``CASES``, ``outcome`` and ``CLASSES``)."""
     sys.path.insert(0, str(root))  # this checkout's wdlib, not an installed one
-    spec = importlib.util.spec_from_file_location("wdlib_bad_inputs_table", root / "tests" / "engine" / "test_bad_inputs.py")
+    spec = importlib.util.spec_from_file_location(
+        "wdlib_bad_inputs_table", root / "tests" / "engine" / "test_bad_inputs.py"
+    )
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     sys.modules[spec.name] = module  # dataclasses look their module up there

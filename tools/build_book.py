@@ -53,10 +53,16 @@ def toc_files(toc_path: Path) -> list[str]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return out.stdout.strip() + ("+local changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -64,11 +70,13 @@ def git_commit() -> str | None:
 
 def kernel_env(results: Path) -> dict[str, str]:
     """The environment variables the chapters' kernels get (papermill's kernels inherit this process's)."""
-    return {"WDLIB_RESULTS_DIR": str(results),
-            "WDLIB_STORE": str(results.parent / "store"),  # the chapters' runs (wiped by main())
-            # no progress bars: an executed copy would keep widget outputs without their state
-            "WDLIB_PROGRESS": "0",
-            "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline")}
+    return {
+        "WDLIB_RESULTS_DIR": str(results),
+        "WDLIB_STORE": str(results.parent / "store"),  # the chapters' runs (wiped by main())
+        # no progress bars: an executed copy would keep widget outputs without their state
+        "WDLIB_PROGRESS": "0",
+        "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
+    }
 
 
 def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: str, seed: int = 0) -> list[dict]:
@@ -84,9 +92,15 @@ def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: 
         start = time.perf_counter()
         error = None
         try:
-            pm.execute_notebook(str(ROOT / f"{nb}.ipynb"), str(out), parameters={"scale": scale, "device": device, "seed": seed},
-                                cwd=str(out.parent), kernel_name="python3", progress_bar=False,
-                                log_output=False)
+            pm.execute_notebook(
+                str(ROOT / f"{nb}.ipynb"),
+                str(out),
+                parameters={"scale": scale, "device": device, "seed": seed},
+                cwd=str(out.parent),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+            )
         except Exception as exc:  # every chapter runs; failures are listed at the end
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         seconds = time.perf_counter() - start
@@ -123,8 +137,9 @@ def _margin_value(m: object) -> float:
     if m is None:
         return float("nan")
     if isinstance(m, str):
-        return {"exact": float("inf"), "-exact": float("-inf")}.get(m, float(m) if m.lstrip("+-") in ("inf", "nan")
-                                                                  else float("nan"))
+        return {"exact": float("inf"), "-exact": float("-inf")}.get(
+            m, float(m) if m.lstrip("+-") in ("inf", "nan") else float("nan")
+        )
     return float(m)
 
 
@@ -151,16 +166,20 @@ def ledger_page(results: Path, catalogue_dir: Path | None = None) -> str:
 
     cat = catalogue(catalogue_dir)
     by_claim, _ = _recorded(results)
-    lines = ["# Claims ledger", "",
-             "Every claim of the book's catalogue (`wdlib/catalogue/`), with the verdict its chapter computed in this",
-             "build from its own data by the catalogued rule. A verdict comes from counted *tests* only; *sanity",
-             "checks* (identities, probe checks) are shown but never counted. The *margin* is the distance of a",
-             "test's statistic from its threshold in units of its seed spread (positive on the claim's side); a test",
-             "passes at a margin of at least 1, fails at -1 or below, and is inconclusive in between. The weakest",
-             "margin below is the smallest among the claim's core tests. This page is generated at build time; a",
-             "claim whose chapter did not record it is listed as **not run**.", "",
-             "| claim | chapter (scale, base seed) | verdict | weakest core margin | seeds | statement |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Claims ledger",
+        "",
+        "Every claim of the book's catalogue (`wdlib/catalogue/`), with the verdict its chapter computed in this",
+        "build from its own data by the catalogued rule. A verdict comes from counted *tests* only; *sanity",
+        "checks* (identities, probe checks) are shown but never counted. The *margin* is the distance of a",
+        "test's statistic from its threshold in units of its seed spread (positive on the claim's side); a test",
+        "passes at a margin of at least 1, fails at -1 or below, and is inconclusive in between. The weakest",
+        "margin below is the smallest among the claim's core tests. This page is generated at build time; a",
+        "claim whose chapter did not record it is listed as **not run**.",
+        "",
+        "| claim | chapter (scale, base seed) | verdict | weakest core margin | seeds | statement |",
+        "|---|---|---|---|---|---|",
+    ]
     counts: dict[str, int] = {}
     for cid, c in cat.items():
         rec = by_claim.get(cid)
@@ -176,18 +195,38 @@ def ledger_page(results: Path, catalogue_dir: Path | None = None) -> str:
     lines += ["", "Totals: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" ({len(cat)} claims).", ""]
     for cid, c in cat.items():
         rec = by_claim.get(cid)
-        lines += [f"## {cid}", "", f"**Claim** ({_source_links(c.sources, '')}). {c.statement}", "",
-                  f"**Measured.** {c.measure}", "", c.rule_markdown(revisions=False), ""]
+        lines += [
+            f"## {cid}",
+            "",
+            f"**Claim** ({_source_links(c.sources, '')}). {c.statement}",
+            "",
+            f"**Measured.** {c.measure}",
+            "",
+            c.rule_markdown(revisions=False),
+            "",
+        ]
         if rec is None:
             lines += ["**Not run**: no chapter recorded this claim in this build (see the status page).", ""]
         else:
-            r = ClaimResult(claim=cid, tests=rec["tests"], sanity=rec["sanity"], verdict=rec["verdict"],
-                            key_number=rec["key_number"])
+            r = ClaimResult(
+                claim=cid,
+                tests=rec["tests"],
+                sanity=rec["sanity"],
+                verdict=rec["verdict"],
+                key_number=rec["key_number"],
+            )
             lines += ["**Recorded in this build.**", "", r.markdown(), ""]
         if c.revisions:
-            lines += ["**Revisions of the rule.**", "", "| date | change | why | after seeing data |", "|---|---|---|---|"]
-            lines += [f"| {r.date} | {_cell(r.change)} | {_cell(r.why)} | {'yes' if r.after_data else 'no'} |"
-                      for r in c.revisions]
+            lines += [
+                "**Revisions of the rule.**",
+                "",
+                "| date | change | why | after seeing data |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r.date} | {_cell(r.change)} | {_cell(r.why)} | {'yes' if r.after_data else 'no'} |"
+                for r in c.revisions
+            ]
             lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -201,8 +240,10 @@ def claims_table(catalogue_dir: Path | None = None) -> str:
     for cid, c in catalogue(catalogue_dir).items():
         core = sum(t.part == "core" for t in c.tests)
         tests = f"{core} + {len(c.tests) - core}" if c.tests else "none: " + c.untested.split(".")[0]
-        lines.append(f"| [{cid}](ledger.md#{cid.lower()}) | [{c.chapter}](../notebooks/{c.chapter}.ipynb) | "
-                     f"{_source_links(c.sources, '')} | {_cell(c.statement)} | {_cell(tests)} |")
+        lines.append(
+            f"| [{cid}](ledger.md#{cid.lower()}) | [{c.chapter}](../notebooks/{c.chapter}.ipynb) | "
+            f"{_source_links(c.sources, '')} | {_cell(c.statement)} | {_cell(tests)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -215,15 +256,19 @@ def revisions_list(catalogue_dir: Path | None = None) -> str:
     if not rows:
         return "No rule of the catalogue was revised after seeing data.\n"
     lines = ["| date | claim | change | why |", "|---|---|---|---|"]
-    lines += [f"| {d} | [{cid}](ledger.md#{cid.lower()}) | {_cell(r.change)} | {_cell(r.why)} |"
-              for d, cid, r in sorted(rows, key=lambda x: (x[0], x[1]))]
+    lines += [
+        f"| {d} | [{cid}](ledger.md#{cid.lower()}) | {_cell(r.change)} | {_cell(r.why)} |"
+        for d, cid, r in sorted(rows, key=lambda x: (x[0], x[1]))
+    ]
     return "\n".join(lines) + "\n"
 
 
 def fill_intro(text: str, catalogue_dir: Path | None = None) -> str:
     """Replace the introduction's generated-content markers with the catalogue's table and revisions."""
-    for marker, content in (("<!-- claims-table -->", claims_table(catalogue_dir)),
-                            ("<!-- revisions -->", revisions_list(catalogue_dir))):
+    for marker, content in (
+        ("<!-- claims-table -->", claims_table(catalogue_dir)),
+        ("<!-- revisions -->", revisions_list(catalogue_dir)),
+    ):
         if marker not in text:
             raise ValueError(f"book/intro.md lacks the marker {marker}")
         text = text.replace(marker, content)
@@ -239,12 +284,15 @@ def bf16_speed_row() -> str:
     from wdlib.precision import FAST_BF16_RATIO, bf16_matmul_speed, fast_bf16
 
     m = bf16_matmul_speed("cpu")
-    cells = [f"CPU ({torch.get_num_threads()} threads), {m['n']}x{m['n']} matmul: {m['float32_gflops']:.1f} GFLOP/s in "
-             f"float32, {m['bfloat16_gflops']:.1f} in bfloat16 ({m['ratio']:.2f}x): bfloat16 counted as "
-             f"**{'fast' if m['fast'] else 'slow'}** (fast: at least {FAST_BF16_RATIO:g}x float32)"]
+    cells = [
+        f"CPU ({torch.get_num_threads()} threads), {m['n']}x{m['n']} matmul: {m['float32_gflops']:.1f} GFLOP/s in "
+        f"float32, {m['bfloat16_gflops']:.1f} in bfloat16 ({m['ratio']:.2f}x): bfloat16 counted as "
+        f"**{'fast' if m['fast'] else 'slow'}** (fast: at least {FAST_BF16_RATIO:g}x float32)"
+    ]
     if torch.cuda.is_available():
-        cells.append(f"CUDA: bfloat16 counted as **{'fast' if fast_bf16('cuda') else 'slow'}** "
-                     "(torch.cuda.is_bf16_supported())")
+        cells.append(
+            f"CUDA: bfloat16 counted as **{'fast' if fast_bf16('cuda') else 'slow'}** (torch.cuda.is_bf16_supported())"
+        )
     return "| bfloat16 | " + "; ".join(cells) + " |"
 
 
@@ -256,17 +304,24 @@ def status_page(records: list[dict], scale: str, results: Path | None = None) ->
     import wdlib
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    lines = ["# Build status", "",
-             f"Built {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at scale **{scale}**.", "",
-             "| | |", "|---|---|",
-             f"| machine | {platform.platform()} ({platform.machine()}), {os.cpu_count()} CPU cores |",
-             f"| GPU | {gpu} |",
-             f"| Python | {platform.python_version()} |",
-             f"| torch | {torch.__version__} |",
-             f"| wdlib | {wdlib.__version__} |",
-             f"| commit | {git_commit() or 'unknown'} |",
-             bf16_speed_row(), "",
-             "| chapter | scale | base seed | execution time | claims recorded | status |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Build status",
+        "",
+        f"Built {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at scale **{scale}**.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| machine | {platform.platform()} ({platform.machine()}), {os.cpu_count()} CPU cores |",
+        f"| GPU | {gpu} |",
+        f"| Python | {platform.python_version()} |",
+        f"| torch | {torch.__version__} |",
+        f"| wdlib | {wdlib.__version__} |",
+        f"| commit | {git_commit() or 'unknown'} |",
+        bf16_speed_row(),
+        "",
+        "| chapter | scale | base seed | execution time | claims recorded | status |",
+        "|---|---|---|---|---|---|",
+    ]
     from wdlib.claims import catalogue
 
     cat = catalogue()
@@ -277,11 +332,16 @@ def status_page(records: list[dict], scale: str, results: Path | None = None) ->
         wanted = [cid for cid, c in cat.items() if c.chapter == name]
         got = {c["claim"] for c in recorded.get(name, {}).get("claims", [])}
         claims = f"{len(got & set(wanted))} of {len(wanted)}" if wanted else "none catalogued"
-        lines.append(f"| [{r['chapter']}](../{r['chapter']}.ipynb) | {r['scale']} | {r.get('seed', 0)} | "
-                     f"{r['seconds']:.1f} s | {claims} | {state} |")
+        lines.append(
+            f"| [{r['chapter']}](../{r['chapter']}.ipynb) | {r['scale']} | {r.get('seed', 0)} | "
+            f"{r['seconds']:.1f} s | {claims} | {state} |"
+        )
     lines += ["", f"Total execution time: {sum(r['seconds'] for r in records):.0f} s."]
-    lines += ["", "A chapter built at smoke scale ran on the CPU with offline data; its full-scale setting is",
-              "stated in the chapter and is meant for one GPU."]
+    lines += [
+        "",
+        "A chapter built at smoke scale ran on the CPU with offline data; its full-scale setting is",
+        "stated in the chapter and is meant for one GPU.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -289,8 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="smoke", choices=SCALES)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="base seed of every chapter (run seeds are seed*1000+i): another value checks the verdicts")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="base seed of every chapter (run seeds are seed*1000+i): another value checks the verdicts",
+    )
     parser.add_argument("--out", default=str(ROOT / "_build"))
     args = parser.parse_args(argv)
 

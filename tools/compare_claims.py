@@ -31,8 +31,12 @@ def _walk(a: Any, b: Any, path: str, out: list[tuple[str, str, Any, Any]], rel: 
             out.append(("different", f"{path}[len]", len(a), len(b)))
         for i, (x, y) in enumerate(zip(a, b)):
             _walk(x, y, f"{path}[{i}]", out, rel)
-    elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
-            and not isinstance(b, bool):
+    elif (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         if a == b or (math.isnan(a) and math.isnan(b)):
             return
         kind = "float-level" if abs(a - b) <= rel * max(abs(a), abs(b)) else "different"

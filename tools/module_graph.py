@@ -15,8 +15,23 @@ import sys
 from pathlib import Path
 
 BOOK = ("experiments", "claims", "plotting", "stats")
-CORE = ("_checks", "_registry", "_version", "rounding", "optim", "precision", "schedules", "timescale", "params",
-        "hessian", "diagnostics", "ema", "quantize", "runtime", "__init__")
+CORE = (
+    "_checks",
+    "_registry",
+    "_version",
+    "rounding",
+    "optim",
+    "precision",
+    "schedules",
+    "timescale",
+    "params",
+    "hessian",
+    "diagnostics",
+    "ema",
+    "quantize",
+    "runtime",
+    "__init__",
+)
 RANK = {"core": 0, "engine": 1, "book": 2}
 
 

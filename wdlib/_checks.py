@@ -31,12 +31,18 @@ def plain(value: Any, *, shortest: bool = False) -> Any:
         if shortest and low:
             import numpy as np
 
-            return plain(np.array(value.item(), dtype="float32" if value.dtype == _torch().float32 else "float16")[()],
-                         shortest=True)
+            return plain(
+                np.array(value.item(), dtype="float32" if value.dtype == _torch().float32 else "float16")[()],
+                shortest=True,
+            )
         return value.item()  # bool, int or float by the tensor's dtype
     if module == "numpy" and getattr(value, "shape", None) == () and hasattr(value, "item"):
-        if shortest and getattr(value, "dtype", None) is not None and value.dtype.kind == "f" \
-                and value.dtype.itemsize < 8:
+        if (
+            shortest
+            and getattr(value, "dtype", None) is not None
+            and value.dtype.kind == "f"
+            and value.dtype.itemsize < 8
+        ):
             return float(str(value[()]))  # numpy prints a float32/float16 as its shortest decimal
         return value.item()  # np.float32 -> float, np.int64 -> int, np.bool_ -> bool
     return value
@@ -44,10 +50,10 @@ def plain(value: Any, *, shortest: bool = False) -> Any:
 
 def short_repr(value: Any, limit: int = 40) -> str:
     """``repr(value)`` for an error message, shortened when long (a 300-digit integer: its digit count)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** limit:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
         return f"an integer of {len(str(abs(value)))} digits"
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _torch() -> Any:
@@ -82,8 +88,15 @@ def as_integer(value: Any) -> int | None:
     return int(value)
 
 
-def check_real(name: str, value: Any, *, low: float = 0.0, high: float | None = None, low_open: bool = False,
-               high_open: bool = False) -> float:
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """``value`` as a finite float in the range, or ValueError naming ``name`` and the allowed range."""
     lo = "(" if low_open else "["
     hi = "inf)" if high is None else f"{high}{')' if high_open else ']'}"

@@ -7,8 +7,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 
-def call_checked(kind: str, name: str, registry: Mapping[str, Callable[..., Any]], kwargs: Mapping[str, Any],
-                 quote_names: bool = True) -> Any:
+def call_checked(
+    kind: str,
+    name: str,
+    registry: Mapping[str, Callable[..., Any]],
+    kwargs: Mapping[str, Any],
+    quote_names: bool = True,
+) -> Any:
     """``registry[name](**kwargs)``; an unknown name, an unknown keyword or a missing one raises ValueError.
 
     ``kind`` ("dataset", "model") words the message, which names the offending argument and the allowed

@@ -55,16 +55,41 @@ import yaml
 from ._version import __version__
 from .stats import t_interval
 
-__all__ = ["VERDICTS", "OUTCOMES", "MIN_SEEDS", "OPS", "Measurement", "Test", "Sanity", "Revision", "Claim",
-           "catalogue", "claim", "judge", "judge_test", "verdict", "opposite", "rejudge", "measurement_text",
-           "ClaimResult", "Ledger", "environment", "load_results", "CATALOGUE_DIR"]
+__all__ = [
+    "VERDICTS",
+    "OUTCOMES",
+    "MIN_SEEDS",
+    "OPS",
+    "Measurement",
+    "Test",
+    "Sanity",
+    "Revision",
+    "Claim",
+    "catalogue",
+    "claim",
+    "judge",
+    "judge_test",
+    "verdict",
+    "opposite",
+    "rejudge",
+    "measurement_text",
+    "ClaimResult",
+    "Ledger",
+    "environment",
+    "load_results",
+    "CATALOGUE_DIR",
+]
 
 VERDICTS: tuple[str, ...] = ("reproduced", "partial", "inconclusive", "not reproduced", "not tested")
 OUTCOMES: tuple[str, ...] = ("pass", "inconclusive", "fail")
 MIN_SEEDS = 3
 #: comparison operators a test may use: the claim's side of the threshold
-OPS: dict[str, str] = {"<=": "value <= threshold", ">=": "value >= threshold",
-                       "abs<=": "|value| <= threshold", "abs>=": "|value| >= threshold"}
+OPS: dict[str, str] = {
+    "<=": "value <= threshold",
+    ">=": "value >= threshold",
+    "abs<=": "|value| <= threshold",
+    "abs>=": "|value| >= threshold",
+}
 CATALOGUE_DIR = Path(__file__).resolve().parent / "catalogue"
 PARTS = ("core", "secondary")
 
@@ -109,12 +134,21 @@ class Measurement:
         if v.size > 1 and np.all(np.isfinite(v)):
             _, lo, hi = t_interval(v, level)
             interval = (lo, hi)
-        return cls(value=mean, spread=spread, n=int(v.size), kind="seeds", per_seed=tuple(map(float, v)),
-                   interval=interval)
+        return cls(
+            value=mean, spread=spread, n=int(v.size), kind="seeds", per_seed=tuple(map(float, v)), interval=interval
+        )
 
     @classmethod
-    def bootstrap(cls, statistic: Any, units: Sequence[Any], *, resamples: int = 1000, seed: int = 0,
-                  level: float = 0.95, per_seed: Iterable[Any] | None = None) -> Measurement:
+    def bootstrap(
+        cls,
+        statistic: Any,
+        units: Sequence[Any],
+        *,
+        resamples: int = 1000,
+        seed: int = 0,
+        level: float = 0.95,
+        per_seed: Iterable[Any] | None = None,
+    ) -> Measurement:
         """``statistic(units)`` on all seeds, with a seed spread and the percentile interval of
         ``statistic(resample)`` over ``resamples`` resamples of the seeds (with replacement).
 
@@ -131,8 +165,9 @@ class Measurement:
             raise ValueError("bootstrap needs at least two seeds")
         value = float(statistic(units))
         rng = np.random.default_rng(seed)
-        draws = np.array([float(statistic([units[i] for i in rng.integers(0, len(units), len(units))]))
-                          for _ in range(resamples)])
+        draws = np.array(
+            [float(statistic([units[i] for i in rng.integers(0, len(units), len(units))])) for _ in range(resamples)]
+        )
         finite = draws[np.isfinite(draws)]
         if finite.size < 0.95 * resamples:
             spread, interval = float("nan"), None
@@ -144,8 +179,16 @@ class Measurement:
         return cls(value=value, spread=spread, n=len(units), kind="bootstrap", per_seed=ps, interval=interval)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain({"value": self.value, "spread": self.spread, "n": self.n, "kind": self.kind,
-                       "per_seed": self.per_seed, "interval": self.interval})
+        return _plain(
+            {
+                "value": self.value,
+                "spread": self.spread,
+                "n": self.n,
+                "kind": self.kind,
+                "per_seed": self.per_seed,
+                "interval": self.interval,
+            }
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Measurement:
@@ -154,17 +197,24 @@ class Measurement:
 
         ps = d.get("per_seed")
         iv = d.get("interval")
-        return cls(value=float(d["value"]), spread=num(d.get("spread")), n=int(d.get("n", 1)),
-                   kind=str(d.get("kind", "exact")), per_seed=None if ps is None else tuple(float(x) for x in ps),
-                   interval=None if iv is None else (float(iv[0]), float(iv[1])))
+        return cls(
+            value=float(d["value"]),
+            spread=num(d.get("spread")),
+            n=int(d.get("n", 1)),
+            kind=str(d.get("kind", "exact")),
+            per_seed=None if ps is None else tuple(float(x) for x in ps),
+            interval=None if iv is None else (float(iv[0]), float(iv[1])),
+        )
 
 
 def _as_measurement(x: Any) -> Measurement:
     if isinstance(x, Measurement):
         return x
     if isinstance(x, (bool, np.bool_)):
-        raise TypeError("a test takes a measured number, not a boolean: pass the statistic and let the "
-                        "catalogue's threshold judge it")
+        raise TypeError(
+            "a test takes a measured number, not a boolean: pass the statistic and let the "
+            "catalogue's threshold judge it"
+        )
     if isinstance(x, (int, float, np.integer, np.floating)) or (hasattr(x, "ndim") and x.ndim == 0):
         return Measurement.exact(float(x))
     raise TypeError(f"a measurement must be a Measurement or a number, got {type(x).__name__}")
@@ -267,16 +317,18 @@ class Claim:
             lines.append(f"No counted test: {self.untested.strip()}")
         if self.sanity:
             lines.append("")
-            lines.append("Sanity checks (shown, never counted): "
-                         + "; ".join(s.describe() for s in self.sanity) + ".")
+            lines.append("Sanity checks (shown, never counted): " + "; ".join(s.describe() for s in self.sanity) + ".")
         if self.seeds:
             lines.append("")
             lines.append(f"Seeds: {self.seeds.strip()}")
         late = [r for r in self.revisions if r.after_data] if revisions else []
         if late:
             lines.append("")
-            lines.append("Revised after seeing data: " + "; ".join(
-                f"{r.date}: {r.change.strip().rstrip('.')} ({r.why.strip().rstrip('.')})" for r in late) + ".")
+            lines.append(
+                "Revised after seeing data: "
+                + "; ".join(f"{r.date}: {r.change.strip().rstrip('.')} ({r.why.strip().rstrip('.')})" for r in late)
+                + "."
+            )
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
@@ -292,11 +344,21 @@ def _claim_from_yaml(chapter: str, d: Mapping[str, Any], path: Path) -> Claim:
     rule = d["rule"]
     if not isinstance(rule, Mapping) or "text" not in rule:
         raise ValueError(f"{where}: rule must be a mapping with 'text', 'tests' and optionally 'sanity'")
-    tests = tuple(Test(name=str(t["name"]), label=str(t["label"]), op=str(t["op"]), threshold=float(t["threshold"]),
-                       part=str(t.get("part", "core")), units=str(t.get("units", "")))
-                  for t in rule.get("tests") or [])
-    sanity = tuple(Sanity(name=str(s["name"]), label=str(s["label"]), op=str(s["op"]), threshold=float(s["threshold"]))
-                   for s in rule.get("sanity") or [])
+    tests = tuple(
+        Test(
+            name=str(t["name"]),
+            label=str(t["label"]),
+            op=str(t["op"]),
+            threshold=float(t["threshold"]),
+            part=str(t.get("part", "core")),
+            units=str(t.get("units", "")),
+        )
+        for t in rule.get("tests") or []
+    )
+    sanity = tuple(
+        Sanity(name=str(s["name"]), label=str(s["label"]), op=str(s["op"]), threshold=float(s["threshold"]))
+        for s in rule.get("sanity") or []
+    )
     names = [t.name for t in tests] + [s.name for s in sanity]
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: test and sanity names must be unique, got {names}")
@@ -304,14 +366,25 @@ def _claim_from_yaml(chapter: str, d: Mapping[str, Any], path: Path) -> Claim:
         raise ValueError(f"{where}: a claim without tests must say why under rule.untested")
     if tests and not any(t.part == "core" for t in tests):
         raise ValueError(f"{where}: at least one test must be part 'core'")
-    revisions = tuple(Revision(date=str(r["date"]), change=str(r["change"]), why=str(r["why"]),
-                               after_data=bool(r["after_data"])) for r in d.get("revisions") or [])
+    revisions = tuple(
+        Revision(date=str(r["date"]), change=str(r["change"]), why=str(r["why"]), after_data=bool(r["after_data"]))
+        for r in d.get("revisions") or []
+    )
     sources = d["sources"]
     sources = (sources,) if isinstance(sources, str) else tuple(str(s) for s in sources)
-    return Claim(id=str(d["id"]), chapter=chapter, sources=sources, statement=str(d["statement"]).strip(),
-                 measure=str(d["measure"]).strip(), rule=str(rule["text"]).strip(), tests=tests, sanity=sanity,
-                 seeds=str(d.get("seeds", "")).strip(), untested=str(rule.get("untested", "")).strip(),
-                 revisions=revisions)
+    return Claim(
+        id=str(d["id"]),
+        chapter=chapter,
+        sources=sources,
+        statement=str(d["statement"]).strip(),
+        measure=str(d["measure"]).strip(),
+        rule=str(rule["text"]).strip(),
+        tests=tests,
+        sanity=sanity,
+        seeds=str(d.get("seeds", "")).strip(),
+        untested=str(rule.get("untested", "")).strip(),
+        revisions=revisions,
+    )
 
 
 @lru_cache(maxsize=4)
@@ -345,8 +418,15 @@ def claim(claim_id: str, directory: str | os.PathLike[str] | None = None) -> Cla
 def judge_test(test: Test, m: Measurement) -> dict[str, Any]:
     """Outcome of one test: ``pass``/``fail``/``inconclusive``, the margin in spreads and the reason."""
     value = m.value
-    row: dict[str, Any] = {"name": test.name, "label": test.label, "part": test.part, "op": test.op,
-                           "threshold": test.threshold, "measurement": m.to_dict(), "rule": test.describe()}
+    row: dict[str, Any] = {
+        "name": test.name,
+        "label": test.label,
+        "part": test.part,
+        "op": test.op,
+        "threshold": test.threshold,
+        "measurement": m.to_dict(),
+        "rule": test.describe(),
+    }
     if m.per_seed is not None:
         row["seeds_passing"] = int(sum(1 for v in m.per_seed if np.isfinite(v) and test.distance(v) >= 0))
     if not np.isfinite(value):
@@ -354,8 +434,11 @@ def judge_test(test: Test, m: Measurement) -> dict[str, Any]:
         return row
     d = test.distance(value)
     if m.kind == "exact":
-        row.update(outcome="pass" if d >= 0 else "fail", margin="exact" if d >= 0 else "-exact",
-                   reason="deterministic measurement")
+        row.update(
+            outcome="pass" if d >= 0 else "fail",
+            margin="exact" if d >= 0 else "-exact",
+            reason="deterministic measurement",
+        )
         return row
     if m.n < MIN_SEEDS:
         row.update(outcome="inconclusive", margin=None, reason=f"{m.n} seed(s), fewer than {MIN_SEEDS}")
@@ -369,8 +452,11 @@ def judge_test(test: Test, m: Measurement) -> dict[str, Any]:
     else:
         margin = d / s
     outcome = "pass" if margin >= 1 else "fail" if margin <= -1 else "inconclusive"
-    row.update(outcome=outcome, margin=margin,
-               reason=f"margin {margin:+.2f} seed spreads" + ("" if outcome != "inconclusive" else " (under 1)"))
+    row.update(
+        outcome=outcome,
+        margin=margin,
+        reason=f"margin {margin:+.2f} seed spreads" + ("" if outcome != "inconclusive" else " (under 1)"),
+    )
     return row
 
 
@@ -413,8 +499,9 @@ def opposite(test: Test, m: Measurement) -> Measurement:
         new = 0.0 if t > 0 else float("nan")
     per_seed = None if m.per_seed is None else tuple(new for _ in m.per_seed)
     n = max(m.n, MIN_SEEDS) if m.kind != "exact" else m.n
-    return Measurement(value=new, spread=m.spread if m.kind != "exact" else None, n=n, kind=m.kind,
-                       per_seed=per_seed, interval=None)
+    return Measurement(
+        value=new, spread=m.spread if m.kind != "exact" else None, n=n, kind=m.kind, per_seed=per_seed, interval=None
+    )
 
 
 # ------------------------------------------------------------------------------------------------- results
@@ -442,11 +529,18 @@ def environment() -> dict[str, Any]:
     """Versions and machine: what produced a result."""
     import torch
 
-    env = {"wdlib": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-           "numpy": np.__version__, "platform": platform.platform(), "processor": platform.machine(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    env = {
+        "wdlib": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     return env
 
 
@@ -500,23 +594,46 @@ class ClaimResult:
     evidence: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain({"claim": self.claim, "verdict": self.verdict, "key_number": self.key_number,
-                       "tests": self.tests, "sanity": self.sanity, "evidence": self.evidence})
+        return _plain(
+            {
+                "claim": self.claim,
+                "verdict": self.verdict,
+                "key_number": self.key_number,
+                "tests": self.tests,
+                "sanity": self.sanity,
+                "evidence": self.evidence,
+            }
+        )
 
     def markdown(self) -> str:
         """The verdict as Markdown: claim, verdict, key number, each test with its margin, sanity checks."""
-        lines = [f"**{self.claim}: {self.verdict}.** {self.key_number}", "",
-                 "| test | part | measured | threshold | margin (spreads) | outcome |", "|---|---|---|---|---|---|"]
+        lines = [
+            f"**{self.claim}: {self.verdict}.** {self.key_number}",
+            "",
+            "| test | part | measured | threshold | margin (spreads) | outcome |",
+            "|---|---|---|---|---|---|",
+        ]
         for t in self.tests:
-            seeds = f", {t['seeds_passing']}/{t['measurement']['n']} seeds on the claim's side" \
-                if "seeds_passing" in t else ""
-            lines.append(f"| {_esc(t['label'])} | {t['part']} | {measurement_text(t['measurement'])}{seeds} | "
-                         f"{_esc(t['rule'])} | {_margin_text(t)} | **{t['outcome']}** |")
+            seeds = (
+                f", {t['seeds_passing']}/{t['measurement']['n']} seeds on the claim's side"
+                if "seeds_passing" in t
+                else ""
+            )
+            lines.append(
+                f"| {_esc(t['label'])} | {t['part']} | {measurement_text(t['measurement'])}{seeds} | "
+                f"{_esc(t['rule'])} | {_margin_text(t)} | **{t['outcome']}** |"
+            )
         if not self.tests:
             lines = lines[:2]
         if self.sanity:
-            lines += ["", "Sanity checks (not counted): " + "; ".join(
-                f"{s['label']} = {_fmt(s['value'])} ({'holds' if s['holds'] else 'FAILS'})" for s in self.sanity) + "."]
+            lines += [
+                "",
+                "Sanity checks (not counted): "
+                + "; ".join(
+                    f"{s['label']} = {_fmt(s['value'])} ({'holds' if s['holds'] else 'FAILS'})" for s in self.sanity
+                )
+                + ".",
+            ]
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
@@ -531,19 +648,23 @@ def _sanity_value(x: Any) -> float:
     return float(x)
 
 
-def judge(c: Claim, measured: Mapping[str, Any], sanity: Mapping[str, Any] | None = None) -> tuple[
-        list[dict[str, Any]], list[dict[str, Any]], str]:
+def judge(
+    c: Claim, measured: Mapping[str, Any], sanity: Mapping[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     """Judge claim ``c`` on ``measured`` (one entry per catalogued test) and ``sanity`` values."""
     names = {t.name for t in c.tests}
     extra, absent = set(measured) - names, names - set(measured)
     if extra or absent:
-        raise ValueError(f"{c.id}: measured must name exactly the catalogued tests {sorted(names)}; "
-                         f"missing {sorted(absent)}, unknown {sorted(extra)}")
+        raise ValueError(
+            f"{c.id}: measured must name exactly the catalogued tests {sorted(names)}; "
+            f"missing {sorted(absent)}, unknown {sorted(extra)}"
+        )
     sanity = dict(sanity or {})
     snames = {s.name for s in c.sanity}
     if set(sanity) != snames:
-        raise ValueError(f"{c.id}: sanity must name exactly the catalogued sanity checks {sorted(snames)}; "
-                         f"got {sorted(sanity)}")
+        raise ValueError(
+            f"{c.id}: sanity must name exactly the catalogued sanity checks {sorted(snames)}; got {sorted(sanity)}"
+        )
     rows = [judge_test(t, _as_measurement(measured[t.name])) for t in c.tests]
     srows = []
     for s in c.sanity:
@@ -555,8 +676,14 @@ def judge(c: Claim, measured: Mapping[str, Any], sanity: Mapping[str, Any] | Non
 class Ledger:
     """The claims of one chapter at one scale, written to ``<chapter>.claims.json`` as they are judged."""
 
-    def __init__(self, chapter: str, scale: str, directory: str | os.PathLike[str] | None = None,
-                 seed: int | None = None, catalogue_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        chapter: str,
+        scale: str,
+        directory: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        catalogue_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.chapter = chapter
         self.scale = scale
         self.seed = seed
@@ -575,20 +702,33 @@ class Ledger:
         """The catalogued claim (displays as its rule in a notebook)."""
         return self.claim(claim_id)
 
-    def judge(self, claim_id: str, *, measured: Mapping[str, Any], sanity: Mapping[str, Any] | None = None,
-              key_number: str = "", evidence: Mapping[str, Any] | None = None) -> ClaimResult:
+    def judge(
+        self,
+        claim_id: str,
+        *,
+        measured: Mapping[str, Any],
+        sanity: Mapping[str, Any] | None = None,
+        key_number: str = "",
+        evidence: Mapping[str, Any] | None = None,
+    ) -> ClaimResult:
         """Judge ``claim_id`` by the catalogue's rule on ``measured``; record it; rewrite the JSON file."""
         c = self.claim(claim_id)
         rows, srows, v = judge(c, measured, sanity)
-        result = ClaimResult(claim=claim_id, tests=rows, sanity=srows, verdict=v, key_number=key_number,
-                             evidence=dict(evidence or {}))
+        result = ClaimResult(
+            claim=claim_id, tests=rows, sanity=srows, verdict=v, key_number=key_number, evidence=dict(evidence or {})
+        )
         self.results = [r for r in self.results if r.claim != claim_id] + [result]
         self.save()
         return result
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chapter": self.chapter, "scale": self.scale, "seed": self.seed, "environment": environment(),
-                "claims": [r.to_dict() for r in self.results]}
+        return {
+            "chapter": self.chapter,
+            "scale": self.scale,
+            "seed": self.seed,
+            "environment": environment(),
+            "claims": [r.to_dict() for r in self.results],
+        }
 
     def save(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -609,8 +749,7 @@ class Ledger:
         return self.markdown()
 
 
-def rejudge(recorded: Mapping[str, Any], directory: str | os.PathLike[str] | None = None,
-            mutate: bool = False) -> str:
+def rejudge(recorded: Mapping[str, Any], directory: str | os.PathLike[str] | None = None, mutate: bool = False) -> str:
     """Recompute a recorded claim's verdict from its recorded measurements and the catalogue; with
     ``mutate`` every test's measurement is first moved to the claim's wrong side (:func:`opposite`)."""
     c = claim(recorded["claim"], directory)

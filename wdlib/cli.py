@@ -31,14 +31,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ._version import __version__
 from ._checks import check_integer, check_real, short_repr
+from ._version import __version__
 from .config import FIELD_HELP, SCALES, RunConfig
 from .data import DataNotFoundError
 from .runs import run, sweep
 from .store import Store
 from .timescale import tau_epoch, tau_iter, transfer_weight_decay
-
 
 _ENV_HELP = """environment:
   WDLIB_STORE  the default run store directory (else results/store)
@@ -49,8 +48,12 @@ _ENV_HELP = """environment:
 
 def _fields_epilog() -> str:
     width = max(len(k) for k in FIELD_HELP)
-    return ("configuration fields:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in FIELD_HELP.items())
-            + "\n\n" + _ENV_HELP)
+    return (
+        "configuration fields:\n"
+        + "\n".join(f"  {k:<{width}}  {v}" for k, v in FIELD_HELP.items())
+        + "\n\n"
+        + _ENV_HELP
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,8 +62,9 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$",
-                                                   re.IGNORECASE)
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,18 +72,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wdlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     tau = sub.add_parser(
-        "tau", help="EMA timescales of AdamW and the weight decay that keeps them at another size",
+        "tau",
+        help="EMA timescales of AdamW and the weight decay that keeps them at another size",
         description="Print tau_iter = 1/(lr*wd) in iterations and tau_epoch = B/(lr*wd*N) in epochs "
-                    "(Wang & Aitchison, arXiv 2405.13698); with --to-dataset-size, --to-batch-size or "
-                    "--to-width, the weight decay that keeps tau_epoch there.")
+        "(Wang & Aitchison, arXiv 2405.13698); with --to-dataset-size, --to-batch-size or "
+        "--to-width, the weight decay that keeps tau_epoch there.",
+    )
     lo, hi = _TAU_FLOAT_RANGE
     n_lo, n_hi = _TAU_INT_RANGE
     w_lo, w_hi = _TAU_WIDTH_RANGE
     tau.add_argument("--lr", type=float, required=True, help=f"learning rate (peak), in [{lo:g}, {hi:g}]")
-    tau.add_argument("--weight-decay", type=float, required=True,
-                     help=f"lambda, lr-multiplied (torch AdamW), in [{lo:g}, {hi:g}]")
-    tau.add_argument("--dataset-size", type=int, required=True,
-                     help=f"N, training samples (or tokens/context), an integer in [{n_lo}, {n_hi:g}]")
+    tau.add_argument(
+        "--weight-decay", type=float, required=True, help=f"lambda, lr-multiplied (torch AdamW), in [{lo:g}, {hi:g}]"
+    )
+    tau.add_argument(
+        "--dataset-size",
+        type=int,
+        required=True,
+        help=f"N, training samples (or tokens/context), an integer in [{n_lo}, {n_hi:g}]",
+    )
     tau.add_argument("--batch-size", type=int, required=True, help=f"B, samples per step, in [{n_lo}, {n_hi:g}]")
     tau.add_argument("--to-dataset-size", type=int, help=f"N at the target, in [{n_lo}, {n_hi:g}]")
     tau.add_argument("--to-batch-size", type=int, help=f"B at the target, in [{n_lo}, {n_hi:g}]")
@@ -90,44 +101,75 @@ def _parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", help="run store directory (default: $WDLIB_STORE or results/store)")
-    runp = sub.add_parser("run", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-                          help="train one configuration (or return its stored result)",
-                          description="Train one run and print a one-line JSON summary (final metrics, "
-                                      "diverged_at, wall time, store key). An interrupted run continues "
-                                      "from its last checkpoint. A stored result made by other code is "
-                                      "trained again unless $WDLIB_STALE says otherwise.",
-                          epilog=_fields_epilog())
+    runp = sub.add_parser(
+        "run",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train one configuration (or return its stored result)",
+        description="Train one run and print a one-line JSON summary (final metrics, "
+        "diverged_at, wall time, store key). An interrupted run continues "
+        "from its last checkpoint. A stored result made by other code is "
+        "trained again unless $WDLIB_STALE says otherwise.",
+        epilog=_fields_epilog(),
+    )
     runp.add_argument("config", help="a JSON or YAML file of configuration fields")
-    runp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="override a field (VALUE parsed as JSON where it can be, else a string)")
-    runp.add_argument("--no-resume", dest="resume", action="store_false",
-                      help="ignore a checkpoint and start over")
+    runp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field (VALUE parsed as JSON where it can be, else a string)",
+    )
+    runp.add_argument("--no-resume", dest="resume", action="store_false", help="ignore a checkpoint and start over")
     runp.add_argument("--resume", dest="resume", action="store_true", help="continue from a checkpoint (default)")
-    runp.add_argument("--rerun", action="store_true",
-                      help="train even when the store holds a current result (the new result replaces it)")
+    runp.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train even when the store holds a current result (the new result replaces it)",
+    )
     runp.add_argument("--device", default="auto", help=_DEVICES)
     runp.set_defaults(resume=True)
-    sw = sub.add_parser("sweep", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-                        help="train a grid of configurations and print a table", epilog=_fields_epilog())
+    sw = sub.add_parser(
+        "sweep",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train a grid of configurations and print a table",
+        epilog=_fields_epilog(),
+    )
     sw.add_argument("config", help="the base configuration (JSON or YAML)")
-    sw.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...", required=True,
-                    help="a field and its values; repeat for a product grid")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2,...",
+        required=True,
+        help="a field and its values; repeat for a product grid",
+    )
     sw.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base field")
-    sw.add_argument("--workers", type=int, default=1,
-                    help=f"worker processes (single-threaded each), in [1, {_MAX_WORKERS}]")
+    sw.add_argument(
+        "--workers", type=int, default=1, help=f"worker processes (single-threaded each), in [1, {_MAX_WORKERS}]"
+    )
     sw.add_argument("--device", default="auto", help=_DEVICES)
     sw.add_argument("--json", action="store_true", help="print JSON records instead of a table")
-    ls = sub.add_parser("runs", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-                        help="list the runs in the store (or forget some, or rebuild its index)",
-                        description="List the runs of an existing store (a path without one is an error), "
-                                    "each marked stale when other code made it.", epilog=_ENV_HELP)
+    ls = sub.add_parser(
+        "runs",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="list the runs in the store (or forget some, or rebuild its index)",
+        description="List the runs of an existing store (a path without one is an error), "
+        "each marked stale when other code made it.",
+        epilog=_ENV_HELP,
+    )
     ls.add_argument("--scale", help="only this scale (smoke, full or test)")
     ls.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     what = ls.add_mutually_exclusive_group()
     what.add_argument("--forget", metavar="KEY", help="remove this run (its index row and result files)")
     what.add_argument("--all-stale", action="store_true", help="remove every stale run and print how many")
-    what.add_argument("--reindex", action="store_true",
-                      help="rebuild the index from the results/<key>.json files (checked against their hashes)")
+    what.add_argument(
+        "--reindex",
+        action="store_true",
+        help="rebuild the index from the results/<key>.json files (checked against their hashes)",
+    )
     return parser
 
 
@@ -146,8 +188,12 @@ def _check_tau_args(args: argparse.Namespace) -> None:
     for flag, name in (("--lr", "lr"), ("--weight-decay", "weight_decay")):
         if getattr(args, name) is not None:
             check_real(flag, getattr(args, name), low=_TAU_FLOAT_RANGE[0], high=_TAU_FLOAT_RANGE[1])
-    for flag, name in (("--dataset-size", "dataset_size"), ("--batch-size", "batch_size"),
-                       ("--to-dataset-size", "to_dataset_size"), ("--to-batch-size", "to_batch_size")):
+    for flag, name in (
+        ("--dataset-size", "dataset_size"),
+        ("--batch-size", "batch_size"),
+        ("--to-dataset-size", "to_dataset_size"),
+        ("--to-batch-size", "to_batch_size"),
+    ):
         if getattr(args, name) is not None:
             check_integer(flag, getattr(args, name), low=_TAU_INT_RANGE[0], high=_TAU_INT_RANGE[1])
     for flag, name in (("--width", "width"), ("--to-width", "to_width")):
@@ -172,8 +218,10 @@ def _check_device(device: str) -> str:
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available here; use auto or cpu")
         if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s), "
-                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            raise ValueError(
+                f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("--device mps: MPS is not available here; use auto or cpu")
     return device
@@ -181,31 +229,52 @@ def _check_device(device: str) -> str:
 
 # --- the commands ----------------------------------------------------------------------------------------------
 
+
 def _tau(args: argparse.Namespace) -> str:
     _check_tau_args(args)
     try:
-        out = {"lr": args.lr, "weight_decay": args.weight_decay,
-               "tau_iter": tau_iter(args.lr, args.weight_decay),
-               "tau_epoch": tau_epoch(args.lr, args.weight_decay, args.dataset_size, args.batch_size)}
+        out = {
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "tau_iter": tau_iter(args.lr, args.weight_decay),
+            "tau_epoch": tau_epoch(args.lr, args.weight_decay, args.dataset_size, args.batch_size),
+        }
         target = None
-        if args.to_dataset_size is not None or args.to_batch_size is not None or args.to_width is not None \
-                or args.width is not None or args.mup:
-            target = transfer_weight_decay(args.lr, args.weight_decay, args.dataset_size, args.batch_size,
-                                           to_dataset_size=args.to_dataset_size, to_batch_size=args.to_batch_size,
-                                           width=args.width, to_width=args.to_width, mup=args.mup)
+        if (
+            args.to_dataset_size is not None
+            or args.to_batch_size is not None
+            or args.to_width is not None
+            or args.width is not None
+            or args.mup
+        ):
+            target = transfer_weight_decay(
+                args.lr,
+                args.weight_decay,
+                args.dataset_size,
+                args.batch_size,
+                to_dataset_size=args.to_dataset_size,
+                to_batch_size=args.to_batch_size,
+                width=args.width,
+                to_width=args.to_width,
+                mup=args.mup,
+            )
             out["transfer"] = target.to_dict()
     except (ValueError, ArithmeticError) as err:  # the library's own checks (and any overflow they let through)
         raise ValueError(f"tau: {err}") from err
     if args.json:
         return json.dumps(out)
-    lines = [f"tau_iter  = {out['tau_iter']:.6g} iterations  (1/(lr*wd))",
-             f"tau_epoch = {out['tau_epoch']:.6g} epochs  (B/(lr*wd*N), N={args.dataset_size}, B={args.batch_size})"]
+    lines = [
+        f"tau_iter  = {out['tau_iter']:.6g} iterations  (1/(lr*wd))",
+        f"tau_epoch = {out['tau_epoch']:.6g} epochs  (B/(lr*wd*N), N={args.dataset_size}, B={args.batch_size})",
+    ]
     if target is not None:
         where = [f"N={target.dataset_size}", f"B={target.batch_size}"]
         if target.width is not None:
             where.append(f"width={target.width:g}{' (muP)' if args.mup else ''}")
-        lines += [f"at {', '.join(where)}: lr = {target.lr:.6g}, weight_decay = {target.weight_decay:.6g}",
-                  f"  (tau_epoch kept at {target.tau_epoch:.6g} epochs; tau_iter = {target.tau_iter:.6g} iterations)"]
+        lines += [
+            f"at {', '.join(where)}: lr = {target.lr:.6g}, weight_decay = {target.weight_decay:.6g}",
+            f"  (tau_epoch kept at {target.tau_epoch:.6g} epochs; tau_iter = {target.tau_iter:.6g} iterations)",
+        ]
     return "\n".join(lines)
 
 
@@ -228,14 +297,16 @@ def _read_config(path: str) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"config file {path!r} is not UTF-8 text (byte {err.start}): is it a JSON or YAML file?") \
-            from None
+        raise ValueError(
+            f"config file {path!r} is not UTF-8 text (byte {err.start}): is it a JSON or YAML file?"
+        ) from None
     if p.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"config file {path!r}: JSON syntax error at line {err.lineno}, column {err.colno}: "
-                             f"{err.msg}") from None
+            raise ValueError(
+                f"config file {path!r}: JSON syntax error at line {err.lineno}, column {err.colno}: {err.msg}"
+            ) from None
     else:
         try:
             data = yaml.safe_load(text)
@@ -251,12 +322,15 @@ def _read_config(path: str) -> dict[str, Any]:
     if data is None:
         raise ValueError(f"config file {path!r} is empty; it must hold a mapping of fields (field: value)")
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path!r} must hold a mapping of fields (field: value), "
-                         f"got a {type(data).__name__}")
+        raise ValueError(
+            f"config file {path!r} must hold a mapping of fields (field: value), got a {type(data).__name__}"
+        )
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
-        raise ValueError(f"config file {path!r}: keys must be field names, got {short_repr(bad[0])} "
-                         f"({type(bad[0]).__name__}); `wdlib run --help` lists the fields")
+        raise ValueError(
+            f"config file {path!r}: keys must be field names, got {short_repr(bad[0])} "
+            f"({type(bad[0]).__name__}); `wdlib run --help` lists the fields"
+        )
     return data
 
 
@@ -317,10 +391,12 @@ def _list_runs(args: argparse.Namespace) -> None:
     for r in rows:
         c, s = r["config"], r["summary"]
         loss = s["final"].get("val_loss")
-        print(f"{r['key']}  {r['scale']:<5s}  {r['status']:<8s}  {c['data']}/{c['model']}/{_optimizer_label(c)}"
-              f" lr={c['lr']:g} wd={c['weight_decay']:g} steps={c['steps']}  "
-              f"val_loss={'n/a' if loss is None else f'{loss:.4g}'}  {s['wall_time']:.1f}s"
-              f"{'  stale' if r['stale'] else ''}")
+        print(
+            f"{r['key']}  {r['scale']:<5s}  {r['status']:<8s}  {c['data']}/{c['model']}/{_optimizer_label(c)}"
+            f" lr={c['lr']:g} wd={c['weight_decay']:g} steps={c['steps']}  "
+            f"val_loss={'n/a' if loss is None else f'{loss:.4g}'}  {s['wall_time']:.1f}s"
+            f"{'  stale' if r['stale'] else ''}"
+        )
     stale = sum(r["stale"] for r in rows)
     note = f" ({stale} stale: made by other code; `wdlib runs --all-stale` removes them)" if stale else ""
     print(f"{len(rows)} run(s) in {store.root}{note}")
@@ -333,8 +409,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         device = _check_device(args.device)
         cfg = RunConfig.from_dict(_load_config(args.config, args.set))
         result = run(cfg, Store(args.store), resume=args.resume, device=device, rerun=args.rerun)
-        print(json.dumps({"key": result.info["key"], "cached": result.info.get("cached", False),
-                          **result.summary()}))
+        print(json.dumps({"key": result.info["key"], "cached": result.info.get("cached", False), **result.summary()}))
     elif args.command == "sweep":
         if not 1 <= args.workers <= _MAX_WORKERS:
             raise ValueError(f"--workers must be an integer in [1, {_MAX_WORKERS}], got {short_repr(args.workers)}")
@@ -356,8 +431,15 @@ def _error(message: str, code: int) -> NoReturn:
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
     """Show warnings as ``wdlib: warning: ...`` lines (not Python's two-line source excerpt)."""
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: Any = None, line: str | None = None) -> None:
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
         print(f"wdlib: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
     saved = warnings.showwarning

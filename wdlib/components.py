@@ -25,6 +25,7 @@ __all__ = ["build_data", "build_model", "build_optimizer", "run_data"]
 
 # --- construction --------------------------------------------------------------------------------------
 
+
 def build_data(cfg: RunConfig) -> wd_data.Dataset | wd_data.TokenDataset:
     """The dataset of ``cfg`` (:func:`wdlib.data.load`), cut to ``cfg.subset`` training samples if set,
     then with ``cfg.label_noise`` of its training labels made wrong (:func:`wdlib.data.with_label_noise`),
@@ -63,8 +64,13 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> tuple[torch.optim.Optim
     :func:`wdlib.params.decay_groups` of ``model`` (or its muP groups), with ``cfg.lr`` and ``cfg.weight_decay``.
     Returns it and each group's name and parameter counts."""
     if cfg.mup is not None:
-        groups = mup_groups(model, int(cfg.mup["base_width"]), int(cfg.model_args["width"]),
-                            cfg.mup.get("decay", "scaled"), bool(cfg.mup.get("zero_readout", True)))
+        groups = mup_groups(
+            model,
+            int(cfg.mup["base_width"]),
+            int(cfg.model_args["width"]),
+            cfg.mup.get("decay", "scaled"),
+            bool(cfg.mup.get("zero_readout", True)),
+        )
     else:
         groups = decay_groups(model, cfg.decay_vectors)
     counts = group_counts(groups)

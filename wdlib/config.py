@@ -57,48 +57,66 @@ from .data import DATASETS
 from .models import MODELS
 from .optim import BF16_UPDATES, optimizer_spec
 from .optim import OPTIMIZERS as _REGISTRY
-from .schedules import (Constant, Cosine, Delayed, EqualContribution, LinearDecay, Schedule, StepDrop, Warmup,
-                        WarmupStableDecay)
+from .schedules import (
+    Constant,
+    Cosine,
+    Delayed,
+    EqualContribution,
+    LinearDecay,
+    Schedule,
+    StepDrop,
+    Warmup,
+    WarmupStableDecay,
+)
 
-__all__ = ["RunConfig", "OPTIMIZERS", "PRECISIONS", "BF16_UPDATES", "SCHEDULES", "DTYPES", "schedule_from_spec", "FIELD_HELP"]
+__all__ = [
+    "RunConfig",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "BF16_UPDATES",
+    "SCHEDULES",
+    "DTYPES",
+    "schedule_from_spec",
+    "FIELD_HELP",
+]
 
 #: Names of the registered optimizers (:data:`wdlib.optim.OPTIMIZERS`, which holds their options and rules).
 OPTIMIZERS: tuple[str, ...] = tuple(_REGISTRY)
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16-autocast", "bf16-pure")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "wsd", "step", "equal_contribution")
 DTYPES: tuple[str, ...] = ("float32", "float64")
-SCALES: tuple[str, ...] = ("smoke", "full", "test")   # a run's (and a chapter's) sizes; "test": the unit tests'
+SCALES: tuple[str, ...] = ("smoke", "full", "test")  # a run's (and a chapter's) sizes; "test": the unit tests'
 #: Datasets of token sequences (:class:`wdlib.data.TokenDataset`) and the models that read them; every other
 #: (registered) dataset is a classification dataset, read by every other model.
 TOKEN_DATA: tuple[str, ...] = ("stdlib_chars", "openwebtext")
 TOKEN_MODELS: tuple[str, ...] = ("gpt",)
 #: Model arguments with a default here (the model has none), so that ``RunConfig()`` is runnable as it stands.
 _MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mlp": {"width": 128, "depth": 2}}
-_MAX_SEED = 2**32 - 2   # wdlib.data draws batches from seeds and steps below 2**32; perturb_step uses seed + 1
+_MAX_SEED = 2**32 - 2  # wdlib.data draws batches from seeds and steps below 2**32; perturb_step uses seed + 1
 _MAX_STEPS = 2**32 - 1
-_MAX_SIZE = 2**31 - 1   # batch, block and subset sizes (torch indexes with int64, but nothing useful is larger)
+_MAX_SIZE = 2**31 - 1  # batch, block and subset sizes (torch indexes with int64, but nothing useful is larger)
 
 FIELD_HELP: dict[str, str] = {
     "data": "dataset name (wdlib.data.load): mnist1d, digits, stdlib_chars, cifar10, openwebtext",
-    "data_args": "keyword arguments of the dataset (e.g. {\"num_samples\": 4000})",
+    "data_args": 'keyword arguments of the dataset (e.g. {"num_samples": 4000})',
     "subset": "number of training samples to keep (a nested subset fixed by data_seed); null keeps all",
     "data_seed": "seed of the subset and of the label noise (default 0)",
     "label_noise": "fraction of training labels replaced by a wrong class drawn at random (test labels stay clean)",
     "model": "model name (wdlib.models.build): mlp, cnn, convnet, resnet18, gpt, tiedconv, tiedrnn; gpt reads "
-             "token data (stdlib_chars, openwebtext), the others classification data",
+    "token data (stdlib_chars, openwebtext), the others classification data",
     "model_args": "keyword arguments of the model; in_dim/in_channels/num_classes/vocab_size are filled in "
-                  "(and the mlp's width and depth default to 128 and 2)",
+    "(and the mlp's width and depth default to 128 and 2)",
     "optimizer": "the optimizer spec {name, decay, ...options} (or just its name): name adam or sgd (wdlib, any "
-                 "decay rule), torch.adam, torch.adamw or torch.sgd (torch.optim's, their own rule only)",
+    "decay rule), torch.adam, torch.adamw or torch.sgd (torch.optim's, their own rule only)",
     "optimizer.decay": "l2 (torch.optim.Adam/SGD), decoupled (lr-multiplied, torch AdamW; the default of adam "
-                       "and sgd, so adam is AdamW unless decay is l2) or independent (the AdamW paper's)",
+    "and sgd, so adam is AdamW unless decay is l2) or independent (the AdamW paper's)",
     "optimizer.momentum": "SGD momentum in [0, 1) (sgd, torch.sgd; default 0)",
     "optimizer.nesterov": "SGD Nesterov momentum (sgd, torch.sgd; default false; needs momentum > 0)",
     "optimizer.betas": "Adam betas (adam, torch.adam, torch.adamw; default [0.9, 0.999])",
     "optimizer.eps": "Adam epsilon (adam, torch.adam, torch.adamw; default 1e-8)",
     "optimizer.bf16_update": "how bf16-pure parameters take their step (adam, sgd; precision bf16-pure only): "
-                             "nearest (plain rounding, the default), master (float32 master weights), kahan "
-                             "(compensated) or stochastic (stochastic rounding); wdlib.optim",
+    "nearest (plain rounding, the default), master (float32 master weights), kahan "
+    "(compensated) or stochastic (stochastic rounding); wdlib.optim",
     "lr": "peak learning rate",
     "weight_decay": "lambda (peak), in the rule named by `optimizer.decay`",
     "decay_vectors": "also decay 1-D parameters (biases, norms); default false",
@@ -154,14 +172,16 @@ def _check_schedule_spec(name: str, spec: Any) -> dict[str, Any] | None:
     if spec is None:
         return None
     if not isinstance(spec, dict):
-        raise ValueError(f"{name} must be a dict like {{\"name\": \"cosine\", \"warmup\": 100}} or null, got {spec!r}")
+        raise ValueError(f'{name} must be a dict like {{"name": "cosine", "warmup": 100}} or null, got {spec!r}')
     allowed = {"name", "final", "warmup", "delay", "decay_fraction"}
     spec = _plain(spec)
     unknown = sorted(repr(k) if not isinstance(k, str) else k for k in set(spec) - allowed)
     if unknown:
         raise ValueError(f"{name} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
     if not isinstance(spec.get("name", "constant"), str) or spec.get("name", "constant") not in SCHEDULES:
-        raise ValueError(f"{name}.name must be one of {', '.join(repr(s) for s in SCHEDULES)}, got {spec.get('name')!r}")
+        raise ValueError(
+            f"{name}.name must be one of {', '.join(repr(s) for s in SCHEDULES)}, got {spec.get('name')!r}"
+        )
     for key in ("warmup", "delay"):
         v = spec.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_STEPS:
@@ -176,8 +196,9 @@ def _check_schedule_spec(name: str, spec: Any) -> dict[str, Any] | None:
     return spec
 
 
-def schedule_from_spec(spec: dict[str, Any] | None, peak: float, steps: int,
-                       weight_decay: float | None = None) -> Schedule:
+def schedule_from_spec(
+    spec: dict[str, Any] | None, peak: float, steps: int, weight_decay: float | None = None
+) -> Schedule:
     """The :class:`~wdlib.schedules.Schedule` a spec describes, peaking at ``peak`` over ``steps`` steps.
 
     ``weight_decay`` is the lambda the equal-contribution LR schedule is built for.
@@ -211,12 +232,23 @@ def schedule_from_spec(spec: dict[str, Any] | None, peak: float, steps: int,
 
 
 #: Fields added after the first stored runs, with their (JSON) defaults: left out of the key at these values.
-_LATER_FIELDS: dict[str, Any] = {"label_noise": 0.0, "measures": [], "snapshots": [], "init_from": None,
-                                 "bf16_update": "nearest"}
+_LATER_FIELDS: dict[str, Any] = {
+    "label_noise": 0.0,
+    "measures": [],
+    "snapshots": [],
+    "init_from": None,
+    "bf16_update": "nearest",
+}
 #: The optimizer's settings as configurations held them before the spec (fields of their own), with their
 #: (JSON) defaults: read into the spec by :meth:`RunConfig.from_dict`, and the form :meth:`RunConfig.key` hashes.
-_FLAT_OPTIMIZER: dict[str, Any] = {"decay": "decoupled", "momentum": 0.0, "nesterov": False, "betas": [0.9, 0.999],
-                                   "eps": 1e-8, "bf16_update": "nearest"}
+_FLAT_OPTIMIZER: dict[str, Any] = {
+    "decay": "decoupled",
+    "momentum": 0.0,
+    "nesterov": False,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "bf16_update": "nearest",
+}
 
 
 def _same_setting(value: Any, default: Any) -> bool:
@@ -264,9 +296,11 @@ def _migrate_optimizer(d: dict[str, Any]) -> dict[str, Any]:
         elif key == "decay":
             spec[key] = value  # torch's own rule is fine; any other raises in optimizer_spec
         else:
-            raise ValueError(f"{key} {short_repr(value)} does not apply to optimizer {name!r} (its options: "
-                             f"{', '.join(['decay', *entry.options])}); {key} is now optimizer.{key}, an option "
-                             f"of {', '.join(repr(n) for n, e in _REGISTRY.items() if key in e.options)}")
+            raise ValueError(
+                f"{key} {short_repr(value)} does not apply to optimizer {name!r} (its options: "
+                f"{', '.join(['decay', *entry.options])}); {key} is now optimizer.{key}, an option "
+                f"of {', '.join(repr(n) for n, e in _REGISTRY.items() if key in e.options)}"
+            )
     for key in dotted:
         spec[key.removeprefix("optimizer.")] = d[key]
     out["optimizer"] = spec
@@ -338,7 +372,9 @@ class RunConfig:
                 try:
                     v = float(v)
                 except OverflowError:
-                    raise ValueError(f"{name} must be a finite number, got an integer of {len(str(v))} digits") from None
+                    raise ValueError(
+                        f"{name} must be a finite number, got an integer of {len(str(v))} digits"
+                    ) from None
             object.__setattr__(self, name, v)
 
         def positive_int(name: str, minimum: int = 1, maximum: int = _MAX_STEPS, optional: bool = False) -> None:
@@ -346,11 +382,14 @@ class RunConfig:
             if optional and v is None:
                 return
             if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
-                raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}]{' or null' if optional else ''}, "
-                                 f"got {short_repr(v)}")
+                raise ValueError(
+                    f"{name} must be an integer in [{minimum}, {maximum}]{' or null' if optional else ''}, "
+                    f"got {short_repr(v)}"
+                )
 
-        def number(name: str, low: float = 0.0, high: float | None = None, open_high: bool = False,
-                   optional: bool = False) -> None:
+        def number(
+            name: str, low: float = 0.0, high: float | None = None, open_high: bool = False, optional: bool = False
+        ) -> None:
             v = getattr(self, name)
             if optional and v is None:
                 return
@@ -359,7 +398,9 @@ class RunConfig:
                 bad = v >= high if open_high else v > high
             if bad:
                 rng = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
-                raise ValueError(f"{name} must be a finite number {rng}{' or null' if optional else ''}, got {short_repr(v)}")
+                raise ValueError(
+                    f"{name} must be a finite number {rng}{' or null' if optional else ''}, got {short_repr(v)}"
+                )
 
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             v = getattr(self, name)
@@ -379,14 +420,20 @@ class RunConfig:
             if bad_keys:
                 raise ValueError(f"{name} keys must be argument names (strings), got {short_repr(bad_keys[0])}")
         if self.model in TOKEN_MODELS and self.data not in TOKEN_DATA:
-            raise ValueError(f"model {self.model!r} needs a token dataset ({', '.join(TOKEN_DATA)}), "
-                             f"got data {self.data!r}")
+            raise ValueError(
+                f"model {self.model!r} needs a token dataset ({', '.join(TOKEN_DATA)}), got data {self.data!r}"
+            )
         if self.model not in TOKEN_MODELS and self.data in TOKEN_DATA:
             others = ", ".join(d for d in DATASETS if d not in TOKEN_DATA)
-            raise ValueError(f"model {self.model!r} needs a classification dataset ({others}), got data "
-                             f"{self.data!r}; token data takes model {', '.join(repr(m) for m in TOKEN_MODELS)}")
+            raise ValueError(
+                f"model {self.model!r} needs a classification dataset ({others}), got data "
+                f"{self.data!r}; token data takes model {', '.join(repr(m) for m in TOKEN_MODELS)}"
+            )
         if self.data in TOKEN_DATA:
-            for name, active in (("subset", self.subset is not None), ("label_noise", self.label_noise not in (0, 0.0))):
+            for name, active in (
+                ("subset", self.subset is not None),
+                ("label_noise", self.label_noise not in (0, 0.0)),
+            ):
                 if active:
                     raise ValueError(f"{name} applies to classification data, not to {self.data!r}; leave it unset")
         if self.model in _MODEL_DEFAULTS:
@@ -398,8 +445,10 @@ class RunConfig:
         choice("dtype", DTYPES)
         bf16_update = self.optimizer.get("bf16_update", "nearest")
         if bf16_update != "nearest" and self.precision != "bf16-pure":
-            raise ValueError(f"optimizer.bf16_update {bf16_update!r} applies to precision 'bf16-pure', got precision "
-                             f"{self.precision!r}; leave it at 'nearest' or set precision bf16-pure")
+            raise ValueError(
+                f"optimizer.bf16_update {bf16_update!r} applies to precision 'bf16-pure', got precision "
+                f"{self.precision!r}; leave it at 'nearest' or set precision bf16-pure"
+            )
         choice("scale", SCALES)
         positive_int("steps")
         for name in ("batch_size", "block_size", "grad_accum", "eval_batches"):
@@ -421,16 +470,19 @@ class RunConfig:
         if self.mup is not None:
             allowed = {"base_width", "decay", "zero_readout"}
             if not isinstance(self.mup, dict) or not set(self.mup) <= allowed or "base_width" not in self.mup:
-                raise ValueError(f"mup must be null or a dict with base_width and optionally decay, zero_readout; "
-                                 f"got {self.mup!r}")
+                raise ValueError(
+                    f"mup must be null or a dict with base_width and optionally decay, zero_readout; got {self.mup!r}"
+                )
             base = self.mup["base_width"]
             if isinstance(base, bool) or not isinstance(base, int) or not 1 <= base <= _MAX_SIZE:
                 raise ValueError(f"mup.base_width must be an integer in [1, {_MAX_SIZE}], got {short_repr(base)}")
             if self.mup.get("decay", "scaled") not in ("scaled", "constant"):
                 raise ValueError(f"mup.decay must be 'scaled' or 'constant', got {self.mup.get('decay')!r}")
             if self.optimizer["decay"] == "independent":
-                raise ValueError("mup with optimizer.decay 'independent' is not supported: its lr multipliers "
-                                 "would scale the decay too; use 'decoupled' or 'l2'")
+                raise ValueError(
+                    "mup with optimizer.decay 'independent' is not supported: its lr multipliers "
+                    "would scale the decay too; use 'decoupled' or 'l2'"
+                )
             if "width" not in self.model_args:
                 raise ValueError("mup needs model_args.width (the width that base_width is compared with)")
         if not isinstance(self.decay_vectors, bool):
@@ -443,32 +495,45 @@ class RunConfig:
             spec = getattr(self, name) or {}
             warm, delay = spec.get("warmup", 0), spec.get("delay", 0)
             if warm + delay and warm + delay >= self.steps:
-                raise ValueError(f"{name}: warmup ({warm}) + delay ({delay}) must be less than steps ({self.steps}); "
-                                 f"the schedule would never reach its peak")
+                raise ValueError(
+                    f"{name}: warmup ({warm}) + delay ({delay}) must be less than steps ({self.steps}); "
+                    f"the schedule would never reach its peak"
+                )
         if (self.wd_schedule or {}).get("name") == "equal_contribution":
             raise ValueError("wd_schedule.name 'equal_contribution' is an LR schedule; use it in lr_schedule")
         if not isinstance(self.diagnostics, (list, tuple)) or not all(isinstance(d, str) for d in self.diagnostics):
             raise ValueError(f"diagnostics must be a list of names, got {self.diagnostics!r}")
         object.__setattr__(self, "diagnostics", tuple(self.diagnostics))
-        if not isinstance(self.probes, (list, tuple)) or not all(isinstance(p, dict) and isinstance(p.get("name"), str)
-                                                                 for p in self.probes):
-            raise ValueError(f"probes must be a list of {{\"name\": ..., ...}} dicts, got {self.probes!r}")
+        if not isinstance(self.probes, (list, tuple)) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) for p in self.probes
+        ):
+            raise ValueError(f'probes must be a list of {{"name": ..., ...}} dicts, got {self.probes!r}')
         object.__setattr__(self, "probes", tuple(dict(p) for p in self.probes))
-        if not isinstance(self.measures, (list, tuple)) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
-                                                                   for m in self.measures):
-            raise ValueError(f"measures must be a list of {{\"name\": ..., ...}} dicts, got {self.measures!r}")
+        if not isinstance(self.measures, (list, tuple)) or not all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) for m in self.measures
+        ):
+            raise ValueError(f'measures must be a list of {{"name": ..., ...}} dicts, got {self.measures!r}')
         object.__setattr__(self, "measures", tuple(dict(m) for m in self.measures))
         if not isinstance(self.snapshots, (list, tuple)) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= self.steps for s in self.snapshots):
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= self.steps for s in self.snapshots
+        ):
             raise ValueError(f"snapshots must be a list of steps in [1, steps={self.steps}], got {self.snapshots!r}")
         object.__setattr__(self, "snapshots", tuple(sorted(set(self.snapshots))))
         if self.init_from is not None:
             f = self.init_from
-            ok = (isinstance(f, dict) and set(f) == {"run", "step"} and is_run_key(f["run"]) and isinstance(f["step"], int)
-                  and not isinstance(f["step"], bool) and f["step"] >= 1)
+            ok = (
+                isinstance(f, dict)
+                and set(f) == {"run", "step"}
+                and is_run_key(f["run"])
+                and isinstance(f["step"], int)
+                and not isinstance(f["step"], bool)
+                and f["step"] >= 1
+            )
             if not ok:
-                raise ValueError(f"init_from must be null or {{\"run\": <24-hex run key>, \"step\": <step >= 1>}}, "
-                                 f"got {self.init_from!r}")
+                raise ValueError(
+                    f'init_from must be null or {{"run": <24-hex run key>, "step": <step >= 1>}}, '
+                    f"got {self.init_from!r}"
+                )
             object.__setattr__(self, "init_from", dict(f))
 
     @classmethod
@@ -484,8 +549,10 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         not_names = [k for k in d if not isinstance(k, str)]
         if not_names:
-            raise ValueError(f"configuration keys must be field names (strings), got {short_repr(not_names[0])} "
-                             f"({type(not_names[0]).__name__}); known fields: {sorted(names)}")
+            raise ValueError(
+                f"configuration keys must be field names (strings), got {short_repr(not_names[0])} "
+                f"({type(not_names[0]).__name__}); known fields: {sorted(names)}"
+            )
         unknown = sorted(k for k in set(d) - names - set(_FLAT_OPTIMIZER) if not k.startswith("optimizer."))
         if unknown:
             raise ValueError(f"unknown configuration field(s) {unknown}; known fields: {sorted(names)}")
@@ -513,8 +580,10 @@ class RunConfig:
         if name.startswith("optimizer."):
             option = name.removeprefix("optimizer.")
             if option not in self.optimizer:
-                raise ValueError(f"{name}: optimizer {self.optimizer['name']!r} has no option {option!r}; its "
-                                 f"options: {', '.join(self.optimizer)}")
+                raise ValueError(
+                    f"{name}: optimizer {self.optimizer['name']!r} has no option {option!r}; its "
+                    f"options: {', '.join(self.optimizer)}"
+                )
             return self.optimizer[option]
         if name in _FLAT_OPTIMIZER:  # an old flat field (``--grid decay=l2,decoupled``): the spec's option
             return self.optimizer.get(name, _FLAT_OPTIMIZER[name])

@@ -54,9 +54,26 @@ import torch
 from ._registry import call_checked
 
 __all__ = [
-    "DATASETS", "DataNotFoundError", "Dataset", "EvalSet", "TokenDataset", "batch_indices", "batches", "check_vocab",
-    "cifar10", "digits", "encode_gpt2", "load", "mnist1d", "openwebtext", "spurious", "stdlib_chars", "subset",
-    "token_file", "with_label_noise", "write_tokens",
+    "DATASETS",
+    "DataNotFoundError",
+    "Dataset",
+    "EvalSet",
+    "TokenDataset",
+    "batch_indices",
+    "batches",
+    "check_vocab",
+    "cifar10",
+    "digits",
+    "encode_gpt2",
+    "load",
+    "mnist1d",
+    "openwebtext",
+    "spurious",
+    "stdlib_chars",
+    "subset",
+    "token_file",
+    "with_label_noise",
+    "write_tokens",
 ]
 
 _MAX_SEED = 2**32  # seeds and steps live in [0, 2**32): the generator seeds below stay within 64 bits
@@ -75,6 +92,7 @@ class DataNotFoundError(FileNotFoundError):
 
 
 # ----------------------------------------------------------------------------------------------- checks
+
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     """``value`` as an int in [lo, hi), or a ValueError that names ``name``."""
@@ -110,6 +128,7 @@ def _shard(name: str, batch_size: int, rank: int, world_size: int) -> tuple[int,
 
 # ----------------------------------------------------------------------------------------------- batching
 
+
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -132,11 +151,12 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
     seed = _int("seed", seed, 0, _MAX_SEED)
     per_epoch = n // batch_size
     epoch, b = divmod(step, per_epoch)
-    return _epoch_permutation(n, seed, epoch)[b * batch_size:(b + 1) * batch_size].clone()
+    return _epoch_permutation(n, seed, epoch)[b * batch_size : (b + 1) * batch_size].clone()
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int,
-            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` minibatches drawn by reshuffling each epoch with ``generator`` (indices on x's device).
 
     Stateful (the generator advances); ``Dataset.batch`` is the stateless, resumable alternative.
@@ -149,12 +169,13 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int,
     while done < steps:
         perm = torch.randperm(n, generator=generator).to(x.device)
         for b in range(min(per_epoch, steps - done)):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
+            idx = perm[b * batch_size : (b + 1) * batch_size]
             yield x[idx], y[idx]
             done += 1
 
 
 # ----------------------------------------------------------------------------------------------- classification
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -184,19 +205,35 @@ class Dataset:
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Dataset:
         """A copy on ``device``; ``dtype`` applies to the inputs only."""
+
         def cast(x: torch.Tensor) -> torch.Tensor:
             return x.to(device=device, dtype=dtype) if dtype is not None and x.is_floating_point() else x.to(device)
-        return Dataset(self.name, cast(self.x_train), self.y_train.to(device), cast(self.x_test),
-                       self.y_test.to(device), self.num_classes,
-                       self.noisy.to(device) if self.noisy is not None else None)
+
+        return Dataset(
+            self.name,
+            cast(self.x_train),
+            self.y_train.to(device),
+            cast(self.x_test),
+            self.y_test.to(device),
+            self.num_classes,
+            self.noisy.to(device) if self.noisy is not None else None,
+        )
 
     def for_device(self, device: str | torch.device) -> Dataset:
         """The dataset as a run on ``device`` reads it: itself on the CPU, else a copy there (:meth:`to`), so
         batches are gathered by indexing on the device."""
         return self if torch.device(device).type == "cpu" else self.to(device)
 
-    def batch(self, step: int, seed: int, *, batch_size: int, device: str | torch.device | None = None,
-              rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self,
+        step: int,
+        seed: int,
+        *,
+        batch_size: int,
+        device: str | torch.device | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` of ``rank``'s shard of the global training batch at ``step``, moved to ``device`` if given.
 
         The global batch is ``batch_indices(len(x_train), batch_size, step, seed)``; rank ``r`` of
@@ -216,13 +253,16 @@ class Dataset:
         both in order in chunks of ``EVAL_CHUNK`` (1,024) (:meth:`eval_batches`), moved to ``device`` if given.
         They are fixed samples: ``batch_size`` and ``count`` size the sampled windows of token data only.
         """
+
         def chunks(split: str, limit: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for x, y in self.eval_batches(split, EVAL_CHUNK, limit):
                 yield (x, y) if device is None else (x.to(device), y.to(device))
+
         return {"val": lambda: chunks("test", None), "train": lambda: chunks("train", EVAL_TRAIN_SAMPLES)}
 
-    def eval_batches(self, split: str = "test", batch_size: int = EVAL_CHUNK,
-                     limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, split: str = "test", batch_size: int = EVAL_CHUNK, limit: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(x, y)`` chunks of ``batch_size`` over the ``split`` ("test" or "train"), in order.
 
         ``limit`` caps the number of samples evaluated (the first ``limit``); ``None`` takes them all.
@@ -248,9 +288,15 @@ def subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     size = _int("size", size, 1, n + 1)
     seed = _int("seed", seed, 0, _MAX_SEED)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].to(dataset.x_train.device)
-    return Dataset(f"{dataset.name}[{size} of {n}, seed {seed}]", dataset.x_train[idx], dataset.y_train[idx],
-                   dataset.x_test, dataset.y_test, dataset.num_classes,
-                   dataset.noisy[idx] if dataset.noisy is not None else None)
+    return Dataset(
+        f"{dataset.name}[{size} of {n}, seed {seed}]",
+        dataset.x_train[idx],
+        dataset.y_train[idx],
+        dataset.x_test,
+        dataset.y_test,
+        dataset.num_classes,
+        dataset.noisy[idx] if dataset.noisy is not None else None,
+    )
 
 
 def with_label_noise(dataset: Dataset, fraction: float, seed: int) -> Dataset:
@@ -277,8 +323,15 @@ def with_label_noise(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     y[idx.to(dev)] = (y[idx.to(dev)] + shift.to(dev)) % dataset.num_classes
     noisy = torch.zeros(n, dtype=torch.bool, device=dev)
     noisy[idx.to(dev)] = True
-    return Dataset(f"{dataset.name}[{fraction:g} label noise, seed {seed}]", dataset.x_train, y, dataset.x_test,
-                   dataset.y_test, dataset.num_classes, noisy)
+    return Dataset(
+        f"{dataset.name}[{fraction:g} label noise, seed {seed}]",
+        dataset.x_train,
+        y,
+        dataset.x_test,
+        dataset.y_test,
+        dataset.num_classes,
+        noisy,
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -294,8 +347,12 @@ def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[np.ndarray, ...]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    return (d["x"].astype(np.float32), d["y"].astype(np.int64), d["x_test"].astype(np.float32),
-            d["y_test"].astype(np.int64))
+    return (
+        d["x"].astype(np.float32),
+        d["y"].astype(np.int64),
+        d["x_test"].astype(np.float32),
+        d["y_test"].astype(np.int64),
+    )
 
 
 def mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
@@ -307,8 +364,14 @@ def mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 20:
         raise ValueError(f"num_samples must be an integer >= 20, got {num_samples!r}")
     x, y, xt, yt = _mnist1d_arrays(num_samples, seed)
-    return Dataset("mnist1d", torch.from_numpy(x.copy()), torch.from_numpy(y.copy()),
-                   torch.from_numpy(xt.copy()), torch.from_numpy(yt.copy()), num_classes=10)
+    return Dataset(
+        "mnist1d",
+        torch.from_numpy(x.copy()),
+        torch.from_numpy(y.copy()),
+        torch.from_numpy(xt.copy()),
+        torch.from_numpy(yt.copy()),
+        num_classes=10,
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -342,15 +405,26 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
 
     def images(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(((x[idx] - mean) / std).astype(np.float32).reshape(-1, 1, 8, 8))
-    return Dataset("digits", images(train), torch.from_numpy(y[train]), images(test), torch.from_numpy(y[test]),
-                   num_classes=10)
+
+    return Dataset(
+        "digits", images(train), torch.from_numpy(y[train]), images(test), torch.from_numpy(y[test]), num_classes=10
+    )
 
 
 # ----------------------------------------------------------------------------------------------- spurious
 
-def spurious(num_train: int = 500, num_test: int = 2000, agreement: float = 0.95, test_agreement: float | None = None,
-             causal_noise: float = 1.0, spurious_noise: float = 0.25, noise_dims: int = 20, seed: int = 0,
-             test_draw: int = 0) -> Dataset:
+
+def spurious(
+    num_train: int = 500,
+    num_test: int = 2000,
+    agreement: float = 0.95,
+    test_agreement: float | None = None,
+    causal_noise: float = 1.0,
+    spurious_noise: float = 0.25,
+    noise_dims: int = 20,
+    seed: int = 0,
+    test_draw: int = 0,
+) -> Dataset:
     """A two-class task with a causal feature and a spurious one that agrees with the label only in training.
 
     Labels ``y`` are fair coin flips, ``s = 2y - 1``. Feature 0 is causal, ``x_c = s + causal_noise * e``
@@ -375,7 +449,9 @@ def spurious(num_train: int = 500, num_test: int = 2000, agreement: float = 0.95
     seed = _int("seed", seed, 0, _MAX_SEED // 2)
     test_draw = _int("test_draw", test_draw, 0, _MAX_SEED)
     for name, value in (("agreement", agreement), ("test_agreement", test_agreement)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+        ):
             raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
     test_agreement = agreement if test_agreement is None else test_agreement
     for name, value in (("causal_noise", causal_noise), ("spurious_noise", spurious_noise)):
@@ -385,8 +461,11 @@ def spurious(num_train: int = 500, num_test: int = 2000, agreement: float = 0.95
     def split(n: int, agree: float, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
         # torch's CPU generator keeps 32 bits of its seed: further test draws get theirs from a SeedSequence
         first = 2 * seed + stream
-        g = torch.Generator().manual_seed(first if not (stream and test_draw) else
-                                          int(np.random.SeedSequence([seed, stream, test_draw]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(
+            first
+            if not (stream and test_draw)
+            else int(np.random.SeedSequence([seed, stream, test_draw]).generate_state(1)[0])
+        )
         y = torch.randint(0, 2, (n,), generator=g)
         sign = 2.0 * y - 1.0
         flip = torch.rand(n, generator=g) >= agree
@@ -443,13 +522,15 @@ def _download_cifar10(root: Path) -> None:
         raise DataNotFoundError(
             f"CIFAR-10 is full-scale data and could not be downloaded from {CIFAR10_URL} ({err}); "
             f"run with scale='smoke', which uses MNIST-1D/digits offline, or place the official python batches "
-            f"under {root / _CIFAR10_DIR}") from err
+            f"under {root / _CIFAR10_DIR}"
+        ) from err
     if _CIFAR10_MD5 is not None:
         digest = hashlib.md5(part.read_bytes()).hexdigest()
         if digest != _CIFAR10_MD5:
             part.unlink(missing_ok=True)
-            raise RuntimeError(f"CIFAR-10 download from {CIFAR10_URL} is corrupt: md5 {digest}, "
-                               f"expected {_CIFAR10_MD5}")
+            raise RuntimeError(
+                f"CIFAR-10 download from {CIFAR10_URL} is corrupt: md5 {digest}, expected {_CIFAR10_MD5}"
+            )
     os.replace(part, archive)
     _safe_extract(archive, root)
 
@@ -500,7 +581,8 @@ def cifar10(root: str | os.PathLike[str], download: bool = False) -> Dataset:
         raise DataNotFoundError(
             f"CIFAR-10 is full-scale data; its python batches ({', '.join(missing)}) were not found at {folder}. "
             f"Run with scale='smoke', which uses MNIST-1D/digits offline, or call cifar10({str(root)!r}, "
-            f"download=True) on a machine with a network")
+            f"download=True) on a machine with a network"
+        )
     train = [_read_cifar10_batch(folder / name) for name in _CIFAR10_FILES[:-1]]
     xt, yt = _read_cifar10_batch(folder / "test_batch")
     x = _cifar10_images(np.concatenate([d for d, _ in train]))
@@ -509,6 +591,7 @@ def cifar10(root: str | os.PathLike[str], download: bool = False) -> Dataset:
 
 
 # ----------------------------------------------------------------------------------------------- language
+
 
 @dataclass(frozen=True, eq=False)
 class TokenDataset:
@@ -539,8 +622,10 @@ class TokenDataset:
     def _block(self) -> int:
         """The bound ``block_size``, or a ValueError saying how to bind one."""
         if self.block_size is None:
-            raise ValueError(f"{self.name} has no block_size: bind the window length with "
-                             f"with_block_size(n) (wdlib.components.build_data binds the run's)")
+            raise ValueError(
+                f"{self.name} has no block_size: bind the window length with "
+                f"with_block_size(n) (wdlib.components.build_data binds the run's)"
+            )
         return self.block_size
 
     @property
@@ -557,8 +642,16 @@ class TokenDataset:
         disk); :meth:`batch` gathers the windows there and moves them to the device."""
         return self
 
-    def batch(self, step: int, seed: int, *, batch_size: int, device: str | torch.device | None = None,
-              rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self,
+        step: int,
+        seed: int,
+        *,
+        batch_size: int,
+        device: str | torch.device | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)``, int64 (batch_size // world_size, block_size), of ``rank``'s shard of the batch at ``step``.
 
         Window starts ``s ~ randint(0, len(train) - block_size)`` are drawn, ``batch_size`` of them, from a
@@ -575,8 +668,12 @@ class TokenDataset:
         step = _int("step", step, 0, _MAX_SEED)
         seed = _int("seed", seed, 0, _MAX_SEED)
         gen = torch.Generator().manual_seed(seed * _MAX_SEED + step)
-        return _windows(self.train, _starts(len(self.train), batch_size, block_size, gen)[start:stop],
-                        block_size, "cpu" if device is None else device)
+        return _windows(
+            self.train,
+            _starts(len(self.train), batch_size, block_size, gen)[start:stop],
+            block_size,
+            "cpu" if device is None else device,
+        )
 
     def eval_sets(self, *, batch_size: int, count: int, device: str | torch.device | None = None) -> dict[str, EvalSet]:
         """The evaluation sets of a run: ``{"val": f, "train": f}``, each ``f()`` a fresh iterator of ``(x, y)``.
@@ -589,6 +686,7 @@ class TokenDataset:
 
         def windows(split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             return self.eval_batches(batch_size, block_size, count, seed=0, split=split, device=device)
+
         return {"val": lambda: windows("val"), "train": lambda: windows("train")}
 
     def train_starts(self, steps: int, batch_size: int, block_size: int, seed: int) -> torch.Tensor:
@@ -602,8 +700,12 @@ class TokenDataset:
         seed = _int("seed", seed, 0, _MAX_SEED)
         if steps == 0:
             return torch.zeros(0, dtype=torch.int64)
-        return torch.cat([_starts(len(self.train), batch_size, block_size,
-                                  torch.Generator().manual_seed(seed * _MAX_SEED + step)) for step in range(steps)])
+        return torch.cat(
+            [
+                _starts(len(self.train), batch_size, block_size, torch.Generator().manual_seed(seed * _MAX_SEED + step))
+                for step in range(steps)
+            ]
+        )
 
     def unseen_starts(self, count: int, block_size: int, seen: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """``count`` window starts in ``train`` whose ``block_size + 1`` tokens no window of ``seen`` touched.
@@ -626,22 +728,37 @@ class TokenDataset:
         touched = run[span:] - run[:-span]  # covered tokens in train[s : s + span], for s = 0 .. n - span
         free = torch.nonzero(touched == 0).reshape(-1)
         if free.numel() < count:
-            raise ValueError(f"only {free.numel()} windows of {span} tokens are untouched by the {seen.numel()} "
-                             f"seen windows; asked for count={count}")
+            raise ValueError(
+                f"only {free.numel()} windows of {span} tokens are untouched by the {seen.numel()} "
+                f"seen windows; asked for count={count}"
+            )
         gen = torch.Generator().manual_seed(_int("seed", seed, 0, _MAX_SEED))
         return free[torch.randperm(free.numel(), generator=gen)[:count]].sort().values
 
-    def windows(self, starts: torch.Tensor, block_size: int, batch_size: int, split: str = "train",
-                device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def windows(
+        self,
+        starts: torch.Tensor,
+        block_size: int,
+        batch_size: int,
+        split: str = "train",
+        device: str | torch.device = "cpu",
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(x, y)`` batches of at most ``batch_size`` windows of ``split`` at the given ``starts``."""
         tokens = self._split(split)
         batch_size = _int("batch_size", batch_size, 1)
         starts = torch.as_tensor(starts, dtype=torch.int64).reshape(-1)
         for i in range(0, starts.numel(), batch_size):
-            yield _windows(tokens, starts[i:i + batch_size], block_size, device)
+            yield _windows(tokens, starts[i : i + batch_size], block_size, device)
 
-    def eval_batches(self, batch_size: int, block_size: int, count: int, seed: int = 0, split: str = "val",
-                     device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self,
+        batch_size: int,
+        block_size: int,
+        count: int,
+        seed: int = 0,
+        split: str = "val",
+        device: str | torch.device = "cpu",
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``count`` batches of fixed windows of ``split`` (default the validation tokens), for evaluation.
 
         The ``count * batch_size`` starts are drawn once from a generator seeded with ``seed``, so every call
@@ -653,7 +770,7 @@ class TokenDataset:
         gen = torch.Generator().manual_seed(_int("seed", seed, 0, _MAX_SEED))
         starts = _starts(len(tokens), count * batch_size, block_size, gen)
         for i in range(count):
-            yield _windows(tokens, starts[i * batch_size:(i + 1) * batch_size], block_size, device)
+            yield _windows(tokens, starts[i * batch_size : (i + 1) * batch_size], block_size, device)
 
 
 def _starts(n: int, count: int, block_size: Any, gen: torch.Generator) -> torch.Tensor:
@@ -663,8 +780,9 @@ def _starts(n: int, count: int, block_size: Any, gen: torch.Generator) -> torch.
     return torch.randint(0, n - block_size, (count,), generator=gen)
 
 
-def _windows(tokens: torch.Tensor | np.ndarray, starts: torch.Tensor, block_size: int,
-             device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(
+    tokens: torch.Tensor | np.ndarray, starts: torch.Tensor, block_size: int, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     idx = starts[:, None] + torch.arange(block_size + 1)
     if isinstance(tokens, torch.Tensor):
         w = tokens[idx.to(tokens.device)].to(torch.int64)
@@ -730,16 +848,29 @@ def _stdlib_corpus(max_bytes: int, site_packages: bool = False) -> tuple[np.ndar
     ids = np.searchsorted(vocab_codes, codes).astype(np.int64)
     ids.flags.writeable = False
     vocab = "".join(map(chr, vocab_codes.tolist()))
-    meta = {"python": platform.python_version(), "implementation": sys.implementation.name, "vocab": vocab,
-            "files": used, "skipped_undecodable": skipped, "bytes": len(text.encode("utf-8")),
-            "max_bytes": max_bytes, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            "skipped_dirs": sorted(_STDLIB_SKIP_DIRS), "separator": _STDLIB_SEPARATOR,
-            "site_packages": site_packages}
+    meta = {
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "vocab": vocab,
+        "files": used,
+        "skipped_undecodable": skipped,
+        "bytes": len(text.encode("utf-8")),
+        "max_bytes": max_bytes,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "skipped_dirs": sorted(_STDLIB_SKIP_DIRS),
+        "separator": _STDLIB_SEPARATOR,
+        "site_packages": site_packages,
+    }
     return ids, vocab, meta
 
 
-def stdlib_chars(max_bytes: int = 2_000_000, val_fraction: float = 0.1, val_split: str = "tail",
-                 val_block: int = 16_384, site_packages: bool = False) -> TokenDataset:
+def stdlib_chars(
+    max_bytes: int = 2_000_000,
+    val_fraction: float = 0.1,
+    val_split: str = "tail",
+    val_block: int = 16_384,
+    site_packages: bool = False,
+) -> TokenDataset:
     """A character-level corpus from this Python's standard-library ``.py`` sources (offline).
 
     The ``.py`` files under ``sysconfig.get_paths()["stdlib"]`` are taken in sorted relative-path order,
@@ -773,15 +904,26 @@ def stdlib_chars(max_bytes: int = 2_000_000, val_fraction: float = 0.1, val_spli
         n_train = int(len(ids) * (1.0 - val_fraction))
         if not 0 < n_train < len(ids):
             raise ValueError(f"val_fraction={val_fraction} leaves an empty split of {len(ids)} characters")
-        return TokenDataset("stdlib_chars", torch.from_numpy(ids[:n_train].copy()),
-                            torch.from_numpy(ids[n_train:].copy()), len(vocab), meta)
+        return TokenDataset(
+            "stdlib_chars",
+            torch.from_numpy(ids[:n_train].copy()),
+            torch.from_numpy(ids[n_train:].copy()),
+            len(vocab),
+            meta,
+        )
     block = np.arange(len(ids)) // val_block
     to_val = np.floor((block + 1) * val_fraction) > np.floor(block * val_fraction)
     if to_val.all() or not to_val.any():
-        raise ValueError(f"val_fraction={val_fraction} with val_block={val_block} leaves an empty split of "
-                         f"{len(ids)} characters")
-    return TokenDataset("stdlib_chars", torch.from_numpy(ids[~to_val].copy()), torch.from_numpy(ids[to_val].copy()),
-                        len(vocab), dict(meta, val_block=val_block))
+        raise ValueError(
+            f"val_fraction={val_fraction} with val_block={val_block} leaves an empty split of {len(ids)} characters"
+        )
+    return TokenDataset(
+        "stdlib_chars",
+        torch.from_numpy(ids[~to_val].copy()),
+        torch.from_numpy(ids[to_val].copy()),
+        len(vocab),
+        dict(meta, val_block=val_block),
+    )
 
 
 def check_vocab(dataset: TokenDataset, vocab: str, python: str | None = None) -> None:
@@ -800,10 +942,15 @@ def check_vocab(dataset: TokenDataset, vocab: str, python: str | None = None) ->
     where = f"Python {dataset.meta.get('python', '?')}"
     if python:
         where += f" versus the recorded Python {python}"
-    detail = (f"{len(only_here)} character(s) only here {only_here!r}, {len(only_there)} only in the record "
-              f"{only_there!r}" if only_here or only_there else "the same characters in another order")
-    raise ValueError(f"{dataset.name} vocabulary differs from the recorded one ({where}): {detail}; "
-                     f"token ids differ, so results are not comparable with the recorded run")
+    detail = (
+        f"{len(only_here)} character(s) only here {only_here!r}, {len(only_there)} only in the record {only_there!r}"
+        if only_here or only_there
+        else "the same characters in another order"
+    )
+    raise ValueError(
+        f"{dataset.name} vocabulary differs from the recorded one ({where}): {detail}; "
+        f"token ids differ, so results are not comparable with the recorded run"
+    )
 
 
 def token_file(path: str | os.PathLike[str]) -> np.memmap:
@@ -828,8 +975,9 @@ def write_tokens(tokens: Any, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     arr = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
     if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"tokens must be a non-empty 1-D array of integers, got shape {arr.shape} "
-                         f"and dtype {arr.dtype}")
+        raise ValueError(
+            f"tokens must be a non-empty 1-D array of integers, got shape {arr.shape} and dtype {arr.dtype}"
+        )
     if arr.min() < 0 or arr.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"tokens must lie in [0, 65535] to fit uint16, got [{arr.min()}, {arr.max()}]")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -866,7 +1014,8 @@ def openwebtext(root: str | os.PathLike[str]) -> TokenDataset:
             f"OpenWebText is full-scale data; {', '.join(missing)} not found at {root} (GPT-2 uint16 token files "
             f"as nanoGPT's data/openwebtext/prepare.py writes them). Run with scale='smoke', which uses "
             f"stdlib_chars (a character corpus of Python's own sources) offline, or prepare the files on a "
-            f"machine with a network")
+            f"machine with a network"
+        )
     train, val = token_file(root / "train.bin"), token_file(root / "val.bin")
     meta = {"tokenizer": "gpt2", "train_tokens": len(train), "val_tokens": len(val), "root": str(root)}
     return TokenDataset("openwebtext", train, val, GPT2_VOCAB_SIZE, meta)
@@ -881,8 +1030,10 @@ def encode_gpt2(text: str, eot: bool = True) -> np.ndarray:
     try:
         import tiktoken
     except ImportError as err:
-        raise ImportError("encode_gpt2 needs the optional package 'tiktoken' (pip install tiktoken); it is not "
-                          "installed. Offline, use stdlib_chars for a character-level corpus instead") from err
+        raise ImportError(
+            "encode_gpt2 needs the optional package 'tiktoken' (pip install tiktoken); it is not "
+            "installed. Offline, use stdlib_chars for a character-level corpus instead"
+        ) from err
     ids = tiktoken.get_encoding("gpt2").encode_ordinary(text)
     if eot:
         ids.append(GPT2_EOT)
@@ -892,7 +1043,11 @@ def encode_gpt2(text: str, eot: bool = True) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Callable[..., Dataset | TokenDataset]] = {
-    "mnist1d": mnist1d, "digits": digits, "spurious": spurious, "stdlib_chars": stdlib_chars, "cifar10": cifar10,
+    "mnist1d": mnist1d,
+    "digits": digits,
+    "spurious": spurious,
+    "stdlib_chars": stdlib_chars,
+    "cifar10": cifar10,
     "openwebtext": openwebtext,
 }
 DATASETS: tuple[str, ...] = tuple(_REGISTRY)

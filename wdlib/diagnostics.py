@@ -22,10 +22,26 @@ import torch
 from .hessian import EigenEstimate, TraceEstimate, hutchinson_trace, hvp, scale_aware_trace, top_eigenvalue
 from .optim import decay_factor, decay_rule
 
-__all__ = ["ShrinkageProbe", "UpdateRecorder", "AngularProbe", "RelativeUpdateProbe", "DIAGNOSTICS", "PROBES",
-           "register_diagnostic", "effective_lr", "adam_effective_lr", "weight_norms", "update_to_weight_ratio", "weight_angle",
-           "hvp", "hutchinson_trace", "top_eigenvalue", "scale_aware_trace", "TraceEstimate", "EigenEstimate"]
-
+__all__ = [
+    "ShrinkageProbe",
+    "UpdateRecorder",
+    "AngularProbe",
+    "RelativeUpdateProbe",
+    "DIAGNOSTICS",
+    "PROBES",
+    "register_diagnostic",
+    "effective_lr",
+    "adam_effective_lr",
+    "weight_norms",
+    "update_to_weight_ratio",
+    "weight_angle",
+    "hvp",
+    "hutchinson_trace",
+    "top_eigenvalue",
+    "scale_aware_trace",
+    "TraceEstimate",
+    "EigenEstimate",
+]
 
 
 class ShrinkageProbe:
@@ -62,8 +78,10 @@ class ShrinkageProbe:
         missing = [i for i, p in enumerate(self.params) if id(p) not in self._group_index]
         if missing:
             raise ValueError(f"params {missing} are not in the optimizer's param groups")
-        if any("betas" not in optimizer.param_groups[gi] or "eps" not in optimizer.param_groups[gi]
-               for gi in self._group_index.values()):
+        if any(
+            "betas" not in optimizer.param_groups[gi] or "eps" not in optimizer.param_groups[gi]
+            for gi in self._group_index.values()
+        ):
             raise ValueError("ShrinkageProbe needs an Adam-type optimizer (param groups with betas and eps)")
         self.start = start
         self.m_data = [torch.zeros_like(p) for p in self.params]
@@ -95,8 +113,8 @@ class ShrinkageProbe:
             st = self.optimizer.state[p]
             beta1, beta2 = g["betas"]
             t = float(st["step"])
-            v_hat = st["exp_avg_sq"] / (1 - beta2 ** t)
-            data_part = g["lr"] * (m / (1 - beta1 ** t)) / (v_hat.sqrt() + g["eps"])
+            v_hat = st["exp_avg_sq"] / (1 - beta2**t)
+            data_part = g["lr"] * (m / (1 - beta1**t)) / (v_hat.sqrt() + g["eps"])
             decay = (prev - p) - data_part
             prev64 = prev.double()
             self.cross[i] += decay.double() * prev64
@@ -106,8 +124,13 @@ class ShrinkageProbe:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue accumulating after a resume."""
-        return {"m_data": [m.clone() for m in self.m_data], "cross": [c.clone() for c in self.cross],
-                "sq": [q.clone() for q in self.sq], "v_sum": [v.clone() for v in self.v_sum], "count": self.count}
+        return {
+            "m_data": [m.clone() for m in self.m_data],
+            "cross": [c.clone() for c in self.cross],
+            "sq": [q.clone() for q in self.sq],
+            "v_sum": [v.clone() for v in self.v_sum],
+            "count": self.count,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in ("m_data", "cross", "sq", "v_sum"):
@@ -137,12 +160,13 @@ class UpdateRecorder:
         n = param.numel()
         k = min(int(coords), n)
         self.index = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)
-        self.group_index = next(i for i, g in enumerate(optimizer.param_groups)
-                                if any(q is param for q in g["params"]))
+        self.group_index = next(i for i, g in enumerate(optimizer.param_groups) if any(q is param for q in g["params"]))
         g = optimizer.param_groups[self.group_index]
         if "betas" not in g or decay_rule(g, optimizer) == "l2":
-            raise ValueError("UpdateRecorder needs Adam with decoupled or independent decay (wdlib's Adam with "
-                             "decay 'decoupled' or 'independent', or torch.optim.AdamW)")
+            raise ValueError(
+                "UpdateRecorder needs Adam with decoupled or independent decay (wdlib's Adam with "
+                "decay 'decoupled' or 'independent', or torch.optim.AdamW)"
+            )
         self.theta0: torch.Tensor | None = None
         self.updates: list[torch.Tensor] = []
         self.lr: list[float] = []
@@ -179,12 +203,18 @@ class UpdateRecorder:
     def result(self) -> dict[str, np.ndarray]:
         if not self.updates or self.theta0 is None:
             raise RuntimeError("the recorder has seen no step")
-        return {"theta0": self.theta0.numpy(), "updates": torch.stack(self.updates).numpy(),
-                "lr": np.array(self.lr), "shrink": np.array(self.shrink), "final": self._take(self.param).numpy()}
+        return {
+            "theta0": self.theta0.numpy(),
+            "updates": torch.stack(self.updates).numpy(),
+            "lr": np.array(self.lr),
+            "shrink": np.array(self.shrink),
+            "final": self._take(self.param).numpy(),
+        }
 
 
-def _update_recorder(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, tensor: int = 0,
-                     coords: int = 1024) -> UpdateRecorder:
+def _update_recorder(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, tensor: int = 0, coords: int = 1024
+) -> UpdateRecorder:
     """An :class:`UpdateRecorder` on the ``tensor``-th weight matrix of the model."""
     mats = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     if not 0 <= tensor < len(mats):
@@ -192,8 +222,9 @@ def _update_recorder(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *
     return UpdateRecorder(optimizer, mats[tensor], coords)
 
 
-def _shrinkage_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, start: int = 0,
-                     tensors: str | list[str] = "matrices") -> ShrinkageProbe:
+def _shrinkage_probe(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, start: int = 0, tensors: str | list[str] = "matrices"
+) -> ShrinkageProbe:
     """A :class:`ShrinkageProbe` on the model's weight matrices ("matrices"), on every tensor ("all"), or
     on the parameters named in a list (``model.named_parameters()`` names, in the list's order)."""
     if isinstance(tensors, (list, tuple)):
@@ -210,10 +241,12 @@ def _shrinkage_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *
 
 # --- norms and effective learning rates ----------------------------------------------------------------
 
+
 def weight_norms(model: torch.nn.Module, *, matrices_only: bool = False) -> dict[str, float]:
     """``||w||`` (Frobenius) of each named parameter (only tensors with >= 2 dims if ``matrices_only``)."""
-    return {n: float(p.detach().double().norm()) for n, p in model.named_parameters()
-            if not matrices_only or p.ndim >= 2}
+    return {
+        n: float(p.detach().double().norm()) for n, p in model.named_parameters() if not matrices_only or p.ndim >= 2
+    }
 
 
 def effective_lr(lr: float | np.ndarray, weight_norm: float | np.ndarray, rule: str = "sgd") -> float | np.ndarray:
@@ -275,8 +308,9 @@ def weight_angle(before: Iterable[torch.Tensor], after: Iterable[torch.Tensor]) 
 
 def update_to_weight_ratio(before: Iterable[torch.Tensor], after: Iterable[torch.Tensor]) -> np.ndarray:
     """``||w_after - w_before|| / ||w_before||`` per tensor (the relative update of one step)."""
-    return np.array([float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
-                     for b, a in zip(before, after)])
+    return np.array(
+        [float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)) for b, a in zip(before, after)]
+    )
 
 
 class _RowsProbe:
@@ -312,8 +346,9 @@ class AngularProbe(_RowsProbe):
     Records every ``every`` steps from ``start``.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1,
-                 start: int = 0) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1, start: int = 0
+    ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.optimizer, self.params, self.every, self.start = optimizer, list(params), every, start
@@ -330,8 +365,9 @@ class AngularProbe(_RowsProbe):
         self.rows["step"].append(step)
         self.rows["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
         self.rows["norm"].append([float(w.norm()) for w in self._prev])
-        self.rows["grad_norm"].append([float(p.grad.double().norm()) if p.grad is not None else float("nan")
-                                       for p in self.params])
+        self.rows["grad_norm"].append(
+            [float(p.grad.double().norm()) if p.grad is not None else float("nan") for p in self.params]
+        )
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
@@ -352,8 +388,14 @@ class AngularProbe(_RowsProbe):
         return {k: np.asarray(v, dtype=np.float64) for k, v in self.rows.items()}
 
 
-def _angular_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, tensors: list[int] | None = None,
-                   every: int = 1, start: int = 0) -> AngularProbe:
+def _angular_probe(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    tensors: list[int] | None = None,
+    every: int = 1,
+    start: int = 0,
+) -> AngularProbe:
     """An :class:`AngularProbe` on the weight matrices of the given indices (model order), all by default."""
     mats = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     idx = list(range(len(mats))) if tensors is None else list(tensors)
@@ -377,8 +419,9 @@ class RelativeUpdateProbe(_RowsProbe):
     whose decay goes through the gradient).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1,
-                 start: int = 0) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1, start: int = 0
+    ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.optimizer, self.params, self.every, self.start = optimizer, list(params), every, start
@@ -433,11 +476,13 @@ class RelativeUpdateProbe(_RowsProbe):
         return out
 
 
-def _relative_update_probe(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 1,
-                           start: int = 0) -> RelativeUpdateProbe:
+def _relative_update_probe(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 1, start: int = 0
+) -> RelativeUpdateProbe:
     """A :class:`RelativeUpdateProbe` on every weight matrix (tensors with >= 2 dims) of the model."""
-    return RelativeUpdateProbe(optimizer, [p for p in model.parameters() if p.requires_grad and p.ndim >= 2],
-                               every=every, start=start)
+    return RelativeUpdateProbe(
+        optimizer, [p for p in model.parameters() if p.requires_grad and p.ndim >= 2], every=every, start=start
+    )
 
 
 PARAMS_SNAPSHOT_MAX = 32_768

@@ -23,8 +23,16 @@ import torch
 from .optim import Adam, decay_factor
 from .schedules import Constant, Cosine, EqualContribution, InverseSqrt, WarmupStableDecay, contribution_weights, values
 
-__all__ = ["predicted_rms", "no_decay_rms", "update_rms", "reconstruct", "simulate_rms", "rms_recursion", "contribution_figure_data",
-           "SCHEDULE_NAMES"]
+__all__ = [
+    "predicted_rms",
+    "no_decay_rms",
+    "update_rms",
+    "reconstruct",
+    "simulate_rms",
+    "rms_recursion",
+    "contribution_figure_data",
+    "SCHEDULE_NAMES",
+]
 
 
 def predicted_rms(lr: Any, weight_decay: Any) -> Any:
@@ -96,10 +104,19 @@ def reconstruct(theta0: np.ndarray, updates: np.ndarray, lr: np.ndarray, shrink:
     return {"exact": exact, "approx": approx, "bound": bound, "D": big_d}
 
 
-def simulate_rms(lrs: Sequence[float], weight_decays: Sequence[float], *, coords: int = 10_000,
-                 steps: int = 100_000, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 init_std: float = 0.1, seed: int = 0, records: int = 100,
-                 device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+def simulate_rms(
+    lrs: Sequence[float],
+    weight_decays: Sequence[float],
+    *,
+    coords: int = 10_000,
+    steps: int = 100_000,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    init_std: float = 0.1,
+    seed: int = 0,
+    records: int = 100,
+    device: str | torch.device = "cpu",
+) -> dict[str, np.ndarray]:
     """Su's check of the steady-state RMS: AdamW on pure Gaussian gradients, vectorized.
 
     Each (lr, weight_decay) pair is a tensor of ``coords`` coordinates in its own param group of
@@ -115,8 +132,12 @@ def simulate_rms(lrs: Sequence[float], weight_decays: Sequence[float], *, coords
     dev = torch.device(device)
     gen = torch.Generator(device=dev).manual_seed(seed)
     params = [torch.nn.Parameter(init_std * torch.randn(coords, generator=gen, device=dev)) for _ in lrs]
-    opt = Adam([{"params": [p], "lr": lr, "weight_decay": wd} for p, lr, wd in zip(params, lrs, weight_decays)],
-               betas=betas, eps=eps, decay="decoupled")
+    opt = Adam(
+        [{"params": [p], "lr": lr, "weight_decay": wd} for p, lr, wd in zip(params, lrs, weight_decays)],
+        betas=betas,
+        eps=eps,
+        decay="decoupled",
+    )
     every = max(steps // records, 1)
     rec_steps, rms = [], []
     grads = torch.empty(len(lrs), coords, device=dev)
@@ -131,8 +152,10 @@ def simulate_rms(lrs: Sequence[float], weight_decays: Sequence[float], *, coords
         if t % every == 0 or t == steps:
             rec_steps.append(t)
             rms.append([float(p.detach().pow(2).mean().sqrt()) for p in params])
-    upd = [float(((q * (1 - decay_factor(g)) - p.detach()) / lr).pow(2).mean().sqrt())  # the step less the decay
-           for q, p, lr, g in zip(prev, params, lrs, opt.param_groups)]
+    upd = [
+        float(((q * (1 - decay_factor(g)) - p.detach()) / lr).pow(2).mean().sqrt())  # the step less the decay
+        for q, p, lr, g in zip(prev, params, lrs, opt.param_groups)
+    ]
     pred = np.array([math.sqrt(lr / (2 * wd)) if wd > 0 else float("nan") for lr, wd in zip(lrs, weight_decays)])
     return {"step": np.array(rec_steps), "rms": np.array(rms), "predicted": pred, "update_rms": np.array(upd)}
 
@@ -150,19 +173,29 @@ def contribution_figure_data(lr: float, weight_decay: float, steps: int, schedul
     makers = {
         "constant": (Constant(lr), Constant(weight_decay)),
         "cosine": (Cosine(peak=lr, steps=steps, final=lr / 100), Constant(weight_decay)),
-        "wsd": (WarmupStableDecay(peak=lr, steps=steps, decay_steps=max(steps // 5, 1), final=lr / 100),
-                Constant(weight_decay)),
+        "wsd": (
+            WarmupStableDecay(peak=lr, steps=steps, decay_steps=max(steps // 5, 1), final=lr / 100),
+            Constant(weight_decay),
+        ),
         "equal contribution": (EqualContribution(peak=lr, weight_decay=weight_decay), Constant(weight_decay)),
-        "inverse sqrt": (InverseSqrt(peak=lr, rate=2 * weight_decay * lr),
-                         InverseSqrt(peak=weight_decay, rate=2 * weight_decay * lr)),
+        "inverse sqrt": (
+            InverseSqrt(peak=lr, rate=2 * weight_decay * lr),
+            InverseSqrt(peak=weight_decay, rate=2 * weight_decay * lr),
+        ),
     }
     if schedule not in makers:
         raise ValueError(f"schedule must be one of {', '.join(repr(k) for k in makers)}, got {schedule!r}")
     lr_s, wd_s = (values(m, steps) for m in makers[schedule])
     w, w0 = contribution_weights(lr_s, wd_s)
-    return {"step": np.arange(steps), "lr": lr_s, "wd": wd_s, "weights": w, "theta0_weight": w0,
-            "rms": rms_recursion(lr_s, wd_s, math.sqrt(lr_s[0] / (2 * wd_s[0]))),
-            "rms_instant": np.sqrt(lr_s / (2 * wd_s))}
+    return {
+        "step": np.arange(steps),
+        "lr": lr_s,
+        "wd": wd_s,
+        "weights": w,
+        "theta0_weight": w0,
+        "rms": rms_recursion(lr_s, wd_s, math.sqrt(lr_s[0] / (2 * wd_s[0]))),
+        "rms_instant": np.sqrt(lr_s / (2 * wd_s)),
+    }
 
 
 SCHEDULE_NAMES: tuple[str, ...] = ("constant", "cosine", "wsd", "equal contribution", "inverse sqrt")

@@ -61,18 +61,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-__all__ = ["EigenEstimate", "TraceEstimate", "hutchinson_trace", "hvp", "loss_fn", "scale_aware_trace",
-           "top_eigenvalue"]
+__all__ = [
+    "EigenEstimate",
+    "TraceEstimate",
+    "hutchinson_trace",
+    "hvp",
+    "loss_fn",
+    "scale_aware_trace",
+    "top_eigenvalue",
+]
 
 _MODES = ("eval", "train")
 _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
-    e for e in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
-    if isinstance(e, type))
+    e
+    for e in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+    if isinstance(e, type)
+)
 
 
 # --------------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------------
+
 
 def _check_int(name: str, value: object, minimum: int, allow_none: bool = False) -> int | None:
     """``value`` as an int >= ``minimum`` (or None when allowed), else a ValueError naming ``name``."""
@@ -99,8 +109,10 @@ def _check_mode(mode: object) -> str:
 def _check_data(x: object, y: object) -> int:
     """The number of data points; a ValueError naming ``x`` or ``y`` when they do not pair up."""
     if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] < 1:
-        raise ValueError(f"x must be a tensor with a leading batch dimension of size >= 1, got "
-                         f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}")
+        raise ValueError(
+            f"x must be a tensor with a leading batch dimension of size >= 1, got "
+            f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}"
+        )
     if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != x.shape[0]:
         got = type(y).__name__ if not isinstance(y, Tensor) else tuple(y.shape)
         raise ValueError(f"y must be a tensor whose leading dimension equals x's ({x.shape[0]}), got {got}")
@@ -120,12 +132,13 @@ def _resolve_params(model: nn.Module, params: Sequence[str] | None) -> list[str]
     if params is None:
         names = [n for n, p in available.items() if p.requires_grad]
         if not names:
-            raise ValueError("params must name at least one parameter: the model has no parameter with "
-                             "requires_grad=True, so pass the names explicitly")
+            raise ValueError(
+                "params must name at least one parameter: the model has no parameter with "
+                "requires_grad=True, so pass the names explicitly"
+            )
         return names
     if isinstance(params, str) or not isinstance(params, Sequence):
-        raise ValueError(f"params must be a sequence of parameter names (e.g. a list of str) or None, "
-                         f"got {params!r}")
+        raise ValueError(f"params must be a sequence of parameter names (e.g. a list of str) or None, got {params!r}")
     names = list(params)
     if not names:
         raise ValueError("params must name at least one parameter, got an empty sequence")
@@ -133,8 +146,10 @@ def _resolve_params(model: nn.Module, params: Sequence[str] | None) -> list[str]
     if unknown:
         shown = list(available)[:20]
         more = f" ... ({len(available)} in all)" if len(available) > 20 else ""
-        raise ValueError(f"params contains unknown parameter name(s) {unknown}; allowed names are those of "
-                         f"model.named_parameters(): {shown}{more}")
+        raise ValueError(
+            f"params contains unknown parameter name(s) {unknown}; allowed names are those of "
+            f"model.named_parameters(): {shown}{more}"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"params must not repeat a name, got {names}")
     for n in names:
@@ -147,6 +162,7 @@ def _resolve_params(model: nn.Module, params: Sequence[str] | None) -> list[str]
 # The loss as a function of the parameters
 # --------------------------------------------------------------------------------------------------
 
+
 def _fixed_state(model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
     """Everything held fixed: the other parameters (detached) and the buffers (cloned, so that no
     in-place update by a module can reach the model's own buffers)."""
@@ -156,15 +172,18 @@ def _fixed_state(model: nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
     return state
 
 
-def _closure(model: nn.Module, x: Tensor, y: Tensor, loss: Callable,
-             fixed: dict[str, Tensor]) -> Callable[[dict[str, Tensor]], Tensor]:
+def _closure(
+    model: nn.Module, x: Tensor, y: Tensor, loss: Callable, fixed: dict[str, Tensor]
+) -> Callable[[dict[str, Tensor]], Tensor]:
     def f(params: dict[str, Tensor]) -> Tensor:
         return loss(functional_call(model, {**fixed, **params}, (x,)), y)
+
     return f
 
 
-def loss_fn(model: nn.Module, x: Tensor, y: Tensor,
-            loss: Callable = F.cross_entropy) -> Callable[[dict[str, Tensor]], Tensor]:
+def loss_fn(
+    model: nn.Module, x: Tensor, y: Tensor, loss: Callable = F.cross_entropy
+) -> Callable[[dict[str, Tensor]], Tensor]:
     """The loss as a pure function of (some of) the parameters: ``f(params) = loss(model_params(x), y)``.
 
     ``f(params) = loss(torch.func.functional_call(model, {**fixed, **params}, (x,)), y)``, where ``params``
@@ -184,6 +203,7 @@ def loss_fn(model: nn.Module, x: Tensor, y: Tensor,
 # --------------------------------------------------------------------------------------------------
 # Measurement context: module modes and BatchNorm running statistics
 # --------------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _measuring(model: nn.Module, mode: str | None) -> Iterator[None]:
@@ -239,16 +259,22 @@ class _HVP:
     chunks' products weighted by ``n_chunk / N``: the Hessian of the mean loss over all ``N`` points.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, loss: Callable, names: Sequence[str],
-                 data_chunk: int | None) -> None:
+    def __init__(
+        self, model: nn.Module, x: Tensor, y: Tensor, loss: Callable, names: Sequence[str], data_chunk: int | None
+    ) -> None:
         named = dict(model.named_parameters())
         self.names = list(names)
         self.primals = {n: named[n].detach() for n in self.names}
         fixed = _fixed_state(model, self.names)
         n = x.shape[0]
         size = n if data_chunk is None else min(data_chunk, n)
-        self.losses = [(_closure(model, x[i:i + size], y[i:i + size], loss, fixed),
-                        None if size >= n else min(size, n - i) / n) for i in range(0, n, size)]
+        self.losses = [
+            (
+                _closure(model, x[i : i + size], y[i : i + size], loss, fixed),
+                None if size >= n else min(size, n - i) / n,
+            )
+            for i in range(0, n, size)
+        ]
         self.strategy: str | None = None
         self.retained: Callable | bool | None = None  # see single()
 
@@ -258,6 +284,7 @@ class _HVP:
 
         def product(v: dict[str, Tensor]) -> dict[str, Tensor]:
             return jvp(g, (primals,), (v,))[1]
+
         return product
 
     def _one_chunk(self, strategy: str, f: Callable, V: dict[str, Tensor], k: int) -> dict[str, Tensor]:
@@ -317,10 +344,15 @@ class _HVP:
                 continue
             self.strategy = strategy
             if failures:
-                reasons = "; ".join(f"{s}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                                    for s, e in failures)
-                warnings.warn(f"wdlib.hessian: Hessian-vector products fell back to the '{strategy}' strategy "
-                              f"(slower; the result is the same) because {reasons}", RuntimeWarning, stacklevel=3)
+                reasons = "; ".join(
+                    f"{s}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" for s, e in failures
+                )
+                warnings.warn(
+                    f"wdlib.hessian: Hessian-vector products fell back to the '{strategy}' strategy "
+                    f"(slower; the result is the same) because {reasons}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return out
         first = failures[0][1]
         if hasattr(first, "add_note"):
@@ -333,8 +365,15 @@ def _flat_dot(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
     return float(sum((a[n].double() * b[n].double()).sum() for n in a).item())
 
 
-def hvp(model: nn.Module, x: Tensor, y: Tensor, v: dict[str, Tensor], *, loss: Callable = F.cross_entropy,
-        params: Sequence[str] | None = None) -> dict[str, Tensor]:
+def hvp(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    v: dict[str, Tensor],
+    *,
+    loss: Callable = F.cross_entropy,
+    params: Sequence[str] | None = None,
+) -> dict[str, Tensor]:
     """The Hessian-vector product ``H v`` of the mean loss over ``(x, y)``, by forward-over-reverse AD.
 
     ``H v = d/dt grad_w L(w + t v) |_{t=0}``, computed as ``torch.func.jvp(torch.func.grad(L), (w,), (v,))``
@@ -378,6 +417,7 @@ def hvp(model: nn.Module, x: Tensor, y: Tensor, v: dict[str, Tensor], *, loss: C
 # Hutchinson trace
 # --------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, eq=False)
 class TraceEstimate:
     """A Hutchinson estimate of ``Tr(H)`` with its standard error (see :func:`hutchinson_trace`).
@@ -416,10 +456,19 @@ def _rademacher(gen: torch.Generator, k: int, names: Sequence[str], params: dict
     return {n: t.mul_(2).sub_(1).to(params[n].device) for n, t in out.items()}
 
 
-def hutchinson_trace(model: nn.Module, x: Tensor, y: Tensor, *, probes: int = 100, seed: int = 0,
-                     loss: Callable = F.cross_entropy, params: Sequence[str] | None = None,
-                     probe_chunk: int | None = None, data_chunk: int | None = None,
-                     mode: str = "eval") -> TraceEstimate:
+def hutchinson_trace(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    probes: int = 100,
+    seed: int = 0,
+    loss: Callable = F.cross_entropy,
+    params: Sequence[str] | None = None,
+    probe_chunk: int | None = None,
+    data_chunk: int | None = None,
+    mode: str = "eval",
+) -> TraceEstimate:
     """Hutchinson's estimate of ``Tr(H)``, the Hessian trace of the mean loss over ``(x, y)``, with its error.
 
     ``Tr(H) = E[v^T H v]`` for Rademacher ``v`` (Hutchinson 1990). With ``n = probes`` fixed probes the
@@ -482,19 +531,26 @@ def hutchinson_trace(model: nn.Module, x: Tensor, y: Tensor, *, probes: int = 10
             H = engine(V, k)
             for n in names:
                 dots = (H[n].detach().double() * V[n].double()).reshape(k, -1).sum(dim=1)
-                per[n][start:start + k] = dots.cpu().numpy()
+                per[n][start : start + k] = dots.cpu().numpy()
             del V, H
     values = np.sum([per[n] for n in names], axis=0)
     values.setflags(write=False)
     value, stderr = _mean_stderr(values)
-    return TraceEstimate(value=value, stderr=stderr, probes=probes, samples=n_samples,
-                         per_param={n: _mean_stderr(per[n]) for n in names}, samples_per_probe=values,
-                         mode=mode)
+    return TraceEstimate(
+        value=value,
+        stderr=stderr,
+        probes=probes,
+        samples=n_samples,
+        per_param={n: _mean_stderr(per[n]) for n in names},
+        samples_per_probe=values,
+        mode=mode,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Top eigenvalue
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, eq=False)
 class EigenEstimate:
@@ -510,10 +566,21 @@ class EigenEstimate:
     mode: str
 
 
-def top_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, tol: float = 1e-4, seed: int = 0,
-                   loss: Callable = F.cross_entropy, params: Sequence[str] | None = None,
-                   data_chunk: int | None = None, mode: str = "eval") -> EigenEstimate:
-    """The eigenvalue of largest *magnitude* of ``H`` (the Hessian of the mean loss over ``(x, y)``), by power iteration.
+def top_eigenvalue(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    iters: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    loss: Callable = F.cross_entropy,
+    params: Sequence[str] | None = None,
+    data_chunk: int | None = None,
+    mode: str = "eval",
+) -> EigenEstimate:
+    """The eigenvalue of largest *magnitude* of ``H`` (the Hessian of the mean loss over ``(x, y)``), by power
+    iteration.
 
     Power iteration ``v_{t+1} = H v_t / ||H v_t||`` from a Gaussian start (CPU generator seeded by
     ``seed``), with ``lambda_t = v_t^T H v_t``; it stops when ``|lambda_t - lambda_{t-1}| <= tol *
@@ -528,7 +595,8 @@ def top_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, 
     The products are the ``H v`` of :func:`hvp`, one vector at a time. With ``data_chunk=None`` they are
     taken reverse-over-reverse through a gradient graph built once and kept for all iterations
     (PyHessian's way; on the benchmark's CNN about 40% less time per product than redoing the
-    forward-over-reverse pass, for the memory of one ``create_graph=True`` gradient); with ``data_chunk`` each product is forward-over-reverse
+    forward-over-reverse pass, for the memory of one ``create_graph=True`` gradient); with ``data_chunk`` each
+    product is forward-over-reverse
     chunk by chunk and nothing is kept, so memory stays bounded.
 
     Arguments ``loss``, ``params``, ``data_chunk`` and ``mode`` are as in :func:`hutchinson_trace` (the
@@ -552,8 +620,10 @@ def top_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, 
         gen = torch.Generator().manual_seed(seed)
         sizes = [primals[n].numel() for n in names]
         flat = torch.randn(sum(sizes), generator=gen, dtype=torch.float64)
-        v = {n: c.view(primals[n].shape).to(device=primals[n].device, dtype=primals[n].dtype)
-             for n, c in zip(names, torch.split(flat, sizes))}
+        v = {
+            n: c.view(primals[n].shape).to(device=primals[n].device, dtype=primals[n].dtype)
+            for n, c in zip(names, torch.split(flat, sizes))
+        }
         norm = math.sqrt(_flat_dot(v, v))
         v = {n: t / norm for n, t in v.items()}
         prev: float | None = None
@@ -569,13 +639,15 @@ def top_eigenvalue(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, 
                 break
             v = {n: t / norm_w for n, t in w.items()}
             prev = value
-    return EigenEstimate(value=value, iterations=it, residual=residual,
-                         vector={n: t.detach() for n, t in v.items()}, mode=mode)
+    return EigenEstimate(
+        value=value, iterations=it, residual=residual, vector={n: t.detach() for n, t in v.items()}, mode=mode
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Scale-aware trace
 # --------------------------------------------------------------------------------------------------
+
 
 def scale_aware_trace(estimate: TraceEstimate, model: nn.Module) -> float:
     """``sum_p Tr(H_pp) * ||w_p||^2`` over the parameter tensors ``p`` of ``estimate.per_param``.

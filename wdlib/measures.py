@@ -29,9 +29,14 @@ __all__ = ["DIAGNOSTICS", "PROBES", "MEASURES", "register_diagnostic"]
 
 # --- diagnostics that need a model class ------------------------------------------------------------------
 
-def _attn_logit_max(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
-                    batch: tuple[torch.Tensor, torch.Tensor],
-                    autocast: Callable[[], Any] | None = None) -> np.ndarray:
+
+def _attn_logit_max(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    autocast: Callable[[], Any] | None = None,
+) -> np.ndarray:
     """:func:`wdlib.models.attention_logit_max` per layer on a fixed validation batch, in the run's autocast."""
     return attention_logit_max(model, batch[0], autocast)
 
@@ -41,6 +46,7 @@ register_diagnostic("attn_logit_max", _attn_logit_max)
 
 
 # --- measures of the final model on its data ------------------------------------------------------------
+
 
 def _train_points(model: torch.nn.Module, ds: Any, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``samples`` training points (a fixed subset: the training split is already in a seeded
@@ -54,8 +60,16 @@ def _train_points(model: torch.nn.Module, ds: Any, samples: int) -> tuple[torch.
     return ds.x_train[:n].to(p.device, p.dtype), ds.y_train[:n].to(p.device)
 
 
-def _measure_trace(model: torch.nn.Module, ds: Any, *, probes: int = 10, samples: int = 1000, seed: int = 0,
-                   probe_chunk: int | None = None, data_chunk: int | None = 250) -> dict[str, float]:
+def _measure_trace(
+    model: torch.nn.Module,
+    ds: Any,
+    *,
+    probes: int = 10,
+    samples: int = 1000,
+    seed: int = 0,
+    probe_chunk: int | None = None,
+    data_chunk: int | None = 250,
+) -> dict[str, float]:
     """Hutchinson trace of the training-loss Hessian on the first ``samples`` training points, eval mode.
 
     Returns ``value``, ``stderr``, ``probes``, ``samples`` and ``scale_aware`` (sum over tensors of the
@@ -64,14 +78,29 @@ def _measure_trace(model: torch.nn.Module, ds: Any, *, probes: int = 10, samples
     (``benchmarks/hessian_trace.py``).
     """
     x, y = _train_points(model, ds, samples)
-    est = hutchinson_trace(model, x, y, probes=probes, seed=seed, loss=objective.loss, probe_chunk=probe_chunk,
-                           data_chunk=data_chunk, mode="eval")
-    return {"value": est.value, "stderr": est.stderr, "probes": est.probes, "samples": est.samples,
-            "scale_aware": scale_aware_trace(est, model)}
+    est = hutchinson_trace(
+        model,
+        x,
+        y,
+        probes=probes,
+        seed=seed,
+        loss=objective.loss,
+        probe_chunk=probe_chunk,
+        data_chunk=data_chunk,
+        mode="eval",
+    )
+    return {
+        "value": est.value,
+        "stderr": est.stderr,
+        "probes": est.probes,
+        "samples": est.samples,
+        "scale_aware": scale_aware_trace(est, model),
+    }
 
 
-def _measure_top_eigenvalue(model: torch.nn.Module, ds: Any, *, iters: int = 100, samples: int = 1000,
-                            seed: int = 0, tol: float = 1e-4) -> dict[str, float]:
+def _measure_top_eigenvalue(
+    model: torch.nn.Module, ds: Any, *, iters: int = 100, samples: int = 1000, seed: int = 0, tol: float = 1e-4
+) -> dict[str, float]:
     """Largest-magnitude Hessian eigenvalue on the first ``samples`` training points (power iteration, eval mode)."""
     x, y = _train_points(model, ds, samples)
     est = top_eigenvalue(model, x, y, iters=iters, tol=tol, seed=seed, loss=objective.loss, mode="eval")
@@ -88,17 +117,31 @@ def _measure_noise_fit(model: torch.nn.Module, ds: Any) -> dict[str, float]:
     was = model.training
     model.eval()
     p = next(model.parameters())
-    pred = torch.cat([model(ds.x_train[i:i + 1024].to(p.device, p.dtype)).argmax(-1).cpu()
-                      for i in range(0, ds.x_train.shape[0], 1024)])
+    pred = torch.cat(
+        [
+            model(ds.x_train[i : i + 1024].to(p.device, p.dtype)).argmax(-1).cpu()
+            for i in range(0, ds.x_train.shape[0], 1024)
+        ]
+    )
     model.train(was)
     right = pred == ds.y_train.cpu()
     noisy = ds.noisy.cpu()
-    return {"noisy_fit": float(right[noisy].double().mean()) if noisy.any() else float("nan"),
-            "clean_fit": float(right[~noisy].double().mean())}
+    return {
+        "noisy_fit": float(right[noisy].double().mean()) if noisy.any() else float("nan"),
+        "clean_fit": float(right[~noisy].double().mean()),
+    }
 
 
-def _measure_seen_unseen(model: torch.nn.Module, ds: Any, *, run: Any, autocast: Callable[[], Any] | None = None,
-                         windows: int = 256, recent: float = 0.1, seed: int = 0) -> dict[str, float]:
+def _measure_seen_unseen(
+    model: torch.nn.Module,
+    ds: Any,
+    *,
+    run: Any,
+    autocast: Callable[[], Any] | None = None,
+    windows: int = 256,
+    recent: float = 0.1,
+    seed: int = 0,
+) -> dict[str, float]:
     """Loss on training windows the run trained on, on as many it never touched, and on validation windows.
 
     ``windows`` of each kind, in the run's autocast: ``seen`` drawn (seeded by ``seed``) from the
@@ -118,16 +161,21 @@ def _measure_seen_unseen(model: torch.nn.Module, ds: Any, *, run: Any, autocast:
     seen_all = ds.train_starts(run.steps, run.batch_size, run.block_size, run.seed)
     gen = torch.Generator().manual_seed(seed)
     seen = seen_all[torch.randperm(seen_all.numel(), generator=gen)[:windows]]
-    last = seen_all[-max(1, int(round(recent * run.steps))) * run.batch_size:]
+    last = seen_all[-max(1, int(round(recent * run.steps))) * run.batch_size :]
     recent_starts = last[torch.randperm(last.numel(), generator=gen)[:windows]]
     unseen = ds.unseen_starts(windows, run.block_size, seen_all, seed=seed)
     val = torch.randint(0, len(ds.val) - run.block_size, (windows,), generator=gen)
     device = next(model.parameters()).device
     out = {}
-    for name, starts, split in (("seen", seen, "train"), ("recent", recent_starts, "train"),
-                                ("unseen", unseen, "train"), ("val", val, "val")):
+    for name, starts, split in (
+        ("seen", seen, "train"),
+        ("recent", recent_starts, "train"),
+        ("unseen", unseen, "train"),
+        ("val", val, "val"),
+    ):
         out[f"{name}_loss"] = objective.evaluate(
-            model, ds.windows(starts, run.block_size, run.batch_size, split=split, device=device), autocast)[0]
+            model, ds.windows(starts, run.block_size, run.batch_size, split=split, device=device), autocast
+        )[0]
     out["gap"] = out["unseen_loss"] - out["seen_loss"]
     return out
 

@@ -25,8 +25,21 @@ from torch import nn
 
 from ._registry import call_checked
 
-__all__ = ["MLP", "CNN", "ConvNet", "ResNet18", "GPT", "TiedConv", "TiedRNN", "MODELS", "attention_backend",
-           "attention_logit_max", "build", "data_args", "flat_parameters"]
+__all__ = [
+    "MLP",
+    "CNN",
+    "ConvNet",
+    "ResNet18",
+    "GPT",
+    "TiedConv",
+    "TiedRNN",
+    "MODELS",
+    "attention_backend",
+    "attention_logit_max",
+    "build",
+    "data_args",
+    "flat_parameters",
+]
 
 
 def _check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -102,8 +115,9 @@ class MLP(nn.Sequential):
 
     DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_dim": _flat_size, "out_dim": _size("num_classes")}
 
-    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int, bias: bool = True,
-                 scale_invariant: bool = False) -> None:
+    def __init__(
+        self, in_dim: int, width: int, depth: int, out_dim: int, bias: bool = True, scale_invariant: bool = False
+    ) -> None:
         if not isinstance(scale_invariant, bool):
             raise ValueError(f"scale_invariant must be True or False, got {scale_invariant!r}")
         for name, value in (("in_dim", in_dim), ("width", width), ("out_dim", out_dim)):
@@ -125,6 +139,7 @@ class MLP(nn.Sequential):
 # --------------------------------------------------------------------------------------------------
 # CNN
 # --------------------------------------------------------------------------------------------------
+
 
 class _MaxPoolIfLarge(nn.Module):
     """Max-pool by 2 over every spatial axis, or pass through when an axis is already shorter than 2."""
@@ -165,8 +180,9 @@ class CNN(nn.Module):
 
     DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_channels": _channels, "num_classes": _size("num_classes")}
 
-    def __init__(self, in_channels: int, num_classes: int, channels: tuple[int, ...] = (32, 64, 128),
-                 dim: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, channels: tuple[int, ...] = (32, 64, 128), dim: int = 2
+    ) -> None:
         super().__init__()
         _check_int("in_channels", in_channels)
         _check_int("num_classes", num_classes)
@@ -182,8 +198,11 @@ class CNN(nn.Module):
         stages: list[nn.Module] = []
         c_in = in_channels
         for c in self.channels:
-            stages.append(nn.Sequential(conv(c_in, c, 3, padding=1), nn.ReLU(),
-                                        conv(c, c, 3, padding=1), nn.ReLU(), _MaxPoolIfLarge(dim)))
+            stages.append(
+                nn.Sequential(
+                    conv(c_in, c, 3, padding=1), nn.ReLU(), conv(c, c, 3, padding=1), nn.ReLU(), _MaxPoolIfLarge(dim)
+                )
+            )
             c_in = c
         self.features = nn.Sequential(*stages)
         self.head = nn.Linear(c_in, num_classes)
@@ -222,23 +241,39 @@ class ConvNet(nn.Module):
             (lr, lambda) grids (chapter 1b, DEC-8).
     """
 
-    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_channels": _channels, "num_classes": _size("num_classes"),
-                                                "input_size": _spatial}
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {
+        "in_channels": _channels,
+        "num_classes": _size("num_classes"),
+        "input_size": _spatial,
+    }
 
-    def __init__(self, in_channels: int, num_classes: int, input_size: int, channels: tuple[int, ...] = (32, 32, 32),
-                 kernels: tuple[int, ...] = (5, 3, 3), strides: tuple[int, ...] = (1, 2, 2), dim: int = 1,
-                 norm: str = "none") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        input_size: int,
+        channels: tuple[int, ...] = (32, 32, 32),
+        kernels: tuple[int, ...] = (5, 3, 3),
+        strides: tuple[int, ...] = (1, 2, 2),
+        dim: int = 1,
+        norm: str = "none",
+    ) -> None:
         super().__init__()
         _check_int("in_channels", in_channels)
         _check_int("num_classes", num_classes)
         _check_int("input_size", input_size)
         for name, seq in (("channels", channels), ("kernels", kernels), ("strides", strides)):
-            if not isinstance(seq, (tuple, list)) or not seq or any(
-                    isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in seq):
+            if (
+                not isinstance(seq, (tuple, list))
+                or not seq
+                or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in seq)
+            ):
                 raise ValueError(f"{name} must be a non-empty tuple of integers >= 1, got {seq!r}")
         if not len(channels) == len(kernels) == len(strides):
-            raise ValueError(f"channels, kernels and strides must have the same length, got "
-                             f"{len(channels)}, {len(kernels)}, {len(strides)}")
+            raise ValueError(
+                f"channels, kernels and strides must have the same length, got "
+                f"{len(channels)}, {len(kernels)}, {len(strides)}"
+            )
         if dim not in (1, 2) or isinstance(dim, bool):
             raise ValueError(f"dim must be 1 or 2, got {dim!r}")
         if norm not in ("none", "batch"):
@@ -272,6 +307,7 @@ class ConvNet(nn.Module):
 # ResNet-18
 # --------------------------------------------------------------------------------------------------
 
+
 class _BasicBlock(nn.Module):
     """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), shortcut bn(conv1x1(x)) where the shape changes."""
 
@@ -283,8 +319,9 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out, affine=affine)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out, affine=affine))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out, affine=affine)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -331,8 +368,9 @@ class ResNet18(nn.Module):
 
     DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_channels": _leading, "num_classes": _size("num_classes")}
 
-    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3,
-                 scale_invariant: bool = False) -> None:
+    def __init__(
+        self, num_classes: int = 10, width: int = 64, in_channels: int = 3, scale_invariant: bool = False
+    ) -> None:
         super().__init__()
         _check_int("num_classes", num_classes)
         _check_int("width", width)
@@ -346,8 +384,7 @@ class ResNet18(nn.Module):
         c_in = width
         for mult, stride in zip((1, 2, 4, 8), (1, 2, 2, 2)):
             c_out = width * mult
-            stages.append(nn.Sequential(_BasicBlock(c_in, c_out, stride, affine),
-                                        _BasicBlock(c_out, c_out, 1, affine)))
+            stages.append(nn.Sequential(_BasicBlock(c_in, c_out, stride, affine), _BasicBlock(c_out, c_out, 1, affine)))
             c_in = c_out
         self.layers = nn.Sequential(*stages)
         self.head = nn.Linear(c_in, num_classes)
@@ -365,6 +402,7 @@ class ResNet18(nn.Module):
 # GPT
 # --------------------------------------------------------------------------------------------------
 
+
 class _CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
         super().__init__()
@@ -375,10 +413,8 @@ class _CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for t in self.qkv(x).split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -435,11 +471,24 @@ class GPT(nn.Module):
 
     DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"vocab_size": _size("vocab_size"), "block_size": _size("block_size")}
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
-                 dropout: float = 0.0, bias: bool = False) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float = 0.0,
+        bias: bool = False,
+    ) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
-                            ("n_head", n_head), ("n_embd", n_embd)):
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("block_size", block_size),
+            ("n_layer", n_layer),
+            ("n_head", n_head),
+            ("n_embd", n_embd),
+        ):
             _check_int(name, value)
         if n_embd % n_head:
             raise ValueError(f"n_embd must be divisible by n_head, got n_embd={n_embd}, n_head={n_head}")
@@ -494,8 +543,9 @@ class GPT(nn.Module):
 
 
 @torch.no_grad()
-def attention_logit_max(model: nn.Module, idx: torch.Tensor,
-                        autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> np.ndarray:
+def attention_logit_max(
+    model: nn.Module, idx: torch.Tensor, autocast: Callable[[], contextlib.AbstractContextManager] | None = None
+) -> np.ndarray:
     """The largest pre-softmax attention logit of each layer of a :class:`GPT` on the tokens ``idx``.
 
     The logit of query position ``i`` and key ``j <= i`` in head ``h`` is ``q_i . k_j / sqrt(d_head)``,
@@ -520,8 +570,7 @@ def attention_logit_max(model: nn.Module, idx: torch.Tensor,
         causal = torch.ones(T, T, dtype=torch.bool, device=out.device).tril()
         found.append(float(logits.float().masked_fill(~causal, float("-inf")).amax()))
 
-    handles = [block.attn.qkv.register_forward_hook(functools.partial(hook, attn=block.attn))
-               for block in model.blocks]
+    handles = [block.attn.qkv.register_forward_hook(functools.partial(hook, attn=block.attn)) for block in model.blocks]
     was_training = model.training
     model.eval()
     try:
@@ -534,9 +583,14 @@ def attention_logit_max(model: nn.Module, idx: torch.Tensor,
     return np.asarray(found, dtype=np.float64)
 
 
-def attention_backend(device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                      head_dim: int = 64, dropout: float = 0.0) -> str:
-    """The kernel ``F.scaled_dot_product_attention(..., is_causal=True)`` would use, e.g. ``"flash_attention (cpu, float32)"``.
+def attention_backend(
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    head_dim: int = 64,
+    dropout: float = 0.0,
+) -> str:
+    """The kernel ``F.scaled_dot_product_attention(..., is_causal=True)`` would use, e.g.
+    ``"flash_attention (cpu, float32)"``.
 
     Asks torch's own dispatcher (``torch._fused_sdp_choice``, private) about a small causal
     self-attention on ``device`` (default: CUDA when available, else CPU) with ``dtype`` (pass the
@@ -562,8 +616,12 @@ def attention_backend(device: str | torch.device | None = None, dtype: torch.dty
     text = f"{name} ({dev.type}, {dtype_name})"
     if dev.type == "cuda":
         cuda = torch.backends.cuda
-        switches = [("flash", cuda.flash_sdp_enabled), ("mem_efficient", cuda.mem_efficient_sdp_enabled),
-                    ("math", cuda.math_sdp_enabled), ("cudnn", getattr(cuda, "cudnn_sdp_enabled", None))]
+        switches = [
+            ("flash", cuda.flash_sdp_enabled),
+            ("mem_efficient", cuda.mem_efficient_sdp_enabled),
+            ("math", cuda.math_sdp_enabled),
+            ("cudnn", getattr(cuda, "cudnn_sdp_enabled", None)),
+        ]
         enabled = [label for label, flag in switches if flag is not None and flag()]
         text += f"; enabled: {', '.join(enabled) or 'none'}"
     return text
@@ -572,6 +630,7 @@ def attention_backend(device: str | torch.device | None = None, dtype: torch.dty
 # --------------------------------------------------------------------------------------------------
 # Tied layers: the same weights used at several positions or time steps (chapter 1b, DEC-5)
 # --------------------------------------------------------------------------------------------------
+
 
 def _check_tie(tie: object, uses: int, what: str) -> int:
     _check_int("tie", tie)
@@ -590,7 +649,8 @@ class TiedConv(nn.Module):
     (every position shares one kernel). In between, the layer has ``input_size // tie`` kernels of
     ``channels x in_channels x kernel`` weights (``tied.weight``, ``(groups, channels, in_channels*kernel)``)
     and ``channels`` biases per kernel (``tied.bias``, stored flat as ``(groups*channels,)`` so that
-    :func:`wdlib.params.decay_groups` treats it as the bias it is). Output: ReLU, flatten, ``Linear(channels * input_size, num_classes)`` (``head``,
+    :func:`wdlib.params.decay_groups` treats it as the bias it is). Output: ReLU, flatten,
+    ``Linear(channels * input_size, num_classes)`` (``head``,
     whose weights are used once). Kernels start from ``Conv1d``'s default initialization (uniform,
     bound ``1/sqrt(in_channels*kernel)``), the same for every ``tie``.
 
@@ -598,14 +658,23 @@ class TiedConv(nn.Module):
     ``tie`` gradient terms, a larger second moment, and so (the claim) a smaller effective decay.
     """
 
-    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {"in_channels": _channels, "num_classes": _size("num_classes"),
-                                                "input_size": _spatial}
+    DATA_ARGS: ClassVar[dict[str, SizeRule]] = {
+        "in_channels": _channels,
+        "num_classes": _size("num_classes"),
+        "input_size": _spatial,
+    }
 
-    def __init__(self, in_channels: int, num_classes: int, input_size: int, channels: int = 16, kernel: int = 5,
-                 tie: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, input_size: int, channels: int = 16, kernel: int = 5, tie: int = 1
+    ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("input_size", input_size),
-                            ("channels", channels), ("kernel", kernel)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+            ("input_size", input_size),
+            ("channels", channels),
+            ("kernel", kernel),
+        ):
             _check_int(name, value)
         if kernel % 2 == 0:
             raise ValueError(f"kernel must be odd (the output keeps the input's length), got {kernel!r}")
@@ -625,11 +694,11 @@ class TiedConv(nn.Module):
         if x.dim() != 3 or x.shape[1] != self.in_channels or x.shape[2] != self.positions:
             raise ValueError(f"TiedConv expects input (N, {self.in_channels}, {self.positions}), got {tuple(x.shape)}")
         pad = self.kernel // 2
-        cols = F.pad(x, (pad, pad)).unfold(2, self.kernel, 1)            # (N, C_in, P, k)
+        cols = F.pad(x, (pad, pad)).unfold(2, self.kernel, 1)  # (N, C_in, P, k)
         cols = cols.permute(2, 0, 1, 3).reshape(self.positions, x.shape[0], -1)  # (P, N, C_in*k)
-        w = self.tied.weight.repeat_interleave(self.tie, dim=0)           # (P, C, C_in*k): one kernel per position
+        w = self.tied.weight.repeat_interleave(self.tie, dim=0)  # (P, C, C_in*k): one kernel per position
         b = self.tied.bias.view(w.shape[0] // self.tie, -1).repeat_interleave(self.tie, dim=0)  # (P, C)
-        out = torch.baddbmm(b.unsqueeze(1), cols, w.transpose(1, 2))      # (P, N, C)
+        out = torch.baddbmm(b.unsqueeze(1), cols, w.transpose(1, 2))  # (P, N, C)
         return self.head(torch.relu(out).permute(1, 2, 0).flatten(1))
 
 
@@ -650,8 +719,12 @@ class TiedRNN(nn.Module):
 
     def __init__(self, input_size: int, num_classes: int, hidden: int = 32, chunk: int = 4, tie: int = 1) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("num_classes", num_classes), ("hidden", hidden),
-                            ("chunk", chunk)):
+        for name, value in (
+            ("input_size", input_size),
+            ("num_classes", num_classes),
+            ("hidden", hidden),
+            ("chunk", chunk),
+        ):
             _check_int(name, value)
         if input_size % chunk:
             raise ValueError(f"chunk must divide input_size ({input_size}), got {chunk!r}")
@@ -682,8 +755,15 @@ class TiedRNN(nn.Module):
 # Registry
 # --------------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "convnet": ConvNet, "resnet18": ResNet18, "gpt": GPT,
-                                         "tiedconv": TiedConv, "tiedrnn": TiedRNN}
+_REGISTRY: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "convnet": ConvNet,
+    "resnet18": ResNet18,
+    "gpt": GPT,
+    "tiedconv": TiedConv,
+    "tiedrnn": TiedRNN,
+}
 MODELS: tuple[str, ...] = tuple(_REGISTRY)
 
 

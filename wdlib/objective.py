@@ -54,8 +54,9 @@ def loss_and_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tupl
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             autocast: Callable[[], Any] | None = None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Callable[[], Any] | None = None
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over ``(x, y)`` batches (per token for language).
 
     The model runs in eval mode (its mode is restored after), each forward inside ``autocast()`` when

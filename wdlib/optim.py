@@ -122,8 +122,9 @@ _LOW_DTYPES = (torch.bfloat16, torch.float16)
 _MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")  # float32 for remedied low-precision params
 
 
-def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None = None,
-                  high_open: bool = False) -> float:
+def _check_number(
+    name: str, value: Any, *, low: float = 0.0, high: float | None = None, high_open: bool = False
+) -> float:
     """``value`` as a finite float in range, or ValueError naming the argument and the allowed range.
 
     Python numbers, numpy scalars and 0-d tensors are numbers (:mod:`wdlib._checks`); bools are not.
@@ -137,10 +138,13 @@ def _check_betas(betas: Any, name: str = "betas") -> tuple[float, float]:
     except TypeError:  # a number, a 0-d tensor
         pair = None
     if pair is None or len(pair) != 2:
-        raise ValueError(f"{name} must be a pair (beta1, beta2), each a finite number in [0, 1), "
-                         f"got {short_repr(betas)}")
-    return (_check_number(f"{name}[0]", pair[0], high=1.0, high_open=True),
-            _check_number(f"{name}[1]", pair[1], high=1.0, high_open=True))
+        raise ValueError(
+            f"{name} must be a pair (beta1, beta2), each a finite number in [0, 1), got {short_repr(betas)}"
+        )
+    return (
+        _check_number(f"{name}[0]", pair[0], high=1.0, high_open=True),
+        _check_number(f"{name}[1]", pair[1], high=1.0, high_open=True),
+    )
 
 
 def _check_decay(decay: Any, name: str = "decay") -> str:
@@ -158,11 +162,14 @@ def _check_impl(impl: Any) -> str:
 
 def _check_bf16_update(bf16_update: Any, params: Iterable[torch.Tensor] = (), name: str = "bf16_update") -> str:
     if not isinstance(bf16_update, str) or bf16_update not in BF16_UPDATES:
-        raise ValueError(f"{name} must be one of {', '.join(repr(b) for b in BF16_UPDATES)}, "
-                         f"got {short_repr(bf16_update)}")
+        raise ValueError(
+            f"{name} must be one of {', '.join(repr(b) for b in BF16_UPDATES)}, got {short_repr(bf16_update)}"
+        )
     if bf16_update == "stochastic" and any(p.dtype == torch.float16 for p in params):
-        raise ValueError("bf16_update='stochastic' rounds to bfloat16 only, and a parameter is float16; "
-                         "use 'master' or 'kahan' for float16 parameters")
+        raise ValueError(
+            "bf16_update='stochastic' rounds to bfloat16 only, and a parameter is float16; "
+            "use 'master' or 'kahan' for float16 parameters"
+        )
     return bf16_update
 
 
@@ -178,8 +185,10 @@ def convert_weight_decay(weight_decay: float, peak_lr: float, source: str, targe
     weight_decay = _check_number("weight_decay", weight_decay)
     for name, value in (("source", source), ("target", target)):
         if value not in ("decoupled", "independent"):
-            raise ValueError(f"{name} must be 'decoupled' or 'independent' (an L2 penalty has no "
-                             f"equivalent lambda under Adam), got {value!r}")
+            raise ValueError(
+                f"{name} must be 'decoupled' or 'independent' (an L2 penalty has no "
+                f"equivalent lambda under Adam), got {value!r}"
+            )
     if peak_lr == 0.0:
         raise ValueError("peak_lr must be > 0 to convert between conventions, got 0.0")
     if source == target:
@@ -236,8 +245,16 @@ def _reference_lr(group: dict[str, Any]) -> float:
 
 
 #: Keys of torch's own param groups that wdlib's optimizers do not use (dropped when a torch state dict is loaded).
-_TORCH_ONLY_KEYS = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused",
-                    "decoupled_weight_decay", "dampening")
+_TORCH_ONLY_KEYS = (
+    "amsgrad",
+    "maximize",
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+    "decoupled_weight_decay",
+    "dampening",
+)
 
 
 class _DecayOptimizer(torch.optim.Optimizer):
@@ -276,8 +293,10 @@ class _DecayOptimizer(torch.optim.Optimizer):
                 group["reference_lr"] = _check_number("reference_lr", group["reference_lr"])
             group.setdefault("reference_lr", group["lr"])
             if group["decay"] == "independent" and group["reference_lr"] == 0.0 and group["weight_decay"] != 0.0:
-                raise ValueError("lr must be > 0 with decay='independent': the decay is scaled by lr_t / lr, "
-                                 "the schedule multiplier, which needs the constructed lr")
+                raise ValueError(
+                    "lr must be > 0 with decay='independent': the decay is scaled by lr_t / lr, "
+                    "the schedule multiplier, which needs the constructed lr"
+                )
         except ValueError:
             self.param_groups.pop()  # a rejected group must not stay behind
             raise
@@ -305,8 +324,9 @@ class _DecayOptimizer(torch.optim.Optimizer):
             if saved.get(flag):
                 raise ValueError(f"this state dict has {flag}=True, which wdlib.{me} does not implement")
         if saved.get("dampening", 0):
-            raise ValueError(f"this state dict has dampening={saved['dampening']!r}; wdlib.{me} implements "
-                             f"dampening 0 only")
+            raise ValueError(
+                f"this state dict has dampening={saved['dampening']!r}; wdlib.{me} implements dampening 0 only"
+            )
         if adam_like:
             if "decoupled_weight_decay" in saved:
                 rule = "decoupled" if saved["decoupled_weight_decay"] else "l2"
@@ -315,13 +335,19 @@ class _DecayOptimizer(torch.optim.Optimizer):
         else:
             rule = "l2"  # torch.optim.SGD's weight_decay is a coupled L2 penalty
         if saved.get("weight_decay", 0) and rule != current["decay"]:
-            source = {"decoupled": "torch.optim.AdamW (decoupled decay)",
-                      "l2": f"torch.optim.{'Adam' if adam_like else 'SGD'} (coupled L2 decay)",
-                      None: "torch.optim.Adam or AdamW (torch < 2.6 does not record which)"}[rule]
-            fix = {"decoupled": "wdlib.AdamW", "l2": f"wdlib.{'Adam' if adam_like else 'SGD'} (decay='l2')",
-                   None: "the optimizer whose rule it used, after checking which"}[rule]
-            raise ValueError(f"this state dict is from {source}, but wdlib.{me} uses decay={current['decay']!r}; "
-                             f"load it into {fix}")
+            source = {
+                "decoupled": "torch.optim.AdamW (decoupled decay)",
+                "l2": f"torch.optim.{'Adam' if adam_like else 'SGD'} (coupled L2 decay)",
+                None: "torch.optim.Adam or AdamW (torch < 2.6 does not record which)",
+            }[rule]
+            fix = {
+                "decoupled": "wdlib.AdamW",
+                "l2": f"wdlib.{'Adam' if adam_like else 'SGD'} (decay='l2')",
+                None: "the optimizer whose rule it used, after checking which",
+            }[rule]
+            raise ValueError(
+                f"this state dict is from {source}, but wdlib.{me} uses decay={current['decay']!r}; load it into {fix}"
+            )
         group = {k: v for k, v in saved.items() if k not in _TORCH_ONLY_KEYS}
         for key in ("decay", "impl", "bf16_update"):
             group[key] = current[key]
@@ -331,8 +357,10 @@ class _DecayOptimizer(torch.optim.Optimizer):
         group.setdefault("initial_lr", saved["lr"])
         missing = [k for k in ("lr", "weight_decay", *self._HYPER) if k not in group]
         if missing:
-            raise ValueError(f"this state dict's param groups lack {missing}; it is not from torch.optim."
-                             f"{'Adam/AdamW' if adam_like else 'SGD'} or wdlib.{me}")
+            raise ValueError(
+                f"this state dict's param groups lack {missing}; it is not from torch.optim."
+                f"{'Adam/AdamW' if adam_like else 'SGD'} or wdlib.{me}"
+            )
         return group
 
     def _normalize_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -341,8 +369,9 @@ class _DecayOptimizer(torch.optim.Optimizer):
             raise ValueError("state_dict must be an optimizer state dict with 'state' and 'param_groups'")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"the state dict has {len(saved_groups)} param group(s), this optimizer "
-                             f"{len(self.param_groups)}")
+            raise ValueError(
+                f"the state dict has {len(saved_groups)} param group(s), this optimizer {len(self.param_groups)}"
+            )
         groups = []
         for saved, current in zip(saved_groups, self.param_groups):
             if "decay" not in saved:
@@ -381,11 +410,11 @@ class _DecayOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _use_fused(group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         impl = group["impl"]
-        fits = all(p.dtype in _FUSED_DTYPES and p.device.type in _FUSED_DEVICES and not p.is_sparse
-                   for p in params)
+        fits = all(p.dtype in _FUSED_DTYPES and p.device.type in _FUSED_DEVICES and not p.is_sparse for p in params)
         if impl == "fused" and not fits:
-            raise ValueError("impl='fused' needs floating-point dense parameters on cpu or cuda; "
-                             "use impl='auto' or 'foreach'")
+            raise ValueError(
+                "impl='fused' needs floating-point dense parameters on cpu or cuda; use impl='auto' or 'foreach'"
+            )
         return impl != "foreach" and fits
 
     def _collect(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -399,8 +428,9 @@ class _DecayOptimizer(torch.optim.Optimizer):
             grads.append(p.grad)
         return params, grads
 
-    def _work(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
-              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
+    def _work(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
         """The tensors the kernel steps, their gradients, and (parameter, work, float32 grad) to write back.
 
         Under "nearest", and for float32/float64 parameters, the work tensor is the parameter itself.
@@ -513,11 +543,26 @@ class SGD(_DecayOptimizer):
 
     _HYPER = ("momentum", "nesterov")
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, decay: Decay = "l2", impl: str = "auto",
-                 bf16_update: str = "nearest") -> None:
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        decay=decay, impl=impl, bf16_update=bf16_update)
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        decay: Decay = "l2",
+        impl: str = "auto",
+        bf16_update: str = "nearest",
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            decay=decay,
+            impl=impl,
+            bf16_update=bf16_update,
+        )
         super().__init__(params, defaults)
 
     def _normalize(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -547,11 +592,17 @@ class SGD(_DecayOptimizer):
             if shrink != 0.0:
                 torch._foreach_mul_(work, 1.0 - shrink)
             _sgd_functional(
-                work, work_grads, bufs,
+                work,
+                work_grads,
+                bufs,
                 weight_decay=group["weight_decay"] if group["decay"] == "l2" else 0.0,
-                momentum=group["momentum"], lr=group["lr"], dampening=0.0,
-                nesterov=group["nesterov"], maximize=False,
-                foreach=not fused, fused=fused,
+                momentum=group["momentum"],
+                lr=group["lr"],
+                dampening=0.0,
+                nesterov=group["nesterov"],
+                maximize=False,
+                foreach=not fused,
+                fused=fused,
             )
             if group["momentum"] != 0.0:
                 for p, buf in zip(params, bufs):
@@ -590,11 +641,20 @@ class Adam(_DecayOptimizer):
 
     _HYPER = ("betas", "eps")
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, decay: Decay = "l2",
-                 impl: str = "auto", bf16_update: str = "nearest") -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, impl=impl,
-                        bf16_update=bf16_update)
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decay: Decay = "l2",
+        impl: str = "auto",
+        bf16_update: str = "nearest",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, impl=impl, bf16_update=bf16_update
+        )
         super().__init__(params, defaults)
 
     def _normalize(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -620,8 +680,9 @@ class Adam(_DecayOptimizer):
             for p, w in zip(params, work):
                 state = self.state[p]
                 if "step" not in state:
-                    state["step"] = torch.zeros((), dtype=torch.float32,
-                                                device=p.device if fused else torch.device("cpu"))
+                    state["step"] = torch.zeros(
+                        (), dtype=torch.float32, device=p.device if fused else torch.device("cpu")
+                    )
                     state["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
                 elif fused and state["step"].device != p.device:
@@ -639,10 +700,21 @@ class Adam(_DecayOptimizer):
                 functional = _adamw_functional
                 wd_arg = wd if decay == "decoupled" else (wd / _reference_lr(group) if wd else 0.0)
             functional(
-                work, work_grads, exp_avgs, exp_avg_sqs, [], steps,
-                foreach=not fused, fused=fused,
-                amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=wd_arg,
-                eps=group["eps"], maximize=False,
+                work,
+                work_grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                foreach=not fused,
+                fused=fused,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=wd_arg,
+                eps=group["eps"],
+                maximize=False,
             )
             self._write_back(group, back)
         return loss
@@ -651,23 +723,55 @@ class Adam(_DecayOptimizer):
 class SGDW(SGD):
     """SGD with decoupled, lr-multiplied weight decay: ``SGD(..., decay="decoupled")``."""
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, impl: str = "auto", bf16_update: str = "nearest") -> None:
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                         decay="decoupled", impl=impl, bf16_update=bf16_update)
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        impl: str = "auto",
+        bf16_update: str = "nearest",
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            decay="decoupled",
+            impl=impl,
+            bf16_update=bf16_update,
+        )
 
 
 class AdamW(Adam):
     """Adam with decoupled, lr-multiplied weight decay (``torch.optim.AdamW``); default lambda 1e-2."""
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, impl: str = "auto",
-                 bf16_update: str = "nearest") -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay="decoupled",
-                         impl=impl, bf16_update=bf16_update)
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        impl: str = "auto",
+        bf16_update: str = "nearest",
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decay="decoupled",
+            impl=impl,
+            bf16_update=bf16_update,
+        )
 
 
 # --- the optimizers a run configuration names ----------------------------------------------------------
+
 
 def _spec_number(high: float | None = None) -> Callable[[str, Any], float]:
     def check(name: str, value: Any) -> float:
@@ -677,6 +781,7 @@ def _spec_number(high: float | None = None) -> Callable[[str, Any], float]:
             except ValueError:
                 raise ValueError(f"{name} must be a number, got {short_repr(value)}") from None
         return _check_number(name, value, high=high, high_open=high is not None)
+
     return check
 
 
@@ -730,25 +835,46 @@ _SGD_OPTIONS = {"momentum": 0.0, "nesterov": False}
 #: and "sgd" are wdlib's (:class:`Adam`, :class:`SGD`) and follow any rule, "decoupled" by default (so a
 #: bare "adam" is AdamW). "torch.adam", "torch.adamw" and "torch.sgd" are ``torch.optim``'s classes as they
 #: are, with the one rule each implements: L2 for Adam and SGD, decoupled for AdamW.
-OPTIMIZERS: dict[str, OptimizerEntry] = {e.name: e for e in (
-    OptimizerEntry(
-        "adam", lambda params, *, betas, decay, **kw: Adam(params, betas=tuple(betas), decay=decay, **kw),
-        {**_ADAM_OPTIONS, "bf16_update": "nearest"}, ("decoupled", "l2", "independent"),
-        "wdlib.optim.Adam, any decay rule"),
-    OptimizerEntry(
-        "sgd", lambda params, *, decay, **kw: SGD(params, decay=decay, **kw),
-        {**_SGD_OPTIONS, "bf16_update": "nearest"}, ("decoupled", "l2", "independent"),
-        "wdlib.optim.SGD, any decay rule"),
-    OptimizerEntry(
-        "torch.adam", lambda params, *, betas, decay, **kw: torch.optim.Adam(params, betas=tuple(betas), **kw),
-        dict(_ADAM_OPTIONS), ("l2",), "torch.optim.Adam, whose weight_decay is an L2 penalty"),
-    OptimizerEntry(
-        "torch.adamw", lambda params, *, betas, decay, **kw: torch.optim.AdamW(params, betas=tuple(betas), **kw),
-        dict(_ADAM_OPTIONS), ("decoupled",), "torch.optim.AdamW, whose weight decay is decoupled"),
-    OptimizerEntry(
-        "torch.sgd", lambda params, *, decay, **kw: torch.optim.SGD(params, **kw),
-        dict(_SGD_OPTIONS), ("l2",), "torch.optim.SGD, whose weight_decay is an L2 penalty"),
-)}
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+    e.name: e
+    for e in (
+        OptimizerEntry(
+            "adam",
+            lambda params, *, betas, decay, **kw: Adam(params, betas=tuple(betas), decay=decay, **kw),
+            {**_ADAM_OPTIONS, "bf16_update": "nearest"},
+            ("decoupled", "l2", "independent"),
+            "wdlib.optim.Adam, any decay rule",
+        ),
+        OptimizerEntry(
+            "sgd",
+            lambda params, *, decay, **kw: SGD(params, decay=decay, **kw),
+            {**_SGD_OPTIONS, "bf16_update": "nearest"},
+            ("decoupled", "l2", "independent"),
+            "wdlib.optim.SGD, any decay rule",
+        ),
+        OptimizerEntry(
+            "torch.adam",
+            lambda params, *, betas, decay, **kw: torch.optim.Adam(params, betas=tuple(betas), **kw),
+            dict(_ADAM_OPTIONS),
+            ("l2",),
+            "torch.optim.Adam, whose weight_decay is an L2 penalty",
+        ),
+        OptimizerEntry(
+            "torch.adamw",
+            lambda params, *, betas, decay, **kw: torch.optim.AdamW(params, betas=tuple(betas), **kw),
+            dict(_ADAM_OPTIONS),
+            ("decoupled",),
+            "torch.optim.AdamW, whose weight decay is decoupled",
+        ),
+        OptimizerEntry(
+            "torch.sgd",
+            lambda params, *, decay, **kw: torch.optim.SGD(params, **kw),
+            dict(_SGD_OPTIONS),
+            ("l2",),
+            "torch.optim.SGD, whose weight_decay is an L2 penalty",
+        ),
+    )
+}
 
 
 def optimizer_spec(spec: str | Mapping[str, Any], field: str = "optimizer") -> dict[str, Any]:
@@ -775,28 +901,35 @@ def optimizer_spec(spec: str | Mapping[str, Any], field: str = "optimizer") -> d
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, Mapping):
-        raise ValueError(f"{field} must be an optimizer name ({', '.join(repr(n) for n in OPTIMIZERS)}) or a dict "
-                         f"like {{\"name\": \"adam\", \"decay\": \"decoupled\"}}, got {short_repr(spec)}")
+        raise ValueError(
+            f"{field} must be an optimizer name ({', '.join(repr(n) for n in OPTIMIZERS)}) or a dict "
+            f'like {{"name": "adam", "decay": "decoupled"}}, got {short_repr(spec)}'
+        )
     if "name" not in spec:
-        raise ValueError(f"{field}.name is missing: a spec names its optimizer, one of "
-                         f"{', '.join(repr(n) for n in OPTIMIZERS)}")
+        raise ValueError(
+            f"{field}.name is missing: a spec names its optimizer, one of {', '.join(repr(n) for n in OPTIMIZERS)}"
+        )
     name = spec["name"]
     if not isinstance(name, str) or name not in OPTIMIZERS:
-        raise ValueError(f"{field}.name must be one of {', '.join(repr(n) for n in OPTIMIZERS)}, "
-                         f"got {short_repr(name)}")
+        raise ValueError(
+            f"{field}.name must be one of {', '.join(repr(n) for n in OPTIMIZERS)}, got {short_repr(name)}"
+        )
     entry = OPTIMIZERS[name]
     allowed = ("name", "decay", *entry.options)
     for key in spec:
         if key not in allowed:
             owners = [n for n, e in OPTIMIZERS.items() if key in e.options]
             also = f"; {key} is an option of {', '.join(repr(n) for n in owners)}" if owners else ""
-            raise ValueError(f"{field}.{key} is not an option of optimizer {name!r} (its options: "
-                             f"{', '.join(allowed)}){also}")
+            raise ValueError(
+                f"{field}.{key} is not an option of optimizer {name!r} (its options: {', '.join(allowed)}){also}"
+            )
     decay = _check_decay(spec.get("decay", entry.decays[0]), f"{field}.decay")
     if decay not in entry.decays:
-        raise ValueError(f"{field}.decay must be {' or '.join(repr(d) for d in entry.decays)} for optimizer "
-                         f"{name!r} ({entry.summary}), got {decay!r}; for the {decay} rule use "
-                         f"{{\"name\": \"{name.removeprefix('torch.').removesuffix('w')}\", \"decay\": \"{decay}\"}}")
+        raise ValueError(
+            f"{field}.decay must be {' or '.join(repr(d) for d in entry.decays)} for optimizer "
+            f"{name!r} ({entry.summary}), got {decay!r}; for the {decay} rule use "
+            f'{{"name": "{name.removeprefix("torch.").removesuffix("w")}", "decay": "{decay}"}}'
+        )
     out: dict[str, Any] = {"name": name, "decay": decay}
     for key, default in entry.options.items():
         out[key] = _OPTION_CHECKS[key](f"{field}.{key}", spec.get(key, default))
@@ -805,11 +938,11 @@ def optimizer_spec(spec: str | Mapping[str, Any], field: str = "optimizer") -> d
     return out
 
 
-def make_optimizer(spec: str | Mapping[str, Any], params: Iterable[Any], *, lr: float,
-                   weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    spec: str | Mapping[str, Any], params: Iterable[Any], *, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """The optimizer a spec describes (:func:`optimizer_spec`, checked first), over ``params`` (tensors or
     param groups), with learning rate ``lr`` and weight decay ``weight_decay`` (lambda, in the spec's rule)."""
     spec = optimizer_spec(spec)
     options = {k: v for k, v in spec.items() if k != "name"}
     return OPTIMIZERS[spec["name"]].build(params, lr=lr, weight_decay=weight_decay, **options)
-

@@ -39,12 +39,12 @@ def decay_groups(model: nn.Module, decay_vectors: bool = False) -> list[dict[str
 
 def group_counts(groups: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Tensors and parameters per group: ``{"decay": {"tensors": 4, "parameters": 22000}, ...}``."""
-    return {g["name"]: {"tensors": len(g["params"]), "parameters": sum(p.numel() for p in g["params"])}
-            for g in groups}
+    return {g["name"]: {"tensors": len(g["params"]), "parameters": sum(p.numel() for p in g["params"])} for g in groups}
 
 
-def mup_groups(model: nn.Module, base_width: int, width: int, decay: str = "scaled",
-               zero_readout: bool = True) -> list[dict[str, Any]]:
+def mup_groups(
+    model: nn.Module, base_width: int, width: int, decay: str = "scaled", zero_readout: bool = True
+) -> list[dict[str, Any]]:
     """muP-style parameter groups for a feed-forward model whose weight matrices run input -> hidden -> readout.
 
     The first weight matrix (in ``model.parameters()`` order) is the input layer, the last the readout,
@@ -80,9 +80,16 @@ def mup_groups(model: nn.Module, base_width: int, width: int, decay: str = "scal
     if zero_readout:
         with torch.no_grad():
             mats[-1].zero_()
-    groups = [{"params": [mats[0]], "name": "input", "lr_mult": 1.0, "wd_mult": 1.0},
-              {"params": mats[1:-1], "name": "hidden", "lr_mult": 1.0 / m, "wd_mult": wd_mult},
-              {"params": [mats[-1]], "name": "readout", "lr_mult": 1.0 / m, "wd_mult": wd_mult},
-              {"params": [p for p in params if p.ndim < 2], "name": "vectors", "lr_mult": 1.0, "wd_mult": 0.0,
-               "weight_decay": 0.0}]
+    groups = [
+        {"params": [mats[0]], "name": "input", "lr_mult": 1.0, "wd_mult": 1.0},
+        {"params": mats[1:-1], "name": "hidden", "lr_mult": 1.0 / m, "wd_mult": wd_mult},
+        {"params": [mats[-1]], "name": "readout", "lr_mult": 1.0 / m, "wd_mult": wd_mult},
+        {
+            "params": [p for p in params if p.ndim < 2],
+            "name": "vectors",
+            "lr_mult": 1.0,
+            "wd_mult": 0.0,
+            "weight_decay": 0.0,
+        },
+    ]
     return [g for g in groups if g["params"]]

@@ -33,21 +33,42 @@ def _log_edges(v: np.ndarray) -> np.ndarray:
     return 10 ** np.concatenate([[2 * lv[0] - mid[0]], mid, [2 * lv[-1] - mid[-1]]])
 
 
-def heatmap(ax: Any, x: Any, y: Any, z: Any, *, xlabel: str, ylabel: str, label: str, vmin: float | None = None,
-            vmax: float | None = None, cmap: str = "viridis_r", fmt: str = "{:.3f}", colorbar: bool = True) -> Any:
+def heatmap(
+    ax: Any,
+    x: Any,
+    y: Any,
+    z: Any,
+    *,
+    xlabel: str,
+    ylabel: str,
+    label: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "viridis_r",
+    fmt: str = "{:.3f}",
+    colorbar: bool = True,
+) -> Any:
     """Cells of ``z[i, j]`` at ``(x[j], y[i])`` on log-log axes (``x``, ``y`` increasing, log-spaced), each
     cell annotated with its value (``fmt``; ``nan`` left blank), and a colorbar titled ``label``. Returns the mesh."""
     z = np.asarray(z, dtype=np.float64)
-    mesh = ax.pcolormesh(_log_edges(x), _log_edges(y), np.ma.masked_invalid(z), cmap=cmap, vmin=vmin, vmax=vmax,
-                         shading="flat")
+    mesh = ax.pcolormesh(
+        _log_edges(x), _log_edges(y), np.ma.masked_invalid(z), cmap=cmap, vmin=vmin, vmax=vmax, shading="flat"
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     for i, yv in enumerate(y):
         for j, xv in enumerate(x):
             if np.isfinite(z[i, j]):
                 r, g, b, _ = mesh.cmap(mesh.norm(z[i, j]))
-                ax.text(xv, yv, fmt.format(z[i, j]), ha="center", va="center", fontsize=7,
-                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+                ax.text(
+                    xv,
+                    yv,
+                    fmt.format(z[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white",
+                )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if colorbar:
@@ -78,8 +99,9 @@ def ema_explorer(steps: int = 20_000) -> Any:
         fig.tight_layout()
         plt.show()
 
-    return widgets.interactive(draw, log10_lr=widgets.FloatSlider(value=-3.0, min=-5.0, max=-1.0, step=0.25,
-                                                                  description="log10 lr"),
-                               log10_wd=widgets.FloatSlider(value=-1.0, min=-3.0, max=1.0, step=0.25,
-                                                            description="log10 wd"),
-                               schedule=widgets.Dropdown(options=list(ema.SCHEDULE_NAMES), value="cosine"))
+    return widgets.interactive(
+        draw,
+        log10_lr=widgets.FloatSlider(value=-3.0, min=-5.0, max=-1.0, step=0.25, description="log10 lr"),
+        log10_wd=widgets.FloatSlider(value=-1.0, min=-3.0, max=1.0, step=0.25, description="log10 wd"),
+        schedule=widgets.Dropdown(options=list(ema.SCHEDULE_NAMES), value="cosine"),
+    )

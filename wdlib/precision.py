@@ -35,8 +35,16 @@ from .optim import SGD, Adam, decay_factor, optimizer_spec
 from .rounding import stochastic_round, ulp
 from .runtime import resolve_device
 
-__all__ = ["FAST_BF16_RATIO", "applied_decay", "bf16_matmul_speed", "decay_changes_fraction", "fast_bf16",
-           "stochastic_round", "ulp"]
+__all__ = [
+    "FAST_BF16_RATIO",
+    "applied_decay",
+    "bf16_matmul_speed",
+    "decay_changes_fraction",
+    "fast_bf16",
+    "stochastic_round",
+    "ulp",
+]
+
 
 def decay_changes_fraction(x: torch.Tensor, shrink: float) -> float:
     """Fraction of the elements of ``x`` that one decay step ``x*(1 - shrink)``, rounded to nearest in
@@ -60,10 +68,19 @@ def _norm64(params: list[torch.Tensor]) -> float:
     return math.sqrt(sum(float(p.detach().double().square().sum()) for p in params))
 
 
-def applied_decay(weights: torch.Tensor | Sequence[torch.Tensor], lr: float, weight_decay: float, *,
-                  optimizer: str = "adam", bf16_update: str = "nearest", dtype: torch.dtype = torch.bfloat16,
-                  steps: int = 100, decay: str = "decoupled", impl: str = "auto",
-                  seed: int | None = 0) -> dict[str, Any]:
+def applied_decay(
+    weights: torch.Tensor | Sequence[torch.Tensor],
+    lr: float,
+    weight_decay: float,
+    *,
+    optimizer: str = "adam",
+    bf16_update: str = "nearest",
+    dtype: torch.dtype = torch.bfloat16,
+    steps: int = 100,
+    decay: str = "decoupled",
+    impl: str = "auto",
+    seed: int | None = 0,
+) -> dict[str, Any]:
     """The per-step weight decay an optimizer really applies to weights stored in ``dtype``.
 
     ``weights`` (a tensor or a list of them, e.g. a trained model's matrices) are copied into
@@ -97,13 +114,16 @@ def applied_decay(weights: torch.Tensor | Sequence[torch.Tensor], lr: float, wei
     if optimizer not in ("adam", "sgd", "torch.adamw"):
         raise ValueError(f"optimizer must be 'adam', 'sgd' or 'torch.adamw', got {optimizer!r}")
     # the registry's checks: the rule (torch.adamw follows 'decoupled' only) and bf16_update (wdlib's only)
-    optimizer_spec({"name": optimizer, "decay": decay,
-                    **({} if bf16_update == "nearest" else {"bf16_update": bf16_update})})
+    optimizer_spec(
+        {"name": optimizer, "decay": decay, **({} if bf16_update == "nearest" else {"bf16_update": bf16_update})}
+    )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if optimizer == "adam" and decay == "l2":
-        raise ValueError("decay must be 'decoupled' or 'independent' with optimizer='adam': an L2 penalty's "
-                         "gradient is normalised by Adam, not a per-step shrink")
+        raise ValueError(
+            "decay must be 'decoupled' or 'independent' with optimizer='adam': an L2 penalty's "
+            "gradient is normalised by Adam, not a per-step shrink"
+        )
     params = [torch.nn.Parameter(w.detach().to(dtype=dtype, copy=True)) for w in _as_list(weights)]
     if optimizer == "torch.adamw":  # impl "auto": torch's own default; "foreach" / "fused" force that kernel
         kernel = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl)
@@ -186,7 +206,7 @@ def _best_gflops(a: torch.Tensor, b: torch.Tensor, budget: float, repeats: int) 
     return flops / max(best, 1e-9) / 1e9
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _matmul_speed(device: str, n: int) -> tuple[float, float]:
     dev = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -213,8 +233,14 @@ def bf16_matmul_speed(device: str | torch.device = "cpu", n: int = 512) -> dict[
     dev = resolve_device(device)
     f32, bf = _matmul_speed(str(dev), n)
     ratio = bf / f32 if f32 > 0 else math.nan
-    return {"device": str(dev), "n": n, "float32_gflops": f32, "bfloat16_gflops": bf, "ratio": ratio,
-            "fast": bool(ratio >= FAST_BF16_RATIO)}
+    return {
+        "device": str(dev),
+        "n": n,
+        "float32_gflops": f32,
+        "bfloat16_gflops": bf,
+        "ratio": ratio,
+        "fast": bool(ratio >= FAST_BF16_RATIO),
+    }
 
 
 def fast_bf16(device: str | torch.device = "cpu") -> bool:

@@ -34,6 +34,7 @@ def show_progress(progress: bool | None) -> bool:
         return False
     try:
         import ipywidgets  # noqa: F401
+
         in_notebook = "ipykernel" in sys.modules
     except ImportError:
         in_notebook = False

@@ -59,8 +59,12 @@ def quantizable(name: str, tensor: torch.Tensor) -> bool:
     return tensor.is_floating_point() and tensor.ndim >= 2
 
 
-def quantize_state(state: Mapping[str, torch.Tensor], bits: int = 8, granularity: str = "tensor",
-                   which: Callable[[str, torch.Tensor], bool] = quantizable) -> dict[str, torch.Tensor]:
+def quantize_state(
+    state: Mapping[str, torch.Tensor],
+    bits: int = 8,
+    granularity: str = "tensor",
+    which: Callable[[str, torch.Tensor], bool] = quantizable,
+) -> dict[str, torch.Tensor]:
     """A copy of a ``state_dict`` with the tensors ``which(name, tensor)`` selects quantized (dequantized back
     to their dtype, so the model loads it unchanged); everything else (buffers such as BatchNorm's running
     statistics included) is copied as it is."""

@@ -19,8 +19,9 @@ __all__ = ["stochastic_round", "stochastic_round_float32_", "ulp"]
 _LOW_MASK = -(1 << 16)  # int32 0xFFFF0000: keeps the sign, the exponent and bfloat16's 7 mantissa bits
 
 
-def stochastic_round(x: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def stochastic_round(
+    x: torch.Tensor, dtype: torch.dtype = torch.bfloat16, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Round ``x`` to bfloat16 stochastically and without bias: ``E[stochastic_round(x)] = x``.
 
     A bfloat16 number is the top 16 bits of a float32. With ``r`` uniform on the integers

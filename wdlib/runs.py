@@ -26,8 +26,15 @@ from .train import RunResult, init_distributed, train
 __all__ = ["run", "run_many", "sweep", "results_table", "expand_grid", "Store", "default_store"]
 
 
-def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str] | None = None, *,
-        resume: bool = True, device: str = "auto", progress: bool | None = None, rerun: bool = False) -> RunResult:
+def run(
+    cfg: RunConfig | Mapping[str, Any],
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = True,
+    device: str = "auto",
+    progress: bool | None = None,
+    rerun: bool = False,
+) -> RunResult:
     """The result of ``cfg``: from the store, resumed from its checkpoint, or trained now.
 
     ``result.info["cached"]`` tells whether it came from the store, ``result.info["key"]`` its key.
@@ -60,8 +67,14 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
             decision = [lookup() is not None if rank == 0 else None]
             tdist.broadcast_object_list(decision, src=0)
             if not decision[0]:
-                result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume,
-                               progress=progress, init_state=init)
+                result = train(
+                    cfg,
+                    device=device,
+                    checkpoint=store.checkpoint_path(key),
+                    resume=resume,
+                    progress=progress,
+                    init_state=init,
+                )
                 if rank == 0:
                     store.put(cfg, result)
                     store.checkpoint_path(key).unlink(missing_ok=True)
@@ -79,8 +92,9 @@ def run(cfg: RunConfig | Mapping[str, Any], store: Store | str | os.PathLike[str
             return found
         if cfg.init_from is not None and init is None:
             init = store.snapshot(cfg.init_from["run"], cfg.init_from["step"])
-        result = train(cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume, progress=progress,
-                       init_state=init)
+        result = train(
+            cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume, progress=progress, init_state=init
+        )
         store.put(cfg, result)
         store.checkpoint_path(key).unlink(missing_ok=True)
     result.info.update({"cached": False, "key": key})
@@ -106,9 +120,15 @@ def _run_in_worker(cfg_dict: dict[str, Any], root: str, device: str) -> str:
     return result.info["key"]
 
 
-def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], store: Store | str | os.PathLike[str] | None = None, *,
-             workers: int = 1, device: str = "auto", progress: bool | None = None,
-             desc: str | None = None) -> list[RunResult]:
+def run_many(
+    configs: Sequence[RunConfig | Mapping[str, Any]],
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    workers: int = 1,
+    device: str = "auto",
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> list[RunResult]:
     """The results of ``configs`` in order, training those the store lacks in ``workers`` processes.
 
     ``workers > 1`` trains in that many single-thread processes (for models under about 1M
@@ -130,16 +150,25 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], store: Store | st
     show = show_progress(progress) and init_distributed()[0] == 0
     todo = set(missing)
     stored = sum(n for k, n in per_key.items() if k not in todo)  # counted at once
-    with progress_bar(total=len(configs), initial=stored, disable=not show, desc=desc or "runs", unit="run",
-                 mininterval=1.0, dynamic_ncols=True) as bar:
+    with progress_bar(
+        total=len(configs),
+        initial=stored,
+        disable=not show,
+        desc=desc or "runs",
+        unit="run",
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
         if workers > 1 and len(missing) > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_worker_init) as pool:
-                futures = {pool.submit(_run_in_worker, c.to_dict(), str(store.root), device): k
-                           for k, c in missing.items()}
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
+            ) as pool:
+                futures = {
+                    pool.submit(_run_in_worker, c.to_dict(), str(store.root), device): k for k, c in missing.items()
+                }
                 for f in as_completed(futures):
                     f.result()
                     todo.discard(futures[f])
@@ -153,9 +182,16 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], store: Store | st
     return results
 
 
-def sweep(base: RunConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]],
-          store: Store | str | os.PathLike[str] | None = None, *, workers: int = 1, device: str = "auto",
-          progress: bool | None = None, desc: str | None = None) -> Any:
+def sweep(
+    base: RunConfig | Mapping[str, Any],
+    grid: Mapping[str, Sequence[Any]],
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    workers: int = 1,
+    device: str = "auto",
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> Any:
     """Run every configuration of the grid that the store lacks and return a table (a pandas DataFrame).
 
     One row per configuration: the grid's fields, ``key``, ``diverged_at``, ``wall_time`` and the
@@ -165,8 +201,9 @@ def sweep(base: RunConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]]
     the grid's field names).
     """
     configs = expand_grid(base, grid)
-    results = run_many(configs, store, workers=workers, device=device, progress=progress,
-                       desc=desc or "sweep over " + ", ".join(grid))
+    results = run_many(
+        configs, store, workers=workers, device=device, progress=progress, desc=desc or "sweep over " + ", ".join(grid)
+    )
     return results_table(configs, results, list(grid))
 
 
@@ -178,8 +215,9 @@ def results_table(configs: Sequence[RunConfig], results: Sequence[RunResult], fi
 
     rows = []
     for c, r in zip(configs, results, strict=True):
-        row = {f"final_{k}" if k in ("lr", "wd", "wall_time", "step") or k in fields else k: v
-               for k, v in r.final.items()}
+        row = {
+            f"final_{k}" if k in ("lr", "wd", "wall_time", "step") or k in fields else k: v for k, v in r.final.items()
+        }
         row.update({"key": r.info["key"], "diverged_at": r.diverged_at, "wall_time": r.wall_time})
         row.update({name: c.value(name) for name in fields})  # the configuration's values, never a metric
         rows.append(row)

@@ -67,8 +67,17 @@ from ._version import __version__
 from .config import RunConfig, is_run_key
 from .train import RunResult
 
-__all__ = ["Store", "default_store", "code_identity", "stale_policy", "check_key", "STALE_POLICIES", "CODE_FILES",
-           "StaleResultWarning", "StoreRecoveryWarning"]
+__all__ = [
+    "Store",
+    "default_store",
+    "code_identity",
+    "stale_policy",
+    "check_key",
+    "STALE_POLICIES",
+    "CODE_FILES",
+    "StaleResultWarning",
+    "StoreRecoveryWarning",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -111,29 +120,50 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def _provenance(result: RunResult) -> dict[str, Any]:
-    return {"wdlib": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": result.info.get("device"),
-            "device_name": result.info.get("device_name"), "wall_time": result.wall_time,
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "resumed_from": result.info.get("resumed_from", 0)}
+    return {
+        "wdlib": __version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": result.info.get("device"),
+        "device_name": result.info.get("device_name"),
+        "wall_time": result.wall_time,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "resumed_from": result.info.get("resumed_from", 0),
+    }
 
 
 #: The wdlib modules a training run executes (wdlib.train and what it imports inside wdlib, transitively),
 #: hashed into the code identity that every stored result records.
 #: wdlib's modules that are not on a run's code path (the book layer, the store, the CLI, progress bars).
-_NOT_TRAINING: frozenset[str] = frozenset({"__init__.py", "__main__.py", "_version.py", "claims.py", "cli.py", "store.py",
-                                           "plotting.py", "progress.py", "runs.py", "stats.py"})
+_NOT_TRAINING: frozenset[str] = frozenset(
+    {
+        "__init__.py",
+        "__main__.py",
+        "_version.py",
+        "claims.py",
+        "cli.py",
+        "store.py",
+        "plotting.py",
+        "progress.py",
+        "runs.py",
+        "stats.py",
+    }
+)
 #: The files a run's result depends on: every top-level module of wdlib's core and engine layers.
-CODE_FILES: tuple[str, ...] = tuple(sorted(p.name for p in Path(__file__).resolve().parent.glob("*.py")
-                                           if p.name not in _NOT_TRAINING))
+CODE_FILES: tuple[str, ...] = tuple(
+    sorted(p.name for p in Path(__file__).resolve().parent.glob("*.py") if p.name not in _NOT_TRAINING)
+)
 #: What a lookup does with a stale result (one stored by other code), read from ``$WDLIB_STALE``.
 STALE_POLICIES: tuple[str, ...] = ("recompute", "warn", "reuse")
 
@@ -168,8 +198,10 @@ def stale_policy() -> str:
     """``$WDLIB_STALE``: ``recompute`` (default), ``warn`` or ``reuse``; anything else is a ValueError."""
     value = os.environ.get("WDLIB_STALE", "").strip().lower() or "recompute"
     if value not in STALE_POLICIES:
-        raise ValueError(f"WDLIB_STALE must be one of {', '.join(STALE_POLICIES)} (unset: recompute), "
-                         f"got {os.environ.get('WDLIB_STALE')!r}")
+        raise ValueError(
+            f"WDLIB_STALE must be one of {', '.join(STALE_POLICIES)} (unset: recompute), "
+            f"got {os.environ.get('WDLIB_STALE')!r}"
+        )
     return value
 
 
@@ -207,10 +239,16 @@ _ROW_FIELDS = ("key", "scale", "status", "config", "summary", "provenance", "fil
 
 def _row_of(record: Mapping[str, Any]) -> dict[str, str]:
     """The index row of a run's self-description (``results/<key>.json``): the same fields, JSON-encoded."""
-    return {"key": str(record["key"]), "scale": str(record["scale"]), "status": str(record["status"]),
-            "config": json.dumps(record["config"], sort_keys=True), "summary": json.dumps(record["summary"]),
-            "provenance": json.dumps(record["provenance"]), "files": json.dumps(record["files"]),
-            "created": str(record["created"])}
+    return {
+        "key": str(record["key"]),
+        "scale": str(record["scale"]),
+        "status": str(record["status"]),
+        "config": json.dumps(record["config"], sort_keys=True),
+        "summary": json.dumps(record["summary"]),
+        "provenance": json.dumps(record["provenance"]),
+        "files": json.dumps(record["files"]),
+        "created": str(record["created"]),
+    }
 
 
 def _unrecovered(skipped: Sequence[str], legacy: int, fate: str) -> list[str]:
@@ -219,8 +257,9 @@ def _unrecovered(skipped: Sequence[str], legacy: int, fate: str) -> list[str]:
     of those)."""
     parts = []
     if skipped:
-        parts.append(f"{len(skipped)} result file(s) skipped as unreadable or failing their hashes "
-                     f"({', '.join(skipped[:5])})")
+        parts.append(
+            f"{len(skipped)} result file(s) skipped as unreadable or failing their hashes ({', '.join(skipped[:5])})"
+        )
     if legacy:
         parts.append(f"{legacy} result(s) stored before results/<key>.json existed {fate}")
     return parts
@@ -247,8 +286,11 @@ class Store:
         self._db(lambda db: db.execute(_SCHEMA))
         if fresh and any((self.root / "results").glob("*.json")):
             n = self.reindex()
-            warnings.warn(f"run store {self.root} had no index.sqlite; rebuilt it from results/*.json ({n} run(s))",
-                          StoreRecoveryWarning, stacklevel=2)
+            warnings.warn(
+                f"run store {self.root} had no index.sqlite; rebuilt it from results/*.json ({n} run(s))",
+                StoreRecoveryWarning,
+                stacklevel=2,
+            )
 
     # --- the index ----------------------------------------------------------------------------------
 
@@ -293,8 +335,9 @@ class Store:
         index = self.root / "index.sqlite"
         with self._index_lock():
             try:  # another process may have rebuilt it while this one waited
-                if [tuple(r) for r in self._connection(lambda db: db.execute("PRAGMA quick_check").fetchall())] \
-                        == [("ok",)]:
+                if [tuple(r) for r in self._connection(lambda db: db.execute("PRAGMA quick_check").fetchall())] == [
+                    ("ok",)
+                ]:
                     return
             except sqlite3.DatabaseError as again:
                 if not _is_damage(again):
@@ -307,11 +350,22 @@ class Store:
                     os.replace(src, Path(f"{aside}{suffix}"))
             self._connection(lambda db: db.execute(_SCHEMA))
             n, skipped, legacy = self._reindex(via=self._connection)
-        msg = (f"run store index {index} was unreadable ({err}); moved it to {aside.name} and rebuilt it from "
-               f"results/*.json: {n} run(s) recovered")
-        warnings.warn("; ".join([msg, *_unrecovered(skipped, legacy, "cannot be recovered (their files stay in "
-                                                                         "results/) and will be trained again")]),
-                      StoreRecoveryWarning, stacklevel=3)
+        msg = (
+            f"run store index {index} was unreadable ({err}); moved it to {aside.name} and rebuilt it from "
+            f"results/*.json: {n} run(s) recovered"
+        )
+        warnings.warn(
+            "; ".join(
+                [
+                    msg,
+                    *_unrecovered(
+                        skipped, legacy, "cannot be recovered (their files stay in results/) and will be trained again"
+                    ),
+                ]
+            ),
+            StoreRecoveryWarning,
+            stacklevel=3,
+        )
 
     def _record(self, key: str) -> dict[str, Any] | None:
         """The verified self-description ``results/<key>.json`` of a run as an index row, or None when it is
@@ -330,8 +384,10 @@ class Store:
             return None
 
     def _insert(self, db: sqlite3.Connection, row: Mapping[str, Any]) -> None:
-        db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_ROW_FIELDS)}) VALUES ({', '.join('?' * len(_ROW_FIELDS))})",
-                   tuple(row[f] for f in _ROW_FIELDS))
+        db.execute(
+            f"INSERT OR REPLACE INTO runs ({', '.join(_ROW_FIELDS)}) VALUES ({', '.join('?' * len(_ROW_FIELDS))})",
+            tuple(row[f] for f in _ROW_FIELDS),
+        )
 
     def _reindex(self, via: Any = None) -> tuple[int, list[str], int]:
         """(runs indexed, names of result files skipped, results without a .json) -- see :meth:`reindex`.
@@ -414,8 +470,14 @@ class Store:
         npz = self.root / "results" / f"{key}.npz"
         _atomic_write(npz, buf.getvalue())
         buf = io.BytesIO()
-        torch.save({"model": result.model_state, "ema": result.ema_state,
-                    "snapshots": {int(k): v for k, v in result.snapshots.items()}}, buf)
+        torch.save(
+            {
+                "model": result.model_state,
+                "ema": result.ema_state,
+                "snapshots": {int(k): v for k, v in result.snapshots.items()},
+            },
+            buf,
+        )
         pt = self.root / "results" / f"{key}.pt"
         _atomic_write(pt, buf.getvalue())
         files = {"npz": _sha256(npz), "pt": _sha256(pt)}
@@ -423,8 +485,17 @@ class Store:
         status = "diverged" if result.diverged else "done"
         provenance = {**_provenance(result), "identity": code_identity()}
         created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        record = {"format": 1, "key": key, "scale": cfg.scale, "status": status, "config": cfg.to_dict(),
-                  "summary": summary, "provenance": provenance, "files": files, "created": created}
+        record = {
+            "format": 1,
+            "key": key,
+            "scale": cfg.scale,
+            "status": status,
+            "config": cfg.to_dict(),
+            "summary": summary,
+            "provenance": provenance,
+            "files": files,
+            "created": created,
+        }
         _atomic_write(self.root / "results" / f"{key}.json", json.dumps(record, sort_keys=True, indent=1).encode())
         row = _row_of(record)
         self._db(lambda db: self._insert(db, row))
@@ -462,20 +533,41 @@ class Store:
             # lock and put() replaces the entry; nothing is deleted here, where another process may be writing.
             return None
         if why is not None and policy == "warn":
-            warnings.warn(f"run {key} in {self.root} is stale ({why}); returning it because WDLIB_STALE=warn "
-                          f"(recompute trains it again)", StaleResultWarning, stacklevel=2)
-        history = {k[len("history" + _SEP):].replace(_SEP, "/"): v for k, v in arrays.items()
-                   if k.startswith("history" + _SEP)}
-        probes = {k[len("probes" + _SEP):].replace(_SEP, "/"): v for k, v in arrays.items()
-                  if k.startswith("probes" + _SEP)}
+            warnings.warn(
+                f"run {key} in {self.root} is stale ({why}); returning it because WDLIB_STALE=warn "
+                f"(recompute trains it again)",
+                StaleResultWarning,
+                stacklevel=2,
+            )
+        history = {
+            k[len("history" + _SEP) :].replace(_SEP, "/"): v
+            for k, v in arrays.items()
+            if k.startswith("history" + _SEP)
+        }
+        probes = {
+            k[len("probes" + _SEP) :].replace(_SEP, "/"): v for k, v in arrays.items() if k.startswith("probes" + _SEP)
+        }
         summary = json.loads(row["summary"])
-        info = {**summary.get("info", {}), "cached": True, "key": key, "stale": why is not None,
-                "provenance": provenance}
-        return RunResult(config=json.loads(row["config"]), history=history, final=summary["final"],
-                         diverged_at=summary["diverged_at"], steps_done=summary["steps_done"],
-                         wall_time=summary["wall_time"], probes=probes, info=info,
-                         model_state=weights["model"], ema_state=weights["ema"],
-                         snapshots=weights.get("snapshots", {}))
+        info = {
+            **summary.get("info", {}),
+            "cached": True,
+            "key": key,
+            "stale": why is not None,
+            "provenance": provenance,
+        }
+        return RunResult(
+            config=json.loads(row["config"]),
+            history=history,
+            final=summary["final"],
+            diverged_at=summary["diverged_at"],
+            steps_done=summary["steps_done"],
+            wall_time=summary["wall_time"],
+            probes=probes,
+            info=info,
+            model_state=weights["model"],
+            ema_state=weights["ema"],
+            snapshots=weights.get("snapshots", {}),
+        )
 
     def snapshot(self, key: str, step: int) -> dict[str, torch.Tensor]:
         """The weights of stored run ``key`` after ``step`` steps (a step its configuration's ``snapshots``
@@ -486,8 +578,10 @@ class Store:
             raise ValueError(f"init_from: run {key} is not in the store {self.root}; run its configuration first")
         why = _staleness(json.loads(row["provenance"]))
         if why is not None and stale_policy() == "recompute":
-            raise ValueError(f"init_from: run {key} is stale ({why}); run its configuration again first "
-                             f"(or set WDLIB_STALE=warn or reuse to start from it anyway)")
+            raise ValueError(
+                f"init_from: run {key} is stale ({why}); run its configuration again first "
+                f"(or set WDLIB_STALE=warn or reuse to start from it anyway)"
+            )
         cfg = RunConfig.from_dict(json.loads(row["config"]))
         result = self.get(cfg)
         if result is None:
@@ -496,8 +590,9 @@ class Store:
             return result.snapshots[step]
         if step == cfg.steps and not result.diverged and result.model_state is not None:
             return result.model_state
-        raise ValueError(f"init_from: run {key} has no snapshot at step {step}; it kept "
-                         f"{sorted(result.snapshots) + [cfg.steps]}")
+        raise ValueError(
+            f"init_from: run {key} has no snapshot at step {step}; it kept {sorted(result.snapshots) + [cfg.steps]}"
+        )
 
     def load_model(self, key: str, *, data: Any = None, ema: bool = False) -> torch.nn.Module:
         """The trained model of stored run ``key`` (:meth:`RunResult.model`); ValueError when it is not stored.
@@ -548,7 +643,15 @@ class Store:
         out = []
         for r in rows:
             prov = json.loads(r["provenance"])
-            out.append({"key": r["key"], "scale": r["scale"], "status": r["status"], "config": json.loads(r["config"]),
-                        "summary": json.loads(r["summary"]), "provenance": prov,
-                        "stale": _staleness(prov) is not None})
+            out.append(
+                {
+                    "key": r["key"],
+                    "scale": r["scale"],
+                    "status": r["status"],
+                    "config": json.loads(r["config"]),
+                    "summary": json.loads(r["summary"]),
+                    "provenance": prov,
+                    "stale": _staleness(prov) is not None,
+                }
+            )
         return out

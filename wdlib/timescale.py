@@ -37,8 +37,10 @@ def _finite(name: str, value: float, *inputs: tuple[str, Any]) -> float:
     """``value`` when it is a finite number > 0; else ValueError saying which inputs put it out of range."""
     if not (_TINY <= value < math.inf):
         given = ", ".join(f"{n}={short_repr(v)}" for n, v in inputs)
-        raise ValueError(f"{name} is out of range for {given}: it must be a finite number > 0 (between "
-                         f"{_TINY:g} and {_HUGE:g}), and these inputs make it {value!r}")
+        raise ValueError(
+            f"{name} is out of range for {given}: it must be a finite number > 0 (between "
+            f"{_TINY:g} and {_HUGE:g}), and these inputs make it {value!r}"
+        )
     return value
 
 
@@ -56,16 +58,23 @@ def tau_epoch(lr: float, weight_decay: float, dataset_size: int, batch_size: int
     """``tau_epoch = batch_size/(lr*weight_decay*dataset_size)``: the EMA timescale in epochs (arXiv 2405.13698)."""
     b, n = _pos("batch_size", batch_size), _pos("dataset_size", dataset_size)
     steps_per_epoch = _finite("dataset_size/batch_size", n / b, ("dataset_size", n), ("batch_size", b))
-    return _finite("tau_epoch", tau_iter(lr, weight_decay) / steps_per_epoch, ("lr", lr),
-                   ("weight_decay", weight_decay), ("dataset_size", n), ("batch_size", b))
+    return _finite(
+        "tau_epoch",
+        tau_iter(lr, weight_decay) / steps_per_epoch,
+        ("lr", lr),
+        ("weight_decay", weight_decay),
+        ("dataset_size", n),
+        ("batch_size", b),
+    )
 
 
 def weight_decay_for(tau_epoch: float, lr: float, dataset_size: int, batch_size: int) -> float:
     """The lambda that gives ``tau_epoch``: ``batch_size/(lr*tau_epoch*dataset_size)``."""
     b, n = _pos("batch_size", batch_size), _pos("dataset_size", dataset_size)
     inputs = (("tau_epoch", tau_epoch), ("lr", lr), ("dataset_size", n), ("batch_size", b))
-    per_sample = _finite("lr*tau_epoch*dataset_size/batch_size",
-                         _pos("lr", lr) * _pos("tau_epoch", tau_epoch) * (n / b), *inputs)
+    per_sample = _finite(
+        "lr*tau_epoch*dataset_size/batch_size", _pos("lr", lr) * _pos("tau_epoch", tau_epoch) * (n / b), *inputs
+    )
     return _finite("weight_decay", 1.0 / per_sample, *inputs)
 
 
@@ -85,10 +94,18 @@ class Transfer:
         return asdict(self)
 
 
-def transfer_weight_decay(lr: float, weight_decay: float, dataset_size: int, batch_size: int, *,
-                          to_dataset_size: int | None = None, to_batch_size: int | None = None,
-                          width: float | None = None, to_width: float | None = None,
-                          mup: bool = False) -> Transfer:
+def transfer_weight_decay(
+    lr: float,
+    weight_decay: float,
+    dataset_size: int,
+    batch_size: int,
+    *,
+    to_dataset_size: int | None = None,
+    to_batch_size: int | None = None,
+    width: float | None = None,
+    to_width: float | None = None,
+    mup: bool = False,
+) -> Transfer:
     """Transfer a tuned ``(lr, weight_decay)`` to another dataset size, batch size or width.
 
     ``tau_epoch`` is held fixed (Wang & Aitchison, arXiv 2405.13698). Across width, with ``mup=True``
@@ -115,5 +132,12 @@ def transfer_weight_decay(lr: float, weight_decay: float, dataset_size: int, bat
             lr1 = lr * w0 / w1
     target_tau = tau_epoch(lr, weight_decay, n0, b0)
     wd1 = weight_decay_for(target_tau, lr1, n1, b1)
-    return Transfer(lr=lr1, weight_decay=wd1, tau_iter=tau_iter(lr1, wd1), tau_epoch=target_tau,
-                    dataset_size=int(n1), batch_size=int(b1), width=w1)
+    return Transfer(
+        lr=lr1,
+        weight_decay=wd1,
+        tau_iter=tau_iter(lr1, wd1),
+        tau_epoch=target_tau,
+        dataset_size=int(n1),
+        batch_size=int(b1),
+        width=w1,
+    )

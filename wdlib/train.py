@@ -62,8 +62,17 @@ from .progress import progress_bar, show_progress
 from .runtime import resolve_device
 from .schedules import HyperparameterScheduler
 
-__all__ = ["RunResult", "RunState", "train", "build_data", "build_model", "build_optimizer", "init_distributed",
-           "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = [
+    "RunResult",
+    "RunState",
+    "train",
+    "build_data",
+    "build_model",
+    "build_optimizer",
+    "init_distributed",
+    "load_checkpoint",
+    "CHECKPOINT_FORMAT",
+]
 
 #: The ``"format"`` entry of every checkpoint :func:`train` writes; :func:`load_checkpoint` reads no other.
 CHECKPOINT_FORMAT = "wdlib-checkpoint-1"
@@ -113,8 +122,12 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         """A one-line summary: final metrics, ``diverged_at``, wall time."""
-        return {"final": self.final, "diverged_at": self.diverged_at, "steps_done": self.steps_done,
-                "wall_time": round(self.wall_time, 3)}
+        return {
+            "final": self.final,
+            "diverged_at": self.diverged_at,
+            "steps_done": self.steps_done,
+            "wall_time": round(self.wall_time, 3),
+        }
 
 
 def init_distributed() -> tuple[int, int]:
@@ -132,13 +145,21 @@ def init_distributed() -> tuple[int, int]:
 
 # --- checkpoints ---------------------------------------------------------------------------------------
 
+
 def _rng_state() -> dict[str, Any]:
     """The global RNG states (torch, Python, numpy, CUDA) as tensors and plain values, loadable with
     ``weights_only=True``."""
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(_flatten(random.getstate())),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(_flatten(random.getstate())),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -179,19 +200,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: start over rather than trust it
-        warnings.warn(f"checkpoint {path} could not be read ({type(err).__name__}); the run starts over",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"checkpoint {path} could not be read ({type(err).__name__}); the run starts over",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else None
 
 
 # --- the run state -------------------------------------------------------------------------------------
 
+
 def _param_dtype(cfg: RunConfig) -> torch.dtype:
     """The dtype the parameters are stored in: ``cfg.dtype`` under ``"fp32"``, float32 (master weights)
     under ``"bf16-autocast"``, bfloat16 under ``"bf16-pure"``."""
-    return {"fp32": getattr(torch, cfg.dtype), "bf16-autocast": torch.float32,
-            "bf16-pure": torch.bfloat16}[cfg.precision]
+    return {"fp32": getattr(torch, cfg.dtype), "bf16-autocast": torch.float32, "bf16-pure": torch.bfloat16}[
+        cfg.precision
+    ]
 
 
 def _build_probes(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -202,8 +228,9 @@ def _build_probes(cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer) 
         if spec["name"] not in PROBES:
             raise ValueError(f"probes: unknown probe {spec['name']!r}; known: {sorted(PROBES)}")
         if not 0 <= args.get("start", 0) < cfg.steps:
-            raise ValueError(f"probes: {spec['name']} start must be in [0, steps={cfg.steps}), "
-                             f"got {args.get('start')!r}")
+            raise ValueError(
+                f"probes: {spec['name']} start must be in [0, steps={cfg.steps}), got {args.get('start')!r}"
+            )
         probes[spec["name"]] = PROBES[spec["name"]](model, opt, **args)
     return probes
 
@@ -229,9 +256,16 @@ class RunState:
     ``diverged_at`` and ``groups`` (the parameter-group counts) belong to the session, not the checkpoint.
     """
 
-    def __init__(self, cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: HyperparameterScheduler, ema_model: nn.Module | None = None,
-                 probes: dict[str, Any] | None = None, groups: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: HyperparameterScheduler,
+        ema_model: nn.Module | None = None,
+        probes: dict[str, Any] | None = None,
+        groups: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.config_key = cfg.key()
         self.model, self.optimizer, self.scheduler, self.ema_model = model, optimizer, scheduler, ema_model
         self.probes: dict[str, Any] = dict(probes or {})
@@ -243,8 +277,9 @@ class RunState:
         self._clock: float | None = None
 
     @classmethod
-    def build(cls, cfg: RunConfig, ds: Any, device: torch.device,
-              init_state: dict[str, torch.Tensor] | None = None) -> RunState:
+    def build(
+        cls, cfg: RunConfig, ds: Any, device: torch.device, init_state: dict[str, torch.Tensor] | None = None
+    ) -> RunState:
         """The fresh state of ``cfg`` on ``ds``: the model (seeded, :func:`wdlib.components.build_model`; the
         weights of ``init_state`` if given) in the precision's parameter dtype on ``device``, its optimizer
         and schedules, the EMA copy (float32 at least, float64 for a float64 run) and the probes."""
@@ -255,11 +290,16 @@ class RunState:
         model = model.to(device=device, dtype=param_dtype)
         opt, groups = build_optimizer(cfg, model)
         sched = HyperparameterScheduler(
-            opt, lr=schedule_from_spec(cfg.lr_schedule, cfg.lr, cfg.steps, weight_decay=cfg.weight_decay),
-            weight_decay=schedule_from_spec(cfg.wd_schedule, cfg.weight_decay, cfg.steps))
+            opt,
+            lr=schedule_from_spec(cfg.lr_schedule, cfg.lr, cfg.steps, weight_decay=cfg.weight_decay),
+            weight_decay=schedule_from_spec(cfg.wd_schedule, cfg.weight_decay, cfg.steps),
+        )
         # the EMA is kept in float32 at least: in bfloat16 a lerp by 1 - ema (say 1e-3) rounds to no change
-        ema_model = copy.deepcopy(model).to(torch.float64 if param_dtype == torch.float64 else torch.float32) \
-            if cfg.ema is not None else None
+        ema_model = (
+            copy.deepcopy(model).to(torch.float64 if param_dtype == torch.float64 else torch.float32)
+            if cfg.ema is not None
+            else None
+        )
         probes = _build_probes(cfg, model, opt)
         _check_recorded(cfg)
         return cls(cfg, model, opt, sched, ema_model, probes, groups)
@@ -275,13 +315,21 @@ class RunState:
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint: tensors and plain values only, so it loads with ``weights_only=True``."""
-        return {"format": CHECKPOINT_FORMAT, "config_key": self.config_key, "step": self.step,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
-                "probes": {n: p.state_dict() for n, p in self.probes.items()},
-                "history": self.history, "snapshots": self.snapshots, "running_min": self.running_min,
-                "wall_time": self.wall_time, "rng": _rng_state()}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config_key": self.config_key,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
+            "probes": {n: p.state_dict() for n, p in self.probes.items()},
+            "history": self.history,
+            "snapshots": self.snapshots,
+            "running_min": self.running_min,
+            "wall_time": self.wall_time,
+            "rng": _rng_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint of the same configuration: every part above, and the global RNG states."""
@@ -314,6 +362,7 @@ class RunState:
 
 # --- one step ------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Feed:
     """The run's data as the loop reads it (this rank's shards, inputs cast to the parameters' dtype)."""
@@ -333,8 +382,9 @@ class _Feed:
         """This rank's shard of the training batch of ``step`` (drawn with seed ``cfg.seed + 1`` at
         ``cfg.perturb_step``, else ``cfg.seed``)."""
         seed = self.cfg.seed + 1 if step == self.cfg.perturb_step else self.cfg.seed
-        x, y = self.ds.batch(step, seed, batch_size=self.cfg.batch_size, device=self.device, rank=self.rank,
-                             world_size=self.world)
+        x, y = self.ds.batch(
+            step, seed, batch_size=self.cfg.batch_size, device=self.device, rank=self.rank, world_size=self.world
+        )
         return self._cast(x), y
 
     def eval_set(self, name: str) -> Iterator[Batch]:
@@ -351,8 +401,16 @@ def _autocast(cfg: RunConfig, device: torch.device) -> Callable[[], contextlib.A
     return contextlib.nullcontext
 
 
-def _forward_backward(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-                      accum: int, world: int, autocast: Callable[[], Any]) -> float:
+def _forward_backward(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    accum: int,
+    world: int,
+    autocast: Callable[[], Any],
+) -> float:
     """Fresh gradients of the mean loss on ``(x, y)``, taken over ``accum`` equal micro-batches (each loss
     scaled by ``1 / accum``; under DDP the gradients are synchronized on the last one only); returns the
     mean micro-batch loss, averaged over the ranks, as a Python float (summed in float64)."""
@@ -360,7 +418,7 @@ def _forward_backward(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
     micro = x.shape[0] // accum
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     for m in range(accum):
-        xb, yb = x[m * micro:(m + 1) * micro], y[m * micro:(m + 1) * micro]
+        xb, yb = x[m * micro : (m + 1) * micro], y[m * micro : (m + 1) * micro]
         sync = m == accum - 1 or world == 1
         with net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext():
             with autocast():
@@ -413,13 +471,15 @@ def _cpu_copy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # --- evaluation ----------------------------------------------------------------------------------------
 
+
 def _diagnostic_value(name: str, value: Any, history: dict[str, list[Any]]) -> torch.Tensor:
     """A diagnostic's value as a float64 CPU tensor (checkpoints load with weights_only=True), same shape each time."""
     try:
         out = torch.as_tensor(np.asarray(value, dtype=np.float64))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"diagnostic {name!r} must return a number or a numeric array, got {type(value).__name__}") \
-            from err
+        raise ValueError(
+            f"diagnostic {name!r} must return a number or a numeric array, got {type(value).__name__}"
+        ) from err
     before = history.get(f"diag/{name}")
     if before and tuple(before[0].shape) != tuple(out.shape):
         raise ValueError(f"diagnostic {name!r} changed shape from {tuple(before[0].shape)} to {tuple(out.shape)}")
@@ -463,15 +523,18 @@ def _evaluation(state: RunState, feed: _Feed, cfg: RunConfig, autocast: Callable
     if state.ema_model is not None:
         ema_dtype = next(state.ema_model.parameters()).dtype
         row["ema_val_loss"], row["ema_val_acc"] = evaluate(
-            state.ema_model, ((x.to(ema_dtype) if x.is_floating_point() else x, y) for x, y in feed.eval_set("val")),
-            autocast)
+            state.ema_model,
+            ((x.to(ema_dtype) if x.is_floating_point() else x, y) for x, y in feed.eval_set("val")),
+            autocast,
+        )
     row.update(_group_norms(state.optimizer))
     row.update(_diagnostics(state, feed, cfg.diagnostics, autocast))
     return row
 
 
-def _record(state: RunState, feed: _Feed, cfg: RunConfig, autocast: Callable[[], Any], *, loss: float, lr: float,
-            wd: float) -> None:
+def _record(
+    state: RunState, feed: _Feed, cfg: RunConfig, autocast: Callable[[], Any], *, loss: float, lr: float, wd: float
+) -> None:
     """Append a row to the history: step, last training loss, LR, WD, wall time and, on rank 0, the evaluation."""
     row: dict[str, Any] = {"step": state.step, "last_loss": loss, "lr": lr, "wd": wd, "wall_time": state.wall_time}
     if feed.rank == 0:
@@ -495,14 +558,16 @@ def _measures(cfg: RunConfig, model: nn.Module, ds: Any, autocast: Callable[[], 
 
 # --- the loop ------------------------------------------------------------------------------------------
 
+
 def _check_request(cfg: RunConfig, init_state: dict[str, torch.Tensor] | None) -> None:
     """Raise ValueError for a call :func:`train` cannot run (wrong type, init_state without init_from or the
     reverse, a dtype with a bfloat16 precision)."""
     if not isinstance(cfg, RunConfig):
         raise ValueError(f"cfg must be a wdlib.config.RunConfig, got {type(cfg).__name__}")
     if (cfg.init_from is not None) != (init_state is not None):
-        raise ValueError("init_state must be given exactly when cfg.init_from is set; "
-                         "wdlib.runs.run loads it from the store")
+        raise ValueError(
+            "init_state must be given exactly when cfg.init_from is set; wdlib.runs.run loads it from the store"
+        )
     if cfg.precision != "fp32" and cfg.dtype != "float32":
         raise ValueError(f"dtype {cfg.dtype!r} applies to precision 'fp32' only, got precision {cfg.precision!r}")
 
@@ -522,35 +587,71 @@ def _parallel(model: nn.Module, device: torch.device, world: int) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _result(state: RunState, cfg: RunConfig, ds: Any, autocast: Callable[[], Any], last_loss: float, *,
-            device: torch.device, world: int, rank: int, resumed_from: int) -> RunResult:
+def _result(
+    state: RunState,
+    cfg: RunConfig,
+    ds: Any,
+    autocast: Callable[[], Any],
+    last_loss: float,
+    *,
+    device: torch.device,
+    world: int,
+    rank: int,
+    resumed_from: int,
+) -> RunResult:
     """The :class:`RunResult` of a finished (or diverged) run; the measures run here, on rank 0, if it finished."""
     wall = state.wall_time
-    arrays = {k: (torch.stack(v).numpy() if v and isinstance(v[0], torch.Tensor) else np.asarray(v, dtype=np.float64))
-              for k, v in state.history.items()}
+    arrays = {
+        k: (torch.stack(v).numpy() if v and isinstance(v[0], torch.Tensor) else np.asarray(v, dtype=np.float64))
+        for k, v in state.history.items()
+    }
     final = {k: float(v[-1]) for k, v in arrays.items() if v.ndim == 1 and len(v)}
     if state.diverged_at is not None:  # the evaluations before it stay in the history; the loss that tripped it here
         final["last_loss"] = last_loss
     elif rank == 0:
         final.update(_measures(cfg, state.model, ds, autocast))
-    probe_arrays = {f"{name}/{k}": np.asarray(v) for name, p in state.probes.items() if getattr(p, "count", 1) > 0
-                    for k, v in p.result().items()}
-    info = {"device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "world_size": world, "groups": state.groups, "precision": cfg.precision,
-            "attention_backend": attention_backend(device, torch.bfloat16 if cfg.precision != "fp32"
-                                                   else _param_dtype(cfg)) if cfg.model == "gpt" else None,
-            "resumed_from": resumed_from}
-    return RunResult(config=cfg.to_dict(), history=arrays, final=final, diverged_at=state.diverged_at,
-                     steps_done=state.diverged_at if state.diverged_at is not None else cfg.steps, wall_time=wall,
-                     probes=probe_arrays, info=info, model_state=_cpu_copy(state.model.state_dict()),
-                     ema_state=_cpu_copy(state.ema_model.state_dict()) if state.ema_model is not None else None,
-                     snapshots=state.snapshots)
+    probe_arrays = {
+        f"{name}/{k}": np.asarray(v)
+        for name, p in state.probes.items()
+        if getattr(p, "count", 1) > 0
+        for k, v in p.result().items()
+    }
+    info = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "world_size": world,
+        "groups": state.groups,
+        "precision": cfg.precision,
+        "attention_backend": attention_backend(device, torch.bfloat16 if cfg.precision != "fp32" else _param_dtype(cfg))
+        if cfg.model == "gpt"
+        else None,
+        "resumed_from": resumed_from,
+    }
+    return RunResult(
+        config=cfg.to_dict(),
+        history=arrays,
+        final=final,
+        diverged_at=state.diverged_at,
+        steps_done=state.diverged_at if state.diverged_at is not None else cfg.steps,
+        wall_time=wall,
+        probes=probe_arrays,
+        info=info,
+        model_state=_cpu_copy(state.model.state_dict()),
+        ema_state=_cpu_copy(state.ema_model.state_dict()) if state.ema_model is not None else None,
+        snapshots=state.snapshots,
+    )
 
 
-def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: str | os.PathLike[str] | None = None,
-          resume: bool = True, progress: bool | None = None, data: Any = None,
-          init_state: dict[str, torch.Tensor] | None = None) -> RunResult:
+def train(
+    cfg: RunConfig,
+    *,
+    device: str | torch.device = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+    data: Any = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> RunResult:
     """Train ``cfg``; with ``checkpoint``, write checkpoints there and (``resume``) continue from one.
 
     ``data`` may pass an already loaded dataset (it must be the one ``cfg`` names). ``progress``:
@@ -562,8 +663,9 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     rank, world = init_distributed()
     dev = _run_device(device, world)
     if cfg.batch_size % (world * cfg.grad_accum):
-        raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by world size x grad_accum "
-                         f"({world} x {cfg.grad_accum})")
+        raise ValueError(
+            f"batch_size ({cfg.batch_size}) must be divisible by world size x grad_accum ({world} x {cfg.grad_accum})"
+        )
     ds = (run_data(cfg, data) if data is not None else build_data(cfg)).for_device(dev)
     state = RunState.build(cfg, ds, dev, init_state)
     net = _parallel(state.model, dev, world)
@@ -574,11 +676,17 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
     start, loss = state.step, float("nan")
     state.model.train()
     state.start_clock()
-    bar = progress_bar(total=cfg.steps, initial=start, disable=not (show_progress(progress) and rank == 0),
-                       mininterval=1.0, desc=f"{cfg.model} {cfg.optimizer['name']}")
+    bar = progress_bar(
+        total=cfg.steps,
+        initial=start,
+        disable=not (show_progress(progress) and rank == 0),
+        mininterval=1.0,
+        desc=f"{cfg.model} {cfg.optimizer['name']}",
+    )
     for step in range(start, cfg.steps):
-        loss = _forward_backward(net, state.optimizer, *feed.batch(step), accum=cfg.grad_accum, world=world,
-                                 autocast=autocast)
+        loss = _forward_backward(
+            net, state.optimizer, *feed.batch(step), accum=cfg.grad_accum, world=world, autocast=autocast
+        )
         if _diverges(loss, state.running_min, cfg.divergence_factor):
             state.diverged_at = step
             break
@@ -590,8 +698,13 @@ def train(cfg: RunConfig, *, device: str | torch.device = "auto", checkpoint: st
             state.snapshots[done] = _cpu_copy(state.model.state_dict())
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             _record(state, feed, cfg, autocast, loss=loss, lr=lr_used, wd=wd_used)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps \
-                and ckpt_path is not None and rank == 0:
+        if (
+            cfg.checkpoint_every
+            and done % cfg.checkpoint_every == 0
+            and done < cfg.steps
+            and ckpt_path is not None
+            and rank == 0
+        ):
             state.save(ckpt_path)
     bar.close()
     return _result(state, cfg, ds, autocast, loss, device=dev, world=world, rank=rank, resumed_from=start)

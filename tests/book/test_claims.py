@@ -29,15 +29,34 @@ from wdlib.claims import (
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TOY = {"chapter": "01_toy", "claims": [
-    {"id": "TOY-1", "sources": ["su2025"], "statement": "s", "measure": "m", "seeds": "5",
-     "rule": {"text": "slope of something",
-              "tests": [{"name": "slope", "label": "slope", "op": "abs<=", "threshold": 0.5},
-                        {"name": "gap", "label": "gap", "op": ">=", "threshold": 0.0, "part": "secondary"}],
-              "sanity": [{"name": "identity", "label": "identity error", "op": "<=", "threshold": 1e-12}]},
-     "revisions": [{"date": "2026-11-30", "change": "c", "why": "w", "after_data": True}]},
-    {"id": "TOY-2", "sources": ["su2025"], "statement": "s", "measure": "m",
-     "rule": {"text": "an identity", "untested": "identity only: shown, not counted"}}]}
+TOY = {
+    "chapter": "01_toy",
+    "claims": [
+        {
+            "id": "TOY-1",
+            "sources": ["su2025"],
+            "statement": "s",
+            "measure": "m",
+            "seeds": "5",
+            "rule": {
+                "text": "slope of something",
+                "tests": [
+                    {"name": "slope", "label": "slope", "op": "abs<=", "threshold": 0.5},
+                    {"name": "gap", "label": "gap", "op": ">=", "threshold": 0.0, "part": "secondary"},
+                ],
+                "sanity": [{"name": "identity", "label": "identity error", "op": "<=", "threshold": 1e-12}],
+            },
+            "revisions": [{"date": "2026-11-30", "change": "c", "why": "w", "after_data": True}],
+        },
+        {
+            "id": "TOY-2",
+            "sources": ["su2025"],
+            "statement": "s",
+            "measure": "m",
+            "rule": {"text": "an identity", "untested": "identity only: shown, not counted"},
+        },
+    ],
+}
 
 
 @pytest.fixture()
@@ -56,7 +75,7 @@ def seeds(*v):
 def test_margin_decides_pass_fail_and_inconclusive():
     t = Test("x", "x", "<=", 1.0)
     ok = judge_test(t, seeds(0.0, 0.1, -0.1, 0.05, -0.05))  # mean 0, sd 0.079: margin ~ +12.6
-    assert ok["outcome"] == "pass" and ok["margin"] == pytest.approx(1 / np.std([0, .1, -.1, .05, -.05], ddof=1))
+    assert ok["outcome"] == "pass" and ok["margin"] == pytest.approx(1 / np.std([0, 0.1, -0.1, 0.05, -0.05], ddof=1))
     assert ok["seeds_passing"] == 5
     bad = judge_test(t, seeds(2.0, 2.1, 1.9))
     assert bad["outcome"] == "fail" and bad["margin"] < -1
@@ -70,8 +89,10 @@ def test_margin_decides_pass_fail_and_inconclusive():
     assert judge_test(t, seeds(0.5, 0.5, 0.5))["outcome"] == "pass"  # zero spread, on the claim's side
 
 
-@pytest.mark.parametrize("op,threshold,good,badv", [("<=", -0.5, -0.9, -0.1), (">=", 0.7, 0.9, 0.2),
-                                                     ("abs<=", 0.5, -0.2, 0.8), ("abs>=", 0.1, -0.4, 0.05)])
+@pytest.mark.parametrize(
+    "op,threshold,good,badv",
+    [("<=", -0.5, -0.9, -0.1), (">=", 0.7, 0.9, 0.2), ("abs<=", 0.5, -0.2, 0.8), ("abs>=", 0.1, -0.4, 0.05)],
+)
 def test_each_operator_and_its_opposite(op, threshold, good, badv):
     t = Test("x", "x", op, threshold)
     m = seeds(good - 0.01, good, good + 0.01)
@@ -121,12 +142,18 @@ def test_verdict_rules():
 # --------------------------------------------------------------------------------------------- catalogue
 def test_ledger_judges_by_the_catalogue_and_records_json(toy, tmp_path):
     ledger = Ledger("01_toy", "smoke", directory=tmp_path, seed=0, catalogue_dir=toy)
-    r = ledger.judge("TOY-1", measured={"slope": seeds(0.1, 0.0, 0.05, -0.02, 0.03), "gap": seeds(0.3, 0.4, 0.35)},
-                     sanity={"identity": 1e-15}, key_number="slope 0.03", evidence={"curve": np.arange(3)})
+    r = ledger.judge(
+        "TOY-1",
+        measured={"slope": seeds(0.1, 0.0, 0.05, -0.02, 0.03), "gap": seeds(0.3, 0.4, 0.35)},
+        sanity={"identity": 1e-15},
+        key_number="slope 0.03",
+        evidence={"curve": np.arange(3)},
+    )
     assert r.verdict == "reproduced"
     assert "| slope | core |" in r.markdown() and "**pass**" in r.markdown()
-    r2 = ledger.judge("TOY-1", measured={"slope": seeds(0.1, 0.0, 0.05), "gap": seeds(-0.3, -0.4, -0.35)},
-                      sanity={"identity": 1e-15})
+    r2 = ledger.judge(
+        "TOY-1", measured={"slope": seeds(0.1, 0.0, 0.05), "gap": seeds(-0.3, -0.4, -0.35)}, sanity={"identity": 1e-15}
+    )
     assert r2.verdict == "partial"
     r3 = ledger.judge("TOY-2", measured={}, sanity={})
     assert r3.verdict == "not tested"
@@ -162,13 +189,16 @@ def test_judge_refuses_booleans_wrong_names_and_other_chapters(toy, tmp_path):
         Ledger("02_other", "smoke", directory=tmp_path, catalogue_dir=toy).judge("TOY-1", measured={})
 
 
-@pytest.mark.parametrize("mutation,match", [
-    (lambda c: c["rule"]["tests"][0].update(op="<"), "op must be one of"),
-    (lambda c: c["rule"]["tests"][0].update(part="main"), "part must be"),
-    (lambda c: [t.update(part="secondary") for t in c["rule"]["tests"]], "core"),
-    (lambda c: c["rule"].update(tests=[]), "untested"),
-    (lambda c: c.pop("measure"), "missing measure"),
-])
+@pytest.mark.parametrize(
+    "mutation,match",
+    [
+        (lambda c: c["rule"]["tests"][0].update(op="<"), "op must be one of"),
+        (lambda c: c["rule"]["tests"][0].update(part="main"), "part must be"),
+        (lambda c: [t.update(part="secondary") for t in c["rule"]["tests"]], "core"),
+        (lambda c: c["rule"].update(tests=[]), "untested"),
+        (lambda c: c.pop("measure"), "missing measure"),
+    ],
+)
 def test_catalogue_validation(tmp_path, mutation, match):
     doc = json.loads(json.dumps(TOY))
     mutation(doc["claims"][0])
@@ -198,6 +228,11 @@ def test_the_book_catalogue_is_complete_and_cites_known_sources():
 
 
 def test_claim_result_markdown_shows_sanity_checks():
-    r = ClaimResult(claim="X", tests=[], sanity=[{"name": "a", "label": "probe", "value": 0.0, "rule": "",
-                                                  "holds": True}], verdict="not tested", key_number="k")
+    r = ClaimResult(
+        claim="X",
+        tests=[],
+        sanity=[{"name": "a", "label": "probe", "value": 0.0, "rule": "", "holds": True}],
+        verdict="not tested",
+        key_number="k",
+    )
     assert "Sanity checks (not counted): probe = 0 (holds)" in r.markdown()

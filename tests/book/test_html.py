@@ -17,8 +17,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
 CHROMIUM = os.environ.get("WDLIB_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-quic"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 pytestmark = pytest.mark.book
 
@@ -36,8 +44,10 @@ def browser():
     if not (HTML / "index.html").exists():
         pytest.fail(f"no built book at {HTML}: run `make book` first (make test does)")
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install chromium) "
-                    "or set WDLIB_SKIP_BROWSER=1 to skip the browser check knowingly")
+        pytest.fail(
+            f"chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install chromium) "
+            "or set WDLIB_SKIP_BROWSER=1 to skip the browser check knowingly"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

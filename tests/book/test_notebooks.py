@@ -54,12 +54,26 @@ def test_first_code_cell_is_the_parameters_cell_then_validated(nb_path):
     assert len(colab) == 1 and "google.colab" in colab[0].source and code.index(colab[0]) == 1
 
 
-TOY = {"chapter": "01_x", "claims": [
-    {"id": "X-1", "sources": ["su2025"], "statement": "a | b", "measure": "m",
-     "rule": {"text": "t", "tests": [{"name": "g", "label": "gap", "op": ">=", "threshold": 0.0}]},
-     "revisions": [{"date": "2026-11-30", "change": "rewritten", "why": "issue 15", "after_data": True}]},
-    {"id": "X-2", "sources": ["su2025"], "statement": "never run", "measure": "m",
-     "rule": {"text": "t", "untested": "identity only."}}]}
+TOY = {
+    "chapter": "01_x",
+    "claims": [
+        {
+            "id": "X-1",
+            "sources": ["su2025"],
+            "statement": "a | b",
+            "measure": "m",
+            "rule": {"text": "t", "tests": [{"name": "g", "label": "gap", "op": ">=", "threshold": 0.0}]},
+            "revisions": [{"date": "2026-11-30", "change": "rewritten", "why": "issue 15", "after_data": True}],
+        },
+        {
+            "id": "X-2",
+            "sources": ["su2025"],
+            "statement": "never run",
+            "measure": "m",
+            "rule": {"text": "t", "untested": "identity only."},
+        },
+    ],
+}
 
 
 def test_ledger_intro_and_status_pages(tmp_path):
@@ -68,7 +82,8 @@ def test_ledger_intro_and_status_pages(tmp_path):
     (cat / "01_x.yml").write_text(yaml.safe_dump(TOY))
     results = tmp_path / "results"
     Ledger("01_x", "smoke", directory=results, seed=0, catalogue_dir=cat).judge(
-        "X-1", measured={"g": Measurement.from_seeds([1.0, 1.2, 0.9, 1.1, 1.0])}, key_number="k")
+        "X-1", measured={"g": Measurement.from_seeds([1.0, 1.2, 0.9, 1.1, 1.0])}, key_number="k"
+    )
     page = ledger_page(results, cat)
     assert "| [X-1](#x-1) | [01_x](../notebooks/01_x.ipynb) (smoke, 0) | **reproduced** | +9.12 | 5 | a \\| b |" in page
     assert "| [X-2](#x-2) | [01_x](../notebooks/01_x.ipynb) | **not run** |" in page  # catalogued, not recorded
@@ -81,8 +96,9 @@ def test_ledger_intro_and_status_pages(tmp_path):
     assert "| 2026-11-30 | [X-1](ledger.md#x-1) | rewritten | issue 15 |" in intro
     with pytest.raises(ValueError, match="marker"):
         fill_intro("no markers", cat)
-    status = status_page([{"chapter": "notebooks/01_x", "seconds": 12.3, "scale": "smoke", "seed": 0,
-                           "error": None}], "smoke", results)
+    status = status_page(
+        [{"chapter": "notebooks/01_x", "seconds": 12.3, "scale": "smoke", "seed": 0, "error": None}], "smoke", results
+    )
     assert "12.3 s" in status and "torch" in status
 
 

@@ -44,8 +44,9 @@ def test_the_readme_has_python_and_bash_blocks_and_no_other_kind():
 @pytest.mark.parametrize("index", [i for i, (k, _) in enumerate(BLOCKS) if k == "python"])
 def test_every_python_block_runs_verbatim(index, tmp_path):
     code = BLOCKS[index][1]
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, f"README python block {index} failed:\n{code}\n{r.stderr[-3000:]}"
     assert r.stdout.strip(), "each block prints what it shows"
 
@@ -57,17 +58,21 @@ def test_every_bash_command_runs(index, tmp_path):
         if command.startswith(SKIPPED_PREFIXES):
             continue
         line = command.replace(".venv/bin/python", sys.executable)
-        r = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run(
+            ["bash", "-c", line], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+        )
         assert r.returncode == 0, f"README command failed: {command}\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
 
 
 def test_only_the_named_commands_are_skipped():
     skipped = [c for k, b in BLOCKS if k == "bash" for c in _commands(b) if c.startswith(SKIPPED_PREFIXES)]
-    assert skipped[:2] == ["make book   # execute every chapter at smoke scale (papermill) and build the HTML "
-                           "book into _build/html",
-                           "make test   # wdlib's tests, then the book, then a headless-Chromium check of every "
-                           "built page"][:len(skipped[:2])]
+    assert (
+        skipped[:2]
+        == [
+            "make book   # execute every chapter at smoke scale (papermill) and build the HTML book into _build/html",
+            "make test   # wdlib's tests, then the book, then a headless-Chromium check of every built page",
+        ][: len(skipped[:2])]
+    )
     assert all(c.startswith(("make book", "make test", ".venv/bin/papermill")) for c in skipped), skipped
 
 

@@ -13,10 +13,26 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import compare_claims  # noqa: E402
 
-RECORD = {"chapter": "01_x", "scale": "smoke", "seed": 0, "environment": {"date": "2026-12-01"},
-          "claims": [{"claim": "X-1", "verdict": "reproduced", "key_number": "slope 0.50",
-                      "tests": [{"name": "slope", "margin": 2.5,
-                                 "measurement": {"value": 0.5, "spread": 0.1, "per_seed": [0.4, 0.5, 0.6]}}]}]}
+RECORD = {
+    "chapter": "01_x",
+    "scale": "smoke",
+    "seed": 0,
+    "environment": {"date": "2026-12-01"},
+    "claims": [
+        {
+            "claim": "X-1",
+            "verdict": "reproduced",
+            "key_number": "slope 0.50",
+            "tests": [
+                {
+                    "name": "slope",
+                    "margin": 2.5,
+                    "measurement": {"value": 0.5, "spread": 0.1, "per_seed": [0.4, 0.5, 0.6]},
+                }
+            ],
+        }
+    ],
+}
 
 
 def _write(d: Path, record: dict) -> Path:
@@ -50,8 +66,9 @@ def test_module_graph_reports_cycles_and_upward_imports(tmp_path):
     (pkg / "experiments" / "__init__.py").write_text("")
     (pkg / "optim.py").write_text("def f():\n    from .train import g\n")  # core -> engine, inside a function
     (pkg / "train.py").write_text("from .optim import f\n\ndef g():\n    return 1\n")
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "module_graph.py"), str(pkg)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "module_graph.py"), str(pkg)], capture_output=True, text=True, check=True
+    ).stdout
     assert "import cycles (strongly connected groups): 1" in out and "wdlib.optim <-> wdlib.train" in out
     assert "wdlib.optim (core) -> wdlib.train (engine)" in out
     assert "function-level imports of wdlib modules: 1" in out

@@ -15,8 +15,14 @@ TINY = dec.setup("test")
 
 
 def test_settings_of_each_scale():
-    assert (TINY.scale, TINY.num_samples, TINY.width, TINY.depth, TINY.batch_size, TINY.steps) == \
-        ("test", 300, 8, 1, 20, 30)
+    assert (TINY.scale, TINY.num_samples, TINY.width, TINY.depth, TINY.batch_size, TINY.steps) == (
+        "test",
+        300,
+        8,
+        1,
+        20,
+        30,
+    )
     smoke = dec.setup("smoke")
     assert (smoke.num_samples, smoke.width, smoke.depth, smoke.batch_size, smoke.steps) == (4000, 128, 2, 100, 1000)
     assert dec.setup("smoke", seed=2).seeds(2) == (2000, 2001)
@@ -26,21 +32,29 @@ def test_settings_of_each_scale():
 
 def test_base_config_and_dataset_follow_the_settings():
     cfg = dec.base_config(TINY, 7, lr=0.5)
-    assert (cfg.data_args, cfg.model_args, cfg.steps, cfg.batch_size, cfg.seed, cfg.scale, cfg.lr) == \
-        ({"num_samples": 300}, {"width": 8, "depth": 1}, 30, 20, 7, "test", 0.5)
-    assert cfg.decay_vectors                                   # every parameter decayed
+    assert (cfg.data_args, cfg.model_args, cfg.steps, cfg.batch_size, cfg.seed, cfg.scale, cfg.lr) == (
+        {"num_samples": 300},
+        {"width": 8, "depth": 1},
+        30,
+        20,
+        7,
+        "test",
+        0.5,
+    )
+    assert cfg.decay_vectors  # every parameter decayed
     data = dec.dataset(TINY)
     assert len(data.y_train) + len(data.y_test) == TINY.num_samples
 
 
 def test_one_step_gap_from_a_trained_run_is_rounding(tmp_path):
     store = Store(tmp_path / "store")
-    steps, gap, result = dec.trajectory_gap(TINY, lr=0.1, weight_decay=5e-3, momentum=0.0, seed=1, snapshots=5,
-                                            store=store)
+    steps, gap, result = dec.trajectory_gap(
+        TINY, lr=0.1, weight_decay=5e-3, momentum=0.0, seed=1, snapshots=5, store=store
+    )
     assert len(steps) == len(gap) == 5 and steps[-1] == TINY.steps
-    assert next(result.model().parameters()).dtype == torch.float64      # the float64 L2 run
+    assert next(result.model().parameters()).dtype == torch.float64  # the float64 L2 run
     one = dec.one_step_gap(TINY, result, lr=0.1, weight_decay=5e-3, seed=1, batches=2)
-    assert 0 <= one < 1e-14                                     # the same algebra, to float64 rounding
+    assert 0 <= one < 1e-14  # the same algebra, to float64 rounding
     # a larger lambda*lr does not make the algebra differ either
     assert dec.one_step_gap(TINY, result, lr=0.5, weight_decay=0.5, seed=1, batches=1) < 1e-14
 
@@ -58,9 +72,10 @@ def test_trajectory_gaps_many_matches_the_single_seed_function(tmp_path):
     assert set(gaps) == {(0.0, "float64"), (0.9, "float64")}
     for case, per_seed in gaps.items():
         assert sorted(per_seed) == list(seeds)
-        for sd, (steps, gap, state) in per_seed.items():
-            s1, g1, _ = dec.trajectory_gap(TINY, lr=0.1, weight_decay=5e-3, momentum=case[0], dtype=case[1], seed=sd,
-                                           snapshots=5, store=store)
+        for sd, (steps, gap, _state) in per_seed.items():
+            s1, g1, _ = dec.trajectory_gap(
+                TINY, lr=0.1, weight_decay=5e-3, momentum=case[0], dtype=case[1], seed=sd, snapshots=5, store=store
+            )
             np.testing.assert_array_equal(gap, g1)
             np.testing.assert_array_equal(steps, s1)
     # without momentum the two rules agree to rounding; with momentum they part
@@ -99,13 +114,14 @@ def test_quadratic_fixed_point_on_a_random_quadratic():
 
 
 def test_quadratic_fixed_points_read_off_the_predicted_alpha():
-    rows = dec.quadratic_fixed_points(dim=5, lrs=(0.05, 0.2), weight_decay={"decoupled": 0.4, "independent": 0.01},
-                                      momentum=0.5, steps=4000, seed=1)
+    rows = dec.quadratic_fixed_points(
+        dim=5, lrs=(0.05, 0.2), weight_decay={"decoupled": 0.4, "independent": 0.01}, momentum=0.5, steps=4000, seed=1
+    )
     for r in rows:
         lam = r["weight_decay"] * (1 - r["momentum"])
         assert r["alpha_predicted"] == pytest.approx(lam if r["decay"] == "decoupled" else lam / r["lr"])
         assert r["alpha_measured"] == pytest.approx(r["alpha_predicted"], rel=1e-6)
-        assert r["alpha_measured_spread"] < 1e-6                # one alpha for every coordinate
+        assert r["alpha_measured_spread"] < 1e-6  # one alpha for every coordinate
 
 
 def test_convention_and_warmup_delay_runs(tmp_path):

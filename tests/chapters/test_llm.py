@@ -20,15 +20,27 @@ SMALL = 200_000
 
 
 def _gpt(**changes):
-    fields = dict(data="stdlib_chars", data_args={"max_bytes": SMALL, "val_split": "interleaved", "val_block": 4096},
-                  model="gpt", model_args={"n_layer": 1, "n_head": 2, "n_embd": 16},
-                  optimizer={"name": "adam", "betas": [0.9, 0.95]}, lr=3e-3, weight_decay=0.1, steps=12, batch_size=4, block_size=16, eval_every=6,
-                  eval_batches=2, scale="test")
+    fields = dict(
+        data="stdlib_chars",
+        data_args={"max_bytes": SMALL, "val_split": "interleaved", "val_block": 4096},
+        model="gpt",
+        model_args={"n_layer": 1, "n_head": 2, "n_embd": 16},
+        optimizer={"name": "adam", "betas": [0.9, 0.95]},
+        lr=3e-3,
+        weight_decay=0.1,
+        steps=12,
+        batch_size=4,
+        block_size=16,
+        eval_every=6,
+        eval_batches=2,
+        scale="test",
+    )
     fields.update(changes)
     return RunConfig(**fields)
 
 
 # --- attention logits ----------------------------------------------------------------------------------
+
 
 def _manual_logit_max(model: GPT, idx: torch.Tensor, causal: bool = True) -> list[float]:
     """Layer by layer, the explicit ``q k^T / sqrt(d)`` with the causal mask, from the module's own weights."""
@@ -81,6 +93,7 @@ def test_attention_logit_max_only_looks_at_causal_positions():
 
 # --- relative update probe -----------------------------------------------------------------------------
 
+
 def test_relative_update_probe_measures_the_step_and_sees_decay():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(30, 20))
@@ -124,13 +137,14 @@ def test_relative_update_probe_measures_the_step_and_sees_decay():
 
 # --- seen and unseen windows ---------------------------------------------------------------------------
 
+
 def test_train_starts_are_the_training_batches():
     ds = stdlib_chars(SMALL)
     starts = ds.train_starts(5, 4, 16, seed=3)
     assert starts.shape == (20,)
     for step in range(5):
         x, _ = ds.with_block_size(16).batch(step, 3, batch_size=4)
-        expected = torch.stack([ds.train[s:s + 16] for s in starts[step * 4:(step + 1) * 4]])
+        expected = torch.stack([ds.train[s : s + 16] for s in starts[step * 4 : (step + 1) * 4]])
         assert torch.equal(x, expected)
 
 
@@ -140,9 +154,9 @@ def test_unseen_starts_touch_no_seen_token():
     unseen = ds.unseen_starts(64, 32, seen, seed=1)
     covered = torch.zeros(len(ds.train), dtype=torch.bool)
     for s in seen.tolist():
-        covered[s:s + 33] = True
+        covered[s : s + 33] = True
     assert unseen.numel() == 64 and len(set(unseen.tolist())) == 64
-    assert all(not covered[s:s + 33].any() for s in unseen.tolist())
+    assert all(not covered[s : s + 33].any() for s in unseen.tolist())
     with pytest.raises(ValueError, match="untouched"):
         ds.unseen_starts(10, 32, torch.arange(0, len(ds.train), 8), seed=0)
 
@@ -170,16 +184,22 @@ def test_interleaved_split_spreads_validation_over_the_corpus():
 
 # --- through the training loop -------------------------------------------------------------------------
 
+
 def test_run_records_attention_logits_relative_updates_and_seen_unseen():
-    cfg = _gpt(diagnostics=["attn_logit_max"], probes=[{"name": "relative_update", "every": 2}],
-               measures=[{"name": "seen_unseen", "windows": 8}], precision="bf16-autocast")
+    cfg = _gpt(
+        diagnostics=["attn_logit_max"],
+        probes=[{"name": "relative_update", "every": 2}],
+        measures=[{"name": "seen_unseen", "windows": 8}],
+        precision="bf16-autocast",
+    )
     r = train(cfg, device="cpu", progress=False)
     assert r.history["diag/attn_logit_max"].shape == (2, 1)
     assert np.isfinite(r.history["diag/attn_logit_max"]).all()
     assert r.probes["relative_update/ratio"].shape == (6,) and (r.probes["relative_update/ratio"] > 0).all()
     assert {"seen_unseen/seen_loss", "seen_unseen/unseen_loss", "seen_unseen/gap"} <= set(r.final)
     assert r.final["seen_unseen/gap"] == pytest.approx(
-        r.final["seen_unseen/unseen_loss"] - r.final["seen_unseen/seen_loss"])
+        r.final["seen_unseen/unseen_loss"] - r.final["seen_unseen/seen_loss"]
+    )
 
 
 def test_seen_unseen_measure_evaluates_the_windows_it_names():
@@ -198,8 +218,8 @@ def test_seen_unseen_measure_evaluates_the_windows_it_names():
     unseen = ds.unseen_starts(6, cfg.block_size, all_seen, seed=2)
 
     def loss(starts):
-        x = torch.stack([ds.train[s:s + cfg.block_size] for s in starts])
-        y = torch.stack([ds.train[s + 1:s + 1 + cfg.block_size] for s in starts])
+        x = torch.stack([ds.train[s : s + cfg.block_size] for s in starts])
+        y = torch.stack([ds.train[s + 1 : s + 1 + cfg.block_size] for s in starts])
         with torch.no_grad():
             return float(F.cross_entropy(model(x).reshape(-1, ds.vocab_size), y.reshape(-1)))
 
@@ -210,6 +230,7 @@ def test_seen_unseen_measure_evaluates_the_windows_it_names():
 
 
 # --- the corpus with installed packages ------------------------------------------------------------------
+
 
 def test_site_packages_corpus_extends_the_standard_library():
     only = stdlib_chars(15_000_000)
@@ -223,6 +244,7 @@ def test_site_packages_corpus_extends_the_standard_library():
 
 
 # --- chapter 5's experiment module ---------------------------------------------------------------------
+
 
 def test_divergence_rule_needs_a_spike_that_does_not_recover():
     from wdlib.experiments.llm import diverged
@@ -266,8 +288,10 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     main = runs["main"]
     r = main[(0.0, 0)]
     assert "ema_val_loss" in r.history and "relative_update/ratio" in r.probes and s.ft_from in r.snapshots
-    assert llm.value_at(r, llm.constant_phase_end(s)) == r.history["val_loss"][list(r.history["step"]).index(
-        llm.constant_phase_end(s))]
+    assert (
+        llm.value_at(r, llm.constant_phase_end(s))
+        == r.history["val_loss"][list(r.history["step"]).index(llm.constant_phase_end(s))]
+    )
     with pytest.raises(ValueError, match="not evaluated"):
         llm.value_at(r, 5)
     assert llm.constant_phase_end(s) < llm.decay_start(s) <= s.steps
@@ -289,9 +313,13 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     assert f32["shrink_vs_float32"] == pytest.approx(1.0) and f32["val_minus_float32"] == 0.0
     tq = shares.set_index("arm").loc["bf16, torch AdamW"]
     o7 = runs["o7"]
-    expected = 1 - (o7[("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].final["weight_norm/decay"]
-                    / o7[("bf16-pure", "torch.adamw", "nearest", 0.0, 0)].final["weight_norm/decay"])
-    assert tq["shrink"] == pytest.approx(expected) and tq["shrink_vs_float32"] == pytest.approx(expected / f32["shrink"])
+    expected = 1 - (
+        o7[("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].final["weight_norm/decay"]
+        / o7[("bf16-pure", "torch.adamw", "nearest", 0.0, 0)].final["weight_norm/decay"]
+    )
+    assert tq["shrink"] == pytest.approx(expected) and tq["shrink_vs_float32"] == pytest.approx(
+        expected / f32["shrink"]
+    )
     t = llm.applied_decay_table(llm.bf16_pure_weights(r), s.applied_decay_grid, steps=20)
     assert set(t["arm"]) == set(llm.APPLIED_ARMS) and len(t) == len(llm.APPLIED_ARMS) * len(s.applied_decay_grid)
     f32 = t[t["arm"] == "float32"]["ratio"]
@@ -313,9 +341,9 @@ def test_plan_takes_its_training_seeds_from_the_caller():
     assert llm.seed_count(s) == max(s.n_seeds, s.ladder_n_seeds, s.bf16_pure_n_seeds)
     seeds = tuple(1000 + i for i in range(llm.seed_count(s)))
     p = llm.plan(s, seeds)
-    assert {k[1] for k in p["main"]} == set(seeds[:s.n_seeds]) == {k[1] for k in p["ln"]}
-    assert {k[-1] for k in p["o6"]} == set(seeds[:s.ladder_n_seeds])
-    assert {k[-1] for k in p["o7"]} == set(seeds[:s.bf16_pure_n_seeds])
+    assert {k[1] for k in p["main"]} == set(seeds[: s.n_seeds]) == {k[1] for k in p["ln"]}
+    assert {k[-1] for k in p["o6"]} == set(seeds[: s.ladder_n_seeds])
+    assert {k[-1] for k in p["o7"]} == set(seeds[: s.bf16_pure_n_seeds])
     assert all(cfg.seed == k[-1] for section in ("main", "ln", "o6", "o7") for k, cfg in p[section].items())
     assert len(p["o7"]) == 9 * s.bf16_pure_n_seeds
     # the default seeds are 0, 1, ...: the same runs (same keys) as the notebook's base seed 0
@@ -327,10 +355,15 @@ def test_plan_takes_its_training_seeds_from_the_caller():
 
 
 def test_divergence_ratio_is_the_statistic_of_the_divergence_rule():
-    from wdlib.experiments.llm import divergence_ratio, diverged
+    from wdlib.experiments.llm import diverged, divergence_ratio
 
-    curves = [[3.0, 2.5, 2.2, 2.1], [3.0, 2.0, 3.5, 3.6], [3.0, 2.0, 3.5, 2.2],
-              [4.0, 6.5, 3.0, 2.5, 2.0, 1.9, 4.5, 4.6, 4.7], [3.0, 2.5, 2.4, 2.6, 2.7]]
+    curves = [
+        [3.0, 2.5, 2.2, 2.1],
+        [3.0, 2.0, 3.5, 3.6],
+        [3.0, 2.0, 3.5, 2.2],
+        [4.0, 6.5, 3.0, 2.5, 2.0, 1.9, 4.5, 4.6, 4.7],
+        [3.0, 2.5, 2.4, 2.6, 2.7],
+    ]
     for c in curves:  # above 1.5 exactly when the rule says diverged
         assert (divergence_ratio(c) > 1.5) == diverged(c)["diverged"]
     assert divergence_ratio([3.0, 2.0, 3.6]) == pytest.approx(1.8)
@@ -356,7 +389,9 @@ def test_per_seed_statistics_and_consecutive_ratios():
     from wdlib.experiments.llm import consecutive_ratios, per_seed
 
     np.testing.assert_allclose(consecutive_ratios([4.0, 2.0, 3.0]), [0.5, 1.5])
-    t = pd.DataFrame({"wd": [1.0, 0.0, 0.1, 0.0, 1.0, 0.1], "seed": [0, 0, 0, 1, 1, 1], "x": [3.0, 1.0, 2.0, 5.0, 4.0, 6.0]})
+    t = pd.DataFrame(
+        {"wd": [1.0, 0.0, 0.1, 0.0, 1.0, 0.1], "seed": [0, 0, 0, 1, 1, 1], "x": [3.0, 1.0, 2.0, 5.0, 4.0, 6.0]}
+    )
     assert per_seed(t, lambda g: g["x"].iloc[-1] - g["x"].iloc[0]) == [2.0, -1.0]  # sorted by wd within each seed
 
 
@@ -376,10 +411,19 @@ def test_llm_precision_policy(monkeypatch):
     assert {c.precision for c in p["o6"].values()} == {"bf16-autocast", "fp32"}
     assert {c.precision for c in p["o7"].values()} == {"bf16-pure", "fp32"}
     cfg = p["main"][(smoke.wds[1], 0)]
-    assert cfg.replace(precision="bf16-autocast").to_dict() == llm.base_config(
-        smoke, weight_decay=smoke.wds[1], seed=0, ema=smoke.ema, diagnostics=["matrix_norm", "adam_elr"],
-        probes=[{"name": "relative_update", "every": smoke.rel_every}],
-        measures=[{"name": "seen_unseen", "windows": smoke.seen_windows}], snapshots=[smoke.ft_from]).to_dict()
+    assert (
+        cfg.replace(precision="bf16-autocast").to_dict()
+        == llm.base_config(
+            smoke,
+            weight_decay=smoke.wds[1],
+            seed=0,
+            ema=smoke.ema,
+            diagnostics=["matrix_norm", "adam_elr"],
+            probes=[{"name": "relative_update", "every": smoke.rel_every}],
+            measures=[{"name": "seen_unseen", "windows": smoke.seen_windows}],
+            snapshots=[smoke.ft_from],
+        ).to_dict()
+    )
 
     full = llm.setup("full")
     monkeypatch.setattr(llm, "fast_bf16", lambda device: True)
@@ -392,8 +436,11 @@ def test_llm_precision_policy(monkeypatch):
 def test_llm_precision_table_names_each_claim(monkeypatch):
     from wdlib.experiments import llm
 
-    monkeypatch.setattr(llm, "bf16_matmul_speed", lambda device: {"n": 512, "float32_gflops": 65.0,
-                                                                   "bfloat16_gflops": 1.3, "fast": False})
+    monkeypatch.setattr(
+        llm,
+        "bf16_matmul_speed",
+        lambda device: {"n": 512, "float32_gflops": 65.0, "bfloat16_gflops": 1.3, "fast": False},
+    )
     t = llm.precision_table(llm.setup("smoke"), "cpu")
     assert list(t["claim"]) == ["LLM-1 to LLM-4", "LLM-5", "LLM-6", "LLM-7"]
     row = t.set_index("claim").loc["LLM-5"]

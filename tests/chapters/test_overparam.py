@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from wdlib import data as wd_data
+from wdlib.components import build_data
 from wdlib.config import RunConfig, schedule_from_spec
 from wdlib.diagnostics import AngularProbe, adam_effective_lr, effective_lr, update_to_weight_ratio
 from wdlib.experiments import overparam as op
@@ -17,19 +18,30 @@ from wdlib.models import ConvNet, build
 from wdlib.optim import SGD, Adam
 from wdlib.runs import Store, run, run_many
 from wdlib.schedules import StepDrop
-from wdlib.components import build_data
 from wdlib.train import train
 
 
 def _tiny(**changes):
-    fields = dict(data="mnist1d", data_args={"num_samples": 400}, subset=256, model="convnet",
-                  model_args={"channels": [4, 4, 4]}, optimizer={"name": "sgd", "decay": "l2"}, lr=0.05, weight_decay=1e-3,
-                  batch_size=32, steps=24, scale="test", divergence_factor=1e6)
+    fields = dict(
+        data="mnist1d",
+        data_args={"num_samples": 400},
+        subset=256,
+        model="convnet",
+        model_args={"channels": [4, 4, 4]},
+        optimizer={"name": "sgd", "decay": "l2"},
+        lr=0.05,
+        weight_decay=1e-3,
+        batch_size=32,
+        steps=24,
+        scale="test",
+        divergence_factor=1e6,
+    )
     fields.update(changes)
     return RunConfig(**fields)
 
 
 # --- schedule ------------------------------------------------------------------------------------------
+
 
 def test_step_drop_schedule():
     s = StepDrop(peak=0.3, drop_at=5, final=0.03)
@@ -43,13 +55,14 @@ def test_step_drop_schedule():
 
 # --- label noise ---------------------------------------------------------------------------------------
 
+
 def test_label_noise_exact_fraction_wrong_and_seeded():
     ds = wd_data.mnist1d(num_samples=500)
     noisy = wd_data.with_label_noise(ds, 0.3, seed=7)
     wrong = noisy.y_train != ds.y_train
-    assert int(wrong.sum()) == round(0.3 * ds.y_train.numel())          # every chosen label is wrong
+    assert int(wrong.sum()) == round(0.3 * ds.y_train.numel())  # every chosen label is wrong
     assert torch.equal(wrong, noisy.noisy)
-    assert torch.equal(noisy.y_test, ds.y_test)                          # the test split stays clean
+    assert torch.equal(noisy.y_test, ds.y_test)  # the test split stays clean
     assert int(noisy.y_train.min()) >= 0 and int(noisy.y_train.max()) < ds.num_classes
     again = wd_data.with_label_noise(ds, 0.3, seed=7)
     assert torch.equal(again.y_train, noisy.y_train)
@@ -65,13 +78,14 @@ def test_new_fields_at_default_keep_old_keys():
     cfg = RunConfig()
     import hashlib
     import json
+
     d = cfg.to_dict()
     for name in ("label_noise", "measures", "snapshots", "init_from"):  # fields added later
         d.pop(name)
     # the optimizer as the flat fields it had before its spec (tests/test_optimizer_spec.py: more keys)
     d.update(optimizer="adam", decay="decoupled", momentum=0.0, nesterov=False, betas=[0.9, 0.999], eps=1e-8)
     old = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
-    assert cfg.key() == old == "467ae49157fed20d473f2cf7"              # stored runs keep their keys
+    assert cfg.key() == old == "467ae49157fed20d473f2cf7"  # stored runs keep their keys
     assert RunConfig(label_noise=0.1).key() != cfg.key()
 
 
@@ -85,18 +99,21 @@ def test_build_data_applies_label_noise_after_subset():
 
 # --- model ---------------------------------------------------------------------------------------------
 
+
 def test_convnet_shapes_and_parameter_count():
     net = ConvNet(in_channels=1, num_classes=10, input_size=40)
-    assert sum(p.numel() for p in net.parameters()) == 9610          # the chapter's 1-D CNN
+    assert sum(p.numel() for p in net.parameters()) == 9610  # the chapter's 1-D CNN
     assert net(torch.randn(3, 40)).shape == (3, 10)
-    two = build("convnet", in_channels=1, num_classes=4, input_size=8, channels=[4, 4], kernels=[3, 3],
-                strides=[1, 2], dim=2)
+    two = build(
+        "convnet", in_channels=1, num_classes=4, input_size=8, channels=[4, 4], kernels=[3, 3], strides=[1, 2], dim=2
+    )
     assert two(torch.randn(2, 1, 8, 8)).shape == (2, 4)
     with pytest.raises(ValueError, match="same length"):
         ConvNet(1, 10, 40, channels=(4,), kernels=(3, 3), strides=(1, 1))
 
 
 # --- snapshots, init_from, measures ------------------------------------------------------------------
+
 
 def test_snapshot_equals_a_shorter_run(tmp_path):
     store = Store(tmp_path)
@@ -105,7 +122,7 @@ def test_snapshot_equals_a_shorter_run(tmp_path):
     assert sorted(long.snapshots) == [8, 16]
     for k, v in short.model_state.items():
         torch.testing.assert_close(long.snapshots[16][k], v, rtol=0, atol=0)
-    again = store.get(_tiny(snapshots=[8, 16]))                       # read back from the store
+    again = store.get(_tiny(snapshots=[8, 16]))  # read back from the store
     torch.testing.assert_close(again.snapshots[8], long.snapshots[8], rtol=0, atol=0)
 
 
@@ -114,7 +131,7 @@ def test_init_from_starts_at_the_snapshot(tmp_path):
     parent_cfg = _tiny(snapshots=[8])
     parent = run(parent_cfg, store)
     child_cfg = _tiny(steps=1, lr=0.0, weight_decay=0.0, init_from={"run": parent_cfg.key(), "step": 8})
-    child = run(child_cfg, store)                                       # lr 0: the weights stay where they started
+    child = run(child_cfg, store)  # lr 0: the weights stay where they started
     for k, v in parent.snapshots[8].items():
         torch.testing.assert_close(child.model_state[k], v, rtol=0, atol=0)
     # the last step is always available, a step never kept is a clear error
@@ -130,8 +147,8 @@ def test_init_from_starts_at_the_snapshot(tmp_path):
 def test_interrupted_run_keeps_its_snapshots(tmp_path):
     cfg = _tiny(snapshots=[4, 20], checkpoint_every=8)
     ck = tmp_path / "ck.pt"
-    full = train(cfg, checkpoint=ck)          # leaves its step-16 checkpoint behind (run() would delete it)
-    resumed = train(cfg, checkpoint=ck)       # so this one continues from step 16, as after a crash there
+    full = train(cfg, checkpoint=ck)  # leaves its step-16 checkpoint behind (run() would delete it)
+    resumed = train(cfg, checkpoint=ck)  # so this one continues from step 16, as after a crash there
     assert resumed.info["resumed_from"] == 16
     assert sorted(resumed.snapshots) == [4, 20]
     for step in (4, 20):
@@ -159,6 +176,7 @@ def test_run_many_dedupes_and_keeps_order(tmp_path):
 
 # --- effective learning rates ----------------------------------------------------------------------------
 
+
 def test_effective_lr_formulas():
     assert effective_lr(0.1, 2.0, "sgd") == pytest.approx(0.025)
     assert effective_lr(0.1, 2.0, "adam") == pytest.approx(0.05)
@@ -181,12 +199,12 @@ def test_scale_invariance_gives_the_effective_lr_exponents():
         with torch.no_grad():
             w.copy_(c * base)
         loss = torch.nn.functional.cross_entropy(net(x), y)
-        g, = torch.autograd.grad(loss, [w])
+        (g,) = torch.autograd.grad(loss, [w])
         gn.append(float(g.norm()))
         sgd_angle.append(0.1 * float(g.norm()) / float(w.detach().norm()))  # one SGD step moves w by lr*||g||
         before = w.detach().clone()
         w.grad = g
-        Adam([w], lr=1e-3, decay="decoupled").step()                    # one step from a fresh state
+        Adam([w], lr=1e-3, decay="decoupled").step()  # one step from a fresh state
         adam_angle.append(update_to_weight_ratio([before], [w.detach()])[0])
     assert loglog_slope(cs, gn) == pytest.approx(-1.0, abs=0.02)
     assert loglog_slope(cs, sgd_angle) == pytest.approx(-2.0, abs=0.02)
@@ -230,13 +248,14 @@ def test_angular_probe_matches_the_sgd_step():
 
 # --- the chapter's experiment functions at test scale ------------------------------------------------------
 
+
 def test_overparam_pipeline_at_test_scale(tmp_path):
     s = op.setup("test")
     store = Store(tmp_path)
     seeds1, seeds4, seeds5 = (tuple(range(7, 7 + n)) for n in (s.grid_seeds, s.plateau_seeds, s.angular_seeds))
     g = op.grid_runs(s, seeds1, store=store)
     assert len(g) == 2 * 2 * s.grid_seeds and g["noisy_fit"].between(0, 1).all()
-    assert set(g["seed"]) == set(seeds1)                                # the runs take the seeds they are given
+    assert set(g["seed"]) == set(seeds1)  # the runs take the seeds they are given
     mean, se, d = op.paired_gain(g, s.grid_lrs[1])
     assert list(d.index) == list(seeds1) and math.isfinite(mean)
     with pytest.raises(ValueError, match="distinct seeds"):
@@ -274,20 +293,29 @@ def test_plateau_statistics_per_seed():
 
     rows = []
     for seed, k in ((0, 1.0), (1, 2.0)):
-        for lr, wd, level, slope in ((0.1, 0.0, 1e-3, -1.0), (0.2, 0.0, 2e-3, -1.0), (0.1, 2.5e-3, 0.05, -0.5),
-                                     (0.1, 5e-3, 0.1, -0.1), (0.1, 1e-2, 0.3, 0.0), (0.2, 5e-3, 0.12, 0.0),
-                                     (0.2, 1e-2, 0.24, 0.0)):
-            rows.append({"seed": seed, "lr": lr, "weight_decay": wd, "level": level * (k if wd else 1.0),
-                         "late_slope": slope})
+        for lr, wd, level, slope in (
+            (0.1, 0.0, 1e-3, -1.0),
+            (0.2, 0.0, 2e-3, -1.0),
+            (0.1, 2.5e-3, 0.05, -0.5),
+            (0.1, 5e-3, 0.1, -0.1),
+            (0.1, 1e-2, 0.3, 0.0),
+            (0.2, 5e-3, 0.12, 0.0),
+            (0.2, 1e-2, 0.24, 0.0),
+        ):
+            rows.append(
+                {"seed": seed, "lr": lr, "weight_decay": wd, "level": level * (k if wd else 1.0), "late_slope": slope}
+            )
     st = op.plateau_statistics(pd.DataFrame(rows))
     assert list(st.index) == [0, 1]
-    assert st.loc[0, "ratio"] == pytest.approx(math.log10(0.05 / 1e-3))        # the smallest ratio, same LR
+    assert st.loc[0, "ratio"] == pytest.approx(math.log10(0.05 / 1e-3))  # the smallest ratio, same LR
     assert st.loc[1, "ratio"] == pytest.approx(math.log10(0.1 / 1e-3))
-    assert st.loc[0, "settle"] == -0.5                                           # runs with decay only
-    assert st.loc[0, "lambda_rise"] == pytest.approx(1.0)                        # 0.05 -> 0.1 per doubling
+    assert st.loc[0, "settle"] == -0.5  # runs with decay only
+    assert st.loc[0, "lambda_rise"] == pytest.approx(1.0)  # 0.05 -> 0.1 per doubling
     assert st.loc[0, "lr_effect"] == pytest.approx(np.mean([np.log(1.2), np.log(0.8)]))
     # a level that falls with lambda gives a negative rise
-    bad = pd.DataFrame(rows).assign(level=lambda t: np.where((t["lr"] == 0.1) & (t["weight_decay"] == 1e-2), 0.01, t["level"]))
+    bad = pd.DataFrame(rows).assign(
+        level=lambda t: np.where((t["lr"] == 0.1) & (t["weight_decay"] == 1e-2), 0.01, t["level"])
+    )
     assert op.plateau_statistics(bad).loc[0, "lambda_rise"] < 0
 
 
@@ -296,7 +324,7 @@ def test_pair_excess_z_is_bonferroni_in_z_units():
 
     assert math.isnan(op.pair_excess_z([]))
     one = [(None, None, 0.05, 0.05)]
-    assert op.pair_excess_z(one) == pytest.approx(0.0, abs=1e-12)              # p at the level: on the line
+    assert op.pair_excess_z(one) == pytest.approx(0.0, abs=1e-12)  # p at the level: on the line
     four = [(None, None, 0.0, p) for p in (0.5, 0.2, 0.001, 0.3)]
     expected = sps.norm.isf(0.001 / 2) - sps.norm.isf(0.05 / 8)
     assert op.pair_excess_z(four) == pytest.approx(expected) and expected > 0
@@ -324,7 +352,7 @@ def test_window_means_and_stats_helpers():
 
     np.testing.assert_allclose(op.window_means(np.arange(10.0), 5), [0.5, 2.5, 4.5, 6.5, 8.5])
     m, lo, hi = t_interval([1.0, 2.0, 3.0])
-    assert m == 2.0 and hi - m == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)   # t_{0.975, 2} = 4.30
+    assert m == 2.0 and hi - m == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)  # t_{0.975, 2} = 4.30
     assert two_proportion_p(0.1, 0.1, 1000) == 1.0
     assert two_proportion_p(0.05, 0.10, 1000) < 1e-4 < two_proportion_p(0.08, 0.09, 1000)
     with pytest.raises(ValueError):

@@ -23,6 +23,7 @@ from wdlib.stats import welch_interval
 
 # --------------------------------------------------------------------------------------- ConvNet(norm="batch")
 
+
 def test_convnet_batchnorm_layout():
     model = ConvNet(1, 10, 40, channels=(4, 4, 4), norm="batch")
     layers = list(model.features)
@@ -79,6 +80,7 @@ def test_convnet_rejects_bad_norm():
 
 # --------------------------------------------------------------------------------------------------- TiedConv
 
+
 def _head_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What ``model.head`` reads (after the ReLU and flatten)."""
     seen = []
@@ -123,7 +125,7 @@ def test_tiedconv_kernel_g_acts_only_on_its_positions(tie):
     after = _head_input(model, x).reshape(6, C, L)
     changed = ((after - before).abs() > 1e-12).any(dim=(0, 1))
     expected = torch.zeros(L, dtype=torch.bool)
-    expected[g * tie:(g + 1) * tie] = True
+    expected[g * tie : (g + 1) * tie] = True
     assert torch.equal(changed, expected)
 
 
@@ -158,8 +160,10 @@ def test_tied_layers_initialization_bounds():
     torch.manual_seed(11)
     conv = TiedConv(2, 3, 40, channels=16, kernel=5, tie=1)
     rnn = TiedRNN(40, 3, hidden=25, chunk=4, tie=1)
-    for tensors, bound in (((conv.tied.weight, conv.tied.bias), 1 / math.sqrt(2 * 5)),
-                           ((rnn.w_x, rnn.w_h, rnn.bias), 1 / math.sqrt(25))):
+    for tensors, bound in (
+        ((conv.tied.weight, conv.tied.bias), 1 / math.sqrt(2 * 5)),
+        ((rnn.w_x, rnn.w_h, rnn.bias), 1 / math.sqrt(25)),
+    ):
         w = torch.cat([t.detach().reshape(-1) for t in tensors])
         assert w.abs().max() <= bound and w.abs().max() > 0.98 * bound
         assert abs(float(w.std()) - bound / math.sqrt(3)) < 0.05 * bound  # uniform on [-bound, bound]
@@ -180,6 +184,7 @@ def test_tiedconv_validation():
 
 # ---------------------------------------------------------------------------------------------------- TiedRNN
 
+
 def test_tiedrnn_fully_tied_is_an_elman_rnn():
     torch.manual_seed(3)
     L, chunk, H = 12, 3, 5
@@ -189,7 +194,7 @@ def test_tiedrnn_fully_tied_is_an_elman_rnn():
     W_x, W_h, b = model.w_x[0], model.w_h[0], model.bias
     h = torch.zeros(6, H, dtype=torch.float64)
     for t in range(L // chunk):
-        h = torch.tanh(x[:, t * chunk:(t + 1) * chunk] @ W_x.T + h @ W_h.T + b)
+        h = torch.tanh(x[:, t * chunk : (t + 1) * chunk] @ W_x.T + h @ W_h.T + b)
     torch.testing.assert_close(model(x), model.head(h), rtol=1e-12, atol=1e-12)
     # the same as torch's own Elman RNN with one bias (its b_hh set to zero)
     rnn = nn.RNN(chunk, H, batch_first=True).double()
@@ -210,7 +215,7 @@ def test_tiedrnn_step_uses_its_own_weights():
     h = torch.zeros(5, 4, dtype=torch.float64)
     for t in range(4):
         g = t // 2
-        h = torch.tanh(x[:, 2 * t:2 * t + 2] @ model.w_x[g].T + h @ model.w_h[g].T + model.bias.view(2, 4)[g])
+        h = torch.tanh(x[:, 2 * t : 2 * t + 2] @ model.w_x[g].T + h @ model.w_h[g].T + model.bias.view(2, 4)[g])
     torch.testing.assert_close(model(x), model.head(h), rtol=1e-12, atol=1e-12)
 
 
@@ -256,6 +261,7 @@ def test_tiedrnn_validation():
 
 # -------------------------------------------------------------------------------------------------- spurious
 
+
 def _agree(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(((x[:, 1] > 0) == (y == 1)).double().mean())
 
@@ -292,23 +298,33 @@ def test_spurious_splits_are_paired():
 
 
 def test_spurious_noise_free_features_are_exact():
-    ds = spurious(num_train=50, num_test=50, agreement=1.0, test_agreement=0.0, causal_noise=0.0,
-                  spurious_noise=0.0, noise_dims=0)
+    ds = spurious(
+        num_train=50, num_test=50, agreement=1.0, test_agreement=0.0, causal_noise=0.0, spurious_noise=0.0, noise_dims=0
+    )
     s_train, s_test = 2.0 * ds.y_train - 1, 2.0 * ds.y_test - 1
     assert torch.equal(ds.x_train[:, 0], s_train) and torch.equal(ds.x_train[:, 1], s_train)
     assert torch.equal(ds.x_test[:, 0], s_test) and torch.equal(ds.x_test[:, 1], -s_test)
 
 
-@pytest.mark.parametrize("kw,name", [({"agreement": 1.5}, "agreement"), ({"agreement": True}, "agreement"),
-                                     ({"agreement": -0.1}, "agreement"), ({"test_agreement": 1.5}, "test_agreement"),
-                                     ({"test_agreement": "0.5"}, "test_agreement"),
-                                     ({"causal_noise": -1.0}, "causal_noise"), ({"num_train": 1}, "num_train")])
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"agreement": 1.5}, "agreement"),
+        ({"agreement": True}, "agreement"),
+        ({"agreement": -0.1}, "agreement"),
+        ({"test_agreement": 1.5}, "test_agreement"),
+        ({"test_agreement": "0.5"}, "test_agreement"),
+        ({"causal_noise": -1.0}, "causal_noise"),
+        ({"num_train": 1}, "num_train"),
+    ],
+)
 def test_spurious_rejects_bad_arguments(kw, name):
     with pytest.raises(ValueError, match=name):
         spurious(**kw)
 
 
 # -------------------------------------------------------------------------------------------------- quantize
+
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("granularity", ["tensor", "channel"])
@@ -362,7 +378,9 @@ def test_grid_distance_range_and_mean():
     on_grid = torch.arange(-127, 128, dtype=torch.float64) * d
     assert float(grid_distance(on_grid, 8).max()) < 1e-9
     half = (torch.arange(-10, 10, dtype=torch.float64) + 0.5) * d
-    torch.testing.assert_close(grid_distance(torch.cat([half, on_grid]), 8)[:20], torch.full((20,), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(
+        grid_distance(torch.cat([half, on_grid]), 8)[:20], torch.full((20,), 0.5, dtype=torch.float64)
+    )
 
 
 def test_quantize_state_selects_matrices():
@@ -386,8 +404,16 @@ def test_quantize_state_selects_matrices():
     assert torch.equal(custom["head.weight"], state["head.weight"])
 
 
-@pytest.mark.parametrize("bits,gran,name", [(1, "tensor", "bits"), (17, "tensor", "bits"), (8.0, "tensor", "bits"),
-                                            (True, "tensor", "bits"), (8, "row", "granularity")])
+@pytest.mark.parametrize(
+    "bits,gran,name",
+    [
+        (1, "tensor", "bits"),
+        (17, "tensor", "bits"),
+        (8.0, "tensor", "bits"),
+        (True, "tensor", "bits"),
+        (8, "row", "granularity"),
+    ],
+)
 def test_quantize_rejects_bad_arguments(bits, gran, name):
     w = torch.ones(2, 2)
     for fn in (quantize, grid_distance, grid_step):
@@ -398,6 +424,7 @@ def test_quantize_rejects_bad_arguments(bits, gran, name):
 
 
 # ---------------------------------------------------------------------------------------------- welch_interval
+
 
 @pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
 def test_welch_interval_matches_scipy(level):
@@ -428,6 +455,7 @@ def test_welch_interval_edge_cases():
 
 
 # ------------------------------------------------------------------------------------ shrinkage probe on names
+
 
 def _probe_run(decay: str, names_list: list[list[str]], steps: int = 15, lr: float = 1e-2, wd: float = 0.1):
     torch.manual_seed(9)
@@ -478,6 +506,7 @@ def test_shrinkage_probe_rejects_unknown_names():
 
 # -------------------------------------------------------------------------------------------------- practice
 
+
 def test_grid_values():
     s = practice.setup("test")
     vals = practice.grid_values(s, -2.0)
@@ -505,7 +534,7 @@ def test_valley_tilt_minus_one_when_only_the_product_matters():
     v = practice.valley(lrs, wds, err)
     assert v["columns_counted"] == 5 and v["counted"].all()
     assert abs(v["tilt"] + 1) < 0.05
-    np.testing.assert_allclose(v["best_wd"], 10 ** -4.2 / lrs, rtol=1e-9)  # parabola through an exact quadratic
+    np.testing.assert_allclose(v["best_wd"], 10**-4.2 / lrs, rtol=1e-9)  # parabola through an exact quadratic
     assert math.isclose(v["best_error"], err.min())
 
 
@@ -515,7 +544,7 @@ def test_valley_tilt_zero_when_lambda_does_not_depend_on_lr():
     err = _bowl(lrs, wds, lambda llr: np.full_like(llr, -2.3)) + 0.02 * np.arange(4)[None, :]
     v = practice.valley(lrs, wds, err)
     assert v["columns_counted"] == 4 and abs(v["tilt"]) < 0.05
-    np.testing.assert_allclose(v["best_wd"], 10 ** -2.3, rtol=1e-9)
+    np.testing.assert_allclose(v["best_wd"], 10**-2.3, rtol=1e-9)
 
 
 def test_valley_parabolic_refinement_of_an_off_grid_minimum():
@@ -558,8 +587,12 @@ def test_valley_counts_only_interior_columns_in_the_basin():
 
 def test_basin_cells_uses_the_seed_mean():
     rows = []
-    for lr, wd, errs in [(1e-3, 1e-2, (0.10, 0.12)), (1e-2, 1e-2, (0.15, 0.30)), (1e-3, 1e-1, (0.30, 0.20)),
-                         (1e-2, 1e-1, (0.90, 0.10))]:
+    for lr, wd, errs in [
+        (1e-3, 1e-2, (0.10, 0.12)),
+        (1e-2, 1e-2, (0.15, 0.30)),
+        (1e-3, 1e-1, (0.30, 0.20)),
+        (1e-2, 1e-1, (0.90, 0.10)),
+    ]:
         rows += [{"seed": s, "lr": lr, "weight_decay": wd, "test_error": e} for s, e in enumerate(errs)]
     table = pd.DataFrame(rows)
     cells = practice.basin_cells(table)  # best mean 0.11: keeps means <= 0.22
@@ -572,13 +605,19 @@ def test_basin_cells_uses_the_seed_mean():
 
 def test_select_lambda():
     rows = []
-    for decay, wd, accs in [("l2", 0.0, (0.80, 0.82)), ("l2", 0.01, (0.90, 0.70)), ("l2", 0.1, (0.84, 0.83)),
-                            ("decoupled", 1.0, (0.905, 0.87)), ("decoupled", 0.1, (0.87, 0.905)),
-                            ("decoupled", 3.0, (0.95, 0.5))]:
-        rows += [{"decay": decay, "weight_decay": wd, "seed": s, "id_acc": a, "ood_acc": 1 - a}
-                 for s, a in enumerate(accs)]
+    for decay, wd, accs in [
+        ("l2", 0.0, (0.80, 0.82)),
+        ("l2", 0.01, (0.90, 0.70)),
+        ("l2", 0.1, (0.84, 0.83)),
+        ("decoupled", 1.0, (0.905, 0.87)),
+        ("decoupled", 0.1, (0.87, 0.905)),
+        ("decoupled", 3.0, (0.95, 0.5)),
+    ]:
+        rows += [
+            {"decay": decay, "weight_decay": wd, "seed": s, "id_acc": a, "ood_acc": 1 - a} for s, a in enumerate(accs)
+        ]
     table = pd.DataFrame(rows)
-    assert practice.select_lambda(table, "l2") == 0.1       # best mean (0.835), not the best single seed
+    assert practice.select_lambda(table, "l2") == 0.1  # best mean (0.835), not the best single seed
     assert practice.select_lambda(table, "decoupled") == 0.1  # tie between 0.1 and 1.0: the smaller
     assert practice.select_lambda(table, "l2", metric="ood_acc") == 0.01  # means 0.19, 0.20, 0.165
 
@@ -714,8 +753,11 @@ def _bowl_table(centre, seeds=(0, 1, 2, 3, 4), noise=0.002, lrs=None, wds=None):
     rows = []
     for sd in seeds:
         err = _bowl(lrs, wds, centre, curvature=0.05) + noise * rng.standard_normal((wds.size, lrs.size))
-        rows += [{"seed": sd, "lr": lr, "weight_decay": wd, "test_error": err[i, j]}
-                 for i, wd in enumerate(wds) for j, lr in enumerate(lrs)]
+        rows += [
+            {"seed": sd, "lr": lr, "weight_decay": wd, "test_error": err[i, j]}
+            for i, wd in enumerate(wds)
+            for j, lr in enumerate(lrs)
+        ]
     return pd.DataFrame(rows)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 import importlib
 import importlib.util
+import random
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ def test_every_chapter_has_settings_for_every_scale(name):
         s = mod.setup(scale)
         assert isinstance(s, mod.Setup) and isinstance(s, Setting)
         assert s.scale == scale and s.device == torch.device("cpu") and s.seed == 0
-        assert s == mod.SETTINGS[scale]                         # picking fills in nothing else
+        assert s == mod.SETTINGS[scale]  # picking fills in nothing else
     with pytest.raises(ValueError, match="scale must be one of 'smoke', 'full', 'test', got 'medium'"):
         mod.setup("medium")
 
@@ -58,7 +58,7 @@ def test_pick_settings_fills_device_and_seed_and_names_the_scales():
     table = {"smoke": Tiny("smoke", width=4), "full": Tiny("full", width=8)}
     s = pick_settings(table, "full", device="cpu", seed=3)
     assert (s.scale, s.width, s.steps, s.seed, s.device) == ("full", 8, 10, 3, torch.device("cpu"))
-    assert s.seeds(3) == (3000, 3001, 3002) and table["full"].seed == 0     # the table is left as it was
+    assert s.seeds(3) == (3000, 3001, 3002) and table["full"].seed == 0  # the table is left as it was
     with pytest.raises(ValueError, match="no settings for scale 'test'; it has 'smoke', 'full'"):
         pick_settings(table, "test")
     with pytest.raises(ValueError, match="scale must be one of"):
@@ -87,8 +87,9 @@ def test_unknown_scale_lists_the_allowed_ones():
         check_parameters("medium")
 
 
-@pytest.mark.parametrize("kwargs,name", [(dict(seed=-1), "seed"), (dict(seed=1.5), "seed"),
-                                         (dict(device="tpu"), "device")])
+@pytest.mark.parametrize(
+    "kwargs,name", [(dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(device="tpu"), "device")]
+)
 def test_bad_parameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         check_parameters("smoke", **kwargs)

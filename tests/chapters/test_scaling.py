@@ -13,7 +13,12 @@ from wdlib.runs import Store
 def _table():
     rows = []
     # size 100: best lambda index 1 for both seeds; size 200: seed 0 -> index 0, seed 1 -> index 2, mean -> index 0
-    losses = {(100, 0): [2.0, 1.0, 3.0], (100, 1): [2.1, 1.1, 3.1], (200, 0): [0.5, 1.0, 2.0], (200, 1): [1.0, 0.9, 0.8]}
+    losses = {
+        (100, 0): [2.0, 1.0, 3.0],
+        (100, 1): [2.1, 1.1, 3.1],
+        (200, 0): [0.5, 1.0, 2.0],
+        (200, 1): [1.0, 0.9, 0.8],
+    }
     for (size, seed), ls in losses.items():
         for lam, loss in zip((0.5, 1.0, 2.0), ls):
             rows.append({"size": size, "seed": seed, "weight_decay": lam, "val_loss": loss, "diverged_at": None})
@@ -35,7 +40,7 @@ def test_diverged_runs_count_as_worst():
 
 def test_tau_epoch_star_and_settings():
     s = sc.setup("smoke")
-    assert sc.tau_epoch_star(s, 2000, 2.0) == pytest.approx(128 / (1e-3 * 2.0 * 2000))   # 32 epochs
+    assert sc.tau_epoch_star(s, 2000, 2.0) == pytest.approx(128 / (1e-3 * 2.0 * 2000))  # 32 epochs
     assert s.sizes[-1] / s.sizes[0] >= 4 and all(b / a == 2 for a, b in zip(s.lams, s.lams[1:]))
     with pytest.raises(ValueError, match="scale"):
         sc.setup("medium")
@@ -45,8 +50,8 @@ def test_refined_index_vertex_edges_and_divergence():
     assert sc.refined_index([3.0, 1.0, 3.0]) == pytest.approx(1.0)
     # parabola (x - 1.3)^2 sampled at 0..3: vertex 1.3
     assert sc.refined_index([(x - 1.3) ** 2 for x in range(4)]) == pytest.approx(1.3)
-    assert np.isnan(sc.refined_index([0.5, 1.0, 2.0]))              # best at the edge: undefined
-    assert sc.refined_index([2.0, 1.0, np.inf]) == 1.0              # a diverged neighbour: the grid point
+    assert np.isnan(sc.refined_index([0.5, 1.0, 2.0]))  # best at the edge: undefined
+    assert sc.refined_index([2.0, 1.0, np.inf]) == 1.0  # a diverged neighbour: the grid point
     off = sc.refined_index([1.0, 1.0, 5.0, 6.0])
     assert np.isnan(off) or 0 <= off <= 0.5
 
@@ -56,7 +61,9 @@ def _units(exponent, sizes=(1000, 2000, 4000), lams=tuple(0.25 * 2**i for i in r
     rng = np.random.default_rng(1)
     out = []
     for _ in range(seeds):
-        g = np.array([[(np.log2(l) - (np.log2(2.0) + exponent * np.log2(n / sizes[0]))) ** 2 for l in lams] for n in sizes])
+        g = np.array(
+            [[(np.log2(lam) - (np.log2(2.0) + exponent * np.log2(n / sizes[0]))) ** 2 for lam in lams] for n in sizes]
+        )
         out.append(g + 1e-3 * rng.normal(size=g.shape))
     return out, sizes, lams
 
@@ -65,10 +72,10 @@ def test_tau_spread_and_exponent():
     s = sc.setup("smoke")
     units, sizes, lams = _units(-1.0)
     s2 = sc.Setup(**{**s.__dict__, "lams": lams})
-    assert sc.tau_log2_spread(s2, units, sizes) == pytest.approx(0.0, abs=0.05)        # lambda ~ 1/N: tau constant
+    assert sc.tau_log2_spread(s2, units, sizes) == pytest.approx(0.0, abs=0.05)  # lambda ~ 1/N: tau constant
     assert sc.lambda_exponent(s2, units, sizes) == pytest.approx(-1.0, abs=0.05)
     units, _, _ = _units(-0.5)
-    assert sc.tau_log2_spread(s2, units, sizes) == pytest.approx(1.0, abs=0.05)        # 1/sqrt(N): half a step per 2x
+    assert sc.tau_log2_spread(s2, units, sizes) == pytest.approx(1.0, abs=0.05)  # 1/sqrt(N): half a step per 2x
     assert sc.lambda_exponent(s2, units, sizes) == pytest.approx(-0.5, abs=0.05)
     # tau_epoch / epochs: lambda* = 2 at N = 1000 gives tau = 128/(1e-3*2*1000) = 64 epochs, log2(64/40)
     assert sc.tau_log2_over_epochs(s2, units, sizes)[0] == pytest.approx(np.log2(64 / s.epochs), abs=0.05)

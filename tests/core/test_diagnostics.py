@@ -18,9 +18,21 @@ def test_shrinkage_probe(decay):
     from wdlib.train import train
 
     lr, lam = 1e-3, 0.05
-    cfg = RunConfig(data="mnist1d", data_args={"num_samples": 1000}, model="mlp", model_args={"width": 32, "depth": 1},
-                    optimizer={"name": "adam", "decay": decay}, lr=lr, weight_decay=lam, decay_vectors=True, dtype="float64",
-                    steps=120, batch_size=50, probes=[{"name": "shrinkage", "start": 20}], scale="test")
+    cfg = RunConfig(
+        data="mnist1d",
+        data_args={"num_samples": 1000},
+        model="mlp",
+        model_args={"width": 32, "depth": 1},
+        optimizer={"name": "adam", "decay": decay},
+        lr=lr,
+        weight_decay=lam,
+        decay_vectors=True,
+        dtype="float64",
+        steps=120,
+        batch_size=50,
+        probes=[{"name": "shrinkage", "start": 20}],
+        scale="test",
+    )
     res = train(cfg).probes
     assert res["shrinkage/shrinkage"].shape == res["shrinkage/v_hat"].shape == (32 * 40 + 10 * 32,)
     if decay == "decoupled":

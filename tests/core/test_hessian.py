@@ -48,8 +48,9 @@ class Quadratic(nn.Module):
 
 
 def symmetric_with_spectrum(eigs: list[float], seed: int = 0) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), dtype=torch.float64,
-                                       generator=torch.Generator().manual_seed(seed)))
+    q, _ = torch.linalg.qr(
+        torch.randn(len(eigs), len(eigs), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    )
     return q @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ q.T
 
 
@@ -75,7 +76,7 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss=F.cro
 def block_traces(model: nn.Module, H: torch.Tensor) -> dict[str, float]:
     out, i = {}, 0
     for n, p in model.named_parameters():
-        out[n] = float(torch.diagonal(H)[i:i + p.numel()].sum())
+        out[n] = float(torch.diagonal(H)[i : i + p.numel()].sum())
         i += p.numel()
     return out
 
@@ -116,6 +117,7 @@ def tiny_mlp():
 
 # ---------------------------------------------------------------- quadratic
 
+
 def test_quadratic_diagonal_is_exact_with_rademacher_probes():
     A = torch.diag(torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64))
     est = hutchinson_trace(Quadratic(A), DUMMY_X, DUMMY_Y, probes=5, loss=identity_loss)
@@ -128,22 +130,23 @@ def test_quadratic_trace_hvp_and_top_eigenvalue():
     A = symmetric_with_spectrum([5.0, -3.0, 2.0, 1.0, 0.5, -0.25])
     model = Quadratic(A)
     v = {"w": torch.randn(6, dtype=torch.float64)}
-    torch.testing.assert_close(hvp(model, DUMMY_X, DUMMY_Y, v, loss=identity_loss)["w"], A @ v["w"],
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(hvp(model, DUMMY_X, DUMMY_Y, v, loss=identity_loss)["w"], A @ v["w"], rtol=0, atol=1e-12)
     est = hutchinson_trace(model, DUMMY_X, DUMMY_Y, probes=200, loss=identity_loss)
     assert est.stderr > 0 and within(est.value, float(torch.trace(A)), est.stderr)
     top = top_eigenvalue(model, DUMMY_X, DUMMY_Y, loss=identity_loss, iters=500, tol=1e-12)
     assert isinstance(top, EigenEstimate) and top.mode == "eval"
     assert top.value == pytest.approx(5.0, rel=1e-8) and top.residual < 1e-4
     # the eigenvalue of largest magnitude, not the most positive one
-    neg = top_eigenvalue(Quadratic(symmetric_with_spectrum([-6.0, 3.0, 1.0])), DUMMY_X, DUMMY_Y,
-                         loss=identity_loss, iters=500, tol=1e-12)
+    neg = top_eigenvalue(
+        Quadratic(symmetric_with_spectrum([-6.0, 3.0, 1.0])), DUMMY_X, DUMMY_Y, loss=identity_loss, iters=500, tol=1e-12
+    )
     assert neg.value == pytest.approx(-6.0, rel=1e-8)
     vec = torch.cat([t.reshape(-1) for t in neg.vector.values()])
     assert float(vec.norm()) == pytest.approx(1.0, abs=1e-12)
 
 
 # ---------------------------------------------------------------- least squares
+
 
 def test_linear_least_squares_closed_form():
     N, d, o = 40, 4, 3
@@ -159,7 +162,7 @@ def test_linear_least_squares_closed_form():
     G = 2.0 / N * xt.T @ xt
     est = hutchinson_trace(model, x, y, probes=300, loss=sse, seed=3)
     assert within(est.value, o * float(torch.trace(G)), est.stderr)
-    assert within(est.per_param["weight"][0], o * 2.0 / N * float((x ** 2).sum()), est.per_param["weight"][1])
+    assert within(est.per_param["weight"][0], o * 2.0 / N * float((x**2).sum()), est.per_param["weight"][1])
     assert within(est.per_param["bias"][0], 2.0 * o, est.per_param["bias"][1])
     top = top_eigenvalue(model, x, y, loss=sse, iters=500, tol=1e-12)
     assert top.value == pytest.approx(float(torch.linalg.eigvalsh(G).max()), rel=1e-8)
@@ -172,6 +175,7 @@ def test_linear_least_squares_closed_form():
 
 
 # ---------------------------------------------------------------- tiny MLP, exact Hessian
+
 
 def test_mlp_hvp_equals_exact_hessian(tiny_mlp):
     model, x, y, H = tiny_mlp
@@ -214,6 +218,7 @@ def test_mlp_params_subset(tiny_mlp):
 
 # ---------------------------------------------------------------- chunks and seeds
 
+
 def test_data_chunk_probe_chunk_and_seed(tiny_mlp):
     model, x, y, _ = tiny_mlp
     full = hutchinson_trace(model, x, y, probes=12, seed=4)
@@ -242,12 +247,16 @@ def test_single_probe_has_nan_stderr(tiny_mlp):
 
 # ---------------------------------------------------------------- the library's models, vmapped
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: CNN(in_channels=1, num_classes=10, channels=(4, 4), dim=1), (12, 40)),
-    (lambda: CNN(in_channels=1, num_classes=10, channels=(3, 4), dim=2), (8, 1, 8, 8)),
-    (lambda: MLP(in_dim=40, width=16, depth=2, out_dim=10), (12, 40)),
-    (lambda: MLP(in_dim=40, width=16, depth=2, out_dim=10, scale_invariant=True), (12, 40)),
-])
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: CNN(in_channels=1, num_classes=10, channels=(4, 4), dim=1), (12, 40)),
+        (lambda: CNN(in_channels=1, num_classes=10, channels=(3, 4), dim=2), (8, 1, 8, 8)),
+        (lambda: MLP(in_dim=40, width=16, depth=2, out_dim=10), (12, 40)),
+        (lambda: MLP(in_dim=40, width=16, depth=2, out_dim=10, scale_invariant=True), (12, 40)),
+    ],
+)
 def test_library_models_match_pyhessian_reference(make, shape):
     """vmap over forward-over-reverse runs (no fall-back warning) and equals reverse-over-reverse probe by probe."""
     torch.manual_seed(0)
@@ -273,6 +282,7 @@ def test_float32_model_gives_float32_probes_and_close_values():
 
 
 # ---------------------------------------------------------------- modes and BatchNorm
+
 
 def test_mode_is_restored_per_module(tiny_mlp):
     model, x, y, _ = tiny_mlp
@@ -315,12 +325,13 @@ def test_batchnorm_running_stats_untouched():
 
 # ---------------------------------------------------------------- fall-backs
 
+
 class _CubeNoVmap(torch.autograd.Function):
     """x^3 with a backward but no vmap rule (and, unless subclassed, no forward-mode derivative)."""
 
     @staticmethod
     def forward(x):
-        return x ** 3
+        return x**3
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -330,14 +341,14 @@ class _CubeNoVmap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return 3 * g * x ** 2
+        return 3 * g * x**2
 
 
 class _CubeWithJvp(_CubeNoVmap):
     @staticmethod
     def jvp(ctx, t):
         (x,) = ctx.saved_tensors
-        return 3 * x ** 2 * t
+        return 3 * x**2 * t
 
 
 class _CubeModel(nn.Module):
@@ -360,6 +371,7 @@ def test_fallback_strategies(fn, strategy):
 
 
 # ---------------------------------------------------------------- scale-aware trace
+
 
 def test_scale_aware_trace_is_invariant_under_relu_rescaling(tiny_mlp):
     model, x, y, H = tiny_mlp
@@ -388,19 +400,30 @@ def test_scale_aware_trace_is_invariant_under_relu_rescaling(tiny_mlp):
 
 # ---------------------------------------------------------------- arguments
 
+
 def test_bad_arguments_name_the_parameter(tiny_mlp):
     model, x, y, _ = tiny_mlp
     cases = [
-        (dict(probes=0), "probes"), (dict(probes=2.5), "probes"), (dict(mode="x"), "mode"),
-        (dict(params=["nope"]), "params"), (dict(params="1.weight"), "params"), (dict(params=[]), "params"),
-        (dict(probe_chunk=0), "probe_chunk"), (dict(data_chunk=0), "data_chunk"), (dict(seed=-1), "seed"),
+        (dict(probes=0), "probes"),
+        (dict(probes=2.5), "probes"),
+        (dict(mode="x"), "mode"),
+        (dict(params=["nope"]), "params"),
+        (dict(params="1.weight"), "params"),
+        (dict(params=[]), "params"),
+        (dict(probe_chunk=0), "probe_chunk"),
+        (dict(data_chunk=0), "data_chunk"),
+        (dict(seed=-1), "seed"),
         (dict(loss="mse"), "loss"),
     ]
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=name):
             hutchinson_trace(model, x, y, **kwargs)
-    for kwargs, name in [(dict(iters=0), "iters"), (dict(tol=-1.0), "tol"), (dict(mode="x"), "mode"),
-                         (dict(params=["nope"]), "params")]:
+    for kwargs, name in [
+        (dict(iters=0), "iters"),
+        (dict(tol=-1.0), "tol"),
+        (dict(mode="x"), "mode"),
+        (dict(params=["nope"]), "params"),
+    ]:
         with pytest.raises(ValueError, match=name):
             top_eigenvalue(model, x, y, **kwargs)
     with pytest.raises(ValueError, match="^v "):

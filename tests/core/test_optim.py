@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import rel_err, train
+
 from wdlib.optim import SGD, SGDW, Adam, AdamW, convert_weight_decay, decay_factor
 
 TOL = 1e-5  # relative, as the issue asks
@@ -17,8 +17,10 @@ STEPS = 300
 # ulp chaotically: torch's *own* fused and foreach SGD (Nesterov, lr 0.05) end 4% apart after 300
 # float32 steps on this model, and agree to 7e-16 in float64. So in float32 wdlib (fused kernel) is
 # compared with torch.optim using the fused kernel too, and in float64 with torch.optim's default.
-PRECISIONS = [pytest.param((torch.float32, {"fused": True}), id="float32-fused"),
-              pytest.param((torch.float64, {}), id="float64-default")]
+PRECISIONS = [
+    pytest.param((torch.float32, {"fused": True}), id="float32-fused"),
+    pytest.param((torch.float64, {}), id="float64-default"),
+]
 
 
 @pytest.fixture(params=PRECISIONS)
@@ -28,13 +30,22 @@ def precision(request):
 
 # --- each convention equals its torch.optim counterpart -----------------------------------------------
 
+
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_sgd_l2_equals_torch_sgd(data, momentum, nesterov, precision):
     dtype, kw = precision
-    ours = train(data, lambda p: SGD(p, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=5e-3,
-                                     decay="l2"), STEPS, dtype=dtype)
-    ref = train(data, lambda p: torch.optim.SGD(p, lr=0.05, momentum=momentum, nesterov=nesterov,
-                                                weight_decay=5e-3, **kw), STEPS, dtype=dtype)
+    ours = train(
+        data,
+        lambda p: SGD(p, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=5e-3, decay="l2"),
+        STEPS,
+        dtype=dtype,
+    )
+    ref = train(
+        data,
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=5e-3, **kw),
+        STEPS,
+        dtype=dtype,
+    )
     assert rel_err(ours, ref) < TOL
 
 
@@ -45,22 +56,30 @@ def test_adam_l2_equals_torch_adam(data, precision):
     assert rel_err(ours, ref) < TOL
 
 
-@pytest.mark.parametrize("make", [lambda p: Adam(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5, decay="decoupled"),
-                                  lambda p: AdamW(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: Adam(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5, decay="decoupled"),
+        lambda p: AdamW(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5),
+    ],
+)
 def test_adam_decoupled_equals_torch_adamw(data, make, precision):
     dtype, kw = precision
     ours = train(data, make, STEPS, dtype=dtype)
-    ref = train(data, lambda p: torch.optim.AdamW(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5, **kw), STEPS,
-                dtype=dtype)
+    ref = train(
+        data, lambda p: torch.optim.AdamW(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=0.5, **kw), STEPS, dtype=dtype
+    )
     assert rel_err(ours, ref) < TOL
 
 
 def _decoupled_sgd_reference(lr, momentum, wd, kw):
     """torch.optim.SGD without decay, with theta *= (1 - lr*wd) applied just before each step."""
+
     def before(model, opt):
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(1 - opt.param_groups[0]["lr"] * wd)
+
     return (lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, **kw)), before
 
 
@@ -86,6 +105,7 @@ def test_sgd_l2_equals_sgdw_without_momentum_and_not_with_it(data):
 
 # --- torch's LR schedulers drive the optimizers -------------------------------------------------------
 
+
 def _cosine(opt):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS, eta_min=1e-5)
 
@@ -93,8 +113,9 @@ def _cosine(opt):
 def test_decoupled_under_torch_scheduler_equals_torch_adamw(data, precision):
     dtype, kw = precision
     ours = train(data, lambda p: AdamW(p, lr=2e-3, weight_decay=0.3), STEPS, dtype=dtype, make_sched=_cosine)
-    ref = train(data, lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.3, **kw), STEPS, dtype=dtype,
-                make_sched=_cosine)
+    ref = train(
+        data, lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.3, **kw), STEPS, dtype=dtype, make_sched=_cosine
+    )
     assert rel_err(ours, ref) < TOL
 
 
@@ -104,14 +125,21 @@ def test_independent_equals_torch_adamw_with_converted_lambda(data, precision):
     lam_i = 3e-4
     lam_t = convert_weight_decay(lam_i, 2e-3, "independent", "decoupled")
     assert math.isclose(lam_t, 0.15)
-    ours = train(data, lambda p: Adam(p, lr=2e-3, weight_decay=lam_i, decay="independent"), STEPS, dtype=dtype,
-                 make_sched=_cosine)
-    ref = train(data, lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=lam_t, **kw), STEPS, dtype=dtype,
-                make_sched=_cosine)
+    ours = train(
+        data,
+        lambda p: Adam(p, lr=2e-3, weight_decay=lam_i, decay="independent"),
+        STEPS,
+        dtype=dtype,
+        make_sched=_cosine,
+    )
+    ref = train(
+        data, lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=lam_t, **kw), STEPS, dtype=dtype, make_sched=_cosine
+    )
     assert rel_err(ours, ref) < TOL
 
 
 # --- the independent rule against its closed form -------------------------------------------------------
+
 
 @pytest.mark.parametrize("cls", [SGD, Adam])
 @pytest.mark.parametrize("decay", ["decoupled", "independent"])
@@ -141,6 +169,7 @@ def test_decay_alone_matches_closed_form(cls, decay):
 
 def test_independent_decay_does_not_change_with_peak_lr():
     """The paper's lambda means the same shrinkage whatever the peak LR; torch's does not."""
+
     def shrink_after(lr, decay):
         p = torch.nn.Parameter(torch.ones(10, dtype=torch.float64))
         opt = Adam([p], lr=lr, weight_decay=1e-3 if decay == "independent" else 0.1, decay=decay)
@@ -148,15 +177,18 @@ def test_independent_decay_does_not_change_with_peak_lr():
             p.grad = torch.zeros_like(p)
             opt.step()
         return float(p.detach()[0])
+
     assert shrink_after(1e-3, "independent") == pytest.approx(shrink_after(1e-2, "independent"), rel=1e-12)
     assert shrink_after(1e-3, "decoupled") != pytest.approx(shrink_after(1e-2, "decoupled"), rel=1e-3)
 
 
 # --- fused and foreach kernels agree ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("decay", ["l2", "decoupled", "independent"])
-@pytest.mark.parametrize("cls,kw", [(SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.05)),
-                                    (Adam, dict(lr=1e-3, weight_decay=0.1))])
+@pytest.mark.parametrize(
+    "cls,kw", [(SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.05)), (Adam, dict(lr=1e-3, weight_decay=0.1))]
+)
 def test_fused_and_foreach_paths_agree(data, cls, kw, decay):
     """Over 200 steps in float64 (float32 would measure the chaos of the network, see PRECISIONS)."""
     fused = train(data, lambda p: cls(p, decay=decay, impl="fused", **kw), 200, dtype=torch.float64)
@@ -194,8 +226,14 @@ def test_bfloat16_runs_on_fused_kernel_like_torch():
 
 # --- state_dict round trip ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01),
-                                  lambda p: Adam(p, lr=1e-3, weight_decay=1e-4, decay="independent")])
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01),
+        lambda p: Adam(p, lr=1e-3, weight_decay=1e-4, decay="independent"),
+    ],
+)
 def test_state_dict_round_trip_resumes_bit_identically(data, make):
     """Save after 60 steps, load into a fresh optimizer (through torch.save/load), continue: same bits."""
     import io
@@ -235,17 +273,21 @@ def test_state_dict_round_trip_resumes_bit_identically(data, make):
 
 # --- bad arguments ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(lr=-1.0), "lr"),
-    (dict(weight_decay=-0.1), "weight_decay"),
-    (dict(decay="coupled"), "decay"),
-    (dict(betas=(0.9, 1.0)), "betas[1]"),
-    (dict(betas=(-0.1, 0.999)), "betas[0]"),
-    (dict(betas=0.9), "betas"),
-    (dict(eps=-1e-8), "eps"),
-    (dict(impl="cuda"), "impl"),
-    (dict(lr=float("nan")), "lr"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(decay="coupled"), "decay"),
+        (dict(betas=(0.9, 1.0)), "betas[1]"),
+        (dict(betas=(-0.1, 0.999)), "betas[0]"),
+        (dict(betas=0.9), "betas"),
+        (dict(eps=-1e-8), "eps"),
+        (dict(impl="cuda"), "impl"),
+        (dict(lr=float("nan")), "lr"),
+    ],
+)
 def test_adam_bad_arguments_raise_value_error_naming_them(kwargs, name):
     p = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.raises(ValueError) as err:
@@ -253,10 +295,16 @@ def test_adam_bad_arguments_raise_value_error_naming_them(kwargs, name):
     assert str(err.value).startswith(name)
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(lr=-0.1), "lr"), (dict(momentum=1.0), "momentum"), (dict(weight_decay=-1), "weight_decay"),
-    (dict(decay="L2"), "decay"), (dict(nesterov=True), "nesterov"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(lr=-0.1), "lr"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(weight_decay=-1), "weight_decay"),
+        (dict(decay="L2"), "decay"),
+        (dict(nesterov=True), "nesterov"),
+    ],
+)
 def test_sgd_bad_arguments_raise_value_error_naming_them(kwargs, name):
     p = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.raises(ValueError) as err:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import rel_err, train
+
 from wdlib.optim import SGD, SGDW, Adam, AdamW, decay_factor
 
 STEPS = 200
@@ -19,14 +19,19 @@ STEPS = 200
 
 # --- 1. the same name means the same algorithm, with default arguments -------------------------------------
 
-@pytest.mark.parametrize("ours,theirs,kwargs", [
-    (Adam, torch.optim.Adam, {}),
-    (Adam, torch.optim.Adam, {"weight_decay": 0.1}),
-    (AdamW, torch.optim.AdamW, {}),
-    (AdamW, torch.optim.AdamW, {"weight_decay": 0.1}),
-    (SGD, torch.optim.SGD, {}),
-    (SGD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
-], ids=["Adam", "Adam-wd", "AdamW", "AdamW-wd", "SGD", "SGD-momentum-wd"])
+
+@pytest.mark.parametrize(
+    "ours,theirs,kwargs",
+    [
+        (Adam, torch.optim.Adam, {}),
+        (Adam, torch.optim.Adam, {"weight_decay": 0.1}),
+        (AdamW, torch.optim.AdamW, {}),
+        (AdamW, torch.optim.AdamW, {"weight_decay": 0.1}),
+        (SGD, torch.optim.SGD, {}),
+        (SGD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
+    ],
+    ids=["Adam", "Adam-wd", "AdamW", "AdamW-wd", "SGD", "SGD-momentum-wd"],
+)
 def test_default_arguments_mean_what_torch_means(data, ours, theirs, kwargs):
     """``wdlib.X(params, **kw)`` against ``torch.optim.X(params, **kw)``, float64, nothing else given."""
     a = train(data, lambda p: ours(p, **kwargs), STEPS, dtype=torch.float64)
@@ -49,10 +54,11 @@ def test_sgdw_and_adamw_are_the_decoupled_rule():
 
 # --- 2. the independent rule's reference LR under every torch LR scheduler ----------------------------------
 
+
 def _schedulers():
     S = torch.optim.lr_scheduler
     return {
-        "LambdaLR": lambda o: S.LambdaLR(o, lambda t: 0.9 ** t),
+        "LambdaLR": lambda o: S.LambdaLR(o, lambda t: 0.9**t),
         "MultiplicativeLR": lambda o: S.MultiplicativeLR(o, lambda t: 0.95),
         "StepLR": lambda o: S.StepLR(o, step_size=3, gamma=0.5),
         "MultiStepLR": lambda o: S.MultiStepLR(o, milestones=[2, 5], gamma=0.3),
@@ -64,10 +70,12 @@ def _schedulers():
         "CosineAnnealingWarmRestarts": lambda o: S.CosineAnnealingWarmRestarts(o, T_0=3),
         "CyclicLR": lambda o: S.CyclicLR(o, base_lr=1e-4, max_lr=1e-2, step_size_up=3, cycle_momentum=False),
         "OneCycleLR": lambda o: S.OneCycleLR(o, max_lr=1e-2, total_steps=12),
-        "SequentialLR": lambda o: S.SequentialLR(o, [S.LinearLR(o, start_factor=0.2, total_iters=3),
-                                                     S.ExponentialLR(o, gamma=0.9)], milestones=[3]),
-        "ChainedScheduler": lambda o: S.ChainedScheduler([S.ConstantLR(o, factor=0.5, total_iters=2),
-                                                          S.ExponentialLR(o, gamma=0.9)]),
+        "SequentialLR": lambda o: S.SequentialLR(
+            o, [S.LinearLR(o, start_factor=0.2, total_iters=3), S.ExponentialLR(o, gamma=0.9)], milestones=[3]
+        ),
+        "ChainedScheduler": lambda o: S.ChainedScheduler(
+            [S.ConstantLR(o, factor=0.5, total_iters=2), S.ExponentialLR(o, gamma=0.9)]
+        ),
         "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=0),
     }
 
@@ -118,6 +126,7 @@ def test_a_state_dict_from_before_reference_lr_falls_back_to_initial_lr():
 
 # --- 3. torch.optim state dicts ------------------------------------------------------------------------------
 
+
 def _continue(data, make_first, make_second, split=40, total=80):
     """Train ``split`` steps with one optimizer, move its state dict into another, train on; flat params."""
     import torch.nn.functional as F
@@ -140,12 +149,16 @@ def _continue(data, make_first, make_second, split=40, total=80):
     return flat_parameters(model)
 
 
-@pytest.mark.parametrize("theirs,ours", [
-    (lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=0.2), lambda p: AdamW(p, lr=1.0, weight_decay=0.0)),
-    (lambda p: torch.optim.Adam(p, lr=3e-3, weight_decay=0.01), lambda p: Adam(p)),
-    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01), lambda p: SGD(p)),
-    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True), lambda p: SGDW(p, momentum=0.5)),
-], ids=["AdamW", "Adam", "SGD", "SGD-nesterov-no-decay"])
+@pytest.mark.parametrize(
+    "theirs,ours",
+    [
+        (lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=0.2), lambda p: AdamW(p, lr=1.0, weight_decay=0.0)),
+        (lambda p: torch.optim.Adam(p, lr=3e-3, weight_decay=0.01), lambda p: Adam(p)),
+        (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01), lambda p: SGD(p)),
+        (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True), lambda p: SGDW(p, momentum=0.5)),
+    ],
+    ids=["AdamW", "Adam", "SGD", "SGD-nesterov-no-decay"],
+)
 def test_a_torch_state_dict_of_the_same_algorithm_loads_and_continues(data, theirs, ours):
     """Loading takes torch's hyperparameters and moments: the run continues as torch's own would."""
     ref = _continue(data, theirs, theirs)
@@ -153,16 +166,27 @@ def test_a_torch_state_dict_of_the_same_algorithm_loads_and_continues(data, thei
     assert rel_err(got, ref) < 1e-10
 
 
-@pytest.mark.parametrize("theirs,ours,words", [
-    (lambda p: torch.optim.Adam(p, weight_decay=0.1), AdamW, ("torch.optim.Adam", "coupled L2", "wdlib.Adam")),
-    (lambda p: torch.optim.AdamW(p, weight_decay=0.1), Adam, ("torch.optim.AdamW", "decoupled", "wdlib.AdamW")),
-    (lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.1), SGDW, ("torch.optim.SGD", "coupled L2", "wdlib.SGD")),
-    (lambda p: torch.optim.Adam(p, amsgrad=True), Adam, ("amsgrad",)),
-    (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1), SGD, ("dampening",)),
-    (lambda p: torch.optim.SGD(p, lr=0.1), Adam, ("from SGD",)),
-    (lambda p: torch.optim.Adam(p), SGD, ("Adam-type",)),
-], ids=["Adam-into-AdamW", "AdamW-into-Adam", "SGD-into-SGDW", "amsgrad", "dampening", "SGD-into-Adam",
-        "Adam-into-SGD"])
+@pytest.mark.parametrize(
+    "theirs,ours,words",
+    [
+        (lambda p: torch.optim.Adam(p, weight_decay=0.1), AdamW, ("torch.optim.Adam", "coupled L2", "wdlib.Adam")),
+        (lambda p: torch.optim.AdamW(p, weight_decay=0.1), Adam, ("torch.optim.AdamW", "decoupled", "wdlib.AdamW")),
+        (lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.1), SGDW, ("torch.optim.SGD", "coupled L2", "wdlib.SGD")),
+        (lambda p: torch.optim.Adam(p, amsgrad=True), Adam, ("amsgrad",)),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1), SGD, ("dampening",)),
+        (lambda p: torch.optim.SGD(p, lr=0.1), Adam, ("from SGD",)),
+        (lambda p: torch.optim.Adam(p), SGD, ("Adam-type",)),
+    ],
+    ids=[
+        "Adam-into-AdamW",
+        "AdamW-into-Adam",
+        "SGD-into-SGDW",
+        "amsgrad",
+        "dampening",
+        "SGD-into-Adam",
+        "Adam-into-SGD",
+    ],
+)
 def test_a_torch_state_dict_of_another_algorithm_is_refused_at_load(theirs, ours, words):
     p = torch.nn.Parameter(torch.randn(3))
     src = theirs([p])
@@ -178,16 +202,31 @@ def test_a_torch_state_dict_of_another_algorithm_is_refused_at_load(theirs, ours
 
 # --- 7. numpy scalars and 0-d tensors are numbers ---------------------------------------------------------
 
-@pytest.mark.parametrize("number", [np.float32, np.float64, lambda x: torch.tensor(x), lambda x: np.array(x)],
-                         ids=["np.float32", "np.float64", "0-d tensor", "0-d array"])
+
+@pytest.mark.parametrize(
+    "number",
+    [np.float32, np.float64, lambda x: torch.tensor(x), lambda x: np.array(x)],
+    ids=["np.float32", "np.float64", "0-d tensor", "0-d array"],
+)
 def test_numpy_scalars_and_0d_tensors_are_numbers(number):
     p = torch.nn.Parameter(torch.ones(3))
     q = torch.nn.Parameter(torch.ones(3))
-    opt = Adam([p], lr=number(1e-3), weight_decay=number(0.5), betas=(number(0.9), number(0.99)),
-               eps=number(1e-8), decay="decoupled")
-    ref = Adam([q], lr=float(np.float32(1e-3)) if number is np.float32 else 1e-3,
-               weight_decay=0.5, betas=(float(number(0.9)), float(number(0.99))), eps=float(number(1e-8)),
-               decay="decoupled")
+    opt = Adam(
+        [p],
+        lr=number(1e-3),
+        weight_decay=number(0.5),
+        betas=(number(0.9), number(0.99)),
+        eps=number(1e-8),
+        decay="decoupled",
+    )
+    ref = Adam(
+        [q],
+        lr=float(np.float32(1e-3)) if number is np.float32 else 1e-3,
+        weight_decay=0.5,
+        betas=(float(number(0.9)), float(number(0.99))),
+        eps=float(number(1e-8)),
+        decay="decoupled",
+    )
     g = opt.param_groups[0]
     assert all(type(g[k]) is float for k in ("lr", "weight_decay", "eps")) and all(type(b) is float for b in g["betas"])
     for o, t in ((opt, p), (ref, q)):
@@ -200,16 +239,20 @@ def test_numpy_scalars_and_0d_tensors_are_numbers(number):
     assert type(opt.param_groups[1]["lr"]) is float
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(lr=float("inf")), ("lr", "finite")),
-    (dict(lr=torch.tensor([1e-3, 1e-3])), ("lr",)),
-    (dict(lr=True), ("lr",)),
-    (dict(lr="1e-3"), ("lr",)),
-    (dict(weight_decay=np.array([0.1])), ("weight_decay",)),
-    (dict(betas=(0.9,)), ("betas", "pair")),
-    (dict(betas=torch.tensor(0.9)), ("betas", "pair")),
-    (dict(eps=float("nan")), ("eps",)),
-], ids=["lr-inf", "lr-1d-tensor", "lr-bool", "lr-string", "wd-1d-array", "betas-single", "betas-0d", "eps-nan"])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(lr=float("inf")), ("lr", "finite")),
+        (dict(lr=torch.tensor([1e-3, 1e-3])), ("lr",)),
+        (dict(lr=True), ("lr",)),
+        (dict(lr="1e-3"), ("lr",)),
+        (dict(weight_decay=np.array([0.1])), ("weight_decay",)),
+        (dict(betas=(0.9,)), ("betas", "pair")),
+        (dict(betas=torch.tensor(0.9)), ("betas", "pair")),
+        (dict(eps=float("nan")), ("eps",)),
+    ],
+    ids=["lr-inf", "lr-1d-tensor", "lr-bool", "lr-string", "wd-1d-array", "betas-single", "betas-0d", "eps-nan"],
+)
 def test_non_numbers_are_refused_naming_the_argument(kwargs, words):
     with pytest.raises(ValueError) as err:
         Adam([torch.nn.Parameter(torch.zeros(2))], **kwargs)
@@ -219,8 +262,12 @@ def test_non_numbers_are_refused_naming_the_argument(kwargs, words):
 
 def test_a_param_group_with_bad_hyperparameters_is_refused_and_not_kept():
     opt = SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.5)
-    for bad, word in (({"momentum": 1.5}, "momentum"), ({"nesterov": "yes"}, "nesterov"),
-                      ({"lr": -1.0}, "lr"), ({"decay": "adamw"}, "decay")):
+    for bad, word in (
+        ({"momentum": 1.5}, "momentum"),
+        ({"nesterov": "yes"}, "nesterov"),
+        ({"lr": -1.0}, "lr"),
+        ({"decay": "adamw"}, "decay"),
+    ):
         with pytest.raises(ValueError, match=word):
             opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], **bad})
     assert len(opt.param_groups) == 1

@@ -24,6 +24,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 # SGD with and without momentum, decoupled and L2; Adam decoupled, independent and L2
 OPTIMIZERS = [
     pytest.param(SGD, dict(lr=0.05, momentum=0.0, weight_decay=0.1, decay="decoupled"), id="sgd-decoupled"),
@@ -46,6 +48,7 @@ def _bf16_neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # --- stochastic_round ---------------------------------------------------------------------------------------
 
+
 def test_stochastic_round_gives_one_of_the_two_neighbours():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(200_000, generator=gen) * torch.logspace(-3, 3, 200_000)
@@ -62,7 +65,7 @@ def test_stochastic_round_gives_one_of_the_two_neighbours():
 def test_stochastic_round_is_unbiased(sign, frac):
     """Mean of n roundings of x = 1 + frac*ulp is x within 5 standard errors; up with probability frac."""
     n = 400_000
-    u = 2.0 ** -7
+    u = 2.0**-7
     x = sign * (1.0 + frac * u)
     out = stochastic_round(torch.full((n,), x), generator=torch.Generator().manual_seed(1)).double()
     se = u * math.sqrt(frac * (1 - frac) / n)
@@ -100,34 +103,37 @@ def test_stochastic_round_uses_the_global_rng_or_a_generator():
 
 # --- ulp and the half-ulp rule ---------------------------------------------------------------------------------
 
+
 def test_ulp_is_the_gap_to_the_next_representable_number():
     x = torch.randn(5000, generator=torch.Generator().manual_seed(4)) * torch.logspace(-20, 20, 5000)
     assert torch.equal(ulp(x), torch.nextafter(x.abs(), torch.tensor(math.inf)) - x.abs())
     xb = x.to(torch.bfloat16)
     next_up = (xb.abs().view(torch.int16) + 1).view(torch.bfloat16)
     assert torch.equal(ulp(xb), next_up.float() - xb.abs().float())
-    assert float(ulp(torch.tensor([1.0]), torch.bfloat16)) == 2.0 ** -7
-    assert float(ulp(torch.tensor([1.99]), torch.bfloat16)) == 2.0 ** -7
-    assert float(ulp(torch.tensor([-2.0]), torch.bfloat16)) == 2.0 ** -6
-    assert float(ulp(torch.tensor([0.0]), torch.bfloat16)) == 2.0 ** -133  # smallest subnormal
-    assert float(ulp(torch.tensor([1.0], dtype=torch.float16))) == 2.0 ** -10
+    assert float(ulp(torch.tensor([1.0]), torch.bfloat16)) == 2.0**-7
+    assert float(ulp(torch.tensor([1.99]), torch.bfloat16)) == 2.0**-7
+    assert float(ulp(torch.tensor([-2.0]), torch.bfloat16)) == 2.0**-6
+    assert float(ulp(torch.tensor([0.0]), torch.bfloat16)) == 2.0**-133  # smallest subnormal
+    assert float(ulp(torch.tensor([1.0], dtype=torch.float16))) == 2.0**-10
 
 
 def test_decay_below_a_half_ulp_changes_no_bfloat16_value():
     """x*(1 - s) rounds back to x when s*|x| < ulp/2; with |x| < 2^(e+1) that holds for every x at s < 2^-9."""
     x = torch.randn(100_000, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
-    assert decay_changes_fraction(x, 6e-5) == 0.0   # GPT-2: lr 6e-4, lambda 0.1
+    assert decay_changes_fraction(x, 6e-5) == 0.0  # GPT-2: lr 6e-4, lambda 0.1
     assert decay_changes_fraction(x, 1e-3) == 0.0
-    assert decay_changes_fraction(x, 0.99 * 2.0 ** -9) == 0.0
+    assert decay_changes_fraction(x, 0.99 * 2.0**-9) == 0.0
     assert 0.0 < decay_changes_fraction(x, 3e-3) < 1.0
-    assert decay_changes_fraction(x, 2.0 ** -7 + 1e-4) == 1.0  # above one relative ulp everything moves
+    assert decay_changes_fraction(x, 2.0**-7 + 1e-4) == 1.0  # above one relative ulp everything moves
     assert decay_changes_fraction(x.float(), 6e-5) > 0.99
 
 
 # --- the decay really applied ---------------------------------------------------------------------------------
 
-WEIGHTS = [torch.randn(100, 80, generator=torch.Generator().manual_seed(6)),
-           torch.randn(2000, generator=torch.Generator().manual_seed(7)) * 0.02]
+WEIGHTS = [
+    torch.randn(100, 80, generator=torch.Generator().manual_seed(6)),
+    torch.randn(2000, generator=torch.Generator().manual_seed(7)) * 0.02,
+]
 
 
 @pytest.mark.parametrize("optimizer,impl", [("adam", "fused"), ("adam", "foreach"), ("sgd", "auto")])
@@ -141,8 +147,7 @@ def test_nearest_applies_no_decay_below_half_an_ulp(optimizer, impl):
 @pytest.mark.parametrize("bf16_update", REMEDIES)
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_remedies_apply_the_requested_decay(optimizer, bf16_update):
-    r = applied_decay(WEIGHTS, lr=1e-2, weight_decay=0.1, optimizer=optimizer, bf16_update=bf16_update,
-                      steps=200)
+    r = applied_decay(WEIGHTS, lr=1e-2, weight_decay=0.1, optimizer=optimizer, bf16_update=bf16_update, steps=200)
     assert r["requested"] == pytest.approx(1e-3)
     assert r["ratio"] == pytest.approx(1.0, abs=0.1)
     if bf16_update == "stochastic":  # moves about s*|x|/ulp of the elements at once, unbiased
@@ -174,11 +179,11 @@ def test_applied_decay_leaves_the_callers_rng_alone():
 
 # --- the remedies against a float32 run -------------------------------------------------------------------------
 
+
 def _run_given_grads(cls, kw, dtype, bf16_update, steps=60, seed=0):
     """Step two tensors with fixed random gradients (rounded to ``dtype``); return params and optimizer."""
     gen = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(torch.bfloat16).to(dtype))
-              for s in [(40, 30), (30,)]]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(torch.bfloat16).to(dtype)) for s in [(40, 30), (30,)]]
     opt = cls(params, bf16_update=bf16_update, **kw)
     for _ in range(steps):
         for p in params:
@@ -238,7 +243,7 @@ def test_float32_parameters_ignore_bf16_update(cls, kw, bf16_update):
 @pytest.mark.parametrize("impl", ["fused", "foreach"])
 @pytest.mark.parametrize("decay", ["decoupled", "l2"])
 def test_nearest_on_bf16_is_torchs_own_kernel(impl, decay):
-    """"nearest" is the behaviour before bf16_update existed: torch.optim's Adam/AdamW on bf16, bit for bit."""
+    """ "nearest" is the behaviour before bf16_update existed: torch.optim's Adam/AdamW on bf16, bit for bit."""
     flag = {"fused": True} if impl == "fused" else {"foreach": True}
     a = [torch.nn.Parameter(p.detach().to(torch.bfloat16)) for p in WEIGHTS]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
@@ -286,8 +291,13 @@ def _linear_regression(dtype, bf16_update, cls, kw, steps=200):
     return w.detach().float()
 
 
-@pytest.mark.parametrize("cls,kw", [pytest.param(Adam, dict(lr=1e-3, weight_decay=0.1), id="adamw"),
-                                    pytest.param(SGD, dict(lr=1e-3, momentum=0.9, weight_decay=0.1), id="sgdw")])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        pytest.param(Adam, dict(lr=1e-3, weight_decay=0.1), id="adamw"),
+        pytest.param(SGD, dict(lr=1e-3, momentum=0.9, weight_decay=0.1), id="sgdw"),
+    ],
+)
 def test_master_bf16_training_tracks_float32_and_nearest_drifts(cls, kw):
     """lr 1e-3 moves |w| ~ 1 by less than half a bf16 ulp (2^-8) per step: "nearest" loses the updates."""
     ref = _linear_regression(torch.float32, "nearest", cls, kw)
@@ -303,6 +313,7 @@ def test_master_bf16_training_tracks_float32_and_nearest_drifts(cls, kw):
 
 
 # --- arguments --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cls", [SGD, SGDW, Adam, AdamW])
 def test_bad_bf16_update_raises_value_error_naming_it(cls):
@@ -332,7 +343,7 @@ def test_param_groups_choose_their_own_remedy():
         a.grad, b.grad = torch.zeros_like(a), torch.zeros_like(b)
         opt.step()
     assert float(a.detach()[0]) == 1.0  # 1e-4 per step, below half an ulp: never applied
-    assert float(b.detach()[0]) == pytest.approx((1 - 1e-4) ** 200, abs=2.0 ** -8)
+    assert float(b.detach()[0]) == pytest.approx((1 - 1e-4) ** 200, abs=2.0**-8)
     assert "kahan_comp" in opt.state[b] and not opt.state[a]
 
 
@@ -345,10 +356,12 @@ def test_float16_master_and_kahan_apply_the_decay():
 
 # --- state_dict round trip ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bf16_update", REMEDIES)
 @pytest.mark.parametrize("cls,kw", [OPTIMIZERS[1], OPTIMIZERS[4]])
 def test_state_dict_round_trip_resumes_bit_identically(cls, kw, bf16_update):
     """Save after 20 steps (optimizer and RNG state), load into a fresh optimizer, continue: same bits."""
+
     def run(split: bool):
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(11)
@@ -394,8 +407,9 @@ def test_changing_the_remedy_on_load_converts_the_state():
     opt2.step()
     assert "master" not in opt2.state[p] and opt2.state[p]["exp_avg"].dtype == torch.bfloat16
     opt3 = AdamW([p], lr=1e-3, weight_decay=0.1, bf16_update="kahan")
-    opt3.load_state_dict(opt2.state_dict() | {"param_groups": [dict(opt2.state_dict()["param_groups"][0],
-                                                                    bf16_update="kahan")]})
+    opt3.load_state_dict(
+        opt2.state_dict() | {"param_groups": [dict(opt2.state_dict()["param_groups"][0], bf16_update="kahan")]}
+    )
     opt3.step()
     assert opt3.state[p]["exp_avg"].dtype == torch.float32 and "kahan_comp" in opt3.state[p]
 

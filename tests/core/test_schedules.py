@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from wdlib.optim import AdamW
-from wdlib.schedules import (Constant, Cosine, Delayed, EqualContribution, HyperparameterScheduler, LinearDecay,
-                             Warmup, WarmupStableDecay, contribution_weights, kappa, values)
+from wdlib.schedules import (
+    Constant,
+    Cosine,
+    Delayed,
+    EqualContribution,
+    HyperparameterScheduler,
+    LinearDecay,
+    Warmup,
+    WarmupStableDecay,
+    contribution_weights,
+    kappa,
+    values,
+)
 
 
 def test_constant():
@@ -51,8 +62,8 @@ def test_warmup_composes():
     s = Warmup(Constant(1.0), steps=4)
     np.testing.assert_allclose(values(s, 6), [0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
     wc = Warmup(Cosine(peak=1.0, steps=10), steps=5)
-    assert wc(5) == pytest.approx(1.0)      # the cosine starts after the warmup
-    assert wc(10) == pytest.approx(0.5)     # cosine step 5 of 10
+    assert wc(5) == pytest.approx(1.0)  # the cosine starts after the warmup
+    assert wc(10) == pytest.approx(0.5)  # cosine step 5 of 10
     wsd = Warmup(WarmupStableDecay(peak=2.0, steps=10, decay_steps=5), steps=2)
     # 2 warmup steps, then the 10-step WSD from its own step 0 (decay over its last 5)
     np.testing.assert_allclose(values(wsd, 13), [1, 2, 2, 2, 2, 2, 2, 2, 1.6, 1.2, 0.8, 0.4, 0], atol=1e-12)
@@ -69,13 +80,16 @@ def test_vectorized_equals_scalar():
     assert isinstance(s(3), float)
 
 
-@pytest.mark.parametrize("make,name", [
-    (lambda: Cosine(peak=-1.0, steps=10), "peak"),
-    (lambda: Cosine(peak=1.0, steps=0), "steps"),
-    (lambda: WarmupStableDecay(peak=1.0, steps=10, decay_steps=20), "decay_steps"),
-    (lambda: Warmup(lambda s: 1.0, steps=3), "schedule"),
-    (lambda: EqualContribution(peak=0.0, weight_decay=0.1), "peak"),
-])
+@pytest.mark.parametrize(
+    "make,name",
+    [
+        (lambda: Cosine(peak=-1.0, steps=10), "peak"),
+        (lambda: Cosine(peak=1.0, steps=0), "steps"),
+        (lambda: WarmupStableDecay(peak=1.0, steps=10, decay_steps=20), "decay_steps"),
+        (lambda: Warmup(lambda s: 1.0, steps=3), "schedule"),
+        (lambda: EqualContribution(peak=0.0, weight_decay=0.1), "peak"),
+    ],
+)
 def test_bad_schedule_arguments(make, name):
     with pytest.raises(ValueError) as err:
         make()

@@ -33,13 +33,16 @@ def test_transfer_with_batch_size():
     assert t.weight_decay == pytest.approx(0.4)
 
 
-@pytest.mark.parametrize("call,name", [
-    (lambda: tau_iter(0.0, 0.1), "lr"),
-    (lambda: tau_epoch(1e-3, -0.1, 10, 1), "weight_decay"),
-    (lambda: tau_epoch(1e-3, 0.1, 0, 1), "dataset_size"),
-    (lambda: transfer_weight_decay(1e-3, 0.1, 10, 1, width=4), "width"),
-    (lambda: transfer_weight_decay(1e-3, 0.1, 10, 1, mup=True), "mup"),
-])
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (lambda: tau_iter(0.0, 0.1), "lr"),
+        (lambda: tau_epoch(1e-3, -0.1, 10, 1), "weight_decay"),
+        (lambda: tau_epoch(1e-3, 0.1, 0, 1), "dataset_size"),
+        (lambda: transfer_weight_decay(1e-3, 0.1, 10, 1, width=4), "width"),
+        (lambda: transfer_weight_decay(1e-3, 0.1, 10, 1, mup=True), "mup"),
+    ],
+)
 def test_bad_inputs(call, name):
     with pytest.raises(ValueError) as err:
         call()

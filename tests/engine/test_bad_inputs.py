@@ -105,8 +105,12 @@ def outcome(case: Case, time_limit_s: float = TIME_LIMIT_S) -> tuple[str, str]:
     still running after ``time_limit_s`` is stopped and counts as ``silent``: it accepted its input."""
     err, out = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), warnings.catch_warnings(), \
-                _time_limit(time_limit_s):
+        with (
+            contextlib.redirect_stderr(err),
+            contextlib.redirect_stdout(out),
+            warnings.catch_warnings(),
+            _time_limit(time_limit_s),
+        ):
             warnings.simplefilter("ignore")
             result = case.call()
     except _TimeUp:
@@ -161,10 +165,19 @@ def _tmp() -> Path:
 
 
 #: A valid, tiny configuration (a few seconds even where old code trains it): the cases change one thing.
-BASE: dict[str, Any] = {"data": "mnist1d", "data_args": {"num_samples": 600}, "model": "mlp",
-                        "model_args": {"width": 8, "depth": 1}, "steps": 3, "batch_size": 32, "scale": "test"}
-BASE_YAML = ("data: mnist1d\ndata_args: {num_samples: 600}\nmodel: mlp\nmodel_args: {width: 8, depth: 1}\n"
-             "batch_size: 32\nscale: test\n")  # steps left out, so that a case can set it
+BASE: dict[str, Any] = {
+    "data": "mnist1d",
+    "data_args": {"num_samples": 600},
+    "model": "mlp",
+    "model_args": {"width": 8, "depth": 1},
+    "steps": 3,
+    "batch_size": 32,
+    "scale": "test",
+}
+BASE_YAML = (
+    "data: mnist1d\ndata_args: {num_samples: 600}\nmodel: mlp\nmodel_args: {width: 8, depth: 1}\n"
+    "batch_size: 32\nscale: test\n"
+)  # steps left out, so that a case can set it
 
 
 @contextlib.contextmanager
@@ -197,29 +210,35 @@ def cli(*argv: str, env: dict[str, str] | None = None) -> Callable[[], Any]:
     return lambda: _main(list(argv), env)
 
 
-def cli_file(text: str | bytes, *extra: str, command: str = "run", suffix: str = ".yaml",
-             env: dict[str, str] | None = None) -> Callable[[], Any]:
+def cli_file(
+    text: str | bytes, *extra: str, command: str = "run", suffix: str = ".yaml", env: dict[str, str] | None = None
+) -> Callable[[], Any]:
     """``wdlib run FILE --store TMP EXTRA...`` with FILE holding ``text``."""
+
     def call() -> Any:
         d = _tmp()
         path = d / f"config{suffix}"
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return _main([command, str(path), "--store", str(d / "store"), *extra], env)
+
     return call
 
 
-def cli_fields(*extra: str, command: str = "run", env: dict[str, str] | None = None,
-               **changes: Any) -> Callable[[], Any]:
+def cli_fields(
+    *extra: str, command: str = "run", env: dict[str, str] | None = None, **changes: Any
+) -> Callable[[], Any]:
     """``wdlib run`` of :data:`BASE` with ``changes``, written as JSON."""
     return cli_file(json.dumps({**BASE, **changes}), *extra, command=command, suffix=".json", env=env)
 
 
 def config(**changes: Any) -> Callable[[], Any]:
     """``RunConfig(**BASE, **changes)``."""
+
     def call() -> Any:
         from wdlib.config import RunConfig
 
         return RunConfig(**{**BASE, **changes})
+
     return call
 
 
@@ -280,86 +299,198 @@ DIGITS_300 = "9" * 300
 
 LR_RANGE = "[1e-50, 1e+50]"
 for _id, _lr, _wd, _flag in [
-    ("tau-lr-denormal", "1e-320", "0.1", "--lr"), ("tau-lr-1e308", "1e308", "0.1", "--lr"),
-    ("tau-lr-inf", "inf", "0.1", "--lr"), ("tau-lr-nan", "nan", "0.1", "--lr"), ("tau-lr-zero", "0", "0.1", "--lr"),
-    ("tau-lr-negative", "-1e-3", "0.1", "--lr"), ("tau-wd-denormal", "1e-3", "1e-320", "--weight-decay"),
-    ("tau-wd-inf", "1e-3", "inf", "--weight-decay"), ("tau-wd-zero", "1e-3", "0", "--weight-decay"),
+    ("tau-lr-denormal", "1e-320", "0.1", "--lr"),
+    ("tau-lr-1e308", "1e308", "0.1", "--lr"),
+    ("tau-lr-inf", "inf", "0.1", "--lr"),
+    ("tau-lr-nan", "nan", "0.1", "--lr"),
+    ("tau-lr-zero", "0", "0.1", "--lr"),
+    ("tau-lr-negative", "-1e-3", "0.1", "--lr"),
+    ("tau-wd-denormal", "1e-3", "1e-320", "--weight-decay"),
+    ("tau-wd-inf", "1e-3", "inf", "--weight-decay"),
+    ("tau-wd-zero", "1e-3", "0", "--weight-decay"),
     ("tau-wd-1e308", "1e-3", "1e308", "--weight-decay"),
 ]:
     add(_id, cli(*TAU, "--lr", _lr, "--weight-decay", _wd), (f"{_flag} must be", LR_RANGE), "cli")
-add("tau-dataset-size-300-digits", cli("tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", DIGITS_300,
-                                       "--batch-size", "128"), ("--dataset-size", "[1, 1000000000000000]"), "cli")
-add("tau-batch-size-zero", cli("tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", "100",
-                               "--batch-size", "0"), ("--batch-size", "[1, 1000000000000000]"), "cli")
-add("tau-to-dataset-size-300-digits", cli(*TAU, "--lr", "1e-3", "--weight-decay", "0.1", "--to-dataset-size",
-                                          DIGITS_300), ("--to-dataset-size", "[1, 1000000000000000]"), "cli")
-add("tau-width-zero", cli(*TAU, "--lr", "1e-3", "--weight-decay", "0.1", "--width", "0", "--to-width", "4"),
-    ("--width", "[1, 1000000000000000]"), "cli")
-add("tau-to-width-without-width", cli(*TAU, "--lr", "1e-3", "--weight-decay", "0.1", "--to-width", "4"),
-    ("--to-width", "--width"), "cli")
+add(
+    "tau-dataset-size-300-digits",
+    cli("tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", DIGITS_300, "--batch-size", "128"),
+    ("--dataset-size", "[1, 1000000000000000]"),
+    "cli",
+)
+add(
+    "tau-batch-size-zero",
+    cli("tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", "100", "--batch-size", "0"),
+    ("--batch-size", "[1, 1000000000000000]"),
+    "cli",
+)
+add(
+    "tau-to-dataset-size-300-digits",
+    cli(*TAU, "--lr", "1e-3", "--weight-decay", "0.1", "--to-dataset-size", DIGITS_300),
+    ("--to-dataset-size", "[1, 1000000000000000]"),
+    "cli",
+)
+add(
+    "tau-width-zero",
+    cli(*TAU, "--lr", "1e-3", "--weight-decay", "0.1", "--width", "0", "--to-width", "4"),
+    ("--width", "[1, 1000000000000000]"),
+    "cli",
+)
+add(
+    "tau-to-width-without-width",
+    cli(*TAU, "--lr", "1e-3", "--weight-decay", "0.1", "--to-width", "4"),
+    ("--to-width", "--width"),
+    "cli",
+)
 add("tau-mup-without-width", cli(*TAU, "--lr", "1e-3", "--weight-decay", "0.1", "--mup"), ("--mup", "--width"), "cli")
 
 # --- the command line: configuration files ---------------------------------------------------------------
 
 add("yaml-syntax-error", cli_file(BASE_YAML + "steps: 3\nlr: [1e-3\n"), ("YAML syntax error", "line", "column"), "cli")
 add("yaml-tab-indent", cli_file(BASE_YAML + "steps:\n\t3\n"), ("YAML syntax error", "line 8", "column 1"), "cli")
-add("yaml-python-tag", cli_file(BASE_YAML + "steps: !!python/object/apply:os.getcwd []\n"),
-    ("YAML syntax error", "line 7"), "cli")
-add("json-syntax-error", cli_file('{"steps": 3,\n "lr": }', suffix=".json"),
-    ("JSON syntax error", "line 2", "column 8"), "cli")
+add(
+    "yaml-python-tag",
+    cli_file(BASE_YAML + "steps: !!python/object/apply:os.getcwd []\n"),
+    ("YAML syntax error", "line 7"),
+    "cli",
+)
+add(
+    "json-syntax-error",
+    cli_file('{"steps": 3,\n "lr": }', suffix=".json"),
+    ("JSON syntax error", "line 2", "column 8"),
+    "cli",
+)
 add("config-is-a-list", cli_file("- steps: 3\n- lr: 0.1\n"), ("must hold a mapping of fields", "list"), "cli")
 add("config-is-a-number", cli_file("5\n"), ("must hold a mapping of fields", "int"), "cli")
 add("config-is-empty", cli_file(""), ("empty", "mapping of fields"), "cli")
 add("config-int-key", cli_file(BASE_YAML + "steps: 3\n1: 2\n"), ("keys must be field names", "1"), "cli")
 add("config-list-key", cli_file(BASE_YAML + "steps: 3\n[a]: 1\n"), ("keys must be field names", "line 8"), "cli")
-add("config-file-missing", cli("run", "/nonexistent/wdlib-bad-input.yaml", "--store", "/nonexistent/store"),
-    ("does not exist", "/nonexistent/wdlib-bad-input.yaml"), "cli")
-add("config-is-a-directory", lambda: _main(["run", str(_tmp()), "--store", str(_tmp() / "s")]),
-    ("is a directory",), "cli")
+add(
+    "config-file-missing",
+    cli("run", "/nonexistent/wdlib-bad-input.yaml", "--store", "/nonexistent/store"),
+    ("does not exist", "/nonexistent/wdlib-bad-input.yaml"),
+    "cli",
+)
+add(
+    "config-is-a-directory",
+    lambda: _main(["run", str(_tmp()), "--store", str(_tmp() / "s")]),
+    ("is a directory",),
+    "cli",
+)
 add("config-not-utf8", cli_file(b"steps: 3\nlr: \xff\xfe\n"), ("not UTF-8",), "cli")
 add("config-unknown-field", cli_fields(stpes=3), ("stpes", "known fields"), "cli")
-add("data-missing-files", cli_fields(data="openwebtext", data_args={"root": "/nonexistent/owt"}, model="gpt",
-                                     model_args={"n_layer": 1, "n_head": 1, "n_embd": 8}),
-    ("OpenWebText", "not found at /nonexistent/owt"), "cli")
-add("gpt-on-classification-data", cli_fields(model="gpt", model_args={"n_layer": 1, "n_head": 1, "n_embd": 8}),
-    ("model 'gpt' needs a token dataset", "stdlib_chars", "openwebtext", "mnist1d"), "cli")
-add("mlp-on-token-data", cli_fields(data="stdlib_chars", data_args={"max_bytes": 20000}),
-    ("model 'mlp' needs a classification dataset", "mnist1d", "stdlib_chars"), "cli")
+add(
+    "data-missing-files",
+    cli_fields(
+        data="openwebtext",
+        data_args={"root": "/nonexistent/owt"},
+        model="gpt",
+        model_args={"n_layer": 1, "n_head": 1, "n_embd": 8},
+    ),
+    ("OpenWebText", "not found at /nonexistent/owt"),
+    "cli",
+)
+add(
+    "gpt-on-classification-data",
+    cli_fields(model="gpt", model_args={"n_layer": 1, "n_head": 1, "n_embd": 8}),
+    ("model 'gpt' needs a token dataset", "stdlib_chars", "openwebtext", "mnist1d"),
+    "cli",
+)
+add(
+    "mlp-on-token-data",
+    cli_fields(data="stdlib_chars", data_args={"max_bytes": 20000}),
+    ("model 'mlp' needs a classification dataset", "mnist1d", "stdlib_chars"),
+    "cli",
+)
 add("yaml-lr-inf", cli_file(BASE_YAML + "steps: 3\nlr: .inf\n"), ("lr must be a finite number",), "cli")
 add("set-lr-nan", cli_fields("--set", "lr=NaN"), ("lr must be a finite number",), "cli")
-add("set-weight-decay-inf", cli_fields("--set", "weight_decay=Infinity"), ("weight_decay must be a finite number",),
-    "cli")
+add(
+    "set-weight-decay-inf",
+    cli_fields("--set", "weight_decay=Infinity"),
+    ("weight_decay must be a finite number",),
+    "cli",
+)
 add("yaml-eps-nan", cli_file(BASE_YAML + "steps: 3\neps: .nan\n"), ("optimizer.eps must be a finite number",), "cli")
-add("yaml-optimizer-eps-nan", cli_file(BASE_YAML + "steps: 3\noptimizer: {name: adam, eps: .nan}\n"),
-    ("optimizer.eps must be a finite number",), "cli")
-add("yaml-seed-1e26-string", cli_file(BASE_YAML + "steps: 3\nseed: 1e26\n"),
-    ("seed must be an integer in [0, 4294967294]", "1e26"), "cli")
-add("yaml-seed-1e26-float", cli_file(BASE_YAML + "steps: 3\nseed: 1.0e+26\n"),
-    ("seed must be an integer in [0, 4294967294]",), "cli")
+add(
+    "yaml-optimizer-eps-nan",
+    cli_file(BASE_YAML + "steps: 3\noptimizer: {name: adam, eps: .nan}\n"),
+    ("optimizer.eps must be a finite number",),
+    "cli",
+)
+add(
+    "yaml-seed-1e26-string",
+    cli_file(BASE_YAML + "steps: 3\nseed: 1e26\n"),
+    ("seed must be an integer in [0, 4294967294]", "1e26"),
+    "cli",
+)
+add(
+    "yaml-seed-1e26-float",
+    cli_file(BASE_YAML + "steps: 3\nseed: 1.0e+26\n"),
+    ("seed must be an integer in [0, 4294967294]",),
+    "cli",
+)
 add("seed-2-pow-63", cli_fields(seed=2**63), ("seed must be an integer in [0, 4294967294]",), "cli")
 add("seed-float", cli_fields(seed=3.0), ("seed must be an integer",), "cli")
 add("seed-negative", cli_fields(seed=-1), ("seed must be an integer in [0, ",), "cli")
-add("steps-300-digits", cli_fields("--set", f"steps={DIGITS_300}"), ("steps must be an integer in [1, 4294967295]",),
-    "cli")
-add("lr-warmup-longer-than-run", cli_fields(lr_schedule={"name": "cosine", "warmup": 10}),
-    ("lr_schedule", "warmup (10)", "less than steps (3)"), "cli")
-add("wd-delay-longer-than-run", cli_fields(wd_schedule={"name": "constant", "delay": 3}),
-    ("wd_schedule", "delay (3)", "less than steps (3)"), "cli")
-add("optimizer-unknown", cli_fields(optimizer="adagrad"), ("optimizer.name must be one of", "'adam'", "'torch.adamw'"),
-    "cli")
-add("optimizer-spec-unknown-name", cli_fields(optimizer={"name": "lion", "decay": "decoupled"}),
-    ("optimizer.name must be one of", "'sgd'", "'lion'"), "cli")
-add("optimizer-torch-adamw-flat-l2", cli_fields(optimizer="torch.adamw", decay="l2"),
-    ("optimizer.decay must be 'decoupled'", "torch.adamw", "'l2'"), "cli")
-add("set-optimizer-decay-torch-adamw",
+add(
+    "steps-300-digits",
+    cli_fields("--set", f"steps={DIGITS_300}"),
+    ("steps must be an integer in [1, 4294967295]",),
+    "cli",
+)
+add(
+    "lr-warmup-longer-than-run",
+    cli_fields(lr_schedule={"name": "cosine", "warmup": 10}),
+    ("lr_schedule", "warmup (10)", "less than steps (3)"),
+    "cli",
+)
+add(
+    "wd-delay-longer-than-run",
+    cli_fields(wd_schedule={"name": "constant", "delay": 3}),
+    ("wd_schedule", "delay (3)", "less than steps (3)"),
+    "cli",
+)
+add(
+    "optimizer-unknown",
+    cli_fields(optimizer="adagrad"),
+    ("optimizer.name must be one of", "'adam'", "'torch.adamw'"),
+    "cli",
+)
+add(
+    "optimizer-spec-unknown-name",
+    cli_fields(optimizer={"name": "lion", "decay": "decoupled"}),
+    ("optimizer.name must be one of", "'sgd'", "'lion'"),
+    "cli",
+)
+add(
+    "optimizer-torch-adamw-flat-l2",
+    cli_fields(optimizer="torch.adamw", decay="l2"),
+    ("optimizer.decay must be 'decoupled'", "torch.adamw", "'l2'"),
+    "cli",
+)
+add(
+    "set-optimizer-decay-torch-adamw",
     cli_fields("--set", "optimizer.decay=independent", optimizer={"name": "torch.adamw"}),
-    ("optimizer.decay must be 'decoupled'", "'independent'"), "cli")
-add("set-optimizer-option-misspelt", cli_fields("--set", "optimizer.momentun=0.9", optimizer={"name": "sgd"}),
-    ("optimizer.momentun", "not an option", "momentum"), "cli")
-add("set-flat-momentum-on-adam", cli_fields("--set", "momentum=0.9"), ("momentum", "does not apply", "'adam'", "'sgd'"),
-    "cli")
-add("grid-optimizer-decay-unknown", cli_fields("--grid", "optimizer.decay=l2,adamw", command="sweep"),
-    ("optimizer.decay must be one of", "'independent'", "'adamw'"), "cli")
+    ("optimizer.decay must be 'decoupled'", "'independent'"),
+    "cli",
+)
+add(
+    "set-optimizer-option-misspelt",
+    cli_fields("--set", "optimizer.momentun=0.9", optimizer={"name": "sgd"}),
+    ("optimizer.momentun", "not an option", "momentum"),
+    "cli",
+)
+add(
+    "set-flat-momentum-on-adam",
+    cli_fields("--set", "momentum=0.9"),
+    ("momentum", "does not apply", "'adam'", "'sgd'"),
+    "cli",
+)
+add(
+    "grid-optimizer-decay-unknown",
+    cli_fields("--grid", "optimizer.decay=l2,adamw", command="sweep"),
+    ("optimizer.decay must be one of", "'independent'", "'adamw'"),
+    "cli",
+)
 add("label-noise-above-one", cli_fields(label_noise=1.5), ("label_noise", "[0.0, 1.0)"), "cli")
 add("batch-not-divisible", cli_fields(batch_size=10, grad_accum=3), ("batch_size (10)", "grad_accum (3)"), "cli")
 add("model-arg-misspelt", cli_fields(model_args={"widht": 8, "depth": 1}), ("widht",), "cli")
@@ -372,69 +503,168 @@ add("set-without-name", cli_fields("--set", "=3"), ("--set", "FIELD=VALUE"), "cl
 add("grid-without-values", cli_fields("--grid", "lr=", command="sweep"), ("--grid", "lr", "no values"), "cli")
 add("grid-without-equals", cli_fields("--grid", "lr", command="sweep"), ("--grid", "FIELD=V1,V2"), "cli")
 add("grid-unknown-field", cli_fields("--grid", "stpes=1,2", command="sweep"), ("stpes", "known fields"), "cli")
-add("workers-zero", cli_fields("--grid", "lr=0.001", "--workers", "0", command="sweep"),
-    ("--workers", "[1, 1024]"), "cli")
+add(
+    "workers-zero",
+    cli_fields("--grid", "lr=0.001", "--workers", "0", command="sweep"),
+    ("--workers", "[1, 1024]"),
+    "cli",
+)
 add("device-tpu", cli_fields("--device", "tpu"), ("--device", "auto, cpu, cuda, cuda:N, mps", "'tpu'"), "cli")
-add("device-gpu-sweep", cli_fields("--grid", "lr=0.001", "--device", "gpu", command="sweep"),
-    ("--device", "auto, cpu, cuda, cuda:N, mps"), "cli")
+add(
+    "device-gpu-sweep",
+    cli_fields("--grid", "lr=0.001", "--device", "gpu", command="sweep"),
+    ("--device", "auto, cpu, cuda, cuda:N, mps"),
+    "cli",
+)
 add("device-cuda-99", cli_fields("--device", "cuda:99"), ("--device cuda:99",), "cli")
-add("stale-policy-invalid", cli_fields(env={"WDLIB_STALE": "sometimes"}), ("WDLIB_STALE", "recompute", "warn", "reuse"),
-    "cli")
-add("store-is-a-file", lambda: _main(["run", str(_config_file()), "--store", str(_a_file())]),
-    ("not a directory",), "cli")
-add("runs-no-store", lambda: _main(["runs", "--store", str(_tmp() / "nowhere")]),
-    ("no run store at", "index.sqlite", "results/"), "cli")
-add("runs-forget-unknown", lambda: _main(["runs", "--store", str(_store().root), "--forget", "0" * 24]),
-    ("no run 000000000000000000000000",), "cli")
-add("runs-forget-not-a-key", lambda: _main(["runs", "--store", str(_store().root), "--forget", "../../etc"]),
-    ("24 hex digits", "'../../etc'"), "cli")
-add("runs-scale-unknown", lambda: _main(["runs", "--store", str(_store().root), "--scale", "huge"]),
-    ("--scale", "smoke", "full", "test"), "cli")
+add(
+    "stale-policy-invalid",
+    cli_fields(env={"WDLIB_STALE": "sometimes"}),
+    ("WDLIB_STALE", "recompute", "warn", "reuse"),
+    "cli",
+)
+add(
+    "store-is-a-file",
+    lambda: _main(["run", str(_config_file()), "--store", str(_a_file())]),
+    ("not a directory",),
+    "cli",
+)
+add(
+    "runs-no-store",
+    lambda: _main(["runs", "--store", str(_tmp() / "nowhere")]),
+    ("no run store at", "index.sqlite", "results/"),
+    "cli",
+)
+add(
+    "runs-forget-unknown",
+    lambda: _main(["runs", "--store", str(_store().root), "--forget", "0" * 24]),
+    ("no run 000000000000000000000000",),
+    "cli",
+)
+add(
+    "runs-forget-not-a-key",
+    lambda: _main(["runs", "--store", str(_store().root), "--forget", "../../etc"]),
+    ("24 hex digits", "'../../etc'"),
+    "cli",
+)
+add(
+    "runs-scale-unknown",
+    lambda: _main(["runs", "--store", str(_store().root), "--scale", "huge"]),
+    ("--scale", "smoke", "full", "test"),
+    "cli",
+)
 
 # --- RunConfig --------------------------------------------------------------------------------------------
 
 add("config-numpy-float-steps", lambda: config(steps=_np("float64", 5.0))(), ("steps must be an integer",), "config")
 add("config-lr-inf", config(lr=float("inf")), ("lr must be a finite number",), "config")
 add("config-lr-400-digit-int", config(lr=10**400), ("lr must be a finite number",), "config")
-add("config-betas-nan", config(optimizer={"name": "adam", "betas": [0.9, float("nan")]}),
+add(
+    "config-betas-nan",
+    config(optimizer={"name": "adam", "betas": [0.9, float("nan")]}),
     ("optimizer.betas[1]", "[0.0, 1.0)"),
-    "config")
-add("config-betas-three", config(optimizer={"name": "torch.adam", "betas": [0.9, 0.99, 0.999]}),
-    ("optimizer.betas", "pair"), "config")
-add("config-momentum-one", config(optimizer={"name": "sgd", "momentum": 1.0}), ("optimizer.momentum", "[0.0, 1.0)"),
-    "config")
-add("config-nesterov-without-momentum", config(optimizer={"name": "torch.sgd", "nesterov": True}),
-    ("optimizer.nesterov", "momentum > 0"), "config")
-add("config-nesterov-text", config(optimizer={"name": "sgd", "momentum": 0.9, "nesterov": "yes"}),
-    ("optimizer.nesterov", "true or false"), "config")
-add("config-optimizer-not-a-spec", config(optimizer=3), ("optimizer must be", "'adam'", "\"name\""), "config")
-add("config-optimizer-without-name", config(optimizer={"decay": "l2"}), ("optimizer.name", "missing", "'adam'"),
-    "config")
-add("config-optimizer-option-of-another", config(optimizer={"name": "adam", "momentum": 0.9}),
-    ("optimizer.momentum", "not an option of optimizer 'adam'", "betas", "'sgd'"), "config")
-add("config-decay-unknown", config(optimizer={"name": "sgd", "decay": "adamw"}),
-    ("optimizer.decay", "'l2', 'decoupled', 'independent'"), "config")
+    "config",
+)
+add(
+    "config-betas-three",
+    config(optimizer={"name": "torch.adam", "betas": [0.9, 0.99, 0.999]}),
+    ("optimizer.betas", "pair"),
+    "config",
+)
+add(
+    "config-momentum-one",
+    config(optimizer={"name": "sgd", "momentum": 1.0}),
+    ("optimizer.momentum", "[0.0, 1.0)"),
+    "config",
+)
+add(
+    "config-nesterov-without-momentum",
+    config(optimizer={"name": "torch.sgd", "nesterov": True}),
+    ("optimizer.nesterov", "momentum > 0"),
+    "config",
+)
+add(
+    "config-nesterov-text",
+    config(optimizer={"name": "sgd", "momentum": 0.9, "nesterov": "yes"}),
+    ("optimizer.nesterov", "true or false"),
+    "config",
+)
+add("config-optimizer-not-a-spec", config(optimizer=3), ("optimizer must be", "'adam'", '"name"'), "config")
+add(
+    "config-optimizer-without-name",
+    config(optimizer={"decay": "l2"}),
+    ("optimizer.name", "missing", "'adam'"),
+    "config",
+)
+add(
+    "config-optimizer-option-of-another",
+    config(optimizer={"name": "adam", "momentum": 0.9}),
+    ("optimizer.momentum", "not an option of optimizer 'adam'", "betas", "'sgd'"),
+    "config",
+)
+add(
+    "config-decay-unknown",
+    config(optimizer={"name": "sgd", "decay": "adamw"}),
+    ("optimizer.decay", "'l2', 'decoupled', 'independent'"),
+    "config",
+)
 # torch's optimizers follow their own rule only: asking for another is an error, not silently ignored
-add("config-torch-adamw-l2", config(optimizer={"name": "torch.adamw", "decay": "l2"}),
-    ("optimizer.decay must be 'decoupled'", "torch.adamw", "'l2'", "\"name\": \"adam\""), "config")
-add("config-torch-adamw-independent", config(optimizer={"name": "torch.adamw", "decay": "independent"}),
-    ("optimizer.decay must be 'decoupled'", "'independent'"), "config")
-add("config-torch-adam-decoupled", config(optimizer={"name": "torch.adam", "decay": "decoupled"}),
-    ("optimizer.decay must be 'l2'", "torch.adam", "'decoupled'"), "config")
-add("config-torch-sgd-independent", config(optimizer={"name": "torch.sgd", "decay": "independent"}),
-    ("optimizer.decay must be 'l2'", "torch.sgd", "\"name\": \"sgd\""), "config")
-add("config-torch-adamw-bf16-update",
+add(
+    "config-torch-adamw-l2",
+    config(optimizer={"name": "torch.adamw", "decay": "l2"}),
+    ("optimizer.decay must be 'decoupled'", "torch.adamw", "'l2'", '"name": "adam"'),
+    "config",
+)
+add(
+    "config-torch-adamw-independent",
+    config(optimizer={"name": "torch.adamw", "decay": "independent"}),
+    ("optimizer.decay must be 'decoupled'", "'independent'"),
+    "config",
+)
+add(
+    "config-torch-adam-decoupled",
+    config(optimizer={"name": "torch.adam", "decay": "decoupled"}),
+    ("optimizer.decay must be 'l2'", "torch.adam", "'decoupled'"),
+    "config",
+)
+add(
+    "config-torch-sgd-independent",
+    config(optimizer={"name": "torch.sgd", "decay": "independent"}),
+    ("optimizer.decay must be 'l2'", "torch.sgd", '"name": "sgd"'),
+    "config",
+)
+add(
+    "config-torch-adamw-bf16-update",
     config(precision="bf16-pure", optimizer={"name": "torch.adamw", "bf16_update": "kahan"}),
-    ("optimizer.bf16_update", "not an option of optimizer 'torch.adamw'", "'adam'"), "config")
-add("config-bf16-update-without-bf16-pure", config(optimizer={"name": "adam", "bf16_update": "kahan"}),
-    ("optimizer.bf16_update", "'kahan'", "bf16-pure"), "config")
-add("config-mup-independent", config(model_args={"width": 8, "depth": 1}, mup={"base_width": 4},
-                                     optimizer={"name": "adam", "decay": "independent"}),
-    ("mup", "optimizer.decay 'independent'", "not supported"), "config")
-add("config-flat-momentum-on-adam", lambda: _from_dict({**BASE, "optimizer": "adam", "momentum": 0.5}),
-    ("momentum", "does not apply to optimizer 'adam'", "optimizer.momentum"), "config")
-add("config-flat-torch-sgd-nesterov", lambda: _from_dict({**BASE, "optimizer": "torch.sgd", "nesterov": True}),
-    ("optimizer.nesterov", "momentum > 0"), "config")
+    ("optimizer.bf16_update", "not an option of optimizer 'torch.adamw'", "'adam'"),
+    "config",
+)
+add(
+    "config-bf16-update-without-bf16-pure",
+    config(optimizer={"name": "adam", "bf16_update": "kahan"}),
+    ("optimizer.bf16_update", "'kahan'", "bf16-pure"),
+    "config",
+)
+add(
+    "config-mup-independent",
+    config(
+        model_args={"width": 8, "depth": 1}, mup={"base_width": 4}, optimizer={"name": "adam", "decay": "independent"}
+    ),
+    ("mup", "optimizer.decay 'independent'", "not supported"),
+    "config",
+)
+add(
+    "config-flat-momentum-on-adam",
+    lambda: _from_dict({**BASE, "optimizer": "adam", "momentum": 0.5}),
+    ("momentum", "does not apply to optimizer 'adam'", "optimizer.momentum"),
+    "config",
+)
+add(
+    "config-flat-torch-sgd-nesterov",
+    lambda: _from_dict({**BASE, "optimizer": "torch.sgd", "nesterov": True}),
+    ("optimizer.nesterov", "momentum > 0"),
+    "config",
+)
 add("config-diagnostics-int", config(diagnostics=5), ("diagnostics must be a list",), "config")
 add("config-probes-int", config(probes=5), ("probes must be a list",), "config")
 add("config-model-args-list", config(model_args=[8, 1]), ("model_args must be a dict",), "config")
@@ -444,34 +674,51 @@ add("config-mixed-keys", lambda: _from_dict({1: 2, "lr": 0.1}), ("keys must be f
 add("config-init-from-bad", config(init_from={"run": "abc", "step": 1}), ("init_from", "24-hex"), "config")
 add("config-snapshot-after-end", config(snapshots=[5]), ("snapshots", "steps=3"), "config")
 add("config-perturb-after-end", config(perturb_step=3), ("perturb_step", "[0, 2]"), "config")
-add("config-mup-base-width-text", config(model_args={"width": 8, "depth": 1}, mup={"base_width": "wide"}),
-    ("mup.base_width", "integer"), "config")
-add("config-subset-on-token-data", config(data="stdlib_chars", data_args={}, model="gpt", subset=10),
-    ("subset", "classification data"), "config")
+add(
+    "config-mup-base-width-text",
+    config(model_args={"width": 8, "depth": 1}, mup={"base_width": "wide"}),
+    ("mup.base_width", "integer"),
+    "config",
+)
+add(
+    "config-subset-on-token-data",
+    config(data="stdlib_chars", data_args={}, model="gpt", subset=10),
+    ("subset", "classification data"),
+    "config",
+)
 add("config-schedule-name", config(lr_schedule={"name": "exponential"}), ("lr_schedule.name", "'cosine'"), "config")
 add("config-schedule-int-key", config(lr_schedule={1: 2}), ("lr_schedule", "unknown key"), "config")
 add("config-grad-clip-zero", config(grad_clip=0), ("grad_clip", "> 0"), "config")
-add("config-lr-vector-tensor", lambda: config(lr=__import__("torch").tensor([0.1, 0.2]))(),
-    ("lr must be a finite number",), "config")
+add(
+    "config-lr-vector-tensor",
+    lambda: config(lr=__import__("torch").tensor([0.1, 0.2]))(),
+    ("lr must be a finite number",),
+    "config",
+)
 add("config-seed-2-pow-64", config(seed=2**64), ("seed must be an integer in [0, 4294967294]",), "config")
 add("config-data-seed-huge", config(data_seed=2**40), ("data_seed must be an integer in [0, ",), "config")
 add("config-batch-size-huge", config(batch_size=2**70), ("batch_size must be an integer in [1, ",), "config")
 
 # --- the store ------------------------------------------------------------------------------------------------
 
-add("store-missing-no-create", lambda: _store_at(_tmp() / "nowhere", create=False),
-    ("no run store at", "index.sqlite", "results/"), "store")
+add(
+    "store-missing-no-create",
+    lambda: _store_at(_tmp() / "nowhere", create=False),
+    ("no run store at", "index.sqlite", "results/"),
+    "store",
+)
 add("store-on-a-file", lambda: _store_at(_a_file()), ("not a directory",), "store")
 add("store-forget-unknown", lambda: _store().forget("0" * 24), ("no run 000000000000000000000000",), "store")
 add("store-forget-not-a-key", lambda: _store().forget("../x"), ("24 hex digits",), "store")
-add("store-stale-policy-invalid", lambda: _get_with_policy("always"),
-    ("WDLIB_STALE", "recompute, warn, reuse"), "store")
+add(
+    "store-stale-policy-invalid", lambda: _get_with_policy("always"), ("WDLIB_STALE", "recompute, warn, reuse"), "store"
+)
 add("run-rerun-not-bool", lambda: _run(rerun="yes"), ("rerun", "True or False"), "store")
-add("store-snapshot-of-missing-run", lambda: _store().snapshot("0" * 24, 1), ("init_from", "not in the store"),
-    "store")
+add("store-snapshot-of-missing-run", lambda: _store().snapshot("0" * 24, 1), ("init_from", "not in the store"), "store")
 
 
 # --- the optimizers and the timescales (issue 16: items 1-3, 7) --------------------------------------------
+
 
 def _param(dtype: str = "float32") -> Any:
     import torch
@@ -547,37 +794,57 @@ for _id, _call, _words in [
     ("optim-eps-nan", lambda: _adam(eps=float("nan")), ("eps", _NUMBER)),
     ("optim-decay-unknown", lambda: _adam(decay="adamw"), ("decay", "'l2', 'decoupled', 'independent'")),
     ("optim-impl-unknown", lambda: _adam(impl="cuda"), ("impl", "'auto', 'fused', 'foreach'")),
-    ("optim-bf16-update-unknown", lambda: _sgd(bf16_update="round"),
-     ("bf16_update", "'nearest', 'master', 'kahan', 'stochastic'")),
-    ("optim-stochastic-float16", lambda: __import__("wdlib.optim").optim.Adam([_param("float16")],
-                                                                                 bf16_update="stochastic"),
-     ("stochastic", "float16", "'master' or 'kahan'")),
+    (
+        "optim-bf16-update-unknown",
+        lambda: _sgd(bf16_update="round"),
+        ("bf16_update", "'nearest', 'master', 'kahan', 'stochastic'"),
+    ),
+    (
+        "optim-stochastic-float16",
+        lambda: __import__("wdlib.optim").optim.Adam([_param("float16")], bf16_update="stochastic"),
+        ("stochastic", "float16", "'master' or 'kahan'"),
+    ),
     ("optim-momentum-one", lambda: _sgd(momentum=1.0), ("momentum", "[0.0, 1.0)")),
     ("optim-nesterov-without-momentum", lambda: _sgd(nesterov=True), ("nesterov", "momentum > 0")),
     ("optim-nesterov-string", lambda: _sgd(momentum=0.9, nesterov="yes"), ("nesterov", "True or False")),
-    ("optim-independent-lr-zero", lambda: _adam(lr=0.0, weight_decay=1e-4, decay="independent"),
-     ("lr", "> 0", "independent")),
+    (
+        "optim-independent-lr-zero",
+        lambda: _adam(lr=0.0, weight_decay=1e-4, decay="independent"),
+        ("lr", "> 0", "independent"),
+    ),
     ("optim-group-momentum", lambda: _add_group("SGD", momentum=1.5), ("momentum", "[0.0, 1.0)")),
     ("optim-group-betas", lambda: _add_group("Adam", betas=(0.9, 2.0)), ("betas[1]", "[0.0, 1.0)")),
     ("optim-adamw-decay-argument", lambda: _ours("AdamW", decay="l2")([_param()]), ("decay",)),
-    ("optim-load-torch-adam-into-adamw", lambda: _load_torch_state(_torch("Adam", weight_decay=0.1),
-                                                                    _ours("AdamW")),
-     ("torch.optim.Adam", "coupled L2", "wdlib.Adam")),
-    ("optim-load-torch-amsgrad", lambda: _load_torch_state(_torch("Adam", amsgrad=True), _ours("Adam")),
-     ("amsgrad",)),
-    ("optim-load-torch-sgd-into-adam", lambda: _load_torch_state(_torch("SGD", lr=0.1), _ours("Adam")),
-     ("SGD", "wdlib.Adam")),
-    ("optim-load-not-a-state-dict", lambda: _adam().load_state_dict({"params": []}),
-     ("state_dict", "'state'", "'param_groups'")),
+    (
+        "optim-load-torch-adam-into-adamw",
+        lambda: _load_torch_state(_torch("Adam", weight_decay=0.1), _ours("AdamW")),
+        ("torch.optim.Adam", "coupled L2", "wdlib.Adam"),
+    ),
+    ("optim-load-torch-amsgrad", lambda: _load_torch_state(_torch("Adam", amsgrad=True), _ours("Adam")), ("amsgrad",)),
+    (
+        "optim-load-torch-sgd-into-adam",
+        lambda: _load_torch_state(_torch("SGD", lr=0.1), _ours("Adam")),
+        ("SGD", "wdlib.Adam"),
+    ),
+    (
+        "optim-load-not-a-state-dict",
+        lambda: _adam().load_state_dict({"params": []}),
+        ("state_dict", "'state'", "'param_groups'"),
+    ),
     ("optim-convert-peak-lr-zero", lambda: _convert(0.1, 0.0, "decoupled", "independent"), ("peak_lr", "> 0")),
-    ("optim-convert-l2", lambda: _convert(0.1, 1e-3, "l2", "independent"),
-     ("source", "'decoupled' or 'independent'")),
+    ("optim-convert-l2", lambda: _convert(0.1, 1e-3, "l2", "independent"), ("source", "'decoupled' or 'independent'")),
     ("timescale-lr-subnormal", lambda: _tau("tau_iter", 1e-320, 0.1), ("lr*weight_decay", "out of range", "lr=1e-320")),
     ("timescale-product-overflow", lambda: _tau("tau_iter", 1e308, 1e308), ("lr*weight_decay", "out of range")),
-    ("timescale-400-digit-dataset", lambda: _tau("tau_epoch", 1e-3, 0.1, 10 ** 400, 128),
-     ("dataset_size", "finite number > 0", "401 digits")),
-    ("timescale-numpy-negative", lambda: _tau("tau_iter", __import__("numpy").float32(-1e-3), 0.1),
-     ("lr", "finite number > 0")),
+    (
+        "timescale-400-digit-dataset",
+        lambda: _tau("tau_epoch", 1e-3, 0.1, 10**400, 128),
+        ("dataset_size", "finite number > 0", "401 digits"),
+    ),
+    (
+        "timescale-numpy-negative",
+        lambda: _tau("tau_iter", __import__("numpy").float32(-1e-3), 0.1),
+        ("lr", "finite number > 0"),
+    ),
 ]:
     add(_id, _call, _words, "optim")
 
@@ -585,6 +852,7 @@ for _id, _call, _words in [
 # --- the test -------------------------------------------------------------------------------------------------
 
 if pytest is not None:
+
     def test_the_table_is_large_and_its_ids_unique() -> None:
         assert len(CASES) >= 50 and len({c.id for c in CASES}) == len(CASES)
         assert all(c.kind in ("cli", "config", "store", "optim") and c.must_contain for c in CASES)

@@ -6,8 +6,8 @@ import hashlib
 import io
 import pickle
 import random
-import tarfile
 import sysconfig
+import tarfile
 import urllib.error
 from pathlib import Path
 
@@ -16,8 +16,23 @@ import pytest
 import torch
 
 from wdlib import data as D
-from wdlib.data import (DataNotFoundError, Dataset, TokenDataset, batch_indices, batches, check_vocab, cifar10, digits,
-                        load, mnist1d, openwebtext, stdlib_chars, subset, token_file, write_tokens)
+from wdlib.data import (
+    DataNotFoundError,
+    Dataset,
+    TokenDataset,
+    batch_indices,
+    batches,
+    check_vocab,
+    cifar10,
+    digits,
+    load,
+    mnist1d,
+    openwebtext,
+    stdlib_chars,
+    subset,
+    token_file,
+    write_tokens,
+)
 
 SMALL = 200_000  # bytes of stdlib text for the tests
 
@@ -29,6 +44,7 @@ def toy(n: int = 20, n_test: int = 6) -> Dataset:
 
 
 # ----------------------------------------------------------------------------------------------- digits
+
 
 def test_digits_shapes_standardized_and_deterministic():
     a, b = digits(seed=0), digits(seed=0)
@@ -46,6 +62,7 @@ def test_digits_shapes_standardized_and_deterministic():
 
 # ----------------------------------------------------------------------------------------------- stdlib_chars
 
+
 def test_stdlib_chars_is_deterministic_and_records_its_vocab():
     a = stdlib_chars(SMALL)
     b = stdlib_chars(SMALL)
@@ -59,7 +76,7 @@ def test_stdlib_chars_is_deterministic_and_records_its_vocab():
     assert a.meta["files"] > 0 and len(a.meta["sha256"]) == 64 and a.meta["python"]
     assert a.meta["bytes"] <= SMALL
     text = "".join(vocab[i] for i in torch.cat([a.train, a.val]).tolist())
-    files = [path for _, path in D._stdlib_files(Path(sysconfig.get_paths()["stdlib"]))][:a.meta["files"]]
+    files = [path for _, path in D._stdlib_files(Path(sysconfig.get_paths()["stdlib"]))][: a.meta["files"]]
     assert text.split(D._STDLIB_SEPARATOR)[:3] == [f.read_text(encoding="utf-8") for f in files[:3]]
     a.train[0] = -1  # callers' changes do not reach the cache
     assert int(stdlib_chars(SMALL).train[0]) != -1
@@ -78,15 +95,19 @@ def test_check_vocab_refuses_another_vocabulary():
 
 # ----------------------------------------------------------------------------------------------- CIFAR-10
 
+
 def write_cifar(folder, per_batch: int = 10, batches_n: int = 5, seed: int = 0):
     """The official python-pickle layout, tiny: data_batch_1..5 and test_batch of ``per_batch`` images."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     names = [f"data_batch_{i}" for i in range(1, batches_n + 1)] + ["test_batch"]
     for name in names:
-        d = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, per_batch).tolist(),
-             b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-             b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
+        d = {
+            b"batch_label": name.encode(),
+            b"labels": rng.integers(0, 10, per_batch).tolist(),
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"{i}.png".encode() for i in range(per_batch)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(d, f)
     return names
@@ -115,6 +136,7 @@ def test_cifar10_missing_files_name_the_offline_alternative(tmp_path, monkeypatc
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
+
     monkeypatch.setattr(D.urllib.request, "urlopen", offline)
     with pytest.raises(FileNotFoundError, match="could not be downloaded.*smoke"):
         cifar10(tmp_path / "elsewhere", download=True)
@@ -137,6 +159,7 @@ def test_cifar10_download_checks_and_extracts(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- token files
 
+
 def test_token_files_round_trip_and_openwebtext(tmp_path):
     tokens = np.arange(0, 50_000, 7) % D.GPT2_VOCAB_SIZE
     path = write_tokens(tokens, tmp_path / "train.bin")
@@ -151,8 +174,8 @@ def test_token_files_round_trip_and_openwebtext(tmp_path):
     assert torch.equal(x[:, 1:], y[:, :-1])
     starts = (x[:, 0] // 7).tolist()  # token k*7 sits at position k
     for row, s in zip(x, starts):
-        assert torch.equal(row, torch.from_numpy(tokens[s:s + 16].astype(np.int64)))
-    (xv, yv), = ds.eval_batches(2, 4, count=1)
+        assert torch.equal(row, torch.from_numpy(tokens[s : s + 16].astype(np.int64)))
+    ((xv, yv),) = ds.eval_batches(2, 4, count=1)
     assert xv.shape == (2, 4) and torch.equal(xv[:, 1:], yv[:, :-1])
 
 
@@ -170,6 +193,7 @@ def test_token_file_errors(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- subsets
 
+
 def test_subsets_are_nested_and_share_the_test_set():
     ds = digits()
     small, big = subset(ds, 100, seed=3), subset(ds, 400, seed=3)
@@ -183,6 +207,7 @@ def test_subsets_are_nested_and_share_the_test_set():
 
 
 # ----------------------------------------------------------------------------------------------- batching
+
 
 def test_batch_indices_cover_an_epoch_once_and_are_stateless():
     n, bs = 23, 5  # 4 full batches per epoch, 3 indices dropped
@@ -198,11 +223,16 @@ def test_batch_indices_cover_an_epoch_once_and_are_stateless():
     assert batch_indices(n, bs, 0, seed=7).min() >= 0
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(n=0, batch_size=1, step=0, seed=0), "n"), (dict(n=10, batch_size=11, step=0, seed=0), "batch_size"),
-    (dict(n=10, batch_size=2, step=-1, seed=0), "step"), (dict(n=10, batch_size=2, step=0, seed=-3), "seed"),
-    (dict(n=10, batch_size=2.0, step=0, seed=0), "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(n=0, batch_size=1, step=0, seed=0), "n"),
+        (dict(n=10, batch_size=11, step=0, seed=0), "batch_size"),
+        (dict(n=10, batch_size=2, step=-1, seed=0), "step"),
+        (dict(n=10, batch_size=2, step=0, seed=-3), "seed"),
+        (dict(n=10, batch_size=2.0, step=0, seed=0), "batch_size"),
+    ],
+)
 def test_batch_indices_reject_bad_inputs(kwargs, name):
     with pytest.raises(ValueError, match=name):
         batch_indices(**kwargs)
@@ -251,6 +281,7 @@ def test_token_batch_shards_and_determinism():
 
 
 # ----------------------------------------------------------------------------------------------- registry
+
 
 def test_load_registry(tmp_path):
     assert torch.equal(load("digits", seed=2).y_test, digits(seed=2).y_test)

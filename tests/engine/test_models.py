@@ -10,8 +10,8 @@ from torch import nn
 
 from wdlib.models import CNN, GPT, MLP, MODELS, ResNet18, attention_backend, build, flat_parameters
 
-
 # ---------------------------------------------------------------- shapes
+
 
 @pytest.mark.parametrize("shape", [(5, 40), (5, 1, 40)])
 def test_cnn_1d_shapes(shape):
@@ -71,6 +71,7 @@ def test_mlp_still_works():
 
 # ---------------------------------------------------------------- GPT
 
+
 def test_gpt_is_causal():
     torch.manual_seed(0)
     model = GPT(vocab_size=30, block_size=12, n_layer=2, n_head=4, n_embd=32).eval()
@@ -120,12 +121,19 @@ def test_gpt_no_bias_by_default():
 def test_attention_backend_reports_something():
     text = attention_backend("cpu")
     assert text.endswith("(cpu, float32)")
-    assert text.split()[0] in {"math", "flash_attention", "efficient_attention", "cudnn_attention",
-                               "overrideable", "unknown"}
+    assert text.split()[0] in {
+        "math",
+        "flash_attention",
+        "efficient_attention",
+        "cudnn_attention",
+        "overrideable",
+        "unknown",
+    }
     assert attention_backend("cpu", dropout=0.1).split()[0] in {"math", "unknown"}
 
 
 # ---------------------------------------------------------------- scale invariance
+
 
 def _scale_trainable_(model: nn.Module, gen: torch.Generator) -> None:
     with torch.no_grad():
@@ -180,12 +188,16 @@ def test_default_resnet18_is_not_scale_invariant_in_its_head():
 
 # ---------------------------------------------------------------- determinism, validation, registry
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("mlp", dict(in_dim=40, width=8, depth=1, out_dim=10)),
-    ("cnn", dict(in_channels=1, num_classes=10, channels=(4, 8), dim=1)),
-    ("resnet18", dict(num_classes=10, width=4, scale_invariant=True)),
-    ("gpt", dict(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)),
-])
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("mlp", dict(in_dim=40, width=8, depth=1, out_dim=10)),
+        ("cnn", dict(in_channels=1, num_classes=10, channels=(4, 8), dim=1)),
+        ("resnet18", dict(num_classes=10, width=4, scale_invariant=True)),
+        ("gpt", dict(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)),
+    ],
+)
 def test_init_is_deterministic_under_seed(name, kwargs):
     torch.manual_seed(3)
     a = flat_parameters(build(name, **kwargs))
@@ -208,19 +220,22 @@ def test_build_registry():
         build("gpt", vocab_size=20, block_size=8, n_layer=1, n_head=2)
 
 
-@pytest.mark.parametrize("make, field", [
-    (lambda: CNN(0, 10), "in_channels"),
-    (lambda: CNN(1, 10, channels=()), "channels"),
-    (lambda: CNN(1, 10, channels=(4, 0)), "channels"),
-    (lambda: CNN(1, 10, dim=3), "dim"),
-    (lambda: ResNet18(width=0), "width"),
-    (lambda: ResNet18(num_classes=2.5), "num_classes"),
-    (lambda: ResNet18(scale_invariant=1), "scale_invariant"),
-    (lambda: GPT(10, 8, 1, 3, 16), "n_embd"),
-    (lambda: GPT(10, 0, 1, 2, 16), "block_size"),
-    (lambda: GPT(10, 8, 1, 2, 16, dropout=1.0), "dropout"),
-    (lambda: GPT(10, 8, True, 2, 16), "n_layer"),
-])
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: CNN(0, 10), "in_channels"),
+        (lambda: CNN(1, 10, channels=()), "channels"),
+        (lambda: CNN(1, 10, channels=(4, 0)), "channels"),
+        (lambda: CNN(1, 10, dim=3), "dim"),
+        (lambda: ResNet18(width=0), "width"),
+        (lambda: ResNet18(num_classes=2.5), "num_classes"),
+        (lambda: ResNet18(scale_invariant=1), "scale_invariant"),
+        (lambda: GPT(10, 8, 1, 3, 16), "n_embd"),
+        (lambda: GPT(10, 0, 1, 2, 16), "block_size"),
+        (lambda: GPT(10, 8, 1, 2, 16, dropout=1.0), "dropout"),
+        (lambda: GPT(10, 8, True, 2, 16), "n_layer"),
+    ],
+)
 def test_constructor_validation(make, field):
     with pytest.raises(ValueError, match=field):
         make()

@@ -31,6 +31,7 @@ def tokens(n: int = 500, vocab: int = 11) -> TokenDataset:
 
 # --- the objective ------------------------------------------------------------------------------------------------
 
+
 def test_loss_is_the_mean_cross_entropy_for_classes_and_per_token_for_language():
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(6, 5, generator=g), torch.randint(0, 5, (6,), generator=g)
@@ -93,6 +94,7 @@ def test_evaluate_averages_over_all_labels_restores_the_mode_and_uses_the_autoca
 
 # --- one dataset protocol -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["classification", "tokens"])
 def test_batch_has_one_signature_and_is_a_pure_function_of_step_and_seed(kind):
     ds = toy() if kind == "classification" else tokens().with_block_size(8)
@@ -128,8 +130,9 @@ def test_token_batch_reads_the_bound_block_size():
 
 def test_classification_eval_sets_are_the_test_split_and_the_first_training_samples():
     n = EVAL_TRAIN_SAMPLES + 300
-    ds = Dataset("big", torch.randn(n, 2), torch.randint(0, 2, (n,)), torch.randn(1500, 2),
-                 torch.randint(0, 2, (1500,)), 2)
+    ds = Dataset(
+        "big", torch.randn(n, 2), torch.randint(0, 2, (n,)), torch.randn(1500, 2), torch.randint(0, 2, (1500,)), 2
+    )
     sets = ds.eval_sets(batch_size=5, count=2)
     assert set(sets) == {"val", "train"}
     val = list(sets["val"]())
@@ -157,14 +160,20 @@ def test_for_device_on_the_cpu_is_the_dataset_itself():
 
 # --- models sized from the data -------------------------------------------------------------------------------------
 
+
 def test_models_take_their_sizes_from_the_data():
     img = {"input_shape": (1, 8, 8), "num_classes": 10}
     assert data_args("mlp", img) == {"in_dim": 64, "out_dim": 10}
     assert data_args("cnn", img) == {"in_channels": 1, "num_classes": 10}
-    assert data_args("convnet", {"input_shape": (40,), "num_classes": 10}) == \
-        {"in_channels": 1, "num_classes": 10, "input_size": 40}
-    assert data_args("resnet18", {"input_shape": (3, 32, 32), "num_classes": 10}) == \
-        {"in_channels": 3, "num_classes": 10}
+    assert data_args("convnet", {"input_shape": (40,), "num_classes": 10}) == {
+        "in_channels": 1,
+        "num_classes": 10,
+        "input_size": 40,
+    }
+    assert data_args("resnet18", {"input_shape": (3, 32, 32), "num_classes": 10}) == {
+        "in_channels": 3,
+        "num_classes": 10,
+    }
     assert data_args("tiedrnn", {"input_shape": (40,), "num_classes": 10}) == {"input_size": 40, "num_classes": 10}
     assert data_args("gpt", tokens().with_block_size(16).sizes) == {"vocab_size": 11, "block_size": 16}
     assert data_args("gpt", tokens().sizes) == {"vocab_size": 11}  # no block size bound: left to the caller
@@ -173,8 +182,14 @@ def test_models_take_their_sizes_from_the_data():
 
 
 def test_build_data_binds_the_block_size_and_build_model_sizes_a_gpt_from_it():
-    cfg = RunConfig(data="stdlib_chars", data_args={"max_bytes": 20_000}, model="gpt",
-                    model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, block_size=12, scale="test")
+    cfg = RunConfig(
+        data="stdlib_chars",
+        data_args={"max_bytes": 20_000},
+        model="gpt",
+        model_args={"n_layer": 1, "n_head": 2, "n_embd": 16},
+        block_size=12,
+        scale="test",
+    )
     ds = build_data(cfg)
     assert isinstance(ds, TokenDataset) and ds.block_size == 12
     model = build_model(cfg, ds)
@@ -187,9 +202,22 @@ def test_build_data_binds_the_block_size_and_build_model_sizes_a_gpt_from_it():
 
 # --- the run state --------------------------------------------------------------------------------------------------
 
+
 def _mlp_cfg(**kw) -> RunConfig:
-    return RunConfig(data="mnist1d", data_args={"num_samples": 600}, model="mlp", model_args={"width": 8, "depth": 1},
-                     lr=1e-3, weight_decay=0.1, steps=6, eval_every=3, batch_size=32, ema=0.9, scale="test", **kw)
+    return RunConfig(
+        data="mnist1d",
+        data_args={"num_samples": 600},
+        model="mlp",
+        model_args={"width": 8, "depth": 1},
+        lr=1e-3,
+        weight_decay=0.1,
+        steps=6,
+        eval_every=3,
+        batch_size=32,
+        ema=0.9,
+        scale="test",
+        **kw,
+    )
 
 
 def test_run_state_dict_is_the_checkpoint_and_loads_into_a_fresh_state():
@@ -201,8 +229,21 @@ def test_run_state_dict_is_the_checkpoint_and_loads_into_a_fresh_state():
         next(state.model.parameters()).add_(1.0)
     ckpt = state.state_dict()
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["config_key"] == cfg.key()
-    assert list(ckpt) == ["format", "config_key", "step", "model", "optimizer", "scheduler", "ema", "probes",
-                          "history", "snapshots", "running_min", "wall_time", "rng"]
+    assert list(ckpt) == [
+        "format",
+        "config_key",
+        "step",
+        "model",
+        "optimizer",
+        "scheduler",
+        "ema",
+        "probes",
+        "history",
+        "snapshots",
+        "running_min",
+        "wall_time",
+        "rng",
+    ]
     fresh = RunState.build(cfg, ds, torch.device("cpu"))
     fresh.load_state_dict(ckpt)
     assert fresh.step == 3 and fresh.running_min == 1.5 and fresh.history == {"step": [3]}

@@ -13,8 +13,19 @@ from wdlib.runs import Store, run_many, sweep
 ROOT = Path(__file__).resolve().parents[2]
 
 
-TINY = dict(data="mnist1d", data_args={"num_samples": 600}, model="mlp", model_args={"width": 8, "depth": 1},
-            optimizer="adam", lr=3e-3, weight_decay=0.1, steps=2, batch_size=32, eval_every=0, scale="test")
+TINY = dict(
+    data="mnist1d",
+    data_args={"num_samples": 600},
+    model="mlp",
+    model_args={"width": 8, "depth": 1},
+    optimizer="adam",
+    lr=3e-3,
+    weight_decay=0.1,
+    steps=2,
+    batch_size=32,
+    eval_every=0,
+    scale="test",
+)
 
 
 def tiny(**changes) -> RunConfig:
@@ -93,7 +104,7 @@ def _calls(text: str, name: str) -> list[str]:
         for j in range(match.end() - 1, len(text)):
             depth += {"(": 1, ")": -1}.get(text[j], 0)
             if depth == 0:
-                out.append(text[match.end() - 1:j + 1])
+                out.append(text[match.end() - 1 : j + 1])
                 break
     return out
 

@@ -20,8 +20,19 @@ from wdlib.config import RunConfig
 from wdlib.runs import Store, expand_grid, run, sweep
 from wdlib.train import train
 
-TINY = dict(data="mnist1d", data_args={"num_samples": 600}, model="mlp", model_args={"width": 16, "depth": 1},
-            optimizer="adam", lr=3e-3, weight_decay=0.1, steps=40, batch_size=32, eval_every=10, scale="test")
+TINY = dict(
+    data="mnist1d",
+    data_args={"num_samples": 600},
+    model="mlp",
+    model_args={"width": 16, "depth": 1},
+    optimizer="adam",
+    lr=3e-3,
+    weight_decay=0.1,
+    steps=40,
+    batch_size=32,
+    eval_every=10,
+    scale="test",
+)
 
 
 def tiny(**changes) -> RunConfig:
@@ -39,13 +50,23 @@ def same_weights(a, b) -> bool:
 
 # --- the loop ------------------------------------------------------------------------------------------------
 
+
 def test_same_seed_same_metrics_on_cpu():
     cfg = tiny(ema=0.9, lr_schedule={"name": "cosine", "warmup": 5}, wd_schedule={"name": "constant", "delay": 5})
     a, b = train(cfg), train(cfg)
     assert same_history(a, b) and same_weights(a, b)
     assert list(a.history["step"]) == [10, 20, 30, 40]
-    assert {"val_loss", "val_acc", "train_loss", "train_acc", "lr", "wd", "ema_val_loss", "weight_rms/decay",
-            "weight_norm/no_decay"} <= set(a.history)
+    assert {
+        "val_loss",
+        "val_acc",
+        "train_loss",
+        "train_acc",
+        "lr",
+        "wd",
+        "ema_val_loss",
+        "weight_rms/decay",
+        "weight_norm/no_decay",
+    } <= set(a.history)
     assert a.history["wd"][0] == pytest.approx(0.1)
     assert not same_weights(a, train(cfg.replace(seed=1)))
 
@@ -73,8 +94,12 @@ def test_bf16_precisions_train(precision):
 
 
 def test_probe_and_diagnostics_are_recorded():
-    cfg = tiny(dtype="float64", decay_vectors=True, diagnostics=["params", "matrix_rms"],
-               probes=[{"name": "shrinkage", "start": 10}])
+    cfg = tiny(
+        dtype="float64",
+        decay_vectors=True,
+        diagnostics=["params", "matrix_rms"],
+        probes=[{"name": "shrinkage", "start": 10}],
+    )
     r = train(cfg)
     n = sum(v.numel() for v in r.model_state.values())
     assert r.history["diag/params"].shape == (4, n)
@@ -96,14 +121,23 @@ def test_a_chapter_can_register_its_own_diagnostic():
 
 
 def test_language_model_run():
-    cfg = RunConfig(data="stdlib_chars", data_args={"max_bytes": 100_000}, model="gpt",
-                    model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, block_size=16, batch_size=8, steps=10,
-                    eval_batches=2, scale="test")
+    cfg = RunConfig(
+        data="stdlib_chars",
+        data_args={"max_bytes": 100_000},
+        model="gpt",
+        model_args={"n_layer": 1, "n_head": 2, "n_embd": 16},
+        block_size=16,
+        batch_size=8,
+        steps=10,
+        eval_batches=2,
+        scale="test",
+    )
     r = train(cfg)
     assert np.isfinite(r.final["val_loss"]) and r.info["attention_backend"]
 
 
 # --- the store -------------------------------------------------------------------------------------------------
+
 
 def test_store_reuses_a_finished_run_and_separates_changed_configs(tmp_path):
     first = run(tiny(), tmp_path)
@@ -138,6 +172,7 @@ def test_damaged_entry_is_detected_and_rerun(tmp_path, damage):
 
 
 # --- code identity, staleness, recovery of the index ------------------------------------------------------
+
 
 def quick(**changes) -> RunConfig:
     """A 5-step run (about a second): enough to fill a store."""
@@ -355,8 +390,23 @@ def test_example_config_validates_as_shipped():
 def test_example_config_runs_through_the_cli(tmp_path, capsys):
     from wdlib.cli import main
 
-    assert main(["run", str(EXAMPLE), "--store", str(tmp_path), "--set", "steps=25", "--set", "eval_every=25",
-                 "--set", "data_args={\"num_samples\": 600}"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(EXAMPLE),
+                "--store",
+                str(tmp_path),
+                "--set",
+                "steps=25",
+                "--set",
+                "eval_every=25",
+                "--set",
+                'data_args={"num_samples": 600}',
+            ]
+        )
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["cached"] is False and line["steps_done"] == 25 and np.isfinite(line["final"]["val_loss"])
 
@@ -369,26 +419,40 @@ def test_default_configuration_is_runnable():
 
 def test_numpy_and_tensor_scalars_are_plain_numbers():
     plain = tiny(lr=1e-3, steps=100, weight_decay=0.1, optimizer={"name": "adam", "betas": [0.9, 0.95]}, seed=3)
-    odd = tiny(lr=np.float32(1e-3), steps=np.int64(100), weight_decay=torch.tensor(0.1),
-               optimizer={"name": "adam", "betas": [np.float64(0.9), np.float32(0.95)]}, seed=torch.tensor(3))
+    odd = tiny(
+        lr=np.float32(1e-3),
+        steps=np.int64(100),
+        weight_decay=torch.tensor(0.1),
+        optimizer={"name": "adam", "betas": [np.float64(0.9), np.float32(0.95)]},
+        seed=torch.tensor(3),
+    )
     assert odd.key() == plain.key() and odd.to_dict() == plain.to_dict()
     assert type(odd.steps) is int and type(odd.lr) is float and type(odd.seed) is int
     with pytest.raises(ValueError, match="steps must be an integer"):
         tiny(steps=np.float64(100.0))
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"model": "gpt"}, "model 'gpt' needs a token dataset (stdlib_chars, openwebtext), got data 'mnist1d'"),
-    ({"data": "stdlib_chars", "data_args": {}}, "model 'mlp' needs a classification dataset"),
-    ({"lr_schedule": {"name": "cosine", "warmup": 40}}, "lr_schedule: warmup (40) + delay (0) must be less than steps"),
-    ({"wd_schedule": {"name": "constant", "delay": 50}}, "wd_schedule: warmup (0) + delay (50)"),
-    ({"lr": float("inf")}, "lr must be a finite number"),
-    ({"optimizer": {"name": "adam", "eps": float("nan")}}, "optimizer.eps must be a finite number"),
-    ({"seed": 1e26}, "seed must be an integer in [0, "), ({"seed": 2**63}, "seed must be an integer in [0, "),
-    ({"seed": 3.0}, "seed must be an integer"), ({"steps": 10**300}, "steps must be an integer in [1, "),
-    ({"perturb_step": 40}, "perturb_step must be an integer in [0, 39]"),
-    ({"diagnostics": 5}, "diagnostics must be a list"), ({"model_args": {1: 2}}, "model_args keys must be"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"model": "gpt"}, "model 'gpt' needs a token dataset (stdlib_chars, openwebtext), got data 'mnist1d'"),
+        ({"data": "stdlib_chars", "data_args": {}}, "model 'mlp' needs a classification dataset"),
+        (
+            {"lr_schedule": {"name": "cosine", "warmup": 40}},
+            "lr_schedule: warmup (40) + delay (0) must be less than steps",
+        ),
+        ({"wd_schedule": {"name": "constant", "delay": 50}}, "wd_schedule: warmup (0) + delay (50)"),
+        ({"lr": float("inf")}, "lr must be a finite number"),
+        ({"optimizer": {"name": "adam", "eps": float("nan")}}, "optimizer.eps must be a finite number"),
+        ({"seed": 1e26}, "seed must be an integer in [0, "),
+        ({"seed": 2**63}, "seed must be an integer in [0, "),
+        ({"seed": 3.0}, "seed must be an integer"),
+        ({"steps": 10**300}, "steps must be an integer in [1, "),
+        ({"perturb_step": 40}, "perturb_step must be an integer in [0, 39]"),
+        ({"diagnostics": 5}, "diagnostics must be a list"),
+        ({"model_args": {1: 2}}, "model_args keys must be"),
+    ],
+)
 def test_bad_values_fail_when_the_configuration_is_built(changes, message):
     with pytest.raises(ValueError) as err:
         tiny(**changes)
@@ -418,7 +482,9 @@ def test_parallel_writers(tmp_path):
 def test_sweep_table_with_two_workers(tmp_path):
     base = tiny(lr_schedule={"name": "cosine"})  # the last scheduled LR must not overwrite the grid's lr column
     table = sweep(base, {"lr": [1e-3, 3e-3], "weight_decay": [0.0, 0.1]}, tmp_path, workers=2)
-    assert len(table) == 4 and {"lr", "weight_decay", "key", "val_loss", "diverged_at", "final_lr"} <= set(table.columns)
+    assert len(table) == 4 and {"lr", "weight_decay", "key", "val_loss", "diverged_at", "final_lr"} <= set(
+        table.columns
+    )
     assert sorted(set(table["lr"])) == [1e-3, 3e-3]
     assert len(Store(tmp_path).list()) == 4
     with pytest.raises(ValueError, match="grid"):
@@ -427,14 +493,24 @@ def test_sweep_table_with_two_workers(tmp_path):
 
 # --- bad configurations ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("changes,field", [
-    ({"stpes": 10}, "stpes"), ({"model": "vgg"}, "model"), ({"data": "mnist"}, "data"), ({"steps": -1}, "steps"),
-    ({"precision": "fp16"}, "precision"), ({"optimizer": {"name": "adam", "decay": "adamw"}}, "optimizer.decay"),
-    ({"lr_schedule": {"name": "exp"}}, "lr_schedule"), ({"batch_size": 10, "grad_accum": 3}, "batch_size"),
-    ({"optimizer": {"name": "adam", "betas": [0.9, 1.0]}}, "optimizer.betas"),
-    ({"grad_clip": 0}, "grad_clip"), ({"wd_schedule": {"name": "equal_contribution"}}, "wd_schedule"),
-    ({"lr": "fast"}, "lr"),
-])
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"stpes": 10}, "stpes"),
+        ({"model": "vgg"}, "model"),
+        ({"data": "mnist"}, "data"),
+        ({"steps": -1}, "steps"),
+        ({"precision": "fp16"}, "precision"),
+        ({"optimizer": {"name": "adam", "decay": "adamw"}}, "optimizer.decay"),
+        ({"lr_schedule": {"name": "exp"}}, "lr_schedule"),
+        ({"batch_size": 10, "grad_accum": 3}, "batch_size"),
+        ({"optimizer": {"name": "adam", "betas": [0.9, 1.0]}}, "optimizer.betas"),
+        ({"grad_clip": 0}, "grad_clip"),
+        ({"wd_schedule": {"name": "equal_contribution"}}, "wd_schedule"),
+        ({"lr": "fast"}, "lr"),
+    ],
+)
 def test_bad_configuration_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
         tiny(**changes)
@@ -443,7 +519,10 @@ def test_bad_configuration_names_the_field(changes, field):
 def test_equal_values_give_equal_keys():
     assert tiny(weight_decay=0).key() == tiny(weight_decay=0.0).key()
     assert tiny(lr="1e-3").key() == tiny(lr=0.001).key()  # YAML 1.1 reads 1e-3 as a string
-    assert tiny(lr_schedule={"name": "cosine", "final": 0}).key() == tiny(lr_schedule={"name": "cosine", "final": 0.0}).key()
+    assert (
+        tiny(lr_schedule={"name": "cosine", "final": 0}).key()
+        == tiny(lr_schedule={"name": "cosine", "final": 0.0}).key()
+    )
 
 
 def test_late_failures_are_caught_before_training():
@@ -490,10 +569,12 @@ def test_bad_model_arguments_name_the_argument():
 
 # --- the command line: run, kill, resume -------------------------------------------------------------------
 
+
 def _cli(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "wdlib", *args], capture_output=True, text=True, timeout=300,
-                          env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "wdlib", *args], capture_output=True, text=True, timeout=300, env=env, **kw
+    )
 
 
 def _write_config(path: Path, **changes) -> Path:
@@ -513,16 +594,26 @@ def test_cli_run_runs_and_help(tmp_path):
     bad = _cli("run", str(_write_config(tmp_path / "b.json", optimizer="adagrad")), "--store", str(tmp_path / "s"))
     assert bad.returncode == 2 and "optimizer.name must be one of" in bad.stderr
     yaml_cfg = tmp_path / "c.yaml"
-    yaml_cfg.write_text("data: mnist1d\ndata_args: {num_samples: 600}\nmodel: mlp\nmodel_args: {width: 8, depth: 1}\n"
-                        "steps: 5\nbatch_size: 32\nscale: test\n")
+    yaml_cfg.write_text(
+        "data: mnist1d\ndata_args: {num_samples: 600}\nmodel: mlp\nmodel_args: {width: 8, depth: 1}\n"
+        "steps: 5\nbatch_size: 32\nscale: test\n"
+    )
     assert _cli("run", str(yaml_cfg), "--store", str(tmp_path / "s")).returncode == 0
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
     """SIGKILL a CLI run twice at checkpoints, resume it each time, compare with an uninterrupted run."""
-    changes = dict(steps=2500, checkpoint_every=100, eval_every=250, model_args={"width": 48, "depth": 2},
-                   ema=0.99, grad_accum=2, lr_schedule={"name": "cosine", "warmup": 100},
-                   diagnostics=["matrix_rms"], probes=[{"name": "shrinkage", "start": 1000}])
+    changes = dict(
+        steps=2500,
+        checkpoint_every=100,
+        eval_every=250,
+        model_args={"width": 48, "depth": 2},
+        ema=0.99,
+        grad_accum=2,
+        lr_schedule={"name": "cosine", "warmup": 100},
+        diagnostics=["matrix_rms"],
+        probes=[{"name": "shrinkage", "start": 1000}],
+    )
     cfg_file = _write_config(tmp_path / "c.json", **changes)
     whole = _cli("run", str(cfg_file), "--store", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
@@ -533,8 +624,12 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     kills = []
     for _ in range(2):
         before = ckpt.stat().st_mtime_ns if ckpt.exists() else None
-        proc = subprocess.Popen([sys.executable, "-m", "wdlib", "run", str(cfg_file), "--store", str(store)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wdlib", "run", str(cfg_file), "--store", str(store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
@@ -559,6 +654,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 
 # --- DDP -------------------------------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -567,8 +663,15 @@ def _free_port() -> int:
 
 def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
     """What torchrun sets up, by hand: the env variables, then the same code as a single process."""
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+        }
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -613,8 +716,11 @@ def test_mup_run_applies_the_multipliers():
     with pytest.raises(ValueError, match="mup"):
         tiny(mup={"decay": "scaled"})
     with pytest.raises(ValueError, match="independent"):
-        tiny(model_args={"width": 32, "depth": 2}, mup={"base_width": 16},
-             optimizer={"name": "adam", "decay": "independent"})
+        tiny(
+            model_args={"width": 32, "depth": 2},
+            mup={"base_width": 16},
+            optimizer={"name": "adam", "decay": "independent"},
+        )
 
 
 def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path, monkeypatch):

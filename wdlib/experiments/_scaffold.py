@@ -81,8 +81,9 @@ def pick_settings(settings: Mapping[str, S], scale: str, *, device: str | torch.
     settings for it."""
     check_scale(scale)
     if scale not in settings:
-        raise ValueError(f"this chapter has no settings for scale {scale!r}; it has "
-                         f"{', '.join(repr(s) for s in settings)}")
+        raise ValueError(
+            f"this chapter has no settings for scale {scale!r}; it has {', '.join(repr(s) for s in settings)}"
+        )
     s = settings[scale]
     if s.scale != scale:
         raise ValueError(f"the settings filed under scale {scale!r} are those of scale {s.scale!r}")

@@ -24,9 +24,24 @@ from ..runs import RunResult, Store, run, run_many
 from ..stats import spearman
 from ._scaffold import Setting, pick_settings
 
-__all__ = ["SETTINGS", "Setup", "setup", "dataset", "base_config", "trajectory_gap", "trajectory_gaps_many", "log_gap",
-           "one_step_gap", "shrinkage_vs_second_moment", "shrinkage_many", "quadratic_fixed_points",
-           "convention_runs", "warmup_delay_runs", "warmup_delay_many", "GAP_FLOOR"]
+__all__ = [
+    "SETTINGS",
+    "Setup",
+    "setup",
+    "dataset",
+    "base_config",
+    "trajectory_gap",
+    "trajectory_gaps_many",
+    "log_gap",
+    "one_step_gap",
+    "shrinkage_vs_second_moment",
+    "shrinkage_many",
+    "quadratic_fixed_points",
+    "convention_runs",
+    "warmup_delay_runs",
+    "warmup_delay_many",
+    "GAP_FLOOR",
+]
 
 #: gaps below this are read as this (float64 resolution of an O(1) parameter is about 1e-16), so that
 #: two trajectories that never part (gap exactly 0) still have a finite log10 gap
@@ -66,9 +81,17 @@ def dataset(s: Setup) -> Dataset:
 
 def base_config(s: Setup, seed: int = 0, **changes: Any) -> RunConfig:
     """The chapter's run: an MLP on MNIST-1D, every parameter decayed (as ``opt(model.parameters())`` does)."""
-    cfg = RunConfig(data="mnist1d", data_args={"num_samples": s.num_samples}, model="mlp",
-                    model_args={"width": s.width, "depth": s.depth}, steps=s.steps, batch_size=s.batch_size,
-                    decay_vectors=True, seed=seed, scale=s.scale)
+    cfg = RunConfig(
+        data="mnist1d",
+        data_args={"num_samples": s.num_samples},
+        model="mlp",
+        model_args={"width": s.width, "depth": s.depth},
+        steps=s.steps,
+        batch_size=s.batch_size,
+        decay_vectors=True,
+        seed=seed,
+        scale=s.scale,
+    )
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -76,12 +99,15 @@ def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.reshape(-1).double() for v in state.values()])
 
 
-def _pair_configs(s: Setup, *, lr: float, weight_decay: float, momentum: float, dtype: str, seed: int,
-                  snapshots: int) -> tuple[RunConfig, RunConfig]:
+def _pair_configs(
+    s: Setup, *, lr: float, weight_decay: float, momentum: float, dtype: str, seed: int, snapshots: int
+) -> tuple[RunConfig, RunConfig]:
     every = max(s.steps // snapshots, 1)
     common = dict(lr=lr, weight_decay=weight_decay, dtype=dtype, eval_every=every, diagnostics=["params"])
-    return (base_config(s, seed, optimizer={"name": "sgd", "decay": "l2", "momentum": momentum}, **common),
-            base_config(s, seed, optimizer={"name": "sgd", "decay": "decoupled", "momentum": momentum}, **common))
+    return (
+        base_config(s, seed, optimizer={"name": "sgd", "decay": "l2", "momentum": momentum}, **common),
+        base_config(s, seed, optimizer={"name": "sgd", "decay": "decoupled", "momentum": momentum}, **common),
+    )
 
 
 def log_gap(gap: Any) -> float:
@@ -89,26 +115,62 @@ def log_gap(gap: Any) -> float:
     return float(np.log10(max(float(np.max(gap)), GAP_FLOOR)))
 
 
-def trajectory_gaps_many(s: Setup, *, lr: float, weight_decay: float, seeds: tuple[int, ...],
-                         cases: tuple[tuple[float, str], ...] = ((0.0, "float64"), (0.9, "float64")),
-                         snapshots: int = 50, workers: int = 1, device: str | torch.device = "cpu",
-                         store: Store | None = None) -> dict[tuple[float, str], dict[int, Any]]:
+def trajectory_gaps_many(
+    s: Setup,
+    *,
+    lr: float,
+    weight_decay: float,
+    seeds: tuple[int, ...],
+    cases: tuple[tuple[float, str], ...] = ((0.0, "float64"), (0.9, "float64")),
+    snapshots: int = 50,
+    workers: int = 1,
+    device: str | torch.device = "cpu",
+    store: Store | None = None,
+) -> dict[tuple[float, str], dict[int, Any]]:
     """:func:`trajectory_gap` for every (momentum, dtype) case and seed: ``case -> seed -> (steps, gap, state)``.
 
     The runs the store lacks are trained first, in ``workers`` processes."""
     store = store if isinstance(store, Store) else Store(store)
-    configs = [c for m, dt in cases for sd in seeds
-               for c in _pair_configs(s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd),
-                                      snapshots=snapshots)]
+    configs = [
+        c
+        for m, dt in cases
+        for sd in seeds
+        for c in _pair_configs(
+            s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd), snapshots=snapshots
+        )
+    ]
     run_many(configs, store, workers=workers, device=str(device), desc="trajectory gaps", progress=None)
-    return {(m, dt): {int(sd): trajectory_gap(s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd),
-                                              snapshots=snapshots, device=device, store=store)
-                      for sd in seeds} for m, dt in cases}
+    return {
+        (m, dt): {
+            int(sd): trajectory_gap(
+                s,
+                lr=lr,
+                weight_decay=weight_decay,
+                momentum=m,
+                dtype=dt,
+                seed=int(sd),
+                snapshots=snapshots,
+                device=device,
+                store=store,
+            )
+            for sd in seeds
+        }
+        for m, dt in cases
+    }
 
 
-def trajectory_gap(s: Setup, *, lr: float, weight_decay: float, momentum: float, dtype: str = "float64",
-                   seed: int = 0, snapshots: int = 50, device: str | torch.device = "cpu",
-                   store: Store | None = None) -> tuple[np.ndarray, np.ndarray, RunResult]:
+def trajectory_gap(
+    s: Setup,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    dtype: str = "float64",
+    seed: int = 0,
+    snapshots: int = 50,
+    device: str | torch.device = "cpu",
+    store: Store | None = None,
+) -> tuple[np.ndarray, np.ndarray, RunResult]:
     """SGD+L2 and SGDW from one init on the same batches: ``max_i |theta_L2[i] - theta_SGDW[i]|`` along the way (DEC-1).
 
     Two runs through :func:`wdlib.runs.run` that record the parameters ``snapshots`` times
@@ -117,21 +179,25 @@ def trajectory_gap(s: Setup, *, lr: float, weight_decay: float, momentum: float,
     ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``. Returns (steps, gap, the L2 run's
     result, whose final model :func:`one_step_gap` starts from).
     """
-    ca, cb = _pair_configs(s, lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype, seed=seed,
-                           snapshots=snapshots)
+    ca, cb = _pair_configs(
+        s, lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype, seed=seed, snapshots=snapshots
+    )
     a = run(ca, store, device=str(device))
     b = run(cb, store, device=str(device))
     for r in (a, b):
         if r.diverged:
-            raise RuntimeError(f"run {r.info['key']} ({RunConfig.from_dict(r.config).optimizer['decay']}) diverged at "
-                               f"step {r.diverged_at}: "
-                               "no trajectory to compare; lower the learning rate")
+            raise RuntimeError(
+                f"run {r.info['key']} ({RunConfig.from_dict(r.config).optimizer['decay']}) diverged at "
+                f"step {r.diverged_at}: "
+                "no trajectory to compare; lower the learning rate"
+            )
     gap = np.abs(a.history["diag/params"] - b.history["diag/params"]).max(axis=1)
     return a.history["step"], gap, a
 
 
-def one_step_gap(s: Setup, result: RunResult, *, lr: float, weight_decay: float, seed: int = 0,
-                 batches: int = 10) -> float:
+def one_step_gap(
+    s: Setup, result: RunResult, *, lr: float, weight_decay: float, seed: int = 0, batches: int = 10
+) -> float:
     """Largest parameter difference after one SGD+L2 step and one SGDW step from the same state (DEC-1).
 
     The algebra alone, without a trajectory that could amplify rounding: for ``batches`` batches,
@@ -159,26 +225,62 @@ def one_step_gap(s: Setup, result: RunResult, *, lr: float, weight_decay: float,
 
 
 def _shrinkage_config(s: Setup, *, decay: str, lr: float, weight_decay: float, seed: int, window: int) -> RunConfig:
-    return base_config(s, seed, optimizer={"name": "adam", "decay": decay}, lr=lr, weight_decay=weight_decay,
-                       dtype="float64",
-                       probes=[{"name": "shrinkage", "start": s.steps - window, "tensors": "matrices"}])
+    return base_config(
+        s,
+        seed,
+        optimizer={"name": "adam", "decay": decay},
+        lr=lr,
+        weight_decay=weight_decay,
+        dtype="float64",
+        probes=[{"name": "shrinkage", "start": s.steps - window, "tensors": "matrices"}],
+    )
 
 
-def shrinkage_many(s: Setup, *, decay: str, lr: float, weight_decay: float, seeds: tuple[int, ...],
-                   window: int | None = None, workers: int = 1, device: str | torch.device = "cpu",
-                   store: Store | None = None) -> dict[int, dict[str, Any]]:
+def shrinkage_many(
+    s: Setup,
+    *,
+    decay: str,
+    lr: float,
+    weight_decay: float,
+    seeds: tuple[int, ...],
+    window: int | None = None,
+    workers: int = 1,
+    device: str | torch.device = "cpu",
+    store: Store | None = None,
+) -> dict[int, dict[str, Any]]:
     """:func:`shrinkage_vs_second_moment` for each seed (``seed -> result``), runs trained in ``workers`` processes."""
     store = store if isinstance(store, Store) else Store(store)
     window = window or max(s.steps // 3, 1)
-    run_many([_shrinkage_config(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=int(sd), window=window)
-              for sd in seeds], store, workers=workers, device=str(device), desc=f"shrinkage ({decay})", progress=None)
-    return {int(sd): shrinkage_vs_second_moment(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=int(sd),
-                                                window=window, device=device, store=store) for sd in seeds}
+    run_many(
+        [
+            _shrinkage_config(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=int(sd), window=window)
+            for sd in seeds
+        ],
+        store,
+        workers=workers,
+        device=str(device),
+        desc=f"shrinkage ({decay})",
+        progress=None,
+    )
+    return {
+        int(sd): shrinkage_vs_second_moment(
+            s, decay=decay, lr=lr, weight_decay=weight_decay, seed=int(sd), window=window, device=device, store=store
+        )
+        for sd in seeds
+    }
 
 
-def shrinkage_vs_second_moment(s: Setup, *, decay: str, lr: float, weight_decay: float, seed: int = 0,
-                               window: int | None = None, device: str | torch.device = "cpu",
-                               store: Store | None = None) -> dict[str, Any]:
+def shrinkage_vs_second_moment(
+    s: Setup,
+    *,
+    decay: str,
+    lr: float,
+    weight_decay: float,
+    seed: int = 0,
+    window: int | None = None,
+    device: str | torch.device = "cpu",
+    store: Store | None = None,
+) -> dict[str, Any]:
     """Per-weight effective shrinkage against Adam's second moment, for one decay rule (DEC-2).
 
     Trains the MLP with ``Adam(decay=...)`` in float64 and measures, over the last ``window`` steps
@@ -192,14 +294,25 @@ def shrinkage_vs_second_moment(s: Setup, *, decay: str, lr: float, weight_decay:
     r = run(cfg, store, device=str(device))
     rel = r.probes["shrinkage/shrinkage"] / (lr * weight_decay)
     v = r.probes["shrinkage/v_hat"]
-    return {"relative_shrinkage": rel, "v_hat": v, "spearman": spearman(rel, v),
-            "relative_spread": float(np.std(rel) / abs(np.mean(rel))), "test_acc": r.final["val_acc"],
-            "final_loss": r.final["train_loss"]}
+    return {
+        "relative_shrinkage": rel,
+        "v_hat": v,
+        "spearman": spearman(rel, v),
+        "relative_spread": float(np.std(rel) / abs(np.mean(rel))),
+        "test_acc": r.final["val_acc"],
+        "final_loss": r.final["train_loss"],
+    }
 
 
-def quadratic_fixed_points(*, dim: int = 20, lrs: tuple[float, ...] = (0.01, 0.03, 0.1),
-                           weight_decay: dict[str, float] | None = None, momentum: float = 0.0,
-                           steps: int = 8000, seed: int = 0) -> list[dict[str, Any]]:
+def quadratic_fixed_points(
+    *,
+    dim: int = 20,
+    lrs: tuple[float, ...] = (0.01, 0.03, 0.1),
+    weight_decay: dict[str, float] | None = None,
+    momentum: float = 0.0,
+    steps: int = 8000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """Fixed points of SGD with decoupled decay on ``L(w) = 1/2 sum_i a_i (w_i - w*_i)^2`` (DEC-3).
 
     For each learning rate and each convention ("decoupled": shrink ``lr*lambda`` per step;
@@ -225,15 +338,25 @@ def quadratic_fixed_points(*, dim: int = 20, lrs: tuple[float, ...] = (0.01, 0.0
             alpha_dec, alpha_ind = lam * (1 - momentum), lam * (1 - momentum) / lr
             predicted, other = (alpha_dec, alpha_ind) if decay == "decoupled" else (alpha_ind, alpha_dec)
 
-            def err(alpha: float) -> float:
+            def err(alpha: float, w_inf: torch.Tensor = w_inf) -> float:
                 closed = a * target / (a + alpha)
                 return float((w_inf - closed).norm() / closed.norm())
+
             alpha_read = (a * (target - w_inf) / w_inf).numpy()
-            out.append({"decay": decay, "lr": lr, "weight_decay": lam, "momentum": momentum,
-                        "alpha_predicted": predicted, "alpha_other": other,
-                        "alpha_measured": float(np.median(alpha_read)),
-                        "alpha_measured_spread": float(np.ptp(alpha_read)),
-                        "error_predicted": err(predicted), "error_other": err(other)})
+            out.append(
+                {
+                    "decay": decay,
+                    "lr": lr,
+                    "weight_decay": lam,
+                    "momentum": momentum,
+                    "alpha_predicted": predicted,
+                    "alpha_other": other,
+                    "alpha_measured": float(np.median(alpha_read)),
+                    "alpha_measured_spread": float(np.ptp(alpha_read)),
+                    "error_predicted": err(predicted),
+                    "error_other": err(other),
+                }
+            )
     return out
 
 
@@ -241,8 +364,16 @@ def _warmup_cosine(steps: int, warmup: int) -> dict[str, Any]:
     return {"name": "cosine", "final": 0.1, "warmup": warmup}
 
 
-def convention_runs(s: Setup, *, peak_lr: float, weight_decay: float, seed: int = 0, dtype: str = "float64",
-                    device: str | torch.device = "cpu", store: Store | None = None) -> dict[str, Any]:
+def convention_runs(
+    s: Setup,
+    *,
+    peak_lr: float,
+    weight_decay: float,
+    seed: int = 0,
+    dtype: str = "float64",
+    device: str | torch.device = "cpu",
+    store: Store | None = None,
+) -> dict[str, Any]:
     """One AdamW run in the torch convention and the same run in the paper's convention (DEC-9).
 
     Under warmup (5%) + cosine to a tenth, from one init on the same batches:
@@ -255,60 +386,112 @@ def convention_runs(s: Setup, *, peak_lr: float, weight_decay: float, seed: int 
     common = dict(lr=peak_lr, dtype=dtype, lr_schedule=_warmup_cosine(s.steps, max(s.steps // 20, 1)))
     configs = {
         "torch AdamW": base_config(s, seed, optimizer={"name": "torch.adamw"}, weight_decay=weight_decay, **common),
-        "wdlib decoupled": base_config(s, seed, optimizer={"name": "adam", "decay": "decoupled"},
-                                       weight_decay=weight_decay, **common),
-        "wdlib independent, converted": base_config(s, seed, optimizer={"name": "adam", "decay": "independent"},
-                                                    weight_decay=lam_paper, **common),
-        "wdlib independent, unconverted": base_config(s, seed, optimizer={"name": "adam", "decay": "independent"},
-                                                      weight_decay=weight_decay, **common),
+        "wdlib decoupled": base_config(
+            s, seed, optimizer={"name": "adam", "decay": "decoupled"}, weight_decay=weight_decay, **common
+        ),
+        "wdlib independent, converted": base_config(
+            s, seed, optimizer={"name": "adam", "decay": "independent"}, weight_decay=lam_paper, **common
+        ),
+        "wdlib independent, unconverted": base_config(
+            s, seed, optimizer={"name": "adam", "decay": "independent"}, weight_decay=weight_decay, **common
+        ),
     }
     results = {name: run(cfg, store, device=str(device)) for name, cfg in configs.items()}
     finals = {name: _flat(r.model_state) for name, r in results.items()}
     ref = finals["torch AdamW"]
-    return {"weight_decay_torch": weight_decay, "weight_decay_paper": lam_paper,
-            "max_abs_diff": {k: float((v - ref).abs().max()) for k, v in finals.items()},
-            "weight_norm": {k: float(v.norm()) for k, v in finals.items()},
-            "test_acc": {k: r.final["val_acc"] for k, r in results.items()}}
+    return {
+        "weight_decay_torch": weight_decay,
+        "weight_decay_paper": lam_paper,
+        "max_abs_diff": {k: float((v - ref).abs().max()) for k, v in finals.items()},
+        "weight_norm": {k: float(v.norm()) for k, v in finals.items()},
+        "test_acc": {k: r.final["val_acc"] for k, r in results.items()},
+    }
 
 
 _DELAY_ARMS = (("decay from step 0", None), ("decay after warmup", "delay"))
 
 
-def _warmup_delay_configs(s: Setup, *, peak_lr: float, weight_decay: float, warmup_steps: int,
-                          seed: int) -> dict[str, RunConfig]:
+def _warmup_delay_configs(
+    s: Setup, *, peak_lr: float, weight_decay: float, warmup_steps: int, seed: int
+) -> dict[str, RunConfig]:
     out = {}
     for name, kind in _DELAY_ARMS:
         wd_schedule = None if kind is None else {"name": "constant", "delay": warmup_steps}
-        out[name] = base_config(s, seed, optimizer={"name": "adam", "decay": "decoupled"}, lr=peak_lr,
-                                weight_decay=weight_decay,
-                                lr_schedule=_warmup_cosine(s.steps, warmup_steps), wd_schedule=wd_schedule)
+        out[name] = base_config(
+            s,
+            seed,
+            optimizer={"name": "adam", "decay": "decoupled"},
+            lr=peak_lr,
+            weight_decay=weight_decay,
+            lr_schedule=_warmup_cosine(s.steps, warmup_steps),
+            wd_schedule=wd_schedule,
+        )
     return out
 
 
-def warmup_delay_many(s: Setup, *, peak_lr: float, weight_decay: float, warmup_steps: int, seeds: tuple[int, ...],
-                      workers: int = 1, device: str | torch.device = "cpu",
-                      store: Store | None = None) -> dict[int, dict[str, Any]]:
+def warmup_delay_many(
+    s: Setup,
+    *,
+    peak_lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    seeds: tuple[int, ...],
+    workers: int = 1,
+    device: str | torch.device = "cpu",
+    store: Store | None = None,
+) -> dict[int, dict[str, Any]]:
     """:func:`warmup_delay_runs` for each seed (``seed -> result``), runs trained in ``workers`` processes."""
     store = store if isinstance(store, Store) else Store(store)
-    run_many([c for sd in seeds for c in _warmup_delay_configs(s, peak_lr=peak_lr, weight_decay=weight_decay,
-                                                               warmup_steps=warmup_steps, seed=int(sd)).values()],
-             store, workers=workers, device=str(device), desc="warmup delay", progress=None)
-    return {int(sd): warmup_delay_runs(s, peak_lr=peak_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                       seed=int(sd), device=device, store=store) for sd in seeds}
+    run_many(
+        [
+            c
+            for sd in seeds
+            for c in _warmup_delay_configs(
+                s, peak_lr=peak_lr, weight_decay=weight_decay, warmup_steps=warmup_steps, seed=int(sd)
+            ).values()
+        ],
+        store,
+        workers=workers,
+        device=str(device),
+        desc="warmup delay",
+        progress=None,
+    )
+    return {
+        int(sd): warmup_delay_runs(
+            s,
+            peak_lr=peak_lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            seed=int(sd),
+            device=device,
+            store=store,
+        )
+        for sd in seeds
+    }
 
 
-def warmup_delay_runs(s: Setup, *, peak_lr: float, weight_decay: float, warmup_steps: int, seed: int = 0,
-                      device: str | torch.device = "cpu", store: Store | None = None) -> dict[str, Any]:
+def warmup_delay_runs(
+    s: Setup,
+    *,
+    peak_lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    store: Store | None = None,
+) -> dict[str, Any]:
     """AdamW with warmup + cosine, decay on from step 0 against decay switched on after warmup (DEC-7).
 
     Returns the final RMS of the weight matrices, test loss and accuracy of both runs.
     """
     out = {}
-    configs = _warmup_delay_configs(s, peak_lr=peak_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                    seed=seed)
+    configs = _warmup_delay_configs(s, peak_lr=peak_lr, weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed)
     for name, cfg in configs.items():
         r = run(cfg, store, device=str(device))
         mats = torch.cat([v.reshape(-1).double() for v in r.model_state.values() if v.ndim >= 2])
-        out[name] = {"weight_rms": float(mats.pow(2).mean().sqrt()), "test_acc": r.final["val_acc"],
-                     "test_loss": r.final["val_loss"]}
+        out[name] = {
+            "weight_rms": float(mats.pow(2).mean().sqrt()),
+            "test_acc": r.final["val_acc"],
+            "test_loss": r.final["val_loss"],
+        }
     return out

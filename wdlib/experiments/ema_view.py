@@ -21,8 +21,19 @@ from ..runs import Store, run_many
 from ..schedules import contribution_weights
 from ._scaffold import Setting, pick_settings
 
-__all__ = ["Setup", "SETTINGS", "setup", "base_config", "reconstruction", "memory", "memory_stats",
-           "rms_network", "rms_fit", "schedule_comparison", "term_stats"]
+__all__ = [
+    "Setup",
+    "SETTINGS",
+    "setup",
+    "base_config",
+    "reconstruction",
+    "memory",
+    "memory_stats",
+    "rms_network",
+    "rms_fit",
+    "schedule_comparison",
+    "term_stats",
+]
 
 
 @dataclass(frozen=True)
@@ -32,26 +43,60 @@ class Setup(Setting):
     num_samples: int
     width: int
     batch_size: int
-    steps: int              # EMA-1, EMA-4 runs
-    memory_steps: int       # EMA-2 runs
-    rms_steps: int          # EMA-3 network runs
-    sim_steps: int          # EMA-3 sweep of the simulation (Su's own point always runs 100,000 steps)
+    steps: int  # EMA-1, EMA-4 runs
+    memory_steps: int  # EMA-2 runs
+    rms_steps: int  # EMA-3 network runs
+    sim_steps: int  # EMA-3 sweep of the simulation (Su's own point always runs 100,000 steps)
     sim_coords: int
-    n_seeds: int = 5        # training seeds of EMA-2 and EMA-4
-    rms_seeds: int = 3      # training seeds of EMA-3's network runs (the costliest: 12 runs per seed)
-    workers: int = 2        # single-thread worker processes for the multi-seed runs
+    n_seeds: int = 5  # training seeds of EMA-2 and EMA-4
+    rms_seeds: int = 3  # training seeds of EMA-3's network runs (the costliest: 12 runs per seed)
+    workers: int = 2  # single-thread worker processes for the multi-seed runs
 
 
 SETTINGS: dict[str, Setup] = {
-    "smoke": Setup("smoke", num_samples=4000, width=128, batch_size=100, steps=1000, memory_steps=1500,
-                   rms_steps=6000, sim_steps=50_000, sim_coords=10_000, n_seeds=5, rms_seeds=3,
-                   workers=2),
-    "full": Setup("full", num_samples=40_000, width=512, batch_size=128, steps=10_000, memory_steps=15_000,
-                  rms_steps=80_000, sim_steps=200_000, sim_coords=100_000, n_seeds=5,
-                  rms_seeds=5, workers=1),
+    "smoke": Setup(
+        "smoke",
+        num_samples=4000,
+        width=128,
+        batch_size=100,
+        steps=1000,
+        memory_steps=1500,
+        rms_steps=6000,
+        sim_steps=50_000,
+        sim_coords=10_000,
+        n_seeds=5,
+        rms_seeds=3,
+        workers=2,
+    ),
+    "full": Setup(
+        "full",
+        num_samples=40_000,
+        width=512,
+        batch_size=128,
+        steps=10_000,
+        memory_steps=15_000,
+        rms_steps=80_000,
+        sim_steps=200_000,
+        sim_coords=100_000,
+        n_seeds=5,
+        rms_seeds=5,
+        workers=1,
+    ),
     # the unit tests: seconds on one core
-    "test": Setup("test", num_samples=300, width=8, batch_size=20, steps=30, memory_steps=40, rms_steps=60,
-                  sim_steps=1000, sim_coords=100, n_seeds=2, rms_seeds=2, workers=1),
+    "test": Setup(
+        "test",
+        num_samples=300,
+        width=8,
+        batch_size=20,
+        steps=30,
+        memory_steps=40,
+        rms_steps=60,
+        sim_steps=1000,
+        sim_coords=100,
+        n_seeds=2,
+        rms_seeds=2,
+        workers=1,
+    ),
 }
 
 
@@ -62,9 +107,17 @@ def setup(scale: str, device: str = "cpu", seed: int = 0) -> Setup:
 
 def base_config(s: Setup, seed: int = 0, **changes: Any) -> RunConfig:
     """AdamW (decoupled) on MNIST-1D with an MLP of depth 2; only weight matrices decayed."""
-    cfg = RunConfig(data="mnist1d", data_args={"num_samples": s.num_samples}, model="mlp",
-                    model_args={"width": s.width, "depth": 2}, optimizer={"name": "adam", "decay": "decoupled"},
-                    steps=s.steps, batch_size=s.batch_size, seed=seed, scale=s.scale)
+    cfg = RunConfig(
+        data="mnist1d",
+        data_args={"num_samples": s.num_samples},
+        model="mlp",
+        model_args={"width": s.width, "depth": 2},
+        optimizer={"name": "adam", "decay": "decoupled"},
+        steps=s.steps,
+        batch_size=s.batch_size,
+        seed=seed,
+        scale=s.scale,
+    )
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -74,30 +127,56 @@ def _check(r: Any) -> Any:
     return r
 
 
-def reconstruction(s: Setup, *, lr: float, weight_decay: float, schedules: dict[str, dict[str, Any] | None],
-                   seed: int = 0, device: str = "cpu", store: Store | None = None) -> dict[str, Any]:
+def reconstruction(
+    s: Setup,
+    *,
+    lr: float,
+    weight_decay: float,
+    schedules: dict[str, dict[str, Any] | None],
+    seed: int = 0,
+    device: str = "cpu",
+    store: Store | None = None,
+) -> dict[str, Any]:
     """EMA-1: rebuild 1,024 coordinates of a hidden weight matrix from theta_0 and the recorded updates.
 
     One float64 run with the ``"updates"`` probe per entry of ``schedules`` (name -> LR schedule, ``None``
     for a constant LR), trained in ``s.workers`` processes. Returns, per name, the largest relative error of
     the exact unrolled form and of Su's ``exp(-kappa)`` form, the a-priori bound of the latter, and ``D``.
     """
-    configs = [base_config(s, seed, lr=lr, weight_decay=weight_decay, lr_schedule=spec, dtype="float64",
-                           probes=[{"name": "updates", "tensor": 1, "coords": 1024}]) for spec in schedules.values()]
+    configs = [
+        base_config(
+            s,
+            seed,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=spec,
+            dtype="float64",
+            probes=[{"name": "updates", "tensor": 1, "coords": 1024}],
+        )
+        for spec in schedules.values()
+    ]
     out = {}
-    for name, r in zip(schedules, run_many(configs, store, workers=s.workers, device=device,
-                                           desc="EMA reconstruction", progress=None)):
+    for name, r in zip(
+        schedules, run_many(configs, store, workers=s.workers, device=device, desc="EMA reconstruction", progress=None)
+    ):
         p = _probe(_check(r))
         rec = reconstruct(p["theta0"], p["updates"], p["lr"], p["shrink"])
         scale = np.abs(p["final"]).max()
         err_exact = np.abs(rec["exact"] - p["final"])
         err_approx = np.abs(rec["approx"] - p["final"])
-        out[name] = {"max_rel_error_exact": float(err_exact.max() / scale),
-                     "max_rel_error_approx": float(err_approx.max() / scale),
-                     "max_error_approx": float(err_approx.max()),
-                     "within_bound": bool(np.all(err_approx <= rec["bound"] + 1e-12)),
-                     "bound_max": float(rec["bound"].max()), "D": rec["D"], "lr": p["lr"], "shrink": p["shrink"],
-                     "final": p["final"], "approx": rec["approx"], "theta0_weight": float(np.prod(1 - p["shrink"]))}
+        out[name] = {
+            "max_rel_error_exact": float(err_exact.max() / scale),
+            "max_rel_error_approx": float(err_approx.max() / scale),
+            "max_error_approx": float(err_approx.max()),
+            "within_bound": bool(np.all(err_approx <= rec["bound"] + 1e-12)),
+            "bound_max": float(rec["bound"].max()),
+            "D": rec["D"],
+            "lr": p["lr"],
+            "shrink": p["shrink"],
+            "final": p["final"],
+            "approx": rec["approx"],
+            "theta0_weight": float(np.prod(1 - p["shrink"])),
+        }
     return out
 
 
@@ -105,8 +184,17 @@ def _probe(r: Any, name: str = "updates") -> dict[str, np.ndarray]:
     return {k.split("/", 1)[1]: v for k, v in r.probes.items() if k.startswith(name + "/")}
 
 
-def memory_stats(steps: np.ndarray, params_a: np.ndarray, params_b: np.ndarray, init: np.ndarray,
-                 mask: np.ndarray, *, lr: float, weight_decay: float, perturb_step: int) -> dict[str, Any]:
+def memory_stats(
+    steps: np.ndarray,
+    params_a: np.ndarray,
+    params_b: np.ndarray,
+    init: np.ndarray,
+    mask: np.ndarray,
+    *,
+    lr: float,
+    weight_decay: float,
+    perturb_step: int,
+) -> dict[str, Any]:
     """EMA-2's statistics of one seed from two parameter histories (rows: snapshots) and the initial weights.
 
     ``ratio``: distance between the runs over its value at the first snapshot after ``perturb_step``;
@@ -124,13 +212,31 @@ def memory_stats(steps: np.ndarray, params_a: np.ndarray, params_b: np.ndarray, 
     projection = float(final[mask] @ init[mask] / (init[mask] @ init[mask]))
     noise = float(np.linalg.norm(final[mask]) / (np.linalg.norm(init[mask]) * np.sqrt(mask.sum())))
     el = lr * weight_decay
-    return {"step": t, "ratio": ratio, "predicted": np.exp(-el * (t - t[0])), "rate": -slope, "eta_lambda": el,
-            "distance_first": float(d[0]), "theta0_projection": projection,
-            "theta0_predicted": float(np.exp(-el * steps[-1])), "theta0_noise": noise, "kappa_T": el * float(steps[-1])}
+    return {
+        "step": t,
+        "ratio": ratio,
+        "predicted": np.exp(-el * (t - t[0])),
+        "rate": -slope,
+        "eta_lambda": el,
+        "distance_first": float(d[0]),
+        "theta0_projection": projection,
+        "theta0_predicted": float(np.exp(-el * steps[-1])),
+        "theta0_noise": noise,
+        "kappa_T": el * float(steps[-1]),
+    }
 
 
-def memory(s: Setup, *, lr: float, kappas: tuple[float, ...], perturb_step: int, seeds: tuple[int, ...],
-           snapshots: int = 60, device: str = "cpu", store: Store | None = None) -> dict[str, Any]:
+def memory(
+    s: Setup,
+    *,
+    lr: float,
+    kappas: tuple[float, ...],
+    perturb_step: int,
+    seeds: tuple[int, ...],
+    snapshots: int = 60,
+    device: str = "cpu",
+    store: Store | None = None,
+) -> dict[str, Any]:
     """EMA-2: how fast the effect of one replaced batch, and of theta_0, fades, against ``exp(-kappa)``.
 
     For each target ``kappa_T`` (lambda = kappa_T/(lr*memory_steps)) and each seed, two float64 runs from one
@@ -144,22 +250,46 @@ def memory(s: Setup, *, lr: float, kappas: tuple[float, ...], perturb_step: int,
     plan = []
     for kappa in kappas:
         wd = kappa / (lr * s.memory_steps)
-        common = dict(lr=lr, weight_decay=wd, steps=s.memory_steps, eval_every=every, diagnostics=["params"],
-                      model_args={"width": 64, "depth": 2}, dtype="float64")
+        common = dict(
+            lr=lr,
+            weight_decay=wd,
+            steps=s.memory_steps,
+            eval_every=every,
+            diagnostics=["params"],
+            model_args={"width": 64, "depth": 2},
+            dtype="float64",
+        )
         for seed in seeds:
-            plan.append((wd, seed, base_config(s, seed, **common), base_config(s, seed, perturb_step=perturb_step, **common)))
+            plan.append(
+                (wd, seed, base_config(s, seed, **common), base_config(s, seed, perturb_step=perturb_step, **common))
+            )
     configs = [c for _, _, a, b in plan for c in (a, b)]
     results = run_many(configs, store, workers=s.workers, device=device, desc="memory", progress=None)
     out: dict[str, Any] = {}
-    for i, (wd, seed, a_cfg, _) in enumerate(plan):
+    for i, (wd, _seed, a_cfg, _) in enumerate(plan):
         a, b = _check(results[2 * i]), _check(results[2 * i + 1])
         init_model = build_model(a_cfg, build_data(a_cfg))
         init = torch.cat([p.detach().reshape(-1).double() for p in init_model.parameters()]).numpy()
         mask = np.concatenate([np.full(p.numel(), p.ndim >= 2) for p in init_model.parameters()])
-        st = memory_stats(a.history["step"], a.history["diag/params"], b.history["diag/params"], init, mask,
-                          lr=lr, weight_decay=wd, perturb_step=perturb_step)
-        entry = out.setdefault(wd, {"kappa_T": st["kappa_T"], "eta_lambda": st["eta_lambda"],
-                                    "theta0_predicted": st["theta0_predicted"], "per_seed": []})
+        st = memory_stats(
+            a.history["step"],
+            a.history["diag/params"],
+            b.history["diag/params"],
+            init,
+            mask,
+            lr=lr,
+            weight_decay=wd,
+            perturb_step=perturb_step,
+        )
+        entry = out.setdefault(
+            wd,
+            {
+                "kappa_T": st["kappa_T"],
+                "eta_lambda": st["eta_lambda"],
+                "theta0_predicted": st["theta0_predicted"],
+                "per_seed": [],
+            },
+        )
         entry["per_seed"].append(st)
     return out
 
@@ -175,11 +305,18 @@ def rms_fit(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
 def _drift(curve: np.ndarray) -> float:
     """``|mean of the last fifth / mean of the fifth before it - 1|``: has the curve settled?"""
     n = len(curve)
-    return float(abs(curve[int(0.8 * n):].mean() / curve[int(0.6 * n):int(0.8 * n)].mean() - 1))
+    return float(abs(curve[int(0.8 * n) :].mean() / curve[int(0.6 * n) : int(0.8 * n)].mean() - 1))
 
 
-def rms_network(s: Setup, *, pairs: tuple[tuple[float, float], ...], beta2: float, seeds: tuple[int, ...],
-                device: str = "cpu", store: Store | None = None) -> dict[str, Any]:
+def rms_network(
+    s: Setup,
+    *,
+    pairs: tuple[tuple[float, float], ...],
+    beta2: float,
+    seeds: tuple[int, ...],
+    device: str = "cpu",
+    store: Store | None = None,
+) -> dict[str, Any]:
     """EMA-3 on a network: final RMS of scale-invariant hidden matrices against ``sqrt(lr/(2*lambda))``.
 
     MLP with bias-free hidden Linear layers each followed by LayerNorm without affine; AdamW with
@@ -189,33 +326,62 @@ def rms_network(s: Setup, *, pairs: tuple[tuple[float, float], ...], beta2: floa
     last fifth with the fifth before it (a settled run drifts little; averaging over seeds keeps a
     systematic drift and averages out a one-seed fluctuation); ``drift_per_seed`` is the same per run.
     """
-    configs = [base_config(s, seed, lr=lr, weight_decay=wd, steps=s.rms_steps,
-                           optimizer={"name": "adam", "decay": "decoupled", "betas": [0.9, beta2]},
-                           # loss spikes after a second-moment spike recover: only a non-finite loss counts
-                           divergence_factor=1e6, eval_every=max(s.rms_steps // 50, 1), diagnostics=["matrix_rms"],
-                           model_args={"width": s.width, "depth": 2, "scale_invariant": True})
-               for lr, wd in pairs for seed in seeds]
-    results = [_check(r) for r in run_many(configs, store, workers=s.workers, device=device,
-                                           desc="RMS, network", progress=None)]
+    configs = [
+        base_config(
+            s,
+            seed,
+            lr=lr,
+            weight_decay=wd,
+            steps=s.rms_steps,
+            optimizer={"name": "adam", "decay": "decoupled", "betas": [0.9, beta2]},
+            # loss spikes after a second-moment spike recover: only a non-finite loss counts
+            divergence_factor=1e6,
+            eval_every=max(s.rms_steps // 50, 1),
+            diagnostics=["matrix_rms"],
+            model_args={"width": s.width, "depth": 2, "scale_invariant": True},
+        )
+        for lr, wd in pairs
+        for seed in seeds
+    ]
+    results = [
+        _check(r)
+        for r in run_many(configs, store, workers=s.workers, device=device, desc="RMS, network", progress=None)
+    ]
     rows = []
     k = len(seeds)
     for j, (lr, wd) in enumerate(pairs):
-        runs = results[j * k:(j + 1) * k]
-        hists = np.stack([r.history["diag/matrix_rms"][:, :2] for r in runs])   # seeds x snapshots x 2 hidden matrices
-        tail = hists[:, int(0.8 * hists.shape[1]):]
-        rows.append({"lr": lr, "weight_decay": wd, "predicted": predicted_rms(lr, wd),
-                     "measured_per_seed": tail.mean(axis=(1, 2)), "measured_per_layer": tail.mean(axis=(0, 1)),
-                     "measured": float(tail.mean()), "curve": hists.mean(axis=0), "step": runs[0].history["step"],
-                     "val_acc": float(np.mean([r.final["val_acc"] for r in runs])),
-                     "drift": _drift(hists.mean(axis=(0, 2))),
-                     "drift_per_seed": [_drift(h.mean(axis=1)) for h in hists],
-                     "timescales": lr * wd * s.rms_steps})
+        runs = results[j * k : (j + 1) * k]
+        hists = np.stack([r.history["diag/matrix_rms"][:, :2] for r in runs])  # seeds x snapshots x 2 hidden matrices
+        tail = hists[:, int(0.8 * hists.shape[1]) :]
+        rows.append(
+            {
+                "lr": lr,
+                "weight_decay": wd,
+                "predicted": predicted_rms(lr, wd),
+                "measured_per_seed": tail.mean(axis=(1, 2)),
+                "measured_per_layer": tail.mean(axis=(0, 1)),
+                "measured": float(tail.mean()),
+                "curve": hists.mean(axis=0),
+                "step": runs[0].history["step"],
+                "val_acc": float(np.mean([r.final["val_acc"] for r in runs])),
+                "drift": _drift(hists.mean(axis=(0, 2))),
+                "drift_per_seed": [_drift(h.mean(axis=1)) for h in hists],
+                "timescales": lr * wd * s.rms_steps,
+            }
+        )
     pred = np.array([row["predicted"] for row in rows])
     per_seed = [rms_fit(pred, [row["measured_per_seed"][i] for row in rows]) for i in range(k)]
     mean_fit = rms_fit(pred, [row["measured"] for row in rows])
-    return {"rows": rows, "seeds": tuple(seeds), "slope_per_seed": [f["slope"] for f in per_seed],
-            "prefactor_per_seed": [f["prefactor"] for f in per_seed], "slope": mean_fit["slope"],
-            "prefactor": mean_fit["prefactor"], "max_drift": max(row["drift"] for row in rows), "beta2": beta2}
+    return {
+        "rows": rows,
+        "seeds": tuple(seeds),
+        "slope_per_seed": [f["slope"] for f in per_seed],
+        "prefactor_per_seed": [f["prefactor"] for f in per_seed],
+        "slope": mean_fit["slope"],
+        "prefactor": mean_fit["prefactor"],
+        "max_drift": max(row["drift"] for row in rows),
+        "beta2": beta2,
+    }
 
 
 def term_stats(lr: np.ndarray, shrink: np.ndarray, updates: np.ndarray) -> dict[str, Any]:
@@ -231,18 +397,26 @@ def term_stats(lr: np.ndarray, shrink: np.ndarray, updates: np.ndarray) -> dict[
     norms = np.linalg.norm(updates, axis=1)
     share = w * norms
     tenth = max(len(share) // 10, 1)
-    return {"share": share, "first_over_last": float(share[:tenth].mean() / share[-tenth:].mean()),
-            "coefficient_max_over_min": float(w.max() / w.min()),
-            "update_norm_first_over_last": float(norms[:tenth].mean() / norms[-tenth:].mean())}
+    return {
+        "share": share,
+        "first_over_last": float(share[:tenth].mean() / share[-tenth:].mean()),
+        "coefficient_max_over_min": float(w.max() / w.min()),
+        "update_norm_first_over_last": float(norms[:tenth].mean() / norms[-tenth:].mean()),
+    }
 
 
-SCHEDULES: dict[str, dict[str, Any]] = {"constant": {"name": "constant"}, "cosine": {"name": "cosine"},
-                                        "linear": {"name": "linear"}, "warmup-stable-decay": {"name": "wsd"},
-                                        "equal contribution": {"name": "equal_contribution"}}
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "constant": {"name": "constant"},
+    "cosine": {"name": "cosine"},
+    "linear": {"name": "linear"},
+    "warmup-stable-decay": {"name": "wsd"},
+    "equal contribution": {"name": "equal_contribution"},
+}
 
 
-def schedule_comparison(s: Setup, *, lr: float, weight_decay: float, seeds: tuple[int, ...], device: str = "cpu",
-                        store: Store | None = None) -> dict[str, Any]:
+def schedule_comparison(
+    s: Setup, *, lr: float, weight_decay: float, seeds: tuple[int, ...], device: str = "cpu", store: Store | None = None
+) -> dict[str, Any]:
     """EMA-4: constant, cosine, linear, warmup-stable-decay and the equal-contribution LR schedule at equal steps.
 
     One run per schedule and seed; each records its updates on 1,024 coordinates of a hidden matrix, so
@@ -250,25 +424,46 @@ def schedule_comparison(s: Setup, *, lr: float, weight_decay: float, seeds: tupl
     per-seed lists of ``first_over_last``, ``coefficient_max_over_min``, ``update_norm_first_over_last``,
     ``val_loss``, ``val_acc``, ``train_loss`` and ``weight_rms``, and the seed-mean curves.
     """
-    specs = {k: (dict(v, warmup=s.steps // 20, decay_fraction=0.2) if v["name"] == "wsd" else v)
-             for k, v in SCHEDULES.items()}
-    configs = [base_config(s, seed, lr=lr, weight_decay=weight_decay, lr_schedule=spec, eval_every=max(s.steps // 20, 1),
-                           probes=[{"name": "updates", "tensor": 1, "coords": 1024}])
-               for spec in specs.values() for seed in seeds]
-    results = [_check(r) for r in run_many(configs, store, workers=s.workers, device=device,
-                                           desc="schedule comparison", progress=None)]
+    specs = {
+        k: (dict(v, warmup=s.steps // 20, decay_fraction=0.2) if v["name"] == "wsd" else v)
+        for k, v in SCHEDULES.items()
+    }
+    configs = [
+        base_config(
+            s,
+            seed,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=spec,
+            eval_every=max(s.steps // 20, 1),
+            probes=[{"name": "updates", "tensor": 1, "coords": 1024}],
+        )
+        for spec in specs.values()
+        for seed in seeds
+    ]
+    results = [
+        _check(r)
+        for r in run_many(configs, store, workers=s.workers, device=device, desc="schedule comparison", progress=None)
+    ]
     out = {}
     k = len(seeds)
     for j, (name, spec) in enumerate(specs.items()):
-        runs = results[j * k:(j + 1) * k]
+        runs = results[j * k : (j + 1) * k]
         stats = [term_stats(p["lr"], p["shrink"], p["updates"]) for p in (_probe(r) for r in runs)]
-        out[name] = {"schedule": spec, "share": np.mean([st["share"] for st in stats], axis=0),
-                     "curve_step": runs[0].history["step"],
-                     "curve_val_loss": np.mean([r.history["val_loss"] for r in runs], axis=0),
-                     "curve_rms": np.mean([r.history["weight_rms/decay"] for r in runs], axis=0)}
+        out[name] = {
+            "schedule": spec,
+            "share": np.mean([st["share"] for st in stats], axis=0),
+            "curve_step": runs[0].history["step"],
+            "curve_val_loss": np.mean([r.history["val_loss"] for r in runs], axis=0),
+            "curve_rms": np.mean([r.history["weight_rms/decay"] for r in runs], axis=0),
+        }
         for key in ("first_over_last", "coefficient_max_over_min", "update_norm_first_over_last"):
             out[name][key] = [st[key] for st in stats]
-        for key, src in (("val_loss", "val_loss"), ("val_acc", "val_acc"), ("train_loss", "train_loss"),
-                         ("weight_rms", "weight_rms/decay")):
+        for key, src in (
+            ("val_loss", "val_loss"),
+            ("val_acc", "val_acc"),
+            ("train_loss", "train_loss"),
+            ("weight_rms", "weight_rms/decay"),
+        ):
             out[name][key] = [float(r.final[src]) for r in runs]
     return out

@@ -36,10 +36,39 @@ from ..runs import RunResult, Store, run_many
 from ..runtime import resolve_device
 from ._scaffold import Setting, pick_settings
 
-__all__ = ["Setup", "SETTINGS", "setup", "seed_count", "base_config", "corpus", "plan", "run_plan", "finetune_configs", "table", "run_finetunes",
-           "decay_start", "constant_phase_end", "value_at", "diverged", "applied_decay_table", "bf16_pure_weights", "APPLIED_ARMS",
-           "NEAREST_ARMS", "REMEDY_ARMS", "accumulated_decay", "divergence_ratio", "crossing_strength", "consecutive_ratios",
-           "O7_PAIRS", "shrink_shares", "per_seed", "SMALL_DECAY", "BF16_CLAIMS", "main_precision", "precision_table"]
+__all__ = [
+    "Setup",
+    "SETTINGS",
+    "setup",
+    "seed_count",
+    "base_config",
+    "corpus",
+    "plan",
+    "run_plan",
+    "finetune_configs",
+    "table",
+    "run_finetunes",
+    "decay_start",
+    "constant_phase_end",
+    "value_at",
+    "diverged",
+    "applied_decay_table",
+    "bf16_pure_weights",
+    "APPLIED_ARMS",
+    "NEAREST_ARMS",
+    "REMEDY_ARMS",
+    "accumulated_decay",
+    "divergence_ratio",
+    "crossing_strength",
+    "consecutive_ratios",
+    "O7_PAIRS",
+    "shrink_shares",
+    "per_seed",
+    "SMALL_DECAY",
+    "BF16_CLAIMS",
+    "main_precision",
+    "precision_table",
+]
 
 
 @dataclass(frozen=True)
@@ -50,66 +79,142 @@ class Setup(Setting):
     model_args: dict[str, Any]
     block_size: int
     batch_size: int
-    steps: int                      # main runs (LLM-1 to LLM-5)
+    steps: int  # main runs (LLM-1 to LLM-5)
     warmup: int
-    decay_fraction: float           # of the steps after warmup, linear decay to final * lr
+    decay_fraction: float  # of the steps after warmup, linear decay to final * lr
     final: float
     lr: float
-    wds: tuple[float, ...]          # main runs; the first is 0
-    n_seeds: int                    # seeds of the main and LayerNorm runs (LLM-1 to LLM-5)
-    ln_wds: tuple[float, ...]       # LLM-5: runs that also decay LayerNorm gains (and biases)
+    wds: tuple[float, ...]  # main runs; the first is 0
+    n_seeds: int  # seeds of the main and LayerNorm runs (LLM-1 to LLM-5)
+    ln_wds: tuple[float, ...]  # LLM-5: runs that also decay LayerNorm gains (and biases)
     ema: float
     eval_every: int
     eval_batches: int
-    rel_every: int                  # relative-update probe
-    ft_from: int                    # LLM-2: fine-tune from the snapshot at this step ...
-    ft_steps: int                   # ... for this many steps ...
-    ft_lr_factor: float             # ... at this fraction of the peak LR, constant
-    ladder_lrs: tuple[float, ...]   # LLM-6: the learning-rate ladder (bf16 autocast with and without decay, float32)
+    rel_every: int  # relative-update probe
+    ft_from: int  # LLM-2: fine-tune from the snapshot at this step ...
+    ft_steps: int  # ... for this many steps ...
+    ft_lr_factor: float  # ... at this fraction of the peak LR, constant
+    ladder_lrs: tuple[float, ...]  # LLM-6: the learning-rate ladder (bf16 autocast with and without decay, float32)
     ladder_wd: float
     ladder_steps: int
     ladder_n_seeds: int
     ladder_eval_every: int
-    bf16_pure_lr: float             # LLM-7 runs with parameters stored in bfloat16
+    bf16_pure_lr: float  # LLM-7 runs with parameters stored in bfloat16
     bf16_pure_wd: float
     bf16_pure_steps: int
-    bf16_pure_n_seeds: int          # seeds of the LLM-7 training runs
-    applied_decay_grid: tuple[float, ...]   # LLM-7: lr * lambda values of the applied-decay measurement
-    seen_windows: int = 1024        # LLM-1: windows of each kind in the seen/unseen measure
+    bf16_pure_n_seeds: int  # seeds of the LLM-7 training runs
+    applied_decay_grid: tuple[float, ...]  # LLM-7: lr * lambda values of the applied-decay measurement
+    seen_windows: int = 1024  # LLM-1: windows of each kind in the seen/unseen measure
     ladder_block_size: int | None = None  # LLM-6 context (None: block_size)
     workers: int = 2
     notes: dict[str, str] = field(default_factory=dict)
 
 
 SETTINGS: dict[str, Setup] = {
-    "smoke": Setup("smoke", data_args={"max_bytes": 4_000_000, "val_split": "interleaved"},
-                   model_args={"n_layer": 2, "n_head": 2, "n_embd": 128}, block_size=64, batch_size=16,
-                   steps=1000, warmup=50, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 0.1, 1.0),
-                   n_seeds=3, ln_wds=(0.1, 1.0), ema=0.99, eval_every=100, eval_batches=8, rel_every=10,
-                   ft_from=500, ft_steps=150, ft_lr_factor=0.1, ladder_lrs=(1e-2, 2e-2), ladder_wd=0.3,
-                   ladder_steps=400, ladder_n_seeds=3, ladder_eval_every=25, bf16_pure_lr=1e-3, bf16_pure_wd=1.0,
-                   bf16_pure_steps=200, bf16_pure_n_seeds=3, applied_decay_grid=(6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2)),
+    "smoke": Setup(
+        "smoke",
+        data_args={"max_bytes": 4_000_000, "val_split": "interleaved"},
+        model_args={"n_layer": 2, "n_head": 2, "n_embd": 128},
+        block_size=64,
+        batch_size=16,
+        steps=1000,
+        warmup=50,
+        decay_fraction=0.25,
+        final=0.1,
+        lr=5e-3,
+        wds=(0.0, 0.1, 1.0),
+        n_seeds=3,
+        ln_wds=(0.1, 1.0),
+        ema=0.99,
+        eval_every=100,
+        eval_batches=8,
+        rel_every=10,
+        ft_from=500,
+        ft_steps=150,
+        ft_lr_factor=0.1,
+        ladder_lrs=(1e-2, 2e-2),
+        ladder_wd=0.3,
+        ladder_steps=400,
+        ladder_n_seeds=3,
+        ladder_eval_every=25,
+        bf16_pure_lr=1e-3,
+        bf16_pure_wd=1.0,
+        bf16_pure_steps=200,
+        bf16_pure_n_seeds=3,
+        applied_decay_grid=(6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2),
+    ),
     # GPT-2 small (124M with the GPT-2 vocabulary; 85M non-embedding here, a character vocabulary) on the
     # largest offline corpus this Python's own sources give (standard library and installed packages: 166M
     # characters where the book was built, so 6,000 steps of 16,384 tokens are about 0.6 of one pass), for one
     # GPU; context 256 for the main runs and 1024 for the bf16 runs as in the source.
-    "full": Setup("full", data_args={"max_bytes": 400_000_000, "site_packages": True, "val_split": "interleaved",
-                                     "val_block": 65_536},
-                  model_args={"n_layer": 12, "n_head": 12, "n_embd": 768}, block_size=256, batch_size=64,
-                  steps=6_000, warmup=400, decay_fraction=0.2, final=0.1, lr=6e-4, wds=(0.0, 0.1, 0.3),
-                  n_seeds=3, ln_wds=(0.1, 0.3), ema=0.99, eval_every=250, eval_batches=40, rel_every=50,
-                  ft_from=3_000, ft_steps=1_000, ft_lr_factor=1e-5 / 6e-4, ladder_lrs=(6e-4, 1e-3), ladder_wd=0.1,
-                  ladder_steps=2_000, ladder_n_seeds=3, ladder_eval_every=50, bf16_pure_lr=6e-4, bf16_pure_wd=0.1,
-                  bf16_pure_steps=2_000, bf16_pure_n_seeds=3,
-                  applied_decay_grid=(1e-5, 6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2), ladder_block_size=1024,
-                  seen_windows=4096),
-    "test": Setup("test", data_args={"max_bytes": 200_000, "val_split": "interleaved", "val_block": 4096},
-                  model_args={"n_layer": 1, "n_head": 2, "n_embd": 16}, block_size=16, batch_size=4, steps=24,
-                  warmup=4, decay_fraction=0.25, final=0.1, lr=5e-3, wds=(0.0, 1.0), n_seeds=1, ln_wds=(1.0,),
-                  ema=0.9, eval_every=6, eval_batches=2, rel_every=2, ft_from=12, ft_steps=6, ft_lr_factor=0.1,
-                  ladder_lrs=(2e-2,), ladder_wd=0.3, ladder_steps=12, ladder_n_seeds=1, ladder_eval_every=3,
-                  bf16_pure_lr=1e-3, bf16_pure_wd=1.0, bf16_pure_steps=12, bf16_pure_n_seeds=1,
-                  applied_decay_grid=(1e-4, 1e-2), seen_windows=16, workers=1),
+    "full": Setup(
+        "full",
+        data_args={"max_bytes": 400_000_000, "site_packages": True, "val_split": "interleaved", "val_block": 65_536},
+        model_args={"n_layer": 12, "n_head": 12, "n_embd": 768},
+        block_size=256,
+        batch_size=64,
+        steps=6_000,
+        warmup=400,
+        decay_fraction=0.2,
+        final=0.1,
+        lr=6e-4,
+        wds=(0.0, 0.1, 0.3),
+        n_seeds=3,
+        ln_wds=(0.1, 0.3),
+        ema=0.99,
+        eval_every=250,
+        eval_batches=40,
+        rel_every=50,
+        ft_from=3_000,
+        ft_steps=1_000,
+        ft_lr_factor=1e-5 / 6e-4,
+        ladder_lrs=(6e-4, 1e-3),
+        ladder_wd=0.1,
+        ladder_steps=2_000,
+        ladder_n_seeds=3,
+        ladder_eval_every=50,
+        bf16_pure_lr=6e-4,
+        bf16_pure_wd=0.1,
+        bf16_pure_steps=2_000,
+        bf16_pure_n_seeds=3,
+        applied_decay_grid=(1e-5, 6e-5, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2),
+        ladder_block_size=1024,
+        seen_windows=4096,
+    ),
+    "test": Setup(
+        "test",
+        data_args={"max_bytes": 200_000, "val_split": "interleaved", "val_block": 4096},
+        model_args={"n_layer": 1, "n_head": 2, "n_embd": 16},
+        block_size=16,
+        batch_size=4,
+        steps=24,
+        warmup=4,
+        decay_fraction=0.25,
+        final=0.1,
+        lr=5e-3,
+        wds=(0.0, 1.0),
+        n_seeds=1,
+        ln_wds=(1.0,),
+        ema=0.9,
+        eval_every=6,
+        eval_batches=2,
+        rel_every=2,
+        ft_from=12,
+        ft_steps=6,
+        ft_lr_factor=0.1,
+        ladder_lrs=(2e-2,),
+        ladder_wd=0.3,
+        ladder_steps=12,
+        ladder_n_seeds=1,
+        ladder_eval_every=3,
+        bf16_pure_lr=1e-3,
+        bf16_pure_wd=1.0,
+        bf16_pure_steps=12,
+        bf16_pure_n_seeds=1,
+        applied_decay_grid=(1e-4, 1e-2),
+        seen_windows=16,
+        workers=1,
+    ),
 }
 
 
@@ -143,10 +248,23 @@ _RECIPE_OPTIMIZER: dict[str, Any] = {"name": "adam", "decay": "decoupled", "beta
 def base_config(s: Setup, **changes: Any) -> RunConfig:
     """The chapter's recipe at scale ``s``: AdamW (decoupled), betas (0.9, 0.95), clip 1.0, bf16 autocast,
     matrices and embeddings decayed (not LayerNorm gains), warmup-stable-decay LR schedule."""
-    cfg = RunConfig(data="stdlib_chars", data_args=dict(s.data_args), model="gpt", model_args=dict(s.model_args),
-                    optimizer=dict(_RECIPE_OPTIMIZER), lr=s.lr, grad_clip=1.0,
-                    precision="bf16-autocast", steps=s.steps, batch_size=s.batch_size, block_size=s.block_size,
-                    lr_schedule=_schedule(s), eval_every=s.eval_every, eval_batches=s.eval_batches, scale=s.scale)
+    cfg = RunConfig(
+        data="stdlib_chars",
+        data_args=dict(s.data_args),
+        model="gpt",
+        model_args=dict(s.model_args),
+        optimizer=dict(_RECIPE_OPTIMIZER),
+        lr=s.lr,
+        grad_clip=1.0,
+        precision="bf16-autocast",
+        steps=s.steps,
+        batch_size=s.batch_size,
+        block_size=s.block_size,
+        lr_schedule=_schedule(s),
+        eval_every=s.eval_every,
+        eval_batches=s.eval_batches,
+        scale=s.scale,
+    )
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -170,8 +288,11 @@ def main_precision(s: Setup, device: str = "cpu") -> str:
 
 
 def _precision_name(precision: str) -> str:
-    return {"fp32": "float32", "bf16-autocast": "bf16 autocast (float32 master weights)",
-            "bf16-pure": "bfloat16 parameters"}.get(precision, precision)
+    return {
+        "fp32": "float32",
+        "bf16-autocast": "bf16 autocast (float32 master weights)",
+        "bf16-pure": "bfloat16 parameters",
+    }.get(precision, precision)
 
 
 def precision_table(s: Setup, device: str = "cpu") -> Any:
@@ -185,25 +306,46 @@ def precision_table(s: Setup, device: str = "cpu") -> Any:
         speed = f"torch.cuda.is_bf16_supported() is {fast_bf16(dev)}"
     else:
         m = bf16_matmul_speed(dev)
-        speed = (f"a {m['n']}x{m['n']} matmul runs at {m['bfloat16_gflops']:.1f} GFLOP/s in bfloat16 against "
-                 f"{m['float32_gflops']:.1f} in float32 on this {dev.type.upper()}, so bfloat16 counts as "
-                 f"{'fast' if m['fast'] else 'slow'} here")
+        speed = (
+            f"a {m['n']}x{m['n']} matmul runs at {m['bfloat16_gflops']:.1f} GFLOP/s in bfloat16 against "
+            f"{m['float32_gflops']:.1f} in float32 on this {dev.type.upper()}, so bfloat16 counts as "
+            f"{'fast' if m['fast'] else 'slow'} here"
+        )
     if main != "fp32":
         why = f"the source's precision: full scale, and {speed}"
     elif s.scale != "full":
-        why = (f"float32 at {s.scale} scale on every machine (the source used bf16 autocast), so the verdict does not "
-               f"depend on the machine's bfloat16 speed ({speed})")
+        why = (
+            f"float32 at {s.scale} scale on every machine (the source used bf16 autocast), so the verdict does not "
+            f"depend on the machine's bfloat16 speed ({speed})"
+        )
     else:
         why = f"float32 instead of the source's bf16 autocast: {speed}"
-    rows = [{"claim": "LLM-1 to LLM-4", "runs": "main runs (and LLM-2's fine-tuning copies)",
-             "precision": _precision_name(main), "why": why},
-            {"claim": "LLM-5", "runs": "main runs and their twins with the LayerNorm gains decayed",
-             "precision": _precision_name(main), "why": why},
-            {"claim": "LLM-6", "runs": "LR ladder: three arms", "precision": "bf16 autocast (with and without decay) "
-             "against float32", "why": "the claim is about bf16 mixed precision: its arms at every scale"},
-            {"claim": "LLM-7", "runs": "short training runs; the zero-gradient measurement on a main run's weights",
-             "precision": f"bfloat16 parameters against float32 (the main run: {_precision_name(main)})",
-             "why": "the claim is about parameters stored in bfloat16: its arms at every scale"}]
+    rows = [
+        {
+            "claim": "LLM-1 to LLM-4",
+            "runs": "main runs (and LLM-2's fine-tuning copies)",
+            "precision": _precision_name(main),
+            "why": why,
+        },
+        {
+            "claim": "LLM-5",
+            "runs": "main runs and their twins with the LayerNorm gains decayed",
+            "precision": _precision_name(main),
+            "why": why,
+        },
+        {
+            "claim": "LLM-6",
+            "runs": "LR ladder: three arms",
+            "precision": "bf16 autocast (with and without decay) against float32",
+            "why": "the claim is about bf16 mixed precision: its arms at every scale",
+        },
+        {
+            "claim": "LLM-7",
+            "runs": "short training runs; the zero-gradient measurement on a main run's weights",
+            "precision": f"bfloat16 parameters against float32 (the main run: {_precision_name(main)})",
+            "why": "the claim is about parameters stored in bfloat16: its arms at every scale",
+        },
+    ]
     return pd.DataFrame(rows)
 
 
@@ -229,46 +371,75 @@ def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[
     main_prec = main_precision(s, device)  # LLM-6 and LLM-7 keep their own arms
     main, ln, o6, o7 = {}, {}, {}, {}
     for wd in s.wds:
-        for seed in seeds[:s.n_seeds]:
+        for seed in seeds[: s.n_seeds]:
             main[(wd, seed)] = base_config(
-                s, weight_decay=wd, seed=seed, ema=s.ema, precision=main_prec, diagnostics=["matrix_norm", "adam_elr"],
-                probes=[{"name": "relative_update", "every": s.rel_every}], measures=[{"name": "seen_unseen", "windows": s.seen_windows}],
-                snapshots=[s.ft_from])
+                s,
+                weight_decay=wd,
+                seed=seed,
+                ema=s.ema,
+                precision=main_prec,
+                diagnostics=["matrix_norm", "adam_elr"],
+                probes=[{"name": "relative_update", "every": s.rel_every}],
+                measures=[{"name": "seen_unseen", "windows": s.seen_windows}],
+                snapshots=[s.ft_from],
+            )
     for wd in s.ln_wds:
-        for seed in seeds[:s.n_seeds]:
+        for seed in seeds[: s.n_seeds]:
             ln[(wd, seed)] = base_config(s, weight_decay=wd, seed=seed, decay_vectors=True, precision=main_prec)
     for lr in s.ladder_lrs:
         for precision, wd in (("bf16-autocast", 0.0), ("bf16-autocast", s.ladder_wd), ("fp32", 0.0)):
-            for seed in seeds[:s.ladder_n_seeds]:
+            for seed in seeds[: s.ladder_n_seeds]:
                 o6[(lr, precision, wd, seed)] = base_config(
-                    s, lr=lr, weight_decay=wd, seed=seed, precision=precision, steps=s.ladder_steps,
+                    s,
+                    lr=lr,
+                    weight_decay=wd,
+                    seed=seed,
+                    precision=precision,
+                    steps=s.ladder_steps,
                     block_size=s.ladder_block_size or s.block_size,
-                    lr_schedule=_schedule(s, constant=True), eval_every=s.ladder_eval_every,
-                    eval_batches=max(2, s.eval_batches // 2), diagnostics=["attn_logit_max", "matrix_norm"])
+                    lr_schedule=_schedule(s, constant=True),
+                    eval_every=s.ladder_eval_every,
+                    eval_batches=max(2, s.eval_batches // 2),
+                    diagnostics=["attn_logit_max", "matrix_norm"],
+                )
     # LLM-7: float32 references, torch's own AdamW on bfloat16 parameters (its default CPU kernel shrinks
     # with a separate p.mul_(1 - lr*wd), rounded on its own), and wdlib's Adam with each bf16_update
-    o7_arms = [("fp32", "adam", "nearest", 0.0), ("fp32", "adam", "nearest", s.bf16_pure_wd),
-               ("bf16-pure", "torch.adamw", "nearest", 0.0), ("bf16-pure", "torch.adamw", "nearest", s.bf16_pure_wd),
-               ("bf16-pure", "adam", "nearest", 0.0)] + \
-              [("bf16-pure", "adam", u, s.bf16_pure_wd) for u in ("nearest", "master", "kahan", "stochastic")]
-    for seed in seeds[:s.bf16_pure_n_seeds]:
+    o7_arms = [
+        ("fp32", "adam", "nearest", 0.0),
+        ("fp32", "adam", "nearest", s.bf16_pure_wd),
+        ("bf16-pure", "torch.adamw", "nearest", 0.0),
+        ("bf16-pure", "torch.adamw", "nearest", s.bf16_pure_wd),
+        ("bf16-pure", "adam", "nearest", 0.0),
+    ] + [("bf16-pure", "adam", u, s.bf16_pure_wd) for u in ("nearest", "master", "kahan", "stochastic")]
+    for seed in seeds[: s.bf16_pure_n_seeds]:
         for precision, optimizer, update, wd in o7_arms:
             o7[(precision, optimizer, update, wd, seed)] = base_config(
-                s, lr=s.bf16_pure_lr, weight_decay=wd, precision=precision,
-                optimizer={**_RECIPE_OPTIMIZER, "name": optimizer,
-                           **({"bf16_update": update} if optimizer == "adam" else {})},
-                steps=s.bf16_pure_steps, seed=seed, diagnostics=["matrix_norm"])
+                s,
+                lr=s.bf16_pure_lr,
+                weight_decay=wd,
+                precision=precision,
+                optimizer={
+                    **_RECIPE_OPTIMIZER,
+                    "name": optimizer,
+                    **({"bf16_update": update} if optimizer == "adam" else {}),
+                },
+                steps=s.bf16_pure_steps,
+                seed=seed,
+                diagnostics=["matrix_norm"],
+            )
     return {"main": main, "ln": ln, "o6": o6, "o7": o7}
 
 
-def run_plan(s: Setup, seeds: Any = None, *, store: Store | None = None,
-             device: str = "cpu") -> dict[str, dict[tuple, RunResult]]:
+def run_plan(
+    s: Setup, seeds: Any = None, *, store: Store | None = None, device: str = "cpu"
+) -> dict[str, dict[tuple, RunResult]]:
     """Train (or fetch from the store) every run of :func:`plan`, in ``s.workers`` parallel workers (one
     progress bar over the runs when someone is watching: :func:`wdlib.runs.run_many`)."""
     runs = plan(s, seeds, device=device)
     flat = [(section, arm, cfg) for section, arms in runs.items() for arm, cfg in arms.items()]
-    results = run_many([cfg for _, _, cfg in flat], store, workers=s.workers, device=device,
-                       desc="chapter 5 runs", progress=None)
+    results = run_many(
+        [cfg for _, _, cfg in flat], store, workers=s.workers, device=device, desc="chapter 5 runs", progress=None
+    )
     out: dict[str, dict[tuple, RunResult]] = {section: {} for section in runs}
     for (section, arm, _), r in zip(flat, results):
         out[section][arm] = r
@@ -287,21 +458,38 @@ def finetune_configs(s: Setup, main: dict[tuple, RunResult]) -> dict[tuple, RunC
     for (wd, seed), r in main.items():
         cfg = RunConfig.from_dict(r.config)
         out[(wd, seed)] = cfg.replace(
-            lr=cfg.lr * s.ft_lr_factor, lr_schedule=None, steps=s.ft_steps, seed=cfg.seed + 1000,
+            lr=cfg.lr * s.ft_lr_factor,
+            lr_schedule=None,
+            steps=s.ft_steps,
+            seed=cfg.seed + 1000,
             init_from={"run": r.info["key"], "step": s.ft_from},
-            ema=None, probes=[], measures=[], snapshots=[], diagnostics=[], eval_every=0)
+            ema=None,
+            probes=[],
+            measures=[],
+            snapshots=[],
+            diagnostics=[],
+            eval_every=0,
+        )
     return out
 
 
-def run_finetunes(s: Setup, main: dict[tuple, RunResult], *, store: Store | None = None,
-                  device: str = "cpu") -> dict[tuple, RunResult]:
+def run_finetunes(
+    s: Setup, main: dict[tuple, RunResult], *, store: Store | None = None, device: str = "cpu"
+) -> dict[tuple, RunResult]:
     """The results of :func:`finetune_configs` (after the main runs: they start from their snapshots)."""
     cfgs = finetune_configs(s, main)
-    return dict(zip(cfgs, run_many(list(cfgs.values()), store, workers=s.workers, device=device,
-                                   desc="LLM-2 fine-tuning", progress=None)))
+    return dict(
+        zip(
+            cfgs,
+            run_many(
+                list(cfgs.values()), store, workers=s.workers, device=device, desc="LLM-2 fine-tuning", progress=None
+            ),
+        )
+    )
 
 
 # --- reading results ------------------------------------------------------------------------------------
+
 
 def decay_start(s: Setup) -> int:
     """The last step at the peak LR (the end of the constant phase); the LR decays from the next step on."""
@@ -356,6 +544,7 @@ def table(results: dict[tuple, RunResult], names: tuple[str, ...]) -> Any:
 
 # --- LLM-7: decay on parameters stored in bfloat16 --------------------------------------------------------
 
+
 def bf16_pure_weights(r: RunResult) -> list[torch.Tensor]:
     """The decayed weight matrices (>= 2 dims) of a run's final model, float32, for the applied-decay test."""
     return [v.float() for k, v in r.model_state.items() if v.ndim >= 2 and not k.endswith("lm_head.weight")]
@@ -379,8 +568,9 @@ NEAREST_ARMS = ("bf16, torch AdamW (default kernel)", "bf16, nearest (fused kern
 REMEDY_ARMS = ("bf16, float32 master", "bf16, Kahan", "bf16, stochastic rounding")
 
 
-def applied_decay_table(weights: list[torch.Tensor], grid: tuple[float, ...], steps: int = 100,
-                        lr: float = 1e-3) -> Any:
+def applied_decay_table(
+    weights: list[torch.Tensor], grid: tuple[float, ...], steps: int = 100, lr: float = 1e-3
+) -> Any:
     """For each ``lr * lambda`` of ``grid`` and each arm of :data:`APPLIED_ARMS`: the decay AdamW applies
     per step against the one requested (:func:`wdlib.precision.applied_decay`: zero gradients, so the
     decay is the only change). Returns a pandas table with ``arm``, ``lr_x_wd``, ``requested``,
@@ -390,10 +580,23 @@ def applied_decay_table(weights: list[torch.Tensor], grid: tuple[float, ...], st
     rows = []
     for arm, (optimizer, dtype, update, impl) in APPLIED_ARMS.items():
         for shrink in grid:
-            res = applied_decay(weights, lr=lr, weight_decay=shrink / lr, optimizer=optimizer, bf16_update=update,
-                                dtype=dtype, impl=impl, steps=steps)
-            rows.append({"arm": arm, "lr_x_wd": shrink,
-                         **{k: float(res[k]) for k in ("requested", "applied", "ratio", "changed_first_step")}})
+            res = applied_decay(
+                weights,
+                lr=lr,
+                weight_decay=shrink / lr,
+                optimizer=optimizer,
+                bf16_update=update,
+                dtype=dtype,
+                impl=impl,
+                steps=steps,
+            )
+            rows.append(
+                {
+                    "arm": arm,
+                    "lr_x_wd": shrink,
+                    **{k: float(res[k]) for k in ("requested", "applied", "ratio", "changed_first_step")},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -404,6 +607,7 @@ def accumulated_decay(cfg: RunConfig) -> float:
 
 
 # --- per-seed statistics the claims are judged on -------------------------------------------------------
+
 
 def divergence_ratio(losses: Any, nonfinite_at: int | None = None, cap: float = 10.0) -> float:
     """The statistic of the divergence rule (:func:`diverged`): the last loss over the lowest loss before it.
@@ -438,7 +642,9 @@ def crossing_strength(units: list[dict[float, tuple[float, float]]]) -> float:
 
 def per_seed(t: Any, statistic: Any, by: str = "wd") -> list[float]:
     """``statistic(rows of one seed, sorted by ``by``)`` for each seed of table ``t`` (in seed order)."""
-    return [float(statistic(t[t["seed"] == sd].sort_values(by).reset_index(drop=True))) for sd in sorted(set(t["seed"]))]
+    return [
+        float(statistic(t[t["seed"] == sd].sort_values(by).reset_index(drop=True))) for sd in sorted(set(t["seed"]))
+    ]
 
 
 def consecutive_ratios(values: Any) -> np.ndarray:
@@ -450,11 +656,20 @@ def consecutive_ratios(values: Any) -> np.ndarray:
 #: LLM-7 training pairs: label -> (arm with decay, its no-decay twin), arms as in :func:`plan` without the
 #: seed. The remedies are paired with wdlib's round-to-nearest run without decay (no decay: nothing to remedy).
 def _o7_pairs() -> dict[str, tuple[tuple, tuple]]:
-    pairs = {"float32": (("fp32", "adam", "nearest", "wd"), ("fp32", "adam", "nearest", 0.0)),
-             "bf16, torch AdamW": (("bf16-pure", "torch.adamw", "nearest", "wd"), ("bf16-pure", "torch.adamw", "nearest", 0.0)),
-             "bf16, wdlib AdamW, nearest": (("bf16-pure", "adam", "nearest", "wd"), ("bf16-pure", "adam", "nearest", 0.0))}
-    pairs.update({f"bf16, wdlib AdamW, {u}": (("bf16-pure", "adam", u, "wd"), ("bf16-pure", "adam", "nearest", 0.0))
-                  for u in ("master", "kahan", "stochastic")})
+    pairs = {
+        "float32": (("fp32", "adam", "nearest", "wd"), ("fp32", "adam", "nearest", 0.0)),
+        "bf16, torch AdamW": (
+            ("bf16-pure", "torch.adamw", "nearest", "wd"),
+            ("bf16-pure", "torch.adamw", "nearest", 0.0),
+        ),
+        "bf16, wdlib AdamW, nearest": (("bf16-pure", "adam", "nearest", "wd"), ("bf16-pure", "adam", "nearest", 0.0)),
+    }
+    pairs.update(
+        {
+            f"bf16, wdlib AdamW, {u}": (("bf16-pure", "adam", u, "wd"), ("bf16-pure", "adam", "nearest", 0.0))
+            for u in ("master", "kahan", "stochastic")
+        }
+    )
     return pairs
 
 
@@ -481,7 +696,15 @@ def shrink_shares(s: Setup, o7: dict[tuple, RunResult]) -> Any:
         fp_loss = float(o7[key(O7_PAIRS["float32"][0], seed)].final["val_loss"])
         for name, (w, _) in O7_PAIRS.items():
             r = o7[key(w, seed)]
-            rows.append({"arm": name, "seed": seed, "shrink": shrink[name], "shrink_vs_float32": shrink[name] / shrink["float32"],
-                         "weight_norm": norm(r), "val_loss": float(r.final["val_loss"]),
-                         "val_minus_float32": float(r.final["val_loss"]) - fp_loss})
+            rows.append(
+                {
+                    "arm": name,
+                    "seed": seed,
+                    "shrink": shrink[name],
+                    "shrink_vs_float32": shrink[name] / shrink["float32"],
+                    "weight_norm": norm(r),
+                    "val_loss": float(r.final["val_loss"]),
+                    "val_minus_float32": float(r.final["val_loss"]) - fp_loss,
+                }
+            )
     return pd.DataFrame(rows)

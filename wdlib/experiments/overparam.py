@@ -31,9 +31,27 @@ from ..runs import Store, run_many
 from ..stats import loglog_slope, spearman, two_proportion_p
 from ._scaffold import Setting, pick_settings
 
-__all__ = ["Setup", "SETTINGS", "setup", "recipes", "grid_runs", "plateau_runs", "flow_copies", "spoiled",
-           "plateau_level", "plateau_statistics", "paired_gain", "angular_runs", "angle_statistics", "rescaling_check",
-           "trace_correlations", "window_means", "test_size", "equal_norm_pairs", "pair_excess_z"]
+__all__ = [
+    "Setup",
+    "SETTINGS",
+    "setup",
+    "recipes",
+    "grid_runs",
+    "plateau_runs",
+    "flow_copies",
+    "spoiled",
+    "plateau_level",
+    "plateau_statistics",
+    "paired_gain",
+    "angular_runs",
+    "angle_statistics",
+    "rescaling_check",
+    "trace_correlations",
+    "window_means",
+    "test_size",
+    "equal_norm_pairs",
+    "pair_excess_z",
+]
 
 
 @dataclass(frozen=True)
@@ -51,54 +69,130 @@ class Setup(Setting):
     grid_lrs: tuple[float, float]
     grid_wd: float
     grid_epochs: int
-    grid_seeds: int                     # number of training seeds (their values come from the notebook's seed)
+    grid_seeds: int  # number of training seeds (their values come from the notebook's seed)
     # OVER-3 and OVER-4: constant large LR, clean labels
     plateau_lr: float
     plateau_wd: float
     plateau_epochs: int
-    snapshot_every: int                 # epochs between snapshots of the large-LR phase
-    nowd_copy_every: int                # fine-tune every k-th snapshot of the run without decay (1: all)
+    snapshot_every: int  # epochs between snapshots of the large-LR phase
+    nowd_copy_every: int  # fine-tune every k-th snapshot of the run without decay (1: all)
     finetune_epochs: int
-    finetune_factor: float              # fine-tune LR = factor * large LR
-    plateau_seeds: int                  # number of seeds of every plateau recipe and of the trajectories
+    finetune_factor: float  # fine-tune LR = factor * large LR
+    plateau_seeds: int  # number of seeds of every plateau recipe and of the trajectories
     trace_probes: int
     trace_samples: int
-    trace_probe_chunk: int | None       # probes per vmap call (None: all at once; bounds memory at full scale)
-    plateau_pairs: tuple[tuple[float, float], ...]   # further (lr, wd) of the plateau runs (every seed)
+    trace_probe_chunk: int | None  # probes per vmap call (None: all at once; bounds memory at full scale)
+    plateau_pairs: tuple[tuple[float, float], ...]  # further (lr, wd) of the plateau runs (every seed)
     # OVER-5: a scale-invariant MLP, SGD and Adam, with and without decay
     angular_width: int
     angular_steps: int
-    angular_sgd: tuple[float, float]    # (lr, wd) of SGD (L2 penalty, as the source)
-    angular_adam: tuple[float, float]   # (lr, wd) of AdamW (decoupled, torch convention)
-    angular_seeds: int                  # number of seeds of each of the four runs
+    angular_sgd: tuple[float, float]  # (lr, wd) of SGD (L2 penalty, as the source)
+    angular_adam: tuple[float, float]  # (lr, wd) of AdamW (decoupled, torch convention)
+    angular_seeds: int  # number of seeds of each of the four runs
     workers: int
-    eval_epochs: int                    # epochs between evaluations
+    eval_epochs: int  # epochs between evaluations
 
 
 SETTINGS: dict[str, Setup] = {
-    "smoke": Setup("smoke", "mnist1d", {"num_samples": 5000}, train_size=4000, batch_size=128, model="convnet",
-                   model_args={}, grid_noise=0.3, grid_lrs=(0.1, 0.3), grid_wd=5e-3, grid_epochs=200, grid_seeds=3,
-                   plateau_lr=0.2, plateau_wd=5e-3, plateau_epochs=240, snapshot_every=20, nowd_copy_every=2,
-                   finetune_epochs=10, finetune_factor=0.1, plateau_seeds=3, trace_probes=30, trace_samples=1000,
-                   trace_probe_chunk=None,
-                   plateau_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
-                   angular_width=128, angular_steps=6000, angular_sgd=(0.2, 5e-3), angular_adam=(3e-3, 1.0),
-                   angular_seeds=3, workers=2, eval_epochs=5),
-    "full": Setup("full", "mnist1d", {"num_samples": 25_000}, train_size=20_000, batch_size=128, model="convnet",
-                  model_args={"channels": [64, 64, 64]}, grid_noise=0.3, grid_lrs=(0.1, 0.3), grid_wd=5e-3,
-                  grid_epochs=400, grid_seeds=5, plateau_lr=0.2, plateau_wd=5e-3, plateau_epochs=600,
-                  snapshot_every=50, nowd_copy_every=1, finetune_epochs=20, finetune_factor=0.1, plateau_seeds=5,
-                  trace_probes=50, trace_samples=5000, trace_probe_chunk=10,
-                  plateau_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
-                  angular_width=512, angular_steps=20_000, angular_sgd=(0.2, 5e-3), angular_adam=(3e-3, 1.0),
-                  angular_seeds=5, workers=1, eval_epochs=10),
-    "test": Setup("test", "mnist1d", {"num_samples": 1000}, train_size=512, batch_size=64, model="convnet",
-                  model_args={"channels": [8, 8, 8]}, grid_noise=0.3, grid_lrs=(0.05, 0.2), grid_wd=5e-3,
-                  grid_epochs=4, grid_seeds=2, plateau_lr=0.2, plateau_wd=5e-3, plateau_epochs=4, snapshot_every=2,
-                  nowd_copy_every=1, finetune_epochs=1, finetune_factor=0.1, plateau_seeds=2, trace_probes=4,
-                  trace_samples=128, trace_probe_chunk=None, plateau_pairs=((0.1, 1e-2), (0.1, 0.0)),
-                  angular_width=16, angular_steps=40, angular_sgd=(0.2, 5e-3), angular_adam=(3e-3, 1.0),
-                  angular_seeds=2, workers=1, eval_epochs=1),
+    "smoke": Setup(
+        "smoke",
+        "mnist1d",
+        {"num_samples": 5000},
+        train_size=4000,
+        batch_size=128,
+        model="convnet",
+        model_args={},
+        grid_noise=0.3,
+        grid_lrs=(0.1, 0.3),
+        grid_wd=5e-3,
+        grid_epochs=200,
+        grid_seeds=3,
+        plateau_lr=0.2,
+        plateau_wd=5e-3,
+        plateau_epochs=240,
+        snapshot_every=20,
+        nowd_copy_every=2,
+        finetune_epochs=10,
+        finetune_factor=0.1,
+        plateau_seeds=3,
+        trace_probes=30,
+        trace_samples=1000,
+        trace_probe_chunk=None,
+        plateau_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
+        angular_width=128,
+        angular_steps=6000,
+        angular_sgd=(0.2, 5e-3),
+        angular_adam=(3e-3, 1.0),
+        angular_seeds=3,
+        workers=2,
+        eval_epochs=5,
+    ),
+    "full": Setup(
+        "full",
+        "mnist1d",
+        {"num_samples": 25_000},
+        train_size=20_000,
+        batch_size=128,
+        model="convnet",
+        model_args={"channels": [64, 64, 64]},
+        grid_noise=0.3,
+        grid_lrs=(0.1, 0.3),
+        grid_wd=5e-3,
+        grid_epochs=400,
+        grid_seeds=5,
+        plateau_lr=0.2,
+        plateau_wd=5e-3,
+        plateau_epochs=600,
+        snapshot_every=50,
+        nowd_copy_every=1,
+        finetune_epochs=20,
+        finetune_factor=0.1,
+        plateau_seeds=5,
+        trace_probes=50,
+        trace_samples=5000,
+        trace_probe_chunk=10,
+        plateau_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
+        angular_width=512,
+        angular_steps=20_000,
+        angular_sgd=(0.2, 5e-3),
+        angular_adam=(3e-3, 1.0),
+        angular_seeds=5,
+        workers=1,
+        eval_epochs=10,
+    ),
+    "test": Setup(
+        "test",
+        "mnist1d",
+        {"num_samples": 1000},
+        train_size=512,
+        batch_size=64,
+        model="convnet",
+        model_args={"channels": [8, 8, 8]},
+        grid_noise=0.3,
+        grid_lrs=(0.05, 0.2),
+        grid_wd=5e-3,
+        grid_epochs=4,
+        grid_seeds=2,
+        plateau_lr=0.2,
+        plateau_wd=5e-3,
+        plateau_epochs=4,
+        snapshot_every=2,
+        nowd_copy_every=1,
+        finetune_epochs=1,
+        finetune_factor=0.1,
+        plateau_seeds=2,
+        trace_probes=4,
+        trace_samples=128,
+        trace_probe_chunk=None,
+        plateau_pairs=((0.1, 1e-2), (0.1, 0.0)),
+        angular_width=16,
+        angular_steps=40,
+        angular_sgd=(0.2, 5e-3),
+        angular_adam=(3e-3, 1.0),
+        angular_seeds=2,
+        workers=1,
+        eval_epochs=1,
+    ),
 }
 
 
@@ -114,10 +208,20 @@ def _spe(s: Setup) -> int:
 
 def _base(s: Setup, **changes: Any) -> RunConfig:
     """Plain SGD, momentum 0, coupled L2 on every parameter (torch SGD's weight_decay, as the source)."""
-    fields: dict[str, Any] = dict(data=s.data, data_args=s.data_args, subset=s.train_size, data_seed=0, model=s.model,
-                                  model_args=s.model_args, optimizer={"name": "sgd", "decay": "l2", "momentum": 0.0},
-                                  decay_vectors=True, batch_size=s.batch_size, eval_every=s.eval_epochs * _spe(s),
-                                  divergence_factor=1e6, scale=s.scale)
+    fields: dict[str, Any] = dict(
+        data=s.data,
+        data_args=s.data_args,
+        subset=s.train_size,
+        data_seed=0,
+        model=s.model,
+        model_args=s.model_args,
+        optimizer={"name": "sgd", "decay": "l2", "momentum": 0.0},
+        decay_vectors=True,
+        batch_size=s.batch_size,
+        eval_every=s.eval_epochs * _spe(s),
+        divergence_factor=1e6,
+        scale=s.scale,
+    )
     fields.update(changes)
     return RunConfig(**fields)
 
@@ -128,10 +232,19 @@ def _table(configs: list[RunConfig], results: list[Any], extra: list[dict[str, A
     rows = []
     for c, r, e in zip(configs, results, extra):
         row = {k: v for k, v in r.final.items() if k not in ("step", "lr", "wd", "wall_time")}
-        row.update({"key": r.info["key"], "diverged_at": r.diverged_at, "wall_time": r.wall_time,
-                    "weight_norm": float(np.sqrt(sum(r.final.get(k, 0.0) ** 2 for k in r.final
-                                                     if k.startswith("weight_norm/")))),
-                    "lr": c.lr, "weight_decay": c.weight_decay, "seed": c.seed})
+        row.update(
+            {
+                "key": r.info["key"],
+                "diverged_at": r.diverged_at,
+                "wall_time": r.wall_time,
+                "weight_norm": float(
+                    np.sqrt(sum(r.final.get(k, 0.0) ** 2 for k in r.final if k.startswith("weight_norm/")))
+                ),
+                "lr": c.lr,
+                "weight_decay": c.weight_decay,
+                "seed": c.seed,
+            }
+        )
         row.update(e)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -161,9 +274,18 @@ def grid_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None 
     for lr in s.grid_lrs:
         for wd in (0.0, s.grid_wd):
             for seed in _check_seeds(seeds, s.grid_seeds, "grid_runs"):
-                configs.append(_base(s, lr=lr, weight_decay=wd, seed=seed, label_noise=s.grid_noise,
-                                     steps=s.grid_epochs * _spe(s), measures=[{"name": "noise_fit"}],
-                                     lr_schedule={"name": "step", "final": 0.1, "decay_fraction": 0.5}))
+                configs.append(
+                    _base(
+                        s,
+                        lr=lr,
+                        weight_decay=wd,
+                        seed=seed,
+                        label_noise=s.grid_noise,
+                        steps=s.grid_epochs * _spe(s),
+                        measures=[{"name": "noise_fit"}],
+                        lr_schedule={"name": "step", "final": 0.1, "decay_fraction": 0.5},
+                    )
+                )
                 extra.append({"lr_role": "large" if lr == max(s.grid_lrs) else "small"})
     results = run_many(configs, store, workers=s.workers, device=device, desc="lr x wd grid", progress=None)
     t = _table(configs, results, extra)
@@ -182,12 +304,13 @@ def _plateau_configs(s: Setup, seeds: Any) -> list[RunConfig]:
     out = []
     for seed in _check_seeds(seeds, s.plateau_seeds, "plateau_runs"):
         for lr, wd in recipes(s):
-            out.append(_base(s, lr=lr, weight_decay=wd, seed=seed, steps=s.plateau_epochs * _spe(s),
-                             snapshots=snaps))
+            out.append(_base(s, lr=lr, weight_decay=wd, seed=seed, steps=s.plateau_epochs * _spe(s), snapshots=snaps))
     return out
 
 
-def plateau_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> tuple[Any, dict[str, Any]]:
+def plateau_runs(
+    s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None
+) -> tuple[Any, dict[str, Any]]:
     """OVER-3 (and the large-LR phases of OVER-4): constant LR, clean labels, ``plateau_epochs`` epochs.
 
     Runs every recipe of :func:`recipes` for every seed of ``seeds`` (``plateau_seeds`` of them). Each keeps
@@ -222,23 +345,48 @@ def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | Non
         if not trajectory:
             steps = p.snapshots[-1:]
         elif p.weight_decay == 0:
-            steps = p.snapshots[s.nowd_copy_every - 1::s.nowd_copy_every]
+            steps = p.snapshots[s.nowd_copy_every - 1 :: s.nowd_copy_every]
         else:
             steps = p.snapshots
-        trace = [{"name": "hessian_trace", "probes": s.trace_probes, "samples": s.trace_samples, "seed": 0,
-                  "probe_chunk": s.trace_probe_chunk}]
+        trace = [
+            {
+                "name": "hessian_trace",
+                "probes": s.trace_probes,
+                "samples": s.trace_samples,
+                "seed": 0,
+                "probe_chunk": s.trace_probe_chunk,
+            }
+        ]
         for step in steps:
-            configs.append(p.replace(init_from={"run": p.key(), "step": step}, snapshots=[],
-                                     steps=s.finetune_epochs * _spe(s), lr=p.lr * s.finetune_factor,
-                                     seed=1000 + p.seed, eval_every=0, measures=trace if trajectory else []))
-            extra.append({"epoch": step // _spe(s), "parent_seed": p.seed, "parent_lr": p.lr,
-                          "role": "trajectory" if trajectory else "final"})
+            configs.append(
+                p.replace(
+                    init_from={"run": p.key(), "step": step},
+                    snapshots=[],
+                    steps=s.finetune_epochs * _spe(s),
+                    lr=p.lr * s.finetune_factor,
+                    seed=1000 + p.seed,
+                    eval_every=0,
+                    measures=trace if trajectory else [],
+                )
+            )
+            extra.append(
+                {
+                    "epoch": step // _spe(s),
+                    "parent_seed": p.seed,
+                    "parent_lr": p.lr,
+                    "role": "trajectory" if trajectory else "final",
+                }
+            )
     results = run_many(configs, store, workers=s.workers, device=device, desc="flow copies", progress=None)
     t = _table(configs, results, extra)
     t["seed"], t["lr"] = t["parent_seed"], t["parent_lr"]
-    t = t.drop(columns=["parent_seed", "parent_lr"]).rename(columns={"hessian_trace/value": "trace",
-                                                                      "hessian_trace/stderr": "trace_se",
-                                                                      "hessian_trace/scale_aware": "scale_aware"})
+    t = t.drop(columns=["parent_seed", "parent_lr"]).rename(
+        columns={
+            "hessian_trace/value": "trace",
+            "hessian_trace/stderr": "trace_se",
+            "hessian_trace/scale_aware": "scale_aware",
+        }
+    )
     t["test_err"] = 1.0 - t["val_acc"]
     return t
 
@@ -295,8 +443,12 @@ def plateau_statistics(table: Any) -> Any:
         piv = wd.pivot_table(index="weight_decay", columns="lr", values="level")
         both = piv[[lrs[0], lrs[-1]]].dropna() if len(lrs) > 1 else piv.iloc[:0]
         effect = float(np.mean(np.log(both[lrs[-1]] / both[lrs[0]]))) if len(both) else np.nan
-        rows[seed] = {"ratio": float(ratio), "settle": float(wd["late_slope"].min()), "lambda_rise": rise,
-                      "lr_effect": effect}
+        rows[seed] = {
+            "ratio": float(ratio),
+            "settle": float(wd["late_slope"].min()),
+            "lambda_rise": rise,
+            "lr_effect": effect,
+        }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("seed")
 
 
@@ -312,8 +464,9 @@ def pair_excess_z(pairs: list[tuple[Any, Any, float, float]], alpha: float = 0.0
     return float(sps.norm.isf(p_min / 2) - sps.norm.isf(alpha / (2 * len(pairs))))
 
 
-def equal_norm_pairs(copies: Any, n_test: int, norm_tol: float = 0.05, loss_tol: float = 0.2,
-                     loss_floor: float = 0.005) -> list[tuple[Any, Any, float, float]]:
+def equal_norm_pairs(
+    copies: Any, n_test: int, norm_tol: float = 0.05, loss_tol: float = 0.2, loss_floor: float = 0.005
+) -> list[tuple[Any, Any, float, float]]:
     """OVER-2: pairs of copies from different recipes (a different ``lr`` or ``weight_decay``) whose weight
     norms are within ``norm_tol`` (relative) and whose training losses are within ``loss_tol`` (relative)
     or ``loss_floor`` (absolute) of each other, each with its test-error gap and the two-proportion
@@ -347,17 +500,31 @@ def paired_gain(table: Any, lr: float, metric: str = "val_acc") -> tuple[float, 
 
 # --- OVER-5: effective learning rate of scale-invariant layers ---------------------------------------------
 
+
 def _angular_base(s: Setup, optimizer: str, lr: float, wd: float, decay: str, seed: int) -> RunConfig:
-    return RunConfig(data=s.data, data_args=s.data_args, subset=s.train_size, data_seed=0, seed=seed, model="mlp",
-                     model_args={"width": s.angular_width, "depth": 2, "scale_invariant": True, "bias": False},
-                     optimizer={"name": optimizer, "decay": decay}, lr=lr, weight_decay=wd, batch_size=s.batch_size,
-                     steps=s.angular_steps, eval_every=max(s.angular_steps // 10, 1), divergence_factor=1e6,
-                     scale=s.scale,
-                     probes=[{"name": "angular", "tensors": [0, 1], "every": 1}])
+    return RunConfig(
+        data=s.data,
+        data_args=s.data_args,
+        subset=s.train_size,
+        data_seed=0,
+        seed=seed,
+        model="mlp",
+        model_args={"width": s.angular_width, "depth": 2, "scale_invariant": True, "bias": False},
+        optimizer={"name": optimizer, "decay": decay},
+        lr=lr,
+        weight_decay=wd,
+        batch_size=s.batch_size,
+        steps=s.angular_steps,
+        eval_every=max(s.angular_steps // 10, 1),
+        divergence_factor=1e6,
+        scale=s.scale,
+        probes=[{"name": "angular", "tensors": [0, 1], "every": 1}],
+    )
 
 
-def angular_runs(s: Setup, seeds: Any, *, device: str = "cpu",
-                 store: Store | None = None) -> dict[tuple[str, bool, int], Any]:
+def angular_runs(
+    s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None
+) -> dict[tuple[str, bool, int], Any]:
     """OVER-5: a scale-invariant MLP (two hidden layers, each bias-free and followed by LayerNorm without
     affine parameters) trained by SGD (L2 penalty) and by AdamW, each with and without decay, for every
     seed of ``seeds`` (``angular_seeds`` of them).
@@ -368,12 +535,15 @@ def angular_runs(s: Setup, seeds: Any, *, device: str = "cpu",
     specs = []
     for seed in _check_seeds(seeds, s.angular_seeds, "angular_runs"):
         (sgd_lr, sgd_wd), (adam_lr, adam_wd) = s.angular_sgd, s.angular_adam
-        specs += [("sgd", True, seed, _angular_base(s, "sgd", sgd_lr, sgd_wd, "l2", seed)),
-                  ("sgd", False, seed, _angular_base(s, "sgd", sgd_lr, 0.0, "l2", seed)),
-                  ("adam", True, seed, _angular_base(s, "adam", adam_lr, adam_wd, "decoupled", seed)),
-                  ("adam", False, seed, _angular_base(s, "adam", adam_lr, 0.0, "decoupled", seed))]
-    results = run_many([c for *_, c in specs], store, workers=s.workers, device=device,
-                       desc="angular runs", progress=None)
+        specs += [
+            ("sgd", True, seed, _angular_base(s, "sgd", sgd_lr, sgd_wd, "l2", seed)),
+            ("sgd", False, seed, _angular_base(s, "sgd", sgd_lr, 0.0, "l2", seed)),
+            ("adam", True, seed, _angular_base(s, "adam", adam_lr, adam_wd, "decoupled", seed)),
+            ("adam", False, seed, _angular_base(s, "adam", adam_lr, 0.0, "decoupled", seed)),
+        ]
+    results = run_many(
+        [c for *_, c in specs], store, workers=s.workers, device=device, desc="angular runs", progress=None
+    )
     return {(rule, wd, seed): r for (rule, wd, seed, _), r in zip(specs, results)}
 
 
@@ -384,12 +554,20 @@ def angle_statistics(angle_windows: dict[bool, Any], held_windows: int = 4) -> d
     mean) and ``ratio`` (last window with decay / last window without)."""
     on, off = (np.asarray(angle_windows[k], dtype=np.float64) for k in (True, False))
     tail = on[-held_windows:]
-    return {"fall": float(off[-1] / off[0]), "held": float(np.abs(tail / tail.mean() - 1).max()),
-            "ratio": float(on[-1] / off[-1])}
+    return {
+        "fall": float(off[-1] / off[0]),
+        "held": float(np.abs(tail / tail.mean() - 1).max()),
+        "ratio": float(on[-1] / off[-1]),
+    }
 
 
-def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
-                    samples: int = 512, adam_steps: int = 10) -> dict[str, Any]:
+def rescaling_check(
+    result: Any,
+    s: Setup,
+    scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    samples: int = 512,
+    adam_steps: int = 10,
+) -> dict[str, Any]:
     """Rescale the hidden (scale-invariant) matrices of a trained model by ``c`` and measure, in float64 on
     the CPU: the loss on a fixed batch of ``samples`` training points (unchanged if the layers are
     scale-invariant), the gradient norm of those matrices (``~ 1/c``), the angle one real SGD step turns
@@ -420,7 +598,7 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         loss_.append(float(loss.detach()))
-        grad_.append(float(torch.sqrt(sum((p.grad ** 2).sum() for p in mats))))
+        grad_.append(float(torch.sqrt(sum((p.grad**2).sum() for p in mats))))
         before = [p.detach().clone() for p in mats]
         SGD(mats, lr=lr_sgd).step()
         sgd_.append(weight_angle(before, [p.detach() for p in mats]))
@@ -436,10 +614,17 @@ def rescaling_check(result: Any, s: Setup, scales: tuple[float, ...] = (0.25, 0.
             angles.append(weight_angle(before, [p.detach() for p in mats]))
         adam_.append(float(np.mean(angles)))
     sc = np.asarray(scales, dtype=np.float64)
-    return {"scales": sc, "loss": np.asarray(loss_), "grad_norm": np.asarray(grad_), "sgd_angle": np.asarray(sgd_),
-            "adam_angle": np.asarray(adam_), "slope_grad": loglog_slope(sc, grad_),
-            "slope_sgd": loglog_slope(sc, sgd_), "slope_adam": loglog_slope(sc, adam_),
-            "loss_spread": float(np.ptp(loss_) / np.mean(loss_))}
+    return {
+        "scales": sc,
+        "loss": np.asarray(loss_),
+        "grad_norm": np.asarray(grad_),
+        "sgd_angle": np.asarray(sgd_),
+        "adam_angle": np.asarray(adam_),
+        "slope_grad": loglog_slope(sc, grad_),
+        "slope_sgd": loglog_slope(sc, sgd_),
+        "slope_adam": loglog_slope(sc, adam_),
+        "loss_spread": float(np.ptp(loss_) / np.mean(loss_)),
+    }
 
 
 def window_means(values: Any, windows: int = 10) -> np.ndarray:
@@ -449,19 +634,26 @@ def window_means(values: Any, windows: int = 10) -> np.ndarray:
 
 
 def trace_correlations(copies: Any, seed: int, weight_decay: float) -> dict[str, float]:
-    """For one trajectory run's copies not marked ``spoiled``: Spearman(trace, test error), Spearman(scale-aware trace, test error),
+    """For one trajectory run's copies not marked ``spoiled``: Spearman(trace, test error), Spearman(scale-aware
+    trace, test error),
     Spearman(trace, epoch), the relative fall of the trace from the first to the last retained copy
     (``trace_fall`` = 1 - last/first), the largest relative standard error of a retained trace
     (``max_rel_se``), and the trace and error at the first and last retained copy."""
-    sub = copies[(copies["role"] == "trajectory") & (copies["seed"] == seed)
-                 & (copies["weight_decay"] == weight_decay)].sort_values("epoch")
+    sub = copies[
+        (copies["role"] == "trajectory") & (copies["seed"] == seed) & (copies["weight_decay"] == weight_decay)
+    ].sort_values("epoch")
     sub = sub[~sub["spoiled"]]
     if len(sub) < 2:
         raise ValueError(f"seed {seed}, weight decay {weight_decay:g}: {len(sub)} copies kept, a correlation needs 2")
-    return {"n": len(sub), "rho_trace_err": spearman(sub["trace"], sub["test_err"]),
-            "trace_fall": float(1.0 - sub["trace"].iloc[-1] / sub["trace"].iloc[0]),
-            "max_rel_se": float((sub["trace_se"] / sub["trace"].abs()).max()),
-            "rho_scale_aware_err": spearman(sub["scale_aware"], sub["test_err"]),
-            "rho_trace_epoch": spearman(sub["epoch"], sub["trace"]),
-            "trace_first": float(sub["trace"].iloc[0]), "trace_last": float(sub["trace"].iloc[-1]),
-            "err_first": float(sub["test_err"].iloc[0]), "err_last": float(sub["test_err"].iloc[-1])}
+    return {
+        "n": len(sub),
+        "rho_trace_err": spearman(sub["trace"], sub["test_err"]),
+        "trace_fall": float(1.0 - sub["trace"].iloc[-1] / sub["trace"].iloc[0]),
+        "max_rel_se": float((sub["trace_se"] / sub["trace"].abs()).max()),
+        "rho_scale_aware_err": spearman(sub["scale_aware"], sub["test_err"]),
+        "rho_trace_epoch": spearman(sub["epoch"], sub["trace"]),
+        "trace_first": float(sub["trace"].iloc[0]),
+        "trace_last": float(sub["trace"].iloc[-1]),
+        "err_first": float(sub["test_err"].iloc[0]),
+        "err_last": float(sub["test_err"].iloc[-1]),
+    }

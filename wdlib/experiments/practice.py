@@ -42,9 +42,29 @@ from ..runs import Store, expand_grid, results_table, run_many
 from ..stats import loglog_slope
 from ._scaffold import Setting, pick_settings
 
-__all__ = ["Arm", "GRID_ARMS", "TORCH_ARMS", "Setup", "SETTINGS", "setup", "grid_values", "grid_sweeps",
-           "wd_values", "lr_values", "error_matrix", "valley", "tilt_measurement", "convention_twins", "spurious_sweep", "spurious_reliance", "causal_only_accuracy", "select_lambda", "sharing_sweep",
-           "quantization_table", "basin_cells"]
+__all__ = [
+    "Arm",
+    "GRID_ARMS",
+    "TORCH_ARMS",
+    "Setup",
+    "SETTINGS",
+    "setup",
+    "grid_values",
+    "grid_sweeps",
+    "wd_values",
+    "lr_values",
+    "error_matrix",
+    "valley",
+    "tilt_measurement",
+    "convention_twins",
+    "spurious_sweep",
+    "spurious_reliance",
+    "causal_only_accuracy",
+    "select_lambda",
+    "sharing_sweep",
+    "quantization_table",
+    "basin_cells",
+]
 
 
 @dataclass(frozen=True)
@@ -57,9 +77,9 @@ class Arm:
     decay: str
     log_lr: float
     log_wd: float
-    family: str          # "L2" or "decoupled"
-    convention: str      # "coupled", "torch" (lr*lambda per step) or "paper" (lambda per step)
-    lr_step: float | None = None   # decades between learning rates (default: the setup's grid_step)
+    family: str  # "L2" or "decoupled"
+    convention: str  # "coupled", "torch" (lr*lambda per step) or "paper" (lambda per step)
+    lr_step: float | None = None  # decades between learning rates (default: the setup's grid_step)
 
 
 #: The four judged grids. Centres picked from a one-seed pilot on a wider 7x7 grid (the notebook says
@@ -92,12 +112,12 @@ class Setup(Setting):
     grid_channels: int
     grid_steps: int
     grid_batch: int
-    grid_points: int                      # learning rates (columns)
-    grid_step: float                      # decades between grid points, on both axes
-    grid_seeds: int                       # how many training seeds (the seeds come from the notebook)
+    grid_points: int  # learning rates (columns)
+    grid_step: float  # decades between grid points, on both axes
+    grid_seeds: int  # how many training seeds (the seeds come from the notebook)
     grid_wd_points: dict[str, int] = field(default_factory=dict)  # lambdas (rows) by family: "L2", "decoupled"
     grid_momentum: float = 0.9
-    basin_factor: float = 2.0             # a column is in the basin when its best error <= factor * the grid's best
+    basin_factor: float = 2.0  # a column is in the basin when its best error <= factor * the grid's best
     # DEC-4: spurious feature, one-hidden-layer MLP, Adam at one LR, lambda grids per rule
     spur_data: dict[str, Any] = field(default_factory=dict)
     spur_ood_agreement: float = 0.5
@@ -129,23 +149,73 @@ _SPUR_WDS = {"l2": (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "decoupled": (0.0,
 SETTINGS: dict[str, Setup] = {
     # 2 CPU cores. DEC-8: 5 learning rates (2 decades for SGD, 1 for Adam) by 7 lambdas (3 decades), 5 seeds,
     # 400 steps; DEC-5 on 3 seeds (the floor: the time budget)
-    "smoke": Setup("smoke", workers=2, grid_samples=4000, grid_channels=16, grid_steps=400, grid_batch=128,
-                   grid_points=5, grid_step=0.5, grid_seeds=5, grid_wd_points={"L2": 7, "decoupled": 7},
-                   spur_data={"num_train": 500, "num_test": 2000}, spur_wds=_SPUR_WDS, spur_seeds=5,
-                   share_conv={"channels": 16, "kernel": 5}, share_rnn={"hidden": 32, "chunk": 4}, share_seeds=3),
+    "smoke": Setup(
+        "smoke",
+        workers=2,
+        grid_samples=4000,
+        grid_channels=16,
+        grid_steps=400,
+        grid_batch=128,
+        grid_points=5,
+        grid_step=0.5,
+        grid_seeds=5,
+        grid_wd_points={"L2": 7, "decoupled": 7},
+        spur_data={"num_train": 500, "num_test": 2000},
+        spur_wds=_SPUR_WDS,
+        spur_seeds=5,
+        share_conv={"channels": 16, "kernel": 5},
+        share_rnn={"hidden": 32, "chunk": 4},
+        share_seeds=3,
+    ),
     # one GPU: 2.5x the data, twice the channels, 3000 steps, 7 learning rates (3 decades) by 11 or 9 lambdas
-    "full": Setup("full", workers=4, grid_samples=10_000, grid_channels=32, grid_steps=3000, grid_batch=128,
-                  grid_points=7, grid_step=0.5, grid_seeds=5, grid_wd_points={"L2": 11, "decoupled": 9},
-                  spur_data={"num_train": 2000, "num_test": 10_000}, spur_steps=8000, spur_wds=_SPUR_WDS,
-                  spur_seeds=10, share_samples=10_000, share_steps=3000,
-                  share_conv={"channels": 32, "kernel": 5}, share_rnn={"hidden": 64, "chunk": 4}, share_seeds=5),
+    "full": Setup(
+        "full",
+        workers=4,
+        grid_samples=10_000,
+        grid_channels=32,
+        grid_steps=3000,
+        grid_batch=128,
+        grid_points=7,
+        grid_step=0.5,
+        grid_seeds=5,
+        grid_wd_points={"L2": 11, "decoupled": 9},
+        spur_data={"num_train": 2000, "num_test": 10_000},
+        spur_steps=8000,
+        spur_wds=_SPUR_WDS,
+        spur_seeds=10,
+        share_samples=10_000,
+        share_steps=3000,
+        share_conv={"channels": 32, "kernel": 5},
+        share_rnn={"hidden": 64, "chunk": 4},
+        share_seeds=5,
+    ),
     # the unit tests: seconds on one core
-    "test": Setup("test", workers=1, grid_samples=400, grid_channels=4, grid_steps=20, grid_batch=32,
-                  grid_points=3, grid_step=1.0, grid_seeds=1, grid_wd_points={"L2": 3, "decoupled": 3},
-                  spur_data={"num_train": 100, "num_test": 200, "noise_dims": 4}, spur_steps=30, spur_batch=20,
-                  spur_wds={"l2": (0.0, 1e-2), "decoupled": (0.0, 1.0)}, spur_seeds=2, share_samples=400,
-                  share_steps=12, share_batch=20, share_conv={"channels": 2, "kernel": 3}, share_conv_ties=(1, 40),
-                  share_rnn={"hidden": 4, "chunk": 8}, share_rnn_ties=(1, 5), share_seeds=1, quant_bits=(8, 4)),
+    "test": Setup(
+        "test",
+        workers=1,
+        grid_samples=400,
+        grid_channels=4,
+        grid_steps=20,
+        grid_batch=32,
+        grid_points=3,
+        grid_step=1.0,
+        grid_seeds=1,
+        grid_wd_points={"L2": 3, "decoupled": 3},
+        spur_data={"num_train": 100, "num_test": 200, "noise_dims": 4},
+        spur_steps=30,
+        spur_batch=20,
+        spur_wds={"l2": (0.0, 1e-2), "decoupled": (0.0, 1.0)},
+        spur_seeds=2,
+        share_samples=400,
+        share_steps=12,
+        share_batch=20,
+        share_conv={"channels": 2, "kernel": 3},
+        share_conv_ties=(1, 40),
+        share_rnn={"hidden": 4, "chunk": 8},
+        share_rnn_ties=(1, 5),
+        share_seeds=1,
+        quant_bits=(8, 4),
+    ),
 }
 
 
@@ -155,6 +225,7 @@ def setup(scale: str, device: str = "cpu", seed: int = 0) -> Setup:
 
 
 # --- DEC-8: the (lr, lambda) grid --------------------------------------------------------------------
+
 
 def grid_values(s: Setup, centre: float, points: int | None = None, step: float | None = None) -> list[float]:
     """``points`` (default ``grid_points``) values spaced ``step`` (default ``grid_step``) decades apart,
@@ -176,20 +247,37 @@ def wd_values(s: Setup, arm: Arm) -> list[float]:
 
 
 def _grid_base(s: Setup, arm: Arm) -> RunConfig:
-    return RunConfig(data="mnist1d", data_args={"num_samples": s.grid_samples}, model="convnet",
-                     model_args={"channels": [s.grid_channels] * 3, "norm": "batch"}, steps=s.grid_steps,
-                     batch_size=s.grid_batch, lr_schedule={"name": "cosine"},
-                     optimizer={"name": arm.optimizer, "decay": arm.decay,
-                                **({"momentum": s.grid_momentum} if arm.optimizer == "sgd" else {})},
-                     decay_vectors=True, eval_every=s.grid_steps, scale=s.scale)
+    return RunConfig(
+        data="mnist1d",
+        data_args={"num_samples": s.grid_samples},
+        model="convnet",
+        model_args={"channels": [s.grid_channels] * 3, "norm": "batch"},
+        steps=s.grid_steps,
+        batch_size=s.grid_batch,
+        lr_schedule={"name": "cosine"},
+        optimizer={
+            "name": arm.optimizer,
+            "decay": arm.decay,
+            **({"momentum": s.grid_momentum} if arm.optimizer == "sgd" else {}),
+        },
+        decay_vectors=True,
+        eval_every=s.grid_steps,
+        scale=s.scale,
+    )
 
 
 def _store(store: Store | str | None) -> Store:
     return store if isinstance(store, Store) else Store(store)
 
 
-def grid_sweeps(s: Setup, arms: tuple[Arm, ...] = GRID_ARMS, seeds: tuple[int, ...] = (0,), *, device: str = "cpu",
-                store: Store | None = None) -> dict[str, Any]:
+def grid_sweeps(
+    s: Setup,
+    arms: tuple[Arm, ...] = GRID_ARMS,
+    seeds: tuple[int, ...] = (0,),
+    *,
+    device: str = "cpu",
+    store: Store | None = None,
+) -> dict[str, Any]:
     """Every (seed, lr, lambda) of each arm's grid, trained in one pool of ``s.workers`` processes.
 
     Returns ``label -> table`` with the grid's fields, the final metrics and ``test_error`` (1 for a
@@ -197,14 +285,24 @@ def grid_sweeps(s: Setup, arms: tuple[Arm, ...] = GRID_ARMS, seeds: tuple[int, .
     """
     store = _store(store)
     fields = ["seed", "lr", "weight_decay"]
-    plans = {arm.label: expand_grid(_grid_base(s, arm), {"seed": [int(x) for x in seeds],
-                                                         "lr": lr_values(s, arm),
-                                                         "weight_decay": wd_values(s, arm)}) for arm in arms}
-    results = run_many([c for cs in plans.values() for c in cs], store, workers=s.workers, device=device,
-                       desc="lr x wd grids", progress=None)
+    plans = {
+        arm.label: expand_grid(
+            _grid_base(s, arm),
+            {"seed": [int(x) for x in seeds], "lr": lr_values(s, arm), "weight_decay": wd_values(s, arm)},
+        )
+        for arm in arms
+    }
+    results = run_many(
+        [c for cs in plans.values() for c in cs],
+        store,
+        workers=s.workers,
+        device=device,
+        desc="lr x wd grids",
+        progress=None,
+    )
     tables, i = {}, 0
     for label, configs in plans.items():
-        df = results_table(configs, results[i:i + len(configs)], fields)
+        df = results_table(configs, results[i : i + len(configs)], fields)
         i += len(configs)
         df["test_error"] = np.where(df["diverged_at"].notna() | df["val_acc"].isna(), 1.0, 1.0 - df["val_acc"])
         df["arm"] = label
@@ -243,12 +341,19 @@ def valley(lrs: np.ndarray, wds: np.ndarray, err: np.ndarray, basin_factor: floa
             curv = a - 2 * b + c
             if curv > 0:
                 x = lw[i] + float(np.clip(0.5 * (a - c) / curv, -0.5, 0.5)) * (lw[i + 1] - lw[i])
-        best[j] = 10 ** x
+        best[j] = 10**x
     in_basin = col_best <= basin_factor * np.nanmin(err)
     counted = interior & in_basin
     tilt = loglog_slope(lrs[counted], best[counted]) if counted.sum() >= 3 else float("nan")
-    return {"best_wd": best, "counted": counted, "interior": interior, "in_basin": in_basin, "tilt": tilt,
-            "best_error": float(np.nanmin(err)), "columns_counted": int(counted.sum())}
+    return {
+        "best_wd": best,
+        "counted": counted,
+        "interior": interior,
+        "in_basin": in_basin,
+        "tilt": tilt,
+        "best_error": float(np.nanmin(err)),
+        "columns_counted": int(counted.sum()),
+    }
 
 
 def tilt_measurement(table: Any, basin_factor: float = 2.0, *, resamples: int = 1000, seed: int = 0) -> Any:
@@ -270,8 +375,9 @@ def tilt_measurement(table: Any, basin_factor: float = 2.0, *, resamples: int = 
     return Measurement.bootstrap(statistic, units, resamples=resamples, seed=seed, per_seed=per_seed)
 
 
-def convention_twins(s: Setup, tables: dict[str, Any], seed: int, cells: int = 2, *, device: str = "cpu",
-                     store: Store | None = None) -> Any:
+def convention_twins(
+    s: Setup, tables: dict[str, Any], seed: int, cells: int = 2, *, device: str = "cpu", store: Store | None = None
+) -> Any:
     """PyTorch-convention twins of a few paper-convention grid cells (a float32 cross-check of DEC-9).
 
     For each decoupled arm of ``tables`` with a twin in :data:`TORCH_ARMS`, the ``cells`` cells of
@@ -285,12 +391,19 @@ def convention_twins(s: Setup, tables: dict[str, Any], seed: int, cells: int = 2
         if label not in TORCH_ARMS:
             continue
         mean = table.groupby(["lr", "weight_decay"])["test_error"].mean().nsmallest(cells)
-        for (lr, wd) in mean.index:
+        for lr, wd in mean.index:
             paper = table[(table["seed"] == seed) & (table["lr"] == lr) & (table["weight_decay"] == wd)]
             cfg = _grid_base(s, TORCH_ARMS[label]).replace(seed=int(seed), lr=float(lr), weight_decay=float(wd / lr))
             configs.append(cfg)
-            rows.append({"arm": label, "lr": float(lr), "weight_decay_paper": float(wd),
-                         "weight_decay_torch": float(wd / lr), "test_error_paper": float(paper["test_error"].iloc[0])})
+            rows.append(
+                {
+                    "arm": label,
+                    "lr": float(lr),
+                    "weight_decay_paper": float(wd),
+                    "weight_decay_torch": float(wd / lr),
+                    "test_error_paper": float(paper["test_error"].iloc[0]),
+                }
+            )
     results = run_many(configs, _store(store), workers=s.workers, device=device, desc="convention twins", progress=None)
     for row, r in zip(rows, results):
         row["test_error_torch"] = 1.0 if r.diverged else 1.0 - float(r.final["val_acc"])
@@ -306,11 +419,22 @@ def basin_cells(table: Any, basin_factor: float = 2.0) -> Any:
 
 # --- DEC-4: a spurious feature -------------------------------------------------------------------------
 
+
 def _spur_base(s: Setup, decay: str) -> RunConfig:
-    return RunConfig(data="spurious", data_args=dict(s.spur_data), model="mlp",
-                     model_args={"width": s.spur_width, "depth": 1}, steps=s.spur_steps, batch_size=s.spur_batch,
-                     optimizer={"name": "adam", "decay": decay}, lr=s.spur_lr, lr_schedule={"name": "cosine"},
-                     decay_vectors=False, eval_every=s.spur_steps, scale=s.scale)
+    return RunConfig(
+        data="spurious",
+        data_args=dict(s.spur_data),
+        model="mlp",
+        model_args={"width": s.spur_width, "depth": 1},
+        steps=s.spur_steps,
+        batch_size=s.spur_batch,
+        optimizer={"name": "adam", "decay": decay},
+        lr=s.spur_lr,
+        lr_schedule={"name": "cosine"},
+        decay_vectors=False,
+        eval_every=s.spur_steps,
+        scale=s.scale,
+    )
 
 
 def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cpu", store: Store | None = None) -> Any:
@@ -323,9 +447,12 @@ def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cp
     import pandas as pd
 
     store = _store(store)
-    configs = [_spur_base(s, decay).replace(seed=sd, weight_decay=float(wd),
-                                            data_args={**s.spur_data, "seed": sd})
-               for decay in ("l2", "decoupled") for sd in map(int, seeds) for wd in s.spur_wds[decay]]
+    configs = [
+        _spur_base(s, decay).replace(seed=sd, weight_decay=float(wd), data_args={**s.spur_data, "seed": sd})
+        for decay in ("l2", "decoupled")
+        for sd in map(int, seeds)
+        for wd in s.spur_wds[decay]
+    ]
     results = run_many(configs, store, workers=s.workers, device=device, desc="spurious-feature sweep", progress=None)
     df = results_table(configs, results, ["decay", "seed", "weight_decay"])
     rows = []
@@ -359,8 +486,12 @@ def spurious_reliance(model: torch.nn.Module, cfg: RunConfig, ood_agreement: flo
     for name, changes in (("id_acc", {}), ("ood_acc", {"test_agreement": ood_agreement, "test_draw": 1})):
         ds = spurious(**{**cfg.data_args, **changes})
         accs[name] = float((model(ds.x_test).argmax(-1) == ds.y_test).double().mean())
-    return {"w_causal": float(cols[0]), "w_spurious": float(cols[1]),
-            "spurious_ratio": float(cols[1] / cols[0]), **accs}
+    return {
+        "w_causal": float(cols[0]),
+        "w_spurious": float(cols[1]),
+        "spurious_ratio": float(cols[1] / cols[0]),
+        **accs,
+    }
 
 
 def select_lambda(table: Any, decay: str, metric: str = "id_acc") -> float:
@@ -375,28 +506,48 @@ def select_lambda(table: Any, decay: str, metric: str = "id_acc") -> float:
 #: for the RNN its input weights, every group used exactly ``tie`` times), the RNN's recurrent weights
 #: ("recurrent", reported apart: at step 0 they multiply h_0 = 0 and get no data gradient), and the head
 #: (used once in every model: the control)
-_PROBED = {"tiedconv": [("tied.weight", "tied"), ("head.weight", "head")],
-           "tiedrnn": [("w_x", "tied"), ("w_h", "recurrent"), ("head.weight", "head")]}
+_PROBED = {
+    "tiedconv": [("tied.weight", "tied"), ("head.weight", "head")],
+    "tiedrnn": [("w_x", "tied"), ("w_h", "recurrent"), ("head.weight", "head")],
+}
 
 
 def _share_base(s: Setup, model: str, decay: str) -> RunConfig:
     args = dict(s.share_conv if model == "tiedconv" else s.share_rnn)
     window = max(s.share_steps // 3, 1)
-    return RunConfig(data="mnist1d", data_args={"num_samples": s.share_samples}, model=model, model_args=args,
-                     steps=s.share_steps, batch_size=s.share_batch, optimizer={"name": "adam", "decay": decay},
-                     lr=s.share_lr,
-                     weight_decay=s.share_wd, decay_vectors=False, dtype="float64", eval_every=s.share_steps,
-                     probes=[{"name": "shrinkage", "start": s.share_steps - window,
-                              "tensors": [name for name, _ in _PROBED[model]]}],
-                     scale=s.scale)
+    return RunConfig(
+        data="mnist1d",
+        data_args={"num_samples": s.share_samples},
+        model=model,
+        model_args=args,
+        steps=s.share_steps,
+        batch_size=s.share_batch,
+        optimizer={"name": "adam", "decay": decay},
+        lr=s.share_lr,
+        weight_decay=s.share_wd,
+        decay_vectors=False,
+        dtype="float64",
+        eval_every=s.share_steps,
+        probes=[
+            {"name": "shrinkage", "start": s.share_steps - window, "tensors": [name for name, _ in _PROBED[model]]}
+        ],
+        scale=s.scale,
+    )
 
 
-def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn"), seeds: tuple[int, ...] = (0,), *,
-                  device: str = "cpu", store: Store | None = None) -> Any:
+def sharing_sweep(
+    s: Setup,
+    model: str | tuple[str, ...] = ("tiedconv", "tiedrnn"),
+    seeds: tuple[int, ...] = (0,),
+    *,
+    device: str = "cpu",
+    store: Store | None = None,
+) -> Any:
     """Adam+L2 and AdamW on ``model`` ("tiedconv", "tiedrnn" or both) for each sharing factor and seed, in
     one pool of ``s.workers`` processes.
 
-    One row per run and tensor group: ``group`` ("tied", "recurrent" for the RNN, or "head"), the median and mean relative
+    One row per run and tensor group: ``group`` ("tied", "recurrent" for the RNN, or "head"), the median and mean
+    relative
     shrinkage (the per-step decay rate divided by ``lr*lambda``; 1 is AdamW's rate) of its weights over
     the last third of training, measured by :class:`wdlib.diagnostics.ShrinkageProbe` in float64.
     """
@@ -411,10 +562,12 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
         ties = s.share_conv_ties if m == "tiedconv" else s.share_rnn_ties
         for decay in ("l2", "decoupled"):
             base = _share_base(s, m, decay)
-            configs += [base.replace(seed=sd, model_args={**base.model_args, "tie": t})
-                        for sd in map(int, seeds) for t in ties]
-    results = run_many(configs, _store(store), workers=s.workers, device=device,
-                       desc="weight-sharing sweep", progress=None)
+            configs += [
+                base.replace(seed=sd, model_args={**base.model_args, "tie": t}) for sd in map(int, seeds) for t in ties
+            ]
+    results = run_many(
+        configs, _store(store), workers=s.workers, device=device, desc="weight-sharing sweep", progress=None
+    )
     rows = []
     for cfg, r in zip(configs, results):
         named = dict(r.model().named_parameters())  # (their shapes)
@@ -422,22 +575,33 @@ def sharing_sweep(s: Setup, model: str | tuple[str, ...] = ("tiedconv", "tiedrnn
         start = 0
         for name, group in _PROBED[cfg.model]:
             size = named[name].numel()
-            values = rel[start:start + size]
+            values = rel[start : start + size]
             start += size
             if name == "w_h" and cfg.model_args["tie"] == 1:
-                values = values[named[name][0].numel():]  # the step-0 weights never see a data gradient
-            rows.append({"model": cfg.model, "decay": cfg.optimizer["decay"], "seed": cfg.seed,
-                         "tie": int(cfg.model_args["tie"]),
-                         "group": group, "weights": int(values.size), "median": float(np.median(values)),
-                         "mean": float(np.mean(values)), "test_acc": r.final["val_acc"]})
+                values = values[named[name][0].numel() :]  # the step-0 weights never see a data gradient
+            rows.append(
+                {
+                    "model": cfg.model,
+                    "decay": cfg.optimizer["decay"],
+                    "seed": cfg.seed,
+                    "tie": int(cfg.model_args["tie"]),
+                    "group": group,
+                    "weights": int(values.size),
+                    "median": float(np.median(values)),
+                    "mean": float(np.mean(values)),
+                    "test_acc": r.final["val_acc"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # --- DEC-6: quantization ---------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...] | None = None,
-                       store: Store | None = None) -> Any:
+def quantization_table(
+    s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...] | None = None, store: Store | None = None
+) -> Any:
     """Quantize the stored models of the grid rows in ``tables`` (label -> grid table) and evaluate them.
 
     One row per model, bit width and granularity ("tensor", "channel"): float and quantized test accuracy
@@ -459,8 +623,10 @@ def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...
             cfg = base.replace(seed=int(row["seed"]), lr=float(row["lr"]), weight_decay=float(row["weight_decay"]))
             r = stored.get(cfg)
             if r is None:
-                raise RuntimeError(f"run {cfg.key()} ({label}, seed {cfg.seed}, lr {cfg.lr:g}, lambda "
-                                   f"{cfg.weight_decay:g}) is not in the store at {stored.root}: run grid_sweeps first")
+                raise RuntimeError(
+                    f"run {cfg.key()} ({label}, seed {cfg.seed}, lr {cfg.lr:g}, lambda "
+                    f"{cfg.weight_decay:g}) is not in the store at {stored.root}: run grid_sweeps first"
+                )
             if data is None:
                 data = build_data(cfg)
             model = r.model(data=data).float()
@@ -469,10 +635,22 @@ def quantization_table(s: Setup, tables: dict[str, Any], *, bits: tuple[int, ...
                 for gran in ("tensor", "channel"):
                     model.load_state_dict(quantize_state(r.model_state, b, gran))
                     q_loss, q_acc = evaluate(model, data.eval_batches("test"))
-                    dist = torch.cat([grid_distance(v, b, gran).reshape(-1) for k, v in r.model_state.items()
-                                      if quantizable(k, v)])
-                    rows.append({"arm": label, "seed": int(row["seed"]), "lr": float(row["lr"]),
-                                 "weight_decay": float(row["weight_decay"]), "bits": b, "granularity": gran,
-                                 "float_acc": f_acc, "quant_acc": q_acc, "acc_drop": f_acc - q_acc,
-                                 "loss_rise": q_loss - f_loss, "grid_distance": float(dist.mean())})
+                    dist = torch.cat(
+                        [grid_distance(v, b, gran).reshape(-1) for k, v in r.model_state.items() if quantizable(k, v)]
+                    )
+                    rows.append(
+                        {
+                            "arm": label,
+                            "seed": int(row["seed"]),
+                            "lr": float(row["lr"]),
+                            "weight_decay": float(row["weight_decay"]),
+                            "bits": b,
+                            "granularity": gran,
+                            "float_acc": f_acc,
+                            "quant_acc": q_acc,
+                            "acc_drop": f_acc - q_acc,
+                            "loss_rise": q_loss - f_loss,
+                            "grid_distance": float(dist.mean()),
+                        }
+                    )
     return pd.DataFrame(rows)

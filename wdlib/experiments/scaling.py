@@ -21,30 +21,43 @@ from ..config import RunConfig
 from ..runs import Store, sweep
 from ._scaffold import Setting, pick_settings
 
-__all__ = ["Setup", "SETTINGS", "setup", "data_size_sweep", "width_sweep", "best_index", "tau_epoch_star",
-           "loss_grid", "refined_index", "optimum_log2", "tau_log2_spread", "lambda_exponent", "tau_log2_over_epochs",
-           "lr_drift"]
+__all__ = [
+    "Setup",
+    "SETTINGS",
+    "setup",
+    "data_size_sweep",
+    "width_sweep",
+    "best_index",
+    "tau_epoch_star",
+    "loss_grid",
+    "refined_index",
+    "optimum_log2",
+    "tau_log2_spread",
+    "lambda_exponent",
+    "tau_log2_over_epochs",
+    "lr_drift",
+]
 
 
 @dataclass(frozen=True)
 class Setup(Setting):
     """Sizes of one scale."""
 
-    pool: int                       # MNIST-1D samples drawn once (80% train, 20% the shared test set)
-    sizes: tuple[int, ...]          # SCALE-1 training-set sizes, nested subsets of the pool's train split
-    lams: tuple[float, ...]         # SCALE-1 lambda grid (factor 2)
-    size_seeds: int                 # SCALE-1/2 training seeds (count)
+    pool: int  # MNIST-1D samples drawn once (80% train, 20% the shared test set)
+    sizes: tuple[int, ...]  # SCALE-1 training-set sizes, nested subsets of the pool's train split
+    lams: tuple[float, ...]  # SCALE-1 lambda grid (factor 2)
+    size_seeds: int  # SCALE-1/2 training seeds (count)
     width: int
     lr: float
     batch_size: int
     epochs: int
-    widths: tuple[int, ...]         # SCALE-3
+    widths: tuple[int, ...]  # SCALE-3
     base_width: int
-    base_lrs: tuple[float, ...]     # SCALE-3 base LR grid (factor 2)
-    mup_size: int                   # SCALE-3 (the muP width sweep): training-set size
+    base_lrs: tuple[float, ...]  # SCALE-3 base LR grid (factor 2)
+    mup_size: int  # SCALE-3 (the muP width sweep): training-set size
     mup_epochs: int
-    mup_lambda: float               # hidden and readout lambda at base_width
-    mup_seeds: int                  # SCALE-3 training seeds (count)
+    mup_lambda: float  # hidden and readout lambda at base_width
+    mup_seeds: int  # SCALE-3 training seeds (count)
     workers: int
 
 
@@ -53,17 +66,64 @@ def _grid(start: float, n: int) -> tuple[float, ...]:
 
 
 SETTINGS: dict[str, Setup] = {
-    "smoke": Setup("smoke", pool=10_000, sizes=(2000, 4000, 8000), lams=_grid(0.125, 7), size_seeds=3, width=256,
-                   lr=1e-3, batch_size=128, epochs=40, widths=(64, 128, 256, 512), base_width=64,
-                   base_lrs=_grid(2e-3, 6), mup_size=4000, mup_epochs=60, mup_lambda=1.0, mup_seeds=3, workers=2),
-    "full": Setup("full", pool=200_000, sizes=(10_000, 20_000, 40_000, 80_000, 160_000), lams=_grid(0.015625, 10),
-                  size_seeds=5, width=1024, lr=1e-3, batch_size=128, epochs=40, widths=(128, 256, 512, 1024, 2048),
-                  base_width=128, base_lrs=_grid(1e-3, 7), mup_size=40_000, mup_epochs=60, mup_lambda=1.0,
-                  mup_seeds=5, workers=1),
+    "smoke": Setup(
+        "smoke",
+        pool=10_000,
+        sizes=(2000, 4000, 8000),
+        lams=_grid(0.125, 7),
+        size_seeds=3,
+        width=256,
+        lr=1e-3,
+        batch_size=128,
+        epochs=40,
+        widths=(64, 128, 256, 512),
+        base_width=64,
+        base_lrs=_grid(2e-3, 6),
+        mup_size=4000,
+        mup_epochs=60,
+        mup_lambda=1.0,
+        mup_seeds=3,
+        workers=2,
+    ),
+    "full": Setup(
+        "full",
+        pool=200_000,
+        sizes=(10_000, 20_000, 40_000, 80_000, 160_000),
+        lams=_grid(0.015625, 10),
+        size_seeds=5,
+        width=1024,
+        lr=1e-3,
+        batch_size=128,
+        epochs=40,
+        widths=(128, 256, 512, 1024, 2048),
+        base_width=128,
+        base_lrs=_grid(1e-3, 7),
+        mup_size=40_000,
+        mup_epochs=60,
+        mup_lambda=1.0,
+        mup_seeds=5,
+        workers=1,
+    ),
     # the unit tests: seconds on one core
-    "test": Setup("test", pool=1000, sizes=(200, 400), lams=_grid(0.125, 3), size_seeds=2, width=16, lr=1e-3,
-                  batch_size=32, epochs=2, widths=(8, 16), base_width=8, base_lrs=_grid(2e-3, 3), mup_size=200,
-                  mup_epochs=2, mup_lambda=1.0, mup_seeds=2, workers=1),
+    "test": Setup(
+        "test",
+        pool=1000,
+        sizes=(200, 400),
+        lams=_grid(0.125, 3),
+        size_seeds=2,
+        width=16,
+        lr=1e-3,
+        batch_size=32,
+        epochs=2,
+        widths=(8, 16),
+        base_width=8,
+        base_lrs=_grid(2e-3, 3),
+        mup_size=200,
+        mup_epochs=2,
+        mup_lambda=1.0,
+        mup_seeds=2,
+        workers=1,
+    ),
 }
 
 
@@ -73,14 +133,25 @@ def setup(scale: str, device: str = "cpu", seed: int = 0) -> Setup:
 
 
 def _base(s: Setup, size: int, epochs: int, width: int, **changes: Any) -> RunConfig:
-    return RunConfig(data="mnist1d", data_args={"num_samples": s.pool}, subset=size, data_seed=0, model="mlp",
-                     model_args={"width": width, "depth": 2}, optimizer={"name": "adam", "decay": "decoupled"},
-                     steps=epochs * size // s.batch_size, batch_size=s.batch_size, scale=s.scale,
-                     divergence_factor=1e6, **changes)
+    return RunConfig(
+        data="mnist1d",
+        data_args={"num_samples": s.pool},
+        subset=size,
+        data_seed=0,
+        model="mlp",
+        model_args={"width": width, "depth": 2},
+        optimizer={"name": "adam", "decay": "decoupled"},
+        steps=epochs * size // s.batch_size,
+        batch_size=s.batch_size,
+        scale=s.scale,
+        divergence_factor=1e6,
+        **changes,
+    )
 
 
-def data_size_sweep(s: Setup, sizes: tuple[int, ...], seeds: tuple[int, ...], *, device: str = "cpu",
-                    store: Store | None = None) -> Any:
+def data_size_sweep(
+    s: Setup, sizes: tuple[int, ...], seeds: tuple[int, ...], *, device: str = "cpu", store: Store | None = None
+) -> Any:
     """SCALE-1: test loss for every (size, lambda, seed), AdamW at ``s.lr`` for ``s.epochs`` epochs at every size.
 
     Decay on weight matrices only. Returns a DataFrame with columns size, weight_decay, seed, val_loss,
@@ -90,15 +161,24 @@ def data_size_sweep(s: Setup, sizes: tuple[int, ...], seeds: tuple[int, ...], *,
 
     tables = []
     for size in sizes:
-        t = sweep(_base(s, size, s.epochs, s.width, lr=s.lr), {"weight_decay": list(s.lams), "seed": list(seeds)},
-                  store, workers=s.workers, device=device, desc=f"data size {size}", progress=None)
+        t = sweep(
+            _base(s, size, s.epochs, s.width, lr=s.lr),
+            {"weight_decay": list(s.lams), "seed": list(seeds)},
+            store,
+            workers=s.workers,
+            device=device,
+            desc=f"data size {size}",
+            progress=None,
+        )
         t["size"] = size
         t["steps"] = s.epochs * size // s.batch_size
         tables.append(t)
     return pd.concat(tables, ignore_index=True)
 
 
-def width_sweep(s: Setup, decay: str, seeds: tuple[int, ...], *, device: str = "cpu", store: Store | None = None) -> Any:
+def width_sweep(
+    s: Setup, decay: str, seeds: tuple[int, ...], *, device: str = "cpu", store: Store | None = None
+) -> Any:
     """SCALE-3: test loss for every (width, base LR, seed) under muP, hidden weight decay ``decay``.
 
     ``decay="scaled"``: hidden and readout lambda = mup_lambda * width/base_width (lr*lambda fixed);
@@ -109,10 +189,23 @@ def width_sweep(s: Setup, decay: str, seeds: tuple[int, ...], *, device: str = "
 
     tables = []
     for width in s.widths:
-        base = _base(s, s.mup_size, s.mup_epochs, width, weight_decay=s.mup_lambda,
-                     mup={"base_width": s.base_width, "decay": decay, "zero_readout": True})
-        t = sweep(base, {"lr": list(s.base_lrs), "seed": list(seeds)}, store, workers=s.workers,
-                  device=device, desc=f"width {width}, {decay} decay", progress=None)
+        base = _base(
+            s,
+            s.mup_size,
+            s.mup_epochs,
+            width,
+            weight_decay=s.mup_lambda,
+            mup={"base_width": s.base_width, "decay": decay, "zero_readout": True},
+        )
+        t = sweep(
+            base,
+            {"lr": list(s.base_lrs), "seed": list(seeds)},
+            store,
+            workers=s.workers,
+            device=device,
+            desc=f"width {width}, {decay} decay",
+            progress=None,
+        )
         t["width"] = width
         tables.append(t)
     out = pd.concat(tables, ignore_index=True)
@@ -130,8 +223,10 @@ def best_index(table: Any, group: str, knob: str, values: tuple[float, ...]) -> 
     t.loc[t["diverged_at"].notna(), "val_loss"] = np.inf
     for g, sub in t.groupby(group):
         mean = sub.groupby(knob)["val_loss"].mean().reindex(list(values))
-        per_seed = [int(np.argmin(seed_t.set_index(knob)["val_loss"].reindex(list(values)).to_numpy()))
-                    for _, seed_t in sub.groupby("seed")]
+        per_seed = [
+            int(np.argmin(seed_t.set_index(knob)["val_loss"].reindex(list(values)).to_numpy()))
+            for _, seed_t in sub.groupby("seed")
+        ]
         out[g] = {"best": int(np.argmin(mean.to_numpy())), "per_seed": per_seed, "mean_loss": mean.to_numpy()}
     return out
 
@@ -141,7 +236,9 @@ def tau_epoch_star(s: Setup, size: int, lam: float) -> float:
     return s.batch_size / (s.lr * lam * size)
 
 
-def loss_grid(table: Any, group: str, knob: str, groups: tuple[Any, ...], values: tuple[float, ...]) -> list[np.ndarray]:
+def loss_grid(
+    table: Any, group: str, knob: str, groups: tuple[Any, ...], values: tuple[float, ...]
+) -> list[np.ndarray]:
     """Per seed (in sorted order), the test losses as a ``len(groups) x len(values)`` array; diverged or
     missing runs are ``inf`` (infinitely bad). The list is the unit of a bootstrap over seeds."""
     t = table.copy()
@@ -181,7 +278,8 @@ def _log2_tau(s: Setup, units: list[np.ndarray], sizes: tuple[int, ...]) -> np.n
 
 
 def tau_log2_spread(s: Setup, units: list[np.ndarray], sizes: tuple[int, ...]) -> float:
-    """SCALE-1: max - min over sizes of log2(best tau_epoch), in factor-2 grid steps (NaN if any optimum is undefined)."""
+    """SCALE-1: max - min over sizes of log2(best tau_epoch), in factor-2 grid steps (NaN if any optimum is
+    undefined)."""
     t = _log2_tau(s, units, sizes)
     return float(t.max() - t.min()) if np.all(np.isfinite(t)) else float("nan")
 
