@@ -4,40 +4,45 @@
 
 Reads the source with :mod:`ast` (nothing is imported), so it also reports on an older checkout. Every
 import of a wdlib module counts, at the top of a module or inside a function. The layers are those of the
-import-linter contracts in pyproject.toml: core (torch and numpy), engine (data, models, training, the
-run store, the CLI), book (claims, plots, chapters); a module that none names counts as engine.
+import-linter layers contract in pyproject.toml (read from there): core (torch and numpy), engine (data,
+models, training, the run store, the CLI), book (claims, plots, chapters); a module it does not name counts
+as engine.
 """
 
 from __future__ import annotations
 
 import ast
 import sys
+import tomllib
 from pathlib import Path
 
-BOOK = ("experiments", "claims", "plotting", "stats")
-CORE = (
-    "_checks",
-    "_registry",
-    "_version",
-    "rounding",
-    "optim",
-    "precision",
-    "schedules",
-    "timescale",
-    "params",
-    "hessian",
-    "diagnostics",
-    "ema",
-    "quantize",
-    "runtime",
-    "__init__",
-)
+ROOT = Path(__file__).resolve().parents[1]
+LAYER_NAMES = ("book", "engine", "core")  # top to bottom, as the layers contract lists them
 RANK = {"core": 0, "engine": 1, "book": 2}
 
 
-def layer(module: str) -> str:
-    top = module.split(".")[1] if "." in module else "__init__"
-    return "book" if top in BOOK else "core" if top in CORE else "engine"
+def contract_layers(pyproject: Path = ROOT / "pyproject.toml") -> dict[str, str]:
+    """``{module: layer}`` from the import-linter layers contract in ``pyproject.toml`` (the one place the layers
+    are written): its first line is the book, then the engine, then the core; optional ``(module)`` entries count."""
+    contracts = tomllib.loads(pyproject.read_text())["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    out = {}
+    for name, line in zip(LAYER_NAMES, layers):
+        for module in line.split(":"):
+            out[module.strip().strip("()")] = name
+    return out
+
+
+def layer(module: str, layers: dict[str, str]) -> str:
+    """The layer of ``module``: that of the contract's entry it is (or lies inside); the package's own
+    ``__init__`` is the core (``import wdlib`` loads the core only); anything unnamed counts as engine."""
+    if module == "wdlib":
+        return "core"
+    parts = module.split(".")
+    for n in range(len(parts), 1, -1):
+        if ".".join(parts[:n]) in layers:
+            return layers[".".join(parts[:n])]
+    return "engine"
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -60,6 +65,7 @@ def resolve(importer: str, is_package: bool, node: ast.ImportFrom | ast.Import) 
 
 
 def main(root: Path) -> None:
+    layers = contract_layers()
     modules = {module_name(root, p): p for p in sorted(root.rglob("*.py"))}
     edges: dict[str, set[str]] = {m: set() for m in modules}
     nested: list[tuple[str, int, str]] = []
@@ -82,7 +88,7 @@ def main(root: Path) -> None:
                         p = parents.get(p)
                     if p is not None:
                         nested.append((mod, node.lineno, target))
-    upward = sorted((a, b) for a, bs in edges.items() for b in bs if RANK[layer(b)] > RANK[layer(a)])
+    upward = sorted((a, b) for a, bs in edges.items() for b in bs if RANK[layer(b, layers)] > RANK[layer(a, layers)])
     # cycles: strongly connected components of more than one module (Tarjan)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -115,13 +121,13 @@ def main(root: Path) -> None:
     # a package imports its submodules and they import it back only through __init__: not a design cycle
     print(f"modules: {len(modules)}  imports between them: {sum(map(len, edges.values()))}")
     for name in RANK:
-        print(f"  {name}: {', '.join(sorted(m for m in modules if layer(m) == name))}")
+        print(f"  {name}: {', '.join(sorted(m for m in modules if layer(m, layers) == name))}")
     print(f"import cycles (strongly connected groups): {len(sccs)}")
     for comp in sccs:
         print("  " + " <-> ".join(comp))
     print(f"upward imports (a lower layer importing a higher one): {len(upward)}")
     for a, b in upward:
-        print(f"  {a} ({layer(a)}) -> {b} ({layer(b)})")
+        print(f"  {a} ({layer(a, layers)}) -> {b} ({layer(b, layers)})")
     print(f"function-level imports of wdlib modules: {len(nested)}")
     for mod, line, target in nested:
         print(f"  {mod}:{line} -> {target}")
@@ -131,4 +137,4 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "wdlib").resolve())
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "wdlib").resolve())
