@@ -79,14 +79,17 @@ _CORE_ONLY = textwrap.dedent("""
     model(torch.ones(3, 4)).sum().backward()
     opt.step()
     print("core ok", wdlib.tau_iter(lr=1e-3, weight_decay=0.1))
+    # the `wdlib` command is installed with the core: its timescale calculator needs nothing more
+    from wdlib.cli import main
+    main(["tau", "--lr", "1e-3", "--weight-decay", "0.1", "--dataset-size", "50000", "--batch-size", "128"])
 """)
 
 
-def test_the_core_imports_and_steps_with_torch_and_numpy_alone():
+def test_the_core_and_the_timescale_command_work_with_torch_and_numpy_alone():
     code = f"CORE = {CORE!r}\n" + _CORE_ONLY
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "core ok" in out.stdout
+    assert "core ok" in out.stdout and "tau_epoch = 25.6 epochs" in out.stdout
 
 
 def test_the_core_is_the_bottom_layer_and_every_module_has_a_layer():

@@ -10,6 +10,7 @@ import nbformat
 import numpy as np
 import pytest
 import yaml
+from papermill.translators import PythonTranslator
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -47,6 +48,11 @@ def test_first_code_cell_is_the_parameters_cell_then_validated(nb_path):
     ns: dict = {}
     exec(params[0].source, ns)  # plain assignments only  # noqa: S102
     assert ns["scale"] == "smoke" and ns["device"] == "auto" and ns["seed"] == 0
+    # papermill reads the same three (a comment it cannot parse, such as one holding "=", hides a parameter
+    # from `papermill --help-notebook` and makes it warn "unknown parameter" when the book passes it)
+    assert [p.name for p in PythonTranslator.inspect(params[0])] == ["scale", "device", "seed"]
+    # the Colab install cell installs the book layer, which the chapters import
+    assert any('"wdlib[book] @ git+' in c.source for c in code)
     # next: the Colab install cell (tagged "colab", a no-op elsewhere), then the cell that validates
     rest = [c for c in code[1:] if "colab" not in c.metadata.get("tags", [])]
     assert "check_parameters(" in rest[0].source, "the first cell after the parameters must validate them"

@@ -284,7 +284,7 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     s = llm.setup("test")
     store = Store(tmp_path)
     runs = llm.run_plan(s, store=store)
-    assert {k: len(v) for k, v in runs.items()} == {"main": 2, "ln": 1, "o6": 3, "o7": 9}
+    assert {k: len(v) for k, v in runs.items()} == {"main": 2, "ln": 1, "ladder": 3, "bf16_pure": 9}
     main = runs["main"]
     r = main[(0.0, 0)]
     assert "ema_val_loss" in r.history and "relative_update/ratio" in r.probes and s.ft_from in r.snapshots
@@ -303,19 +303,21 @@ def test_chapter_plan_runs_at_test_scale(tmp_path):
     # the LayerNorm arm decays the gains, the main arm does not
     ln = runs["ln"][(1.0, 0)]
     assert ln.config["decay_vectors"] and not main[(1.0, 0)].config["decay_vectors"]
-    assert "diag/attn_logit_max" in runs["o6"][(2e-2, "fp32", 0.0, 0)].history
+    assert "diag/attn_logit_max" in runs["ladder"][(2e-2, "fp32", 0.0, 0)].history
     # LLM-7 arms: torch's AdamW on bf16 weights, and wdlib's with each remedy
-    assert runs["o7"][("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].config["optimizer"]["name"] == "torch.adamw"
-    assert runs["o7"][("bf16-pure", "adam", "kahan", 1.0, 0)].config["optimizer"]["bf16_update"] == "kahan"
-    shares = llm.shrink_shares(s, runs["o7"])
-    assert list(shares["arm"]) == list(llm.O7_PAIRS) and set(shares["seed"]) == {0}
+    assert (
+        runs["bf16_pure"][("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].config["optimizer"]["name"] == "torch.adamw"
+    )
+    assert runs["bf16_pure"][("bf16-pure", "adam", "kahan", 1.0, 0)].config["optimizer"]["bf16_update"] == "kahan"
+    shares = llm.shrink_shares(s, runs["bf16_pure"])
+    assert list(shares["arm"]) == list(llm.BF16_PURE_PAIRS) and set(shares["seed"]) == {0}
     f32 = shares.set_index("arm").loc["float32"]
     assert f32["shrink_vs_float32"] == pytest.approx(1.0) and f32["val_minus_float32"] == 0.0
     tq = shares.set_index("arm").loc["bf16, torch AdamW"]
-    o7 = runs["o7"]
+    bf16_pure = runs["bf16_pure"]
     expected = 1 - (
-        o7[("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].final["weight_norm/decay"]
-        / o7[("bf16-pure", "torch.adamw", "nearest", 0.0, 0)].final["weight_norm/decay"]
+        bf16_pure[("bf16-pure", "torch.adamw", "nearest", 1.0, 0)].final["weight_norm/decay"]
+        / bf16_pure[("bf16-pure", "torch.adamw", "nearest", 0.0, 0)].final["weight_norm/decay"]
     )
     assert tq["shrink"] == pytest.approx(expected) and tq["shrink_vs_float32"] == pytest.approx(
         expected / f32["shrink"]
@@ -342,10 +344,10 @@ def test_plan_takes_its_training_seeds_from_the_caller():
     seeds = tuple(1000 + i for i in range(llm.seed_count(s)))
     p = llm.plan(s, seeds)
     assert {k[1] for k in p["main"]} == set(seeds[: s.n_seeds]) == {k[1] for k in p["ln"]}
-    assert {k[-1] for k in p["o6"]} == set(seeds[: s.ladder_n_seeds])
-    assert {k[-1] for k in p["o7"]} == set(seeds[: s.bf16_pure_n_seeds])
-    assert all(cfg.seed == k[-1] for section in ("main", "ln", "o6", "o7") for k, cfg in p[section].items())
-    assert len(p["o7"]) == 9 * s.bf16_pure_n_seeds
+    assert {k[-1] for k in p["ladder"]} == set(seeds[: s.ladder_n_seeds])
+    assert {k[-1] for k in p["bf16_pure"]} == set(seeds[: s.bf16_pure_n_seeds])
+    assert all(cfg.seed == k[-1] for section in ("main", "ln", "ladder", "bf16_pure") for k, cfg in p[section].items())
+    assert len(p["bf16_pure"]) == 9 * s.bf16_pure_n_seeds
     # the default seeds are 0, 1, ...: the same runs (same keys) as the notebook's base seed 0
     assert llm.plan(s)["main"][(0.0, 0)].key() == llm.plan(s, range(llm.seed_count(s)))["main"][(0.0, 0)].key()
     with pytest.raises(ValueError, match="distinct seeds"):
@@ -407,9 +409,9 @@ def test_llm_precision_policy(monkeypatch):
     p = llm.plan(smoke)
     assert {c.precision for c in p["main"].values()} == {c.precision for c in p["ln"].values()} == {"fp32"}
     # the claims about bfloat16 keep their arms, and everything else of their runs is as before
-    assert {k[1] for k in p["o6"]} == {"bf16-autocast", "fp32"}
-    assert {c.precision for c in p["o6"].values()} == {"bf16-autocast", "fp32"}
-    assert {c.precision for c in p["o7"].values()} == {"bf16-pure", "fp32"}
+    assert {k[1] for k in p["ladder"]} == {"bf16-autocast", "fp32"}
+    assert {c.precision for c in p["ladder"].values()} == {"bf16-autocast", "fp32"}
+    assert {c.precision for c in p["bf16_pure"].values()} == {"bf16-pure", "fp32"}
     cfg = p["main"][(smoke.wds[1], 0)]
     assert (
         cfg.replace(precision="bf16-autocast").to_dict()

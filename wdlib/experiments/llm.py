@@ -61,7 +61,7 @@ __all__ = [
     "divergence_ratio",
     "crossing_strength",
     "consecutive_ratios",
-    "O7_PAIRS",
+    "BF16_PURE_PAIRS",
     "shrink_shares",
     "per_seed",
     "SMALL_DECAY",
@@ -364,12 +364,12 @@ def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[
 
     ``main`` (LLM-1 to LLM-4): ``(wd, seed)``, with EMA, the relative-update probe, the Adam effective
     LR, the seen/unseen measure and a snapshot at ``ft_from``. ``ln`` (LLM-5): ``(wd, seed)`` with
-    LayerNorm gains decayed too. ``o6`` (LLM-6): ``(lr, precision, wd, seed)``, constant LR after
-    warmup, attention logits recorded. ``o7`` (LLM-7): ``(precision, optimizer, bf16_update, wd, seed)``.
+    LayerNorm gains decayed too. ``ladder`` (LLM-6): ``(lr, precision, wd, seed)``, constant LR after
+    warmup, attention logits recorded. ``bf16_pure`` (LLM-7): ``(precision, optimizer, bf16_update, wd, seed)``.
     """
     seeds = _seeds(s, seeds)
     main_prec = main_precision(s, device)  # LLM-6 and LLM-7 keep their own arms
-    main, ln, o6, o7 = {}, {}, {}, {}
+    main, ln, ladder, bf16_pure = {}, {}, {}, {}
     for wd in s.wds:
         for seed in seeds[: s.n_seeds]:
             main[(wd, seed)] = base_config(
@@ -389,7 +389,7 @@ def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[
     for lr in s.ladder_lrs:
         for precision, wd in (("bf16-autocast", 0.0), ("bf16-autocast", s.ladder_wd), ("fp32", 0.0)):
             for seed in seeds[: s.ladder_n_seeds]:
-                o6[(lr, precision, wd, seed)] = base_config(
+                ladder[(lr, precision, wd, seed)] = base_config(
                     s,
                     lr=lr,
                     weight_decay=wd,
@@ -404,7 +404,7 @@ def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[
                 )
     # LLM-7: float32 references, torch's own AdamW on bfloat16 parameters (its default CPU kernel shrinks
     # with a separate p.mul_(1 - lr*wd), rounded on its own), and wdlib's Adam with each bf16_update
-    o7_arms = [
+    bf16_pure_arms = [
         ("fp32", "adam", "nearest", 0.0),
         ("fp32", "adam", "nearest", s.bf16_pure_wd),
         ("bf16-pure", "torch.adamw", "nearest", 0.0),
@@ -412,8 +412,8 @@ def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[
         ("bf16-pure", "adam", "nearest", 0.0),
     ] + [("bf16-pure", "adam", u, s.bf16_pure_wd) for u in ("nearest", "master", "kahan", "stochastic")]
     for seed in seeds[: s.bf16_pure_n_seeds]:
-        for precision, optimizer, update, wd in o7_arms:
-            o7[(precision, optimizer, update, wd, seed)] = base_config(
+        for precision, optimizer, update, wd in bf16_pure_arms:
+            bf16_pure[(precision, optimizer, update, wd, seed)] = base_config(
                 s,
                 lr=s.bf16_pure_lr,
                 weight_decay=wd,
@@ -427,7 +427,7 @@ def plan(s: Setup, seeds: Any = None, *, device: str = "cpu") -> dict[str, dict[
                 seed=seed,
                 diagnostics=["matrix_norm"],
             )
-    return {"main": main, "ln": ln, "o6": o6, "o7": o7}
+    return {"main": main, "ln": ln, "ladder": ladder, "bf16_pure": bf16_pure}
 
 
 def run_plan(
@@ -655,7 +655,7 @@ def consecutive_ratios(values: Any) -> np.ndarray:
 
 #: LLM-7 training pairs: label -> (arm with decay, its no-decay twin), arms as in :func:`plan` without the
 #: seed. The remedies are paired with wdlib's round-to-nearest run without decay (no decay: nothing to remedy).
-def _o7_pairs() -> dict[str, tuple[tuple, tuple]]:
+def _bf16_pure_pairs() -> dict[str, tuple[tuple, tuple]]:
     pairs = {
         "float32": (("fp32", "adam", "nearest", "wd"), ("fp32", "adam", "nearest", 0.0)),
         "bf16, torch AdamW": (
@@ -673,16 +673,16 @@ def _o7_pairs() -> dict[str, tuple[tuple, tuple]]:
     return pairs
 
 
-O7_PAIRS = _o7_pairs()
+BF16_PURE_PAIRS = _bf16_pure_pairs()
 
 
-def shrink_shares(s: Setup, o7: dict[tuple, RunResult]) -> Any:
+def shrink_shares(s: Setup, bf16_pure: dict[tuple, RunResult]) -> Any:
     """LLM-7 in training, one row per arm and seed: the shrink decay causes (``1 -`` final weight norm over
     that of the no-decay twin of the same seed), its share of float32's shrink in that seed, the final
     weight norm and validation loss, and the validation loss minus float32's (same seed)."""
     import pandas as pd
 
-    seeds = sorted({k[-1] for k in o7})
+    seeds = sorted({k[-1] for k in bf16_pure})
 
     def key(arm: tuple, seed: int) -> tuple:
         return tuple(s.bf16_pure_wd if x == "wd" else x for x in arm) + (seed,)
@@ -692,10 +692,13 @@ def shrink_shares(s: Setup, o7: dict[tuple, RunResult]) -> Any:
 
     rows = []
     for seed in seeds:
-        shrink = {name: 1 - norm(o7[key(w, seed)]) / norm(o7[key(w0, seed)]) for name, (w, w0) in O7_PAIRS.items()}
-        fp_loss = float(o7[key(O7_PAIRS["float32"][0], seed)].final["val_loss"])
-        for name, (w, _) in O7_PAIRS.items():
-            r = o7[key(w, seed)]
+        shrink = {
+            name: 1 - norm(bf16_pure[key(w, seed)]) / norm(bf16_pure[key(w0, seed)])
+            for name, (w, w0) in BF16_PURE_PAIRS.items()
+        }
+        fp_loss = float(bf16_pure[key(BF16_PURE_PAIRS["float32"][0], seed)].final["val_loss"])
+        for name, (w, _) in BF16_PURE_PAIRS.items():
+            r = bf16_pure[key(w, seed)]
             rows.append(
                 {
                     "arm": name,
