@@ -30,8 +30,8 @@ book: $(STAMP)
 	$(PY) tools/build_book.py --scale $(SCALE) --device $(DEVICE) --seed $(SEED)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check wdlib tests tools benchmarks notebooks
-	$(VENV)/bin/ruff format --check wdlib tests tools benchmarks notebooks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
 unit: $(STAMP)

@@ -2,8 +2,9 @@
 
 sphinx-thebe 0.3.1 (pulled in by Jupyter Book 1) registers its inline configuration script
 (``const THEBE_JS_URL = ...``) once with filename ``None`` and once with ``""``, which Sphinx 7.4
-does not recognise as the same script, so every page carried it twice and the browser raised ``SyntaxError: Identifier 'THEBE_JS_URL' has already been
-declared``. This handler keeps the first copy of each (filename, body) pair.
+does not recognise as the same script, so every page carried it twice and the browser raised
+``SyntaxError: Identifier 'THEBE_JS_URL' has already been declared``.
+This handler keeps the first copy of each (filename, body) pair.
 """
 
 from __future__ import annotations
