@@ -19,11 +19,12 @@ from typing import Any
 import torch
 
 from .config import RunConfig
+from .packed import PACK_MODES, pack_key, plan_packs, train_packed
 from .progress import progress_bar, show_progress
 from .store import Store, default_store, stale_policy
 from .train import RunResult, init_distributed, train
 
-__all__ = ["run", "run_many", "sweep", "results_table", "expand_grid", "Store", "default_store"]
+__all__ = ["run", "run_many", "run_pack", "sweep", "results_table", "expand_grid", "Store", "default_store"]
 
 
 def run(
@@ -34,6 +35,7 @@ def run(
     device: str = "auto",
     progress: bool | None = None,
     rerun: bool = False,
+    note: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """The result of ``cfg``: from the store, resumed from its checkpoint, or trained now.
 
@@ -44,7 +46,8 @@ def run(
     ``rerun=True`` trains even when the store holds a current result, and replaces it. A stale stored
     result (made by other code) is trained again, returned with a warning or returned as ``$WDLIB_STALE``
     says (:meth:`Store.get`). A configuration with ``init_from`` starts from that stored run's snapshot
-    (:meth:`Store.snapshot`).
+    (:meth:`Store.snapshot`). ``note``: entries added to ``result.info`` of a run trained now (:func:`run_many`
+    records there why a run was not packed).
     """
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(dict(cfg))
     if not isinstance(rerun, bool):
@@ -95,6 +98,7 @@ def run(
         result = train(
             cfg, device=device, checkpoint=store.checkpoint_path(key), resume=resume, progress=progress, init_state=init
         )
+        result.info.update(note or {})
         store.put(cfg, result)
         store.checkpoint_path(key).unlink(missing_ok=True)
     result.info.update({"cached": False, "key": key})
@@ -115,9 +119,49 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _run_in_worker(cfg_dict: dict[str, Any], root: str, device: str) -> str:
-    result = run(RunConfig.from_dict(cfg_dict), Store(root), device=device, progress=False)
-    return result.info["key"]
+def run_pack(
+    configs: Sequence[RunConfig | Mapping[str, Any]],
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    device: str = "auto",
+    progress: bool | None = None,
+) -> list[RunResult]:
+    """The results of ``configs`` (which may differ only in :data:`wdlib.packed.VARYING`), the missing ones
+    trained together as one pack (:func:`wdlib.packed.train_packed`) and each filed in the store under its
+    own key. The pack holds every member's lock while it trains and checkpoints under
+    :func:`wdlib.packed.pack_key` of its members, so a killed pack resumes when the same configurations come
+    again. A single missing configuration is trained alone."""
+    configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(dict(c)) for c in configs]
+    store = store if isinstance(store, Store) else Store(store)
+    stale_policy()
+    keys = list(dict.fromkeys(c.key() for c in configs))
+    by_key = {c.key(): c for c in configs}
+    with contextlib.ExitStack() as locks:
+        for key in sorted(keys):
+            locks.enter_context(store.lock(key))
+        todo = [by_key[k] for k in keys if store.get(by_key[k]) is None]
+        if len(todo) > 1:
+            path = store.checkpoint_path(pack_key([c.key() for c in todo]))
+            for c, r in zip(todo, train_packed(todo, device=device, checkpoint=path, progress=progress)):
+                r.info["key"] = c.key()
+                store.put(c, r)
+            path.unlink(missing_ok=True)
+    if len(todo) == 1:  # after the locks: run() takes the key's lock itself
+        run(todo[0], store, device=device, progress=progress, note={"pack": {"members": 1, "reason": "alone"}})
+    return [run(c, store, device=device, progress=False) for c in configs]
+
+
+def _unit(configs: list[RunConfig], store: Store, device: str, reason: str | None) -> None:
+    """Train one unit of :func:`run_many`'s plan: a pack, or one run alone (with the reason it was not packed)."""
+    if len(configs) > 1:
+        run_pack(configs, store, device=device, progress=False)
+    else:
+        note = {"pack": {"members": 1, "reason": reason or "alone"}}
+        run(configs[0], store, device=device, progress=False, note=note)
+
+
+def _unit_in_worker(cfg_dicts: list[dict[str, Any]], root: str, device: str, reason: str | None) -> None:
+    _unit([RunConfig.from_dict(d) for d in cfg_dicts], Store(root), device, reason)
 
 
 def run_many(
@@ -128,28 +172,41 @@ def run_many(
     device: str = "auto",
     progress: bool | None = None,
     desc: str | None = None,
+    pack: str = "auto",
 ) -> list[RunResult]:
     """The results of ``configs`` in order, training those the store lacks in ``workers`` processes.
 
-    ``workers > 1`` trains in that many single-thread processes (for models under about 1M
-    parameters two such workers beat one process with two threads on 2 cores). Configurations that
+    ``pack``: whether configurations that differ only in seed, learning rate and weight decay (and their
+    schedules) train together as one batched model (:mod:`wdlib.packed`): ``"auto"`` (on a GPU always, on a
+    CPU where it pays, :func:`wdlib.packed.cpu_obstacle`), ``"always"`` or
+    ``"never"``. Each result's ``info["pack"]`` records the decision: the pack's size and the member's index,
+    or why the run trained alone (probes, diagnostics, BatchNorm, dropout, bf16-pure, ...).
+
+    ``workers > 1`` trains the packs and lone runs in that many single-thread processes (for models under
+    about 1M parameters two such workers beat one process with two threads on 2 cores). Configurations that
     start from another's snapshot (``init_from``) must come in a later call than that run.
 
-    ``progress``: one tqdm bar over the configurations (``desc`` its label), advancing as each run
+    ``progress``: one tqdm bar over the configurations (``desc`` its label), advancing as each run or pack
     finishes (the stored ones at once); the runs' own step bars are off. None shows it when someone is
     watching (a terminal, or a notebook with ipywidgets) and never when ``CI`` is set or
     ``WDLIB_PROGRESS=0`` (the book build sets it).
     """
     configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(dict(c)) for c in configs]
+    if os.environ.get("WDLIB_RUN_LOG"):  # one key per requested configuration (the book build checks planned_runs)
+        with open(os.environ["WDLIB_RUN_LOG"], "a") as log:
+            log.writelines(c.key() + "\n" for c in configs)
     store = store if isinstance(store, Store) else Store(store)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if pack not in PACK_MODES:
+        raise ValueError(f"pack must be one of {', '.join(repr(p) for p in PACK_MODES)}, got {pack!r}")
     keys = [c.key() for c in configs]
     per_key = collections.Counter(keys)  # a configuration may come more than once
     missing = {k: c for k, c in zip(keys, configs) if store.get(c) is None}
+    todo_cfgs = list(missing.values())
+    units, reasons = plan_packs(todo_cfgs, device, "never" if init_distributed()[1] > 1 else pack, split=workers)
     show = show_progress(progress) and init_distributed()[0] == 0
-    todo = set(missing)
-    stored = sum(n for k, n in per_key.items() if k not in todo)  # counted at once
+    stored = sum(n for k, n in per_key.items() if k not in missing)  # counted at once
     with progress_bar(
         total=len(configs),
         initial=stored,
@@ -159,7 +216,11 @@ def run_many(
         mininterval=1.0,
         dynamic_ncols=True,
     ) as bar:
-        if workers > 1 and len(missing) > 1:
+
+        def done(unit: list[int]) -> None:
+            bar.update(sum(per_key[todo_cfgs[i].key()] for i in unit))
+
+        if workers > 1 and len(units) > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -167,19 +228,23 @@ def run_many(
                 max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
             ) as pool:
                 futures = {
-                    pool.submit(_run_in_worker, c.to_dict(), str(store.root), device): k for k, c in missing.items()
+                    pool.submit(
+                        _unit_in_worker,
+                        [todo_cfgs[i].to_dict() for i in unit],
+                        str(store.root),
+                        device,
+                        reasons.get(unit[0]),
+                    ): unit
+                    for unit in units
                 }
                 for f in as_completed(futures):
                     f.result()
-                    todo.discard(futures[f])
-                    bar.update(per_key[futures[f]])
-        results = []
-        for k, c in zip(keys, configs):
-            results.append(run(c, store, device=device, progress=False))  # no step bars inside a sweep
-            if k in todo:
-                todo.discard(k)
-                bar.update(per_key[k])
-    return results
+                    done(futures[f])
+        else:
+            for unit in units:
+                _unit([todo_cfgs[i] for i in unit], store, device, reasons.get(unit[0]))
+                done(unit)
+        return [run(c, store, device=device, progress=False) for c in configs]  # no step bars inside a sweep
 
 
 def sweep(
@@ -191,6 +256,7 @@ def sweep(
     device: str = "auto",
     progress: bool | None = None,
     desc: str | None = None,
+    pack: str = "auto",
 ) -> Any:
     """Run every configuration of the grid that the store lacks and return a table (a pandas DataFrame).
 
@@ -198,11 +264,18 @@ def sweep(
     final metrics. ``workers > 1`` trains in that many single-thread processes (for models under
     about 1M parameters two such workers beat one process with two threads on 2 cores).
     ``progress`` and ``desc``: one bar over the grid, as in :func:`run_many` (``desc`` defaults to
-    the grid's field names).
+    the grid's field names). ``pack``: as in :func:`run_many` (the grid's seeds, learning rates and weight
+    decays train as packs where it pays).
     """
     configs = expand_grid(base, grid)
     results = run_many(
-        configs, store, workers=workers, device=device, progress=progress, desc=desc or "sweep over " + ", ".join(grid)
+        configs,
+        store,
+        workers=workers,
+        device=device,
+        progress=progress,
+        desc=desc or "sweep over " + ", ".join(grid),
+        pack=pack,
     )
     return results_table(configs, results, list(grid))
 
