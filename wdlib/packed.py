@@ -8,7 +8,8 @@ one forward and backward pass of the stacked model runs the ``M`` members side b
 and :class:`PackedOptimizer` steps all members with per-member learning rates and decays.
 
 What may differ between the members of a pack (:data:`VARYING`): ``seed`` (initial weights and batch
-order), ``lr``, ``weight_decay``, their schedules and ``perturb_step``. Everything else (model, data,
+order), ``lr``, ``weight_decay``, their schedules, ``perturb_step`` and ``init_from`` (the stored snapshot
+a member starts from). Everything else (model, data,
 steps, batch size, optimizer and its decay rule, precision, evaluation) is shared: :func:`signature`.
 
 Each member is its own run: its own :class:`~wdlib.train.RunState` (schedules, history, snapshots, EMA,
@@ -19,18 +20,28 @@ final model. A pack checkpoints as a whole (every member's run state, the stacke
 the set of members still training) and resumes bit-identically on CPU.
 
 What is trained alone instead (:func:`why_not_packed`, decided automatically and reported in
-``result.info["pack"]``): probes and diagnostics (they hook into one model and one optimizer),
-active dropout (its random masks under ``vmap`` would not be the solo run's), the
-bf16-pure precision (its rounding remedies live in the solo optimizer), ``init_from``, optimizers other
-than wdlib's Adam and SGD, and DDP.
+``result.info["pack"]``): active dropout (its random masks under ``vmap`` would not be the solo run's), the
+bf16-pure precision (its rounding remedies live in the solo optimizer), optimizers other than wdlib's Adam
+and SGD, and DDP. Probes and diagnostics, written for one model and one optimizer, run per member: each
+member's own module holds views of its slice of the stacked weights, and around their calls its own
+parameters and optimizer are given views of its slice of the stacked gradients and optimizer state
+(:meth:`_Pack.expose`). BatchNorm packs (its running statistics are stacked buffers), and so does label
+noise (the members share the dataset, noisy labels included, as their solo runs would).
 
 Parity: a member is not bit-identical to its solo run, only close to it (:data:`PARITY_RTOL`). The
 batched matmuls reduce in another order than the solo ones, and the packed optimizer does Adam's and
 SGD's arithmetic with ``_foreach`` ops on per-member scalars where the solo run uses torch's fused
 kernel, which rounds its intermediate products differently. Both are float32 rounding differences of
-about 1e-7 per step; training amplifies them slowly, so a member's final loss stays within
-:data:`PARITY_RTOL` of its solo run over the chapters' run lengths (tested), and its per-step updates
-within 1e-5.
+about 1e-7 per step; training amplifies them slowly, so a float32 member's history and weights stay
+within :data:`PARITY_RTOL` of its solo run (tested over 60 steps; a float64 member within 1e-6, limited by
+the loss, which the training step computes in float32 for every dtype), and the packed optimizer given the
+same gradients equals the solo one to 1e-12 in float64. Under ``bf16-autocast`` the members differ from
+their solo runs at bfloat16's resolution instead (measured up to 7e-3 relative in a GPT's validation loss
+after 30 steps): packing there changes results at the level that seeds do, not more.
+
+The GPT packs too, but torch 2.13 has no ``vmap`` batching rule for the CPU flash-attention kernel (nor for
+CUDA's flash/efficient kernels): attention then loops over the members inside the batched call (a
+performance warning, silenced here), so a packed GPT gains less than an MLP (``benchmarks/packed.py``).
 
 When to pack (:func:`plan_packs`, ``pack="auto"``): always on a GPU, where the members' launches
 collapse into one; on a CPU only models of linear layers whose parameters times batch size is at most
@@ -41,12 +52,13 @@ threshold comes from its CPU measurements, recorded at :data:`CPU_PACK_MAX_WORK`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +79,7 @@ from .train import (
     _atomic_save,
     _autocast,
     _cpu_copy,
+    _diagnostics,
     _diverges,
     _Feed,
     _group_norms,
@@ -93,7 +106,7 @@ __all__ = [
 ]
 
 #: Configuration fields in which the members of one pack may differ.
-VARYING: tuple[str, ...] = ("seed", "lr", "weight_decay", "lr_schedule", "wd_schedule", "perturb_step")
+VARYING: tuple[str, ...] = ("seed", "lr", "weight_decay", "lr_schedule", "wd_schedule", "perturb_step", "init_from")
 #: Relative tolerance of a packed member's final training loss against its solo run (see the module docstring).
 PARITY_RTOL = 1e-3
 #: ``pack="auto"`` on a CPU packs models built of linear layers (every parameter in an ``nn.Linear``,
@@ -124,14 +137,8 @@ def why_not_packed(cfg: RunConfig) -> str | None:
     """Why ``cfg`` must be trained alone, judged from the configuration (None: it can be packed).
 
     The model's own obstacles (BatchNorm, dropout) are :func:`model_obstacle`'s."""
-    if cfg.probes:
-        return "probes hook into one model and one optimizer"
-    if cfg.diagnostics:
-        return "diagnostics are computed on one model and one optimizer"
     if cfg.precision == "bf16-pure":
         return "bf16-pure storage (its rounding remedies live in the solo optimizer)"
-    if cfg.init_from is not None:
-        return "init_from (starts from another run's snapshot)"
     if cfg.optimizer["name"] not in ("adam", "sgd"):
         return f"optimizer {cfg.optimizer['name']!r} (packed: wdlib's adam and sgd)"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -301,6 +308,14 @@ class _Stack:
         return functional_call(self.template, (params, buffers), (x,), tie_weights=True)
 
 
+@contextlib.contextmanager
+def _quiet_fallback() -> Iterator[None]:
+    """Silence torch's warning that an op (flash attention) has no batching rule and loops over members."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+        yield
+
+
 def _member_losses(stack: _Stack, x: torch.Tensor, y: torch.Tensor, shared: bool) -> torch.Tensor:
     """Each member's mean training loss on its batch (``[M]``): :func:`wdlib.objective.model_loss` under vmap."""
 
@@ -332,7 +347,7 @@ def _member_eval(
     for x, y in batches:
         if dtype is not None and x.is_floating_point():
             x = x.to(dtype)
-        with autocast():
+        with autocast(), _quiet_fallback():
             summed, right = torch.vmap(one, in_dims=(0, 0, None, None))(params, stack.buffers, x, y)
         for i, (s, r) in enumerate(zip(summed.tolist(), right.tolist())):
             total[i] += float(s)
@@ -486,9 +501,12 @@ def _check_pack(configs: Sequence[RunConfig]) -> list[RunConfig]:
 class _Pack:
     """The members' run states, the stack, the packed optimizer and the stacked EMA of one pack."""
 
-    def __init__(self, configs: list[RunConfig], ds: Any, dev: torch.device) -> None:
+    def __init__(
+        self, configs: list[RunConfig], ds: Any, dev: torch.device, init_states: Sequence[Any] | None = None
+    ) -> None:
         self.configs, self.ds, self.dev = configs, ds, dev
-        self.states = [RunState.build(c, ds, dev) for c in configs]
+        inits = list(init_states) if init_states is not None else [None] * len(configs)
+        self.states = [RunState.build(c, ds, dev, init) for c, init in zip(configs, inits)]
         obstacle = model_obstacle(self.states[0].model)
         if obstacle is not None:
             raise ValueError(f"this model cannot be packed: {obstacle}")
@@ -501,6 +519,31 @@ class _Pack:
         )
         self.feeds = [_Feed(c, ds, dev, _param_dtype(c)) for c in configs]
         self.last_loss = [math.nan] * len(configs)
+        self.watched = bool(configs[0].probes or configs[0].diagnostics)
+
+    def expose(self) -> None:
+        """Give each active member's own parameters their slice of the stacked gradients, and its own optimizer
+        its slice of the packed optimizer's state (views), so that probes and diagnostics, written for one
+        model and one optimizer, read them as in a solo run. :meth:`hide` takes them back."""
+        for slot, i in enumerate(self.active):
+            model, opt = self.states[i].model, self.states[i].optimizer
+            for n in self.stack.param_names:
+                p = model.get_parameter(n)
+                grad = self.stack.params[n].grad
+                p.grad = grad[slot] if grad is not None else None
+                st = self.opt.state.get(n)
+                if st:
+                    opt.state[p] = {
+                        k: v[slot] if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for k, v in st.items()
+                    }
+
+    def hide(self) -> None:
+        """Undo :meth:`expose` (the members' optimizers hold no state, their parameters no gradients, so a
+        checkpoint stores the packed state once)."""
+        for s in self.states:
+            s.optimizer.state.clear()
+            for p in s.model.parameters():
+                p.grad = None
 
     @property
     def active(self) -> list[int]:
@@ -563,9 +606,10 @@ def _forward_backward(pack: _Pack, step: int, autocast: Callable[[], Any]) -> li
     total = torch.zeros(len(pack.active), dtype=torch.float64, device=x.device)
     for m in range(cfg.grad_accum):
         xb, yb = x.narrow(dim, m * micro, micro), y.narrow(dim, m * micro, micro)
-        with autocast():
-            losses = _member_losses(pack.stack, xb, yb, shared)
-        (losses.sum() / cfg.grad_accum).backward()
+        with _quiet_fallback():
+            with autocast():
+                losses = _member_losses(pack.stack, xb, yb, shared)
+            (losses.sum() / cfg.grad_accum).backward()
         total += losses.detach().double()
     return (total / cfg.grad_accum).tolist()
 
@@ -598,6 +642,10 @@ def _record(pack: _Pack, autocast: Callable[[], Any], used: list[tuple[float, fl
         if ema is not None:
             row["ema_val_loss"], row["ema_val_acc"] = ema[slot]
         row.update(_group_norms(s.optimizer))
+        if pack.configs[i].diagnostics:
+            pack.expose()
+            row.update(_diagnostics(s, pack.feeds[i], list(pack.configs[i].diagnostics), autocast))
+            pack.hide()
         for k, v in row.items():
             s.history.setdefault(k, []).append(v)
 
@@ -622,7 +670,17 @@ def _step(pack: _Pack, step: int, autocast: Callable[[], Any]) -> list[tuple[flo
     cfg = pack.configs[pack.active[0]]
     if cfg.grad_clip is not None:
         _clip(pack, cfg.grad_clip)
+    probes = [p for i in pack.active for p in pack.states[i].probes.values()]
+    if probes:
+        pack.expose()
+        for p in probes:
+            p.before_step(step)
     pack.opt.step()
+    if probes:
+        pack.expose()  # the state the step created or replaced
+        for p in probes:
+            p.after_step(step)
+        pack.hide()
     used = []
     for i in pack.active:
         groups = pack.states[i].optimizer.param_groups
@@ -647,6 +705,7 @@ def train_packed(
     resume: bool = True,
     progress: bool | None = None,
     data: Any = None,
+    init_states: Sequence[dict[str, torch.Tensor] | None] | None = None,
 ) -> list[RunResult]:
     """Train ``configs`` as one pack and return their results, in order (see the module docstring).
 
@@ -654,12 +713,17 @@ def train_packed(
     or :func:`model_obstacle` refuses). ``checkpoint``: the pack's checkpoint file, written every
     ``checkpoint_every`` steps and (``resume``) continued from. Each result's ``info["pack"]`` says how many
     members trained together and which one it was; its ``wall_time`` is the pack's (the members shared it).
+    ``init_states``: per member, the weights to start from, given exactly for those with ``init_from``
+    (:func:`wdlib.runs.run_pack` loads them from the store).
     """
     configs = _check_pack(configs)
+    inits = list(init_states) if init_states is not None else [None] * len(configs)
+    if len(inits) != len(configs) or any((c.init_from is not None) != (s is not None) for c, s in zip(configs, inits)):
+        raise ValueError("init_states must give, per member, the weights to start from exactly when init_from is set")
     dev = resolve_device(device)
     cfg0 = configs[0]
     ds = (run_data(cfg0, data) if data is not None else build_data(cfg0)).for_device(dev)
-    pack = _Pack(configs, ds, dev)
+    pack = _Pack(configs, ds, dev, inits)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume:
         saved = load_checkpoint_pack(ckpt_path)

@@ -142,7 +142,11 @@ def run_pack(
         todo = [by_key[k] for k in keys if store.get(by_key[k]) is None]
         if len(todo) > 1:
             path = store.checkpoint_path(pack_key([c.key() for c in todo]))
-            for c, r in zip(todo, train_packed(todo, device=device, checkpoint=path, progress=progress)):
+            inits = [
+                None if c.init_from is None else store.snapshot(c.init_from["run"], c.init_from["step"]) for c in todo
+            ]
+            trained = train_packed(todo, device=device, checkpoint=path, progress=progress, init_states=inits)
+            for c, r in zip(todo, trained):
                 r.info["key"] = c.key()
                 store.put(c, r)
             path.unlink(missing_ok=True)

@@ -194,8 +194,10 @@ def test_a_killed_pack_resumes_bit_identically(tmp_path, monkeypatch):
 def test_train_packed_refuses_what_it_cannot_pack():
     with pytest.raises(ValueError, match="may differ only in"):
         train_packed([cfg(), cfg(batch_size=16)], device="cpu")
-    with pytest.raises(ValueError, match="probes"):
-        train_packed([cfg(probes=({"name": "updates"},)), cfg(seed=1, probes=({"name": "updates"},))], device="cpu")
+    with pytest.raises(ValueError, match="bf16-pure"):
+        train_packed([cfg(precision="bf16-pure"), cfg(seed=1, precision="bf16-pure")], device="cpu")
+    with pytest.raises(ValueError, match="init_states"):
+        train_packed([cfg(), cfg(seed=1)], device="cpu", init_states=[None, {}])
     with pytest.raises(ValueError, match="same key"):
         train_packed([cfg(), cfg()], device="cpu")
     with pytest.raises(ValueError, match="dropout"):
@@ -210,11 +212,11 @@ def test_train_packed_refuses_what_it_cannot_pack():
 def test_plan_packs_groups_by_signature_and_gives_reasons():
     a = [cfg(seed=s) for s in range(3)]
     b = [cfg(batch_size=16, seed=s) for s in range(2)]
-    lone = [cfg(diagnostics=("matrix_rms",)), cfg(steps=7)]
+    lone = [cfg(precision="bf16-pure"), cfg(steps=7)]
     configs = a + b + lone + [a[0]]
     packs, reasons = plan_packs(configs, "cpu", "always")
     assert sorted(map(sorted, packs)) == [[0, 1, 2], [3, 4], [5], [6]]
-    assert "diagnostics" in reasons[5] and "alone" in reasons[6]
+    assert "bf16-pure" in reasons[5] and "alone" in reasons[6]
     packs, reasons = plan_packs(configs, "cpu", "never")
     assert all(len(p) == 1 for p in packs) and len(packs) == 7
     packs, _ = plan_packs(a, "cpu", "always", split=2)
@@ -240,10 +242,10 @@ def test_auto_on_cpu_packs_small_linear_models_only():
 
 def test_run_many_packs_and_files_each_member_under_its_key(tmp_path):
     store = Store(tmp_path / "s")
-    configs = members(cfg()) + [cfg(diagnostics=("matrix_rms",))]
+    configs = members(cfg()) + [cfg(optimizer="torch.adamw")]
     results = run_many(configs, store, device="cpu", pack="always")
     assert [r.info["pack"]["members"] for r in results] == [3, 3, 3, 1]
-    assert "diagnostics" in results[3].info["pack"]["reason"]
+    assert "torch.adamw" in results[3].info["pack"]["reason"]
     assert [r.info["key"] for r in results] == [c.key() for c in configs]
     again = run_many(configs, store, device="cpu", pack="always")
     assert all(r.info["cached"] for r in again)
@@ -269,3 +271,70 @@ def test_run_many_with_workers_packs_in_each_worker(tmp_path):
     assert sorted(r.info["pack"]["members"] for r in results) == [2, 2, 2, 2]
     solo = copy.deepcopy(results)
     assert all(r.diverged_at is None for r in solo)
+
+
+def test_probes_and_diagnostics_run_per_member():
+    """Every probe and diagnostic of the registries, run on a packed member, gives what it gives on the solo
+    run (float64, 1e-6): they see the member's own weights, gradients and optimizer state."""
+    adam = cfg(
+        dtype="float64",
+        diagnostics=("params", "matrix_rms", "matrix_norm", "adam_elr"),
+        probes=({"name": "updates", "coords": 16}, {"name": "shrinkage", "start": 5}, {"name": "relative_update"}),
+    )
+    sgd = cfg(
+        dtype="float64",
+        optimizer={"name": "sgd", "decay": "decoupled", "momentum": 0.9},
+        lr=0.05,
+        diagnostics=("matrix_rms",),
+        probes=({"name": "angular"},),
+    )
+    for base in (adam, sgd):
+        configs = members(base)
+        solo = [train(c, device="cpu") for c in configs]
+        pk = train_packed(configs, device="cpu")
+        for a, b in zip(solo, pk):
+            close(a, b, 1e-6)
+            assert set(a.probes) == set(b.probes) and a.probes
+            for k in a.probes:
+                np.testing.assert_allclose(a.probes[k], b.probes[k], rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+def test_a_pack_resumes_with_probes_bit_identically(tmp_path, monkeypatch):
+    base = cfg(checkpoint_every=10, probes=({"name": "updates", "coords": 8},), diagnostics=("adam_elr",))
+    configs = members(base)
+    whole = train_packed(configs, device="cpu")
+    real_step = packed._step
+
+    def dying(pack, step, autocast):
+        if step == 15:
+            raise KeyboardInterrupt
+        return real_step(pack, step, autocast)
+
+    monkeypatch.setattr(packed, "_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_packed(configs, device="cpu", checkpoint=tmp_path / "p.pt")
+    monkeypatch.setattr(packed, "_step", real_step)
+    resumed = train_packed(configs, device="cpu", checkpoint=tmp_path / "p.pt")
+    for a, b in zip(whole, resumed):
+        assert all(np.array_equal(a.probes[k], b.probes[k]) for k in a.probes)
+        assert np.array_equal(a.history["diag/adam_elr"], b.history["diag/adam_elr"])
+        assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+
+
+def test_members_start_from_their_snapshots(tmp_path):
+    """Configurations with init_from (different parents) pack, each starting from its parent's snapshot: as
+    their solo runs do (run_many with pack='never')."""
+    parents = [cfg(snapshots=(10,)), cfg(seed=1, snapshots=(10,))]
+    children = [
+        cfg(steps=20, init_from={"run": p.key(), "step": 10}, seed=7, weight_decay=wd)
+        for p in parents
+        for wd in (0.0, 0.3)
+    ]
+    packed_store, solo_store = Store(tmp_path / "a"), Store(tmp_path / "b")
+    for store, mode in ((packed_store, "always"), (solo_store, "never")):
+        run_many(parents, store, device="cpu", pack=mode)
+    pk = run_many(children, packed_store, device="cpu", pack="always")
+    solo = run_many(children, solo_store, device="cpu", pack="never")
+    assert [r.info["pack"]["members"] for r in pk] == [4, 4, 4, 4]
+    for a, b in zip(solo, pk):
+        close(a, b, packed.PARITY_RTOL)
