@@ -43,7 +43,10 @@ _ENV_HELP = """environment:
   WDLIB_STORE  the default run store directory (else results/store)
   WDLIB_STALE  what a stored result made by other code (another wdlib, torch or training code; or stored
                before code identities were recorded) is worth: recompute (default: train it again and
-               replace it), warn (return it with a warning) or reuse (return it silently)"""
+               replace it), warn (return it with a warning) or reuse (return it silently)
+  WDLIB_PACK   whether sweeps train configurations that differ only in seed, lr and weight decay as one
+               batched model (wdlib.packed): auto (default: on a GPU always, on a CPU small linear models),
+               always or never"""
 
 
 def _fields_epilog() -> str:

@@ -155,6 +155,16 @@ def run_pack(
     return [run(c, store, device=device, progress=False) for c in configs]
 
 
+def pack_mode(pack: str | None = None) -> str:
+    """``pack`` if given, else ``$WDLIB_PACK``, else ``"auto"``; ValueError unless one of
+    :data:`wdlib.packed.PACK_MODES` (naming the environment variable when the value came from it)."""
+    source = "pack" if pack is not None else "WDLIB_PACK"
+    value = pack if pack is not None else os.environ.get("WDLIB_PACK", "auto")
+    if value not in PACK_MODES:
+        raise ValueError(f"{source} must be one of {', '.join(repr(p) for p in PACK_MODES)}, got {value!r}")
+    return value
+
+
 def _unit(configs: list[RunConfig], store: Store, device: str, reason: str | None) -> None:
     """Train one unit of :func:`run_many`'s plan: a pack, or one run alone (with the reason it was not packed)."""
     if len(configs) > 1:
@@ -176,12 +186,13 @@ def run_many(
     device: str = "auto",
     progress: bool | None = None,
     desc: str | None = None,
-    pack: str = "auto",
+    pack: str | None = None,
 ) -> list[RunResult]:
     """The results of ``configs`` in order, training those the store lacks in ``workers`` processes.
 
     ``pack``: whether configurations that differ only in seed, learning rate and weight decay (and their
-    schedules) train together as one batched model (:mod:`wdlib.packed`): ``"auto"`` (on a GPU always, on a
+    schedules) train together as one batched model (:mod:`wdlib.packed`): None reads ``$WDLIB_PACK``
+    (default ``"auto"``); ``"auto"`` (on a GPU always, on a
     CPU where it pays, :func:`wdlib.packed.cpu_obstacle`), ``"always"`` or
     ``"never"``. Each result's ``info["pack"]`` records the decision: the pack's size and the member's index,
     or why the run trained alone (probes, diagnostics, BatchNorm, dropout, bf16-pure, ...).
@@ -202,8 +213,7 @@ def run_many(
     store = store if isinstance(store, Store) else Store(store)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    if pack not in PACK_MODES:
-        raise ValueError(f"pack must be one of {', '.join(repr(p) for p in PACK_MODES)}, got {pack!r}")
+    pack = pack_mode(pack)
     keys = [c.key() for c in configs]
     per_key = collections.Counter(keys)  # a configuration may come more than once
     missing = {k: c for k, c in zip(keys, configs) if store.get(c) is None}
@@ -260,7 +270,7 @@ def sweep(
     device: str = "auto",
     progress: bool | None = None,
     desc: str | None = None,
-    pack: str = "auto",
+    pack: str | None = None,
 ) -> Any:
     """Run every configuration of the grid that the store lacks and return a table (a pandas DataFrame).
 

@@ -78,7 +78,9 @@ def test_packed_optimizer_is_each_members_optimizer(kind, decay, options):
         cls([{"params": list(p.values())}], lr=lr, weight_decay=wd, decay=decay, **options)
         for p, lr, wd in zip(solo_params, lrs, wds)
     ]
-    holders = [cls([{"params": [torch.zeros(1)]}], lr=lr, weight_decay=wd, decay=decay, **options) for lr, wd in zip(lrs, wds)]
+    holders = [
+        cls([{"params": [torch.zeros(1)]}], lr=lr, weight_decay=wd, decay=decay, **options) for lr, wd in zip(lrs, wds)
+    ]
     pk = PackedOptimizer(stacked, holders, [list(shapes)])
     for t in range(12):
         if t == 6:  # a schedule changes lr and weight decay of every member
@@ -114,11 +116,25 @@ def test_packed_optimizer_refuses_other_optimizers():
         {"optimizer": {"name": "adam", "decay": "l2"}},
         {"optimizer": {"name": "sgd", "decay": "decoupled", "momentum": 0.9}, "lr": 0.05},
         {"optimizer": {"name": "sgd", "decay": "independent", "nesterov": True, "momentum": 0.9}, "lr": 0.05},
-        {"lr_schedule": {"name": "cosine", "warmup": 5}, "wd_schedule": {"name": "linear"}, "grad_clip": 0.5, "grad_accum": 2, "ema": 0.9},
+        {
+            "lr_schedule": {"name": "cosine", "warmup": 5},
+            "wd_schedule": {"name": "linear"},
+            "grad_clip": 0.5,
+            "grad_accum": 2,
+            "ema": 0.9,
+        },
         {"model": "convnet", "model_args": {"channels": [4, 4, 4], "norm": "batch"}, "snapshots": (10, 20)},
         {"mup": {"base_width": 8}, "model_args": {"width": 16, "depth": 2}, "decay_vectors": True},
     ],
-    ids=["adamw", "adam-l2", "sgdw-momentum", "sgd-independent-nesterov", "schedule-clip-accum-ema", "bn-convnet", "mup"],
+    ids=[
+        "adamw",
+        "adam-l2",
+        "sgdw-momentum",
+        "sgd-independent-nesterov",
+        "schedule-clip-accum-ema",
+        "bn-convnet",
+        "mup",
+    ],
 )
 def test_member_matches_solo_run_in_float64(changes):
     """In float64 a member's whole history, final weights, EMA and snapshots match its solo run to 1e-6: the
@@ -338,3 +354,12 @@ def test_members_start_from_their_snapshots(tmp_path):
     assert [r.info["pack"]["members"] for r in pk] == [4, 4, 4, 4]
     for a, b in zip(solo, pk):
         close(a, b, packed.PARITY_RTOL)
+
+
+def test_wdlib_pack_sets_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("WDLIB_PACK", "never")
+    results = run_many(members(cfg()), Store(tmp_path / "s"), device="cpu")
+    assert all(r.info["pack"]["members"] == 1 for r in results)
+    monkeypatch.setenv("WDLIB_PACK", "sometimes")
+    with pytest.raises(ValueError, match="WDLIB_PACK must be one of"):
+        run_many(members(cfg()), Store(tmp_path / "s"), device="cpu")
