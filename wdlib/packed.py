@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import models
 from .components import build_data, run_data
@@ -310,8 +311,10 @@ class _Stack:
 
 @contextlib.contextmanager
 def _quiet_fallback() -> Iterator[None]:
-    """Silence torch's warning that an op (flash attention) has no batching rule and loops over members."""
-    with warnings.catch_warnings():
+    """Attention on torch's math kernel, which ``vmap`` batches (the flash and memory-efficient kernels have no
+    batching rule in torch 2.13 and would loop over the members), and torch's warning about any other op that
+    loops over members silenced."""
+    with warnings.catch_warnings(), sdpa_kernel([SDPBackend.MATH]):
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
         yield
 
@@ -764,6 +767,8 @@ def train_packed(
                 p.data = p.data.clone()
         r = _result(s, c, ds, autocast, pack.last_loss[i], device=dev, world=1, rank=0, resumed_from=start)
         r.info["pack"] = {"members": len(configs), "index": i, "key": pack_key([c.key() for c in configs])}
+        if r.info.get("attention_backend") is not None:  # what the pack ran, not what a solo run would pick
+            r.info["attention_backend"] = "math (packed: the kernel vmap batches)"
         results.append(r)
     return results
 

@@ -363,3 +363,25 @@ def test_wdlib_pack_sets_the_default(tmp_path, monkeypatch):
     monkeypatch.setenv("WDLIB_PACK", "sometimes")
     with pytest.raises(ValueError, match="WDLIB_PACK must be one of"):
         run_many(members(cfg()), Store(tmp_path / "s"), device="cpu")
+
+
+def test_a_gpt_packs_with_batched_math_attention():
+    """The GPT packs (fp32): its members match their solo runs (solo: flash attention, packed: the math kernel
+    that vmap batches) within PARITY_RTOL, and the result says which attention kernel the pack ran."""
+    gpt = cfg(
+        data="stdlib_chars",
+        data_args={"max_bytes": 50000},
+        model="gpt",
+        model_args={"n_layer": 1, "n_head": 2, "n_embd": 16},
+        block_size=16,
+        batch_size=8,
+        steps=12,
+        eval_every=6,
+        eval_batches=2,
+    )
+    configs = [gpt, gpt.replace(seed=1, lr=1e-3)]
+    solo = [train(c, device="cpu") for c in configs]
+    pk = train_packed(configs, device="cpu")
+    for a, b in zip(solo, pk):
+        close(a, b, packed.PARITY_RTOL)
+        assert b.info["attention_backend"].startswith("math")
