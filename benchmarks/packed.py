@@ -60,7 +60,22 @@ def _timed(fn, arg, device: torch.device) -> tuple[float, list]:
 
 
 def _short(c: RunConfig, steps: int) -> RunConfig:
-    return c.replace(steps=steps, eval_every=0, eval_batches=1, snapshots=(), measures=(), checkpoint_every=0)
+    """``c`` cut to ``steps`` steps for timing: evaluation once at the end on one batch, no snapshots, measures,
+    checkpoints, schedules or starting snapshot (their settings may not fit a short run); probes from step 0."""
+    probes = tuple({k: v for k, v in p.items() if k != "start"} for p in c.probes)
+    return c.replace(
+        steps=steps,
+        eval_every=0,
+        eval_batches=1,
+        snapshots=(),
+        measures=(),
+        checkpoint_every=0,
+        lr_schedule=None,
+        wd_schedule=None,
+        init_from=None,
+        perturb_step=None,
+        probes=probes,
+    )
 
 
 def groups_of(configs: list[RunConfig], members: int) -> dict[str, list[RunConfig]]:
@@ -83,9 +98,11 @@ def bench(chapter: str, scale: str, device: torch.device, members: int, steps: i
     lone = sum(packed.why_not_packed(c) is not None for c in configs)
     print(f"\n{chapter} ({scale}): {len(configs)} runs, {lone} cannot be packed (probes, diagnostics, ...)")
     for label, group in groups_of(configs, members).items():
-        short = [_short(c, steps) for c in group]
-        train(_short(group[0], 2), device=device)  # warm-up
-        packed.train_packed([_short(c, 2) for c in group[:2]], device=device)
+        short = list({c.key(): c for c in (_short(c, steps) for c in group)}.values())
+        if len(short) < 2:
+            continue
+        train(_short(short[0], 2), device=device)  # warm-up
+        packed.train_packed([_short(c, 2) for c in short[:2]], device=device)
         t_solo, solo = _timed(lambda cs: [train(c, device=device) for c in cs], short, device)
         t_pack, pk = _timed(lambda cs: packed.train_packed(cs, device=device), short, device)
         n = sum(v.numel() for v in solo[0].model_state.values() if v.is_floating_point())
