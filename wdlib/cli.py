@@ -2,7 +2,7 @@
 
     wdlib tau --lr 1e-3 --weight-decay 0.1 --dataset-size 50000 --batch-size 128 [--to-dataset-size N ...]
     wdlib run CONFIG.yaml [--store DIR] [--no-resume] [--rerun] [--device cuda] [--set steps=500 ...]
-    wdlib sweep CONFIG.yaml --grid lr=1e-3,3e-3 --grid weight_decay=0.01,0.1 [--workers 2]
+    wdlib sweep CONFIG.yaml --grid lr=1e-3,3e-3 --grid weight_decay=0.01,0.1 [--workers 2] [--pack auto]
     wdlib runs [--store DIR] [--scale smoke] [--forget KEY | --all-stale | --reindex]
 
 Configurations are JSON or YAML files (read with ``yaml.safe_load``: data, never code) whose fields
@@ -35,6 +35,7 @@ from ._checks import check_integer, check_real, short_repr
 from ._version import __version__
 from .config import FIELD_HELP, SCALES, RunConfig
 from .data import DataNotFoundError
+from .packed import PACK_MODES
 from .runs import run, sweep
 from .store import Store
 from .timescale import tau_epoch, tau_iter, transfer_weight_decay
@@ -153,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help=f"worker processes (single-threaded each), in [1, {_MAX_WORKERS}]"
     )
     sw.add_argument("--device", default="auto", help=_DEVICES)
+    sw.add_argument(
+        "--pack",
+        choices=PACK_MODES,
+        default=None,
+        help="train runs that differ only in seed, lr and weight decay as one batched model: auto (default, "
+        "or $WDLIB_PACK: on a GPU always, on a CPU small linear models), always or never",
+    )
     sw.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     ls = sub.add_parser(
         "runs",
@@ -419,7 +427,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         device = _check_device(args.device)
         grid = _grid(args.grid)
         base = RunConfig.from_dict(_load_config(args.config, args.set))
-        table = sweep(base, grid, Store(args.store), workers=args.workers, device=device)
+        table = sweep(base, grid, Store(args.store), workers=args.workers, device=device, pack=args.pack)
         print(table.to_json(orient="records") if args.json else table.to_string(index=False))
     elif args.command == "runs":
         _list_runs(args)

@@ -2,6 +2,9 @@
 and what cannot be packed is trained alone with the reason recorded."""
 
 import copy
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -385,3 +388,17 @@ def test_a_gpt_packs_with_batched_math_attention():
     for a, b in zip(solo, pk):
         close(a, b, packed.PARITY_RTOL)
         assert b.info["attention_backend"].startswith("math")
+
+
+def test_cli_sweep_packs_on_request(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**BASE, "steps": 10}))
+    cmd = [sys.executable, "-m", "wdlib", "sweep", str(config), "--store", str(tmp_path / "s"), "--json"]
+    out = subprocess.run([*cmd, "--grid", "seed=0,1", "--pack", "always"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(rows) == 2
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "s" / "results").glob("*.json")]
+    assert sorted(r["summary"]["info"]["pack"]["members"] for r in stored) == [2, 2]
+    bad = subprocess.run([*cmd, "--grid", "seed=0,1", "--pack", "sometimes"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--pack" in bad.stderr
