@@ -3,6 +3,16 @@
 #               (SEED=1 rebuilds on a disjoint set of run seeds: a check that each verdict holds)
 #   make test   lint (ruff, import-linter layer contracts), unit tests of wdlib, then the book, then a
 #               headless-Chromium check of the built HTML
+# And on a GPU machine:
+#   make gpu-check  the prepared GPU check (python -m wdlib.check --device cuda --size full; under 8 minutes on
+#               one H100/H200): optimizer parity and bf16 remedies, GPT in bf16 autocast, Hutchinson vs a
+#               PyHessian loop, AdamW bandwidth, packed vs solo training, chapter 1 end to end. Writes
+#               _build/gpu-check/report.{json,md}, prints the Markdown, fails if a section fails. It uses the
+#               Python that has torch there (CHECK_PY: .venv's if present, else $(PYTHON)) and sets up nothing.
+#               A GPU machine without a network: run `sh tools/gpu_wheels.sh` on one with a network (fills the
+#               git-ignored .whl/ with mnist1d, requests and its dependencies, setuptools), carry .whl along,
+#               and there `pip install --no-index --no-deps .whl/*.whl`, then optionally
+#               `pip install --no-index --find-links .whl --no-deps -e .` (the check also runs uninstalled).
 # Both set up .venv by themselves on a fresh machine. torch is installed first, pinned, so that the
 # project's `torch>=2.4` is already satisfied and pip never pulls a multi-GB CUDA build.
 
@@ -14,8 +24,9 @@ DEVICE      ?= auto
 SEED        ?= 0
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.wdlib-installed
+CHECK_PY    ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: book test lint unit browser-deps setup clean
+.PHONY: book test lint unit browser-deps setup clean gpu-check
 
 setup: $(STAMP)
 
@@ -42,6 +53,9 @@ browser-deps:
 
 test: lint unit book browser-deps
 	$(PY) -m pytest -m book -q
+
+gpu-check:
+	$(CHECK_PY) -m wdlib.check --device cuda --size full --out _build/gpu-check
 
 clean:
 	rm -rf _build

@@ -79,6 +79,16 @@ def kernel_env(results: Path) -> dict[str, str]:
     }
 
 
+def run_log_env(results: Path, notebook: str) -> dict[str, str]:
+    """``WDLIB_RUN_LOG`` for one chapter's kernel: ``<results>/<notebook stem>.runs.txt``, emptied, where
+    :func:`wdlib.runs.run_many` appends the key of every configuration the chapter requests
+    (tests/book/test_planned_runs.py compares them with the chapter's ``planned_runs``)."""
+    log = results / f"{Path(notebook).name}.runs.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    return {"WDLIB_RUN_LOG": str(log)}
+
+
 def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: str, seed: int = 0) -> list[dict]:
     """Run each notebook with papermill into ``src``; return one record per chapter."""
     import papermill as pm
@@ -89,6 +99,7 @@ def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: 
         out = src / f"{nb}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"[book] executing {nb}.ipynb at scale={scale}", flush=True)
+        os.environ.update(run_log_env(results, nb))
         start = time.perf_counter()
         error = None
         try:
@@ -105,7 +116,9 @@ def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: 
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         seconds = time.perf_counter() - start
         print(f"[book] {nb}: {'FAILED ' + error if error else 'ok'} in {seconds:.1f} s", flush=True)
-        records.append({"chapter": nb, "seconds": seconds, "scale": scale, "seed": seed, "error": error})
+        records.append(
+            {"chapter": nb, "seconds": seconds, "scale": scale, "seed": seed, "device": device, "error": error}
+        )
     return records
 
 

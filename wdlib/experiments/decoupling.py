@@ -1,11 +1,11 @@
 """Experiments of chapter 1, "L2 regularization versus decoupled weight decay" (DEC-1, 2, 3, 7, 9).
 
 Each function runs one measurement on a real model and data (MNIST-1D and an MLP, trained through
-:func:`wdlib.runs.run`, so a finished run is found again in the store and an interrupted one resumes)
+:func:`wdlib.runs.run_many`, so a finished run is found again in the store and an interrupted one resumes)
 or on a quadratic, and returns plain arrays and numbers; the notebook draws them and passes the
 measurements to the claims ledger. The ``*_many`` functions run one measurement for several training
 seeds (the notebook derives them from its ``seed`` parameter), training the runs the store lacks in
-``workers`` single-thread processes first.
+``workers`` single-thread processes first. :func:`planned_runs` lists every run the notebook trains.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..components import build_data
 from ..config import RunConfig
 from ..data import Dataset
 from ..optim import SGD, convert_weight_decay
-from ..runs import RunResult, Store, run, run_many
+from ..runs import RunResult, Store, run_many
 from ..stats import spearman
 from ._scaffold import Setting, pick_settings
 
@@ -40,6 +40,7 @@ __all__ = [
     "convention_runs",
     "warmup_delay_runs",
     "warmup_delay_many",
+    "planned_runs",
     "GAP_FLOOR",
 ]
 
@@ -115,6 +116,26 @@ def log_gap(gap: Any) -> float:
     return float(np.log10(max(float(np.max(gap)), GAP_FLOOR)))
 
 
+def _gaps_configs(
+    s: Setup,
+    *,
+    lr: float,
+    weight_decay: float,
+    seeds: tuple[int, ...],
+    cases: tuple[tuple[float, str], ...],
+    snapshots: int,
+) -> list[RunConfig]:
+    """The runs of :func:`trajectory_gaps_many`: the L2 and SGDW pair of every (momentum, dtype) case and seed."""
+    return [
+        c
+        for m, dt in cases
+        for sd in seeds
+        for c in _pair_configs(
+            s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd), snapshots=snapshots
+        )
+    ]
+
+
 def trajectory_gaps_many(
     s: Setup,
     *,
@@ -131,14 +152,7 @@ def trajectory_gaps_many(
 
     The runs the store lacks are trained first, in ``workers`` processes."""
     store = store if isinstance(store, Store) else Store(store)
-    configs = [
-        c
-        for m, dt in cases
-        for sd in seeds
-        for c in _pair_configs(
-            s, lr=lr, weight_decay=weight_decay, momentum=m, dtype=dt, seed=int(sd), snapshots=snapshots
-        )
-    ]
+    configs = _gaps_configs(s, lr=lr, weight_decay=weight_decay, seeds=seeds, cases=cases, snapshots=snapshots)
     run_many(configs, store, workers=workers, device=str(device), desc="trajectory gaps", progress=None)
     return {
         (m, dt): {
@@ -177,13 +191,14 @@ def trajectory_gap(
     (diagnostic ``"params"``, at most 32,768 evenly strided coordinates). Both use the lr-multiplied
     lambda, so without momentum the updates are the same algebra:
     ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``. Returns (steps, gap, the L2 run's
-    result, whose final model :func:`one_step_gap` starts from).
+    result, whose final model :func:`one_step_gap` starts from). (The functions that train one measurement's
+    runs themselves do so through :func:`wdlib.runs.run_many` with ``pack="never"``: each run alone, as
+    :func:`wdlib.runs.run` trains it.)
     """
     ca, cb = _pair_configs(
         s, lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype, seed=seed, snapshots=snapshots
     )
-    a = run(ca, store, device=str(device))
-    b = run(cb, store, device=str(device))
+    a, b = run_many([ca, cb], store, device=str(device), desc="trajectory gap", progress=None, pack="never")
     for r in (a, b):
         if r.diverged:
             raise RuntimeError(
@@ -291,7 +306,7 @@ def shrinkage_vs_second_moment(
     """
     window = window or max(s.steps // 3, 1)
     cfg = _shrinkage_config(s, decay=decay, lr=lr, weight_decay=weight_decay, seed=seed, window=window)
-    r = run(cfg, store, device=str(device))
+    (r,) = run_many([cfg], store, device=str(device), desc=f"shrinkage ({decay})", progress=None, pack="never")
     rel = r.probes["shrinkage/shrinkage"] / (lr * weight_decay)
     v = r.probes["shrinkage/v_hat"]
     return {
@@ -364,6 +379,26 @@ def _warmup_cosine(steps: int, warmup: int) -> dict[str, Any]:
     return {"name": "cosine", "final": 0.1, "warmup": warmup}
 
 
+def _convention_configs(
+    s: Setup, *, peak_lr: float, weight_decay: float, seed: int, dtype: str
+) -> dict[str, RunConfig]:
+    """The four runs of :func:`convention_runs`, by name."""
+    lam_paper = convert_weight_decay(weight_decay, peak_lr, "decoupled", "independent")
+    common = dict(lr=peak_lr, dtype=dtype, lr_schedule=_warmup_cosine(s.steps, max(s.steps // 20, 1)))
+    return {
+        "torch AdamW": base_config(s, seed, optimizer={"name": "torch.adamw"}, weight_decay=weight_decay, **common),
+        "wdlib decoupled": base_config(
+            s, seed, optimizer={"name": "adam", "decay": "decoupled"}, weight_decay=weight_decay, **common
+        ),
+        "wdlib independent, converted": base_config(
+            s, seed, optimizer={"name": "adam", "decay": "independent"}, weight_decay=lam_paper, **common
+        ),
+        "wdlib independent, unconverted": base_config(
+            s, seed, optimizer={"name": "adam", "decay": "independent"}, weight_decay=weight_decay, **common
+        ),
+    }
+
+
 def convention_runs(
     s: Setup,
     *,
@@ -383,20 +418,11 @@ def convention_runs(
     vectors' max differences from the torch run, and the final weight norms.
     """
     lam_paper = convert_weight_decay(weight_decay, peak_lr, "decoupled", "independent")
-    common = dict(lr=peak_lr, dtype=dtype, lr_schedule=_warmup_cosine(s.steps, max(s.steps // 20, 1)))
-    configs = {
-        "torch AdamW": base_config(s, seed, optimizer={"name": "torch.adamw"}, weight_decay=weight_decay, **common),
-        "wdlib decoupled": base_config(
-            s, seed, optimizer={"name": "adam", "decay": "decoupled"}, weight_decay=weight_decay, **common
-        ),
-        "wdlib independent, converted": base_config(
-            s, seed, optimizer={"name": "adam", "decay": "independent"}, weight_decay=lam_paper, **common
-        ),
-        "wdlib independent, unconverted": base_config(
-            s, seed, optimizer={"name": "adam", "decay": "independent"}, weight_decay=weight_decay, **common
-        ),
-    }
-    results = {name: run(cfg, store, device=str(device)) for name, cfg in configs.items()}
+    configs = _convention_configs(s, peak_lr=peak_lr, weight_decay=weight_decay, seed=seed, dtype=dtype)
+    trained = run_many(
+        list(configs.values()), store, device=str(device), desc="conventions", progress=None, pack="never"
+    )
+    results = dict(zip(configs, trained))
     finals = {name: _flat(r.model_state) for name, r in results.items()}
     ref = finals["torch AdamW"]
     return {
@@ -486,8 +512,10 @@ def warmup_delay_runs(
     """
     out = {}
     configs = _warmup_delay_configs(s, peak_lr=peak_lr, weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed)
-    for name, cfg in configs.items():
-        r = run(cfg, store, device=str(device))
+    results = run_many(
+        list(configs.values()), store, device=str(device), desc="warmup delay", progress=None, pack="never"
+    )
+    for name, r in zip(configs, results):
         mats = torch.cat([v.reshape(-1).double() for v in r.model_state.values() if v.ndim >= 2])
         out[name] = {
             "weight_rms": float(mats.pow(2).mean().sqrt()),
@@ -495,3 +523,30 @@ def warmup_delay_runs(
             "test_loss": r.final["val_loss"],
         }
     return out
+
+
+# --- what the notebook trains ------------------------------------------------------------------------------
+
+#: training seeds of the notebook's counted measurements (``setting.seeds(5)``: DEC-1, DEC-2, DEC-7)
+NOTEBOOK_SEEDS = 5
+
+
+def planned_runs(s: Setup, *, store: Store | None = None) -> list[RunConfig]:
+    """Every run ``notebooks/01_l2_vs_decoupled.ipynb`` trains at the settings ``s`` (its seeds from ``s.seed``),
+    in the order it asks for them, built by the helpers its functions train: DEC-1's trajectory pairs
+    (float64 with and without momentum for every seed, float32 for the first), DEC-2's shrinkage runs,
+    DEC-7's warmup-delay pairs and DEC-9's four conventions. ``store`` is not needed (no run here depends
+    on another's result); it is accepted so every chapter's ``planned_runs`` is called alike."""
+    seeds = s.seeds(NOTEBOOK_SEEDS)
+    first = seeds[0]
+    gaps = dict(lr=0.1, weight_decay=5e-4, snapshots=50)
+    configs = _gaps_configs(s, seeds=seeds, cases=((0.0, "float64"), (0.9, "float64")), **gaps)
+    configs += _pair_configs(s, momentum=0.0, dtype="float32", seed=first, **gaps)
+    window = max(s.steps // 3, 1)
+    shrink = dict(lr=1e-3, weight_decay=0.05, window=window)
+    configs += [_shrinkage_config(s, decay="l2", seed=sd, **shrink) for sd in seeds]
+    configs.append(_shrinkage_config(s, decay="decoupled", seed=first, **shrink))
+    delay = dict(peak_lr=3e-3, weight_decay=0.1, warmup_steps=s.steps // 10)
+    configs += [c for sd in seeds for c in _warmup_delay_configs(s, seed=sd, **delay).values()]
+    configs += _convention_configs(s, peak_lr=3e-3, weight_decay=0.1, seed=first, dtype="float64").values()
+    return configs

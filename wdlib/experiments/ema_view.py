@@ -3,7 +3,8 @@
 Training runs go through :func:`wdlib.runs.run_many` (MNIST-1D, MLPs, ``Setup.workers`` single-thread
 worker processes); the simulation is :func:`wdlib.ema.simulate_rms`. The multi-seed experiments take a
 tuple of run seeds (the notebook passes ``setting.seeds(s.n_seeds)``) and return per-seed numbers and arrays;
-the notebook draws them and passes the measurements to the claims ledger.
+the notebook draws them and passes the measurements to the claims ledger. :func:`planned_runs` lists every
+run the notebook trains.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "rms_fit",
     "schedule_comparison",
     "term_stats",
+    "planned_runs",
 ]
 
 
@@ -82,14 +84,15 @@ SETTINGS: dict[str, Setup] = {
         rms_seeds=5,
         workers=1,
     ),
-    # the unit tests: seconds on one core
+    # the unit tests: seconds on one core; steps and memory_steps above the notebook's warmup and perturbed
+    # step (100), so that every run the notebook asks for can be built at this scale too (planned_runs)
     "test": Setup(
         "test",
         num_samples=300,
         width=8,
         batch_size=20,
-        steps=30,
-        memory_steps=40,
+        steps=120,
+        memory_steps=120,
         rms_steps=60,
         sim_steps=1000,
         sim_coords=100,
@@ -127,6 +130,24 @@ def _check(r: Any) -> Any:
     return r
 
 
+def _reconstruction_configs(
+    s: Setup, *, lr: float, weight_decay: float, schedules: dict[str, dict[str, Any] | None], seed: int
+) -> list[RunConfig]:
+    """The runs of :func:`reconstruction`: one float64 run with the ``"updates"`` probe per LR schedule."""
+    return [
+        base_config(
+            s,
+            seed,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=spec,
+            dtype="float64",
+            probes=[{"name": "updates", "tensor": 1, "coords": 1024}],
+        )
+        for spec in schedules.values()
+    ]
+
+
 def reconstruction(
     s: Setup,
     *,
@@ -143,18 +164,7 @@ def reconstruction(
     for a constant LR), trained in ``s.workers`` processes. Returns, per name, the largest relative error of
     the exact unrolled form and of Su's ``exp(-kappa)`` form, the a-priori bound of the latter, and ``D``.
     """
-    configs = [
-        base_config(
-            s,
-            seed,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_schedule=spec,
-            dtype="float64",
-            probes=[{"name": "updates", "tensor": 1, "coords": 1024}],
-        )
-        for spec in schedules.values()
-    ]
+    configs = _reconstruction_configs(s, lr=lr, weight_decay=weight_decay, schedules=schedules, seed=seed)
     out = {}
     for name, r in zip(
         schedules, run_many(configs, store, workers=s.workers, device=device, desc="EMA reconstruction", progress=None)
@@ -226,6 +236,30 @@ def memory_stats(
     }
 
 
+def _memory_plan(
+    s: Setup, *, lr: float, kappas: tuple[float, ...], perturb_step: int, seeds: tuple[int, ...], snapshots: int
+) -> list[tuple[float, int, RunConfig, RunConfig]]:
+    """The runs of :func:`memory`: ``(lambda, seed, plain run, run with the replaced batch)`` per kappa_T and seed."""
+    every = max(s.memory_steps // snapshots, 1)
+    plan = []
+    for kappa in kappas:
+        wd = kappa / (lr * s.memory_steps)
+        common = dict(
+            lr=lr,
+            weight_decay=wd,
+            steps=s.memory_steps,
+            eval_every=every,
+            diagnostics=["params"],
+            model_args={"width": 64, "depth": 2},
+            dtype="float64",
+        )
+        for seed in seeds:
+            plan.append(
+                (wd, seed, base_config(s, seed, **common), base_config(s, seed, perturb_step=perturb_step, **common))
+            )
+    return plan
+
+
 def memory(
     s: Setup,
     *,
@@ -246,23 +280,7 @@ def memory(
     are the lambdas; each value holds the kappa_T, ``eta_lambda`` and ``theta0_predicted`` of that lambda
     and ``per_seed``, a list of :func:`memory_stats` dictionaries in the order of ``seeds``.
     """
-    every = max(s.memory_steps // snapshots, 1)
-    plan = []
-    for kappa in kappas:
-        wd = kappa / (lr * s.memory_steps)
-        common = dict(
-            lr=lr,
-            weight_decay=wd,
-            steps=s.memory_steps,
-            eval_every=every,
-            diagnostics=["params"],
-            model_args={"width": 64, "depth": 2},
-            dtype="float64",
-        )
-        for seed in seeds:
-            plan.append(
-                (wd, seed, base_config(s, seed, **common), base_config(s, seed, perturb_step=perturb_step, **common))
-            )
+    plan = _memory_plan(s, lr=lr, kappas=kappas, perturb_step=perturb_step, seeds=seeds, snapshots=snapshots)
     configs = [c for _, _, a, b in plan for c in (a, b)]
     results = run_many(configs, store, workers=s.workers, device=device, desc="memory", progress=None)
     out: dict[str, Any] = {}
@@ -308,6 +326,29 @@ def _drift(curve: np.ndarray) -> float:
     return float(abs(curve[int(0.8 * n) :].mean() / curve[int(0.6 * n) : int(0.8 * n)].mean() - 1))
 
 
+def _rms_configs(
+    s: Setup, *, pairs: tuple[tuple[float, float], ...], beta2: float, seeds: tuple[int, ...]
+) -> list[RunConfig]:
+    """The runs of :func:`rms_network`: one per (lr, lambda) pair and seed."""
+    return [
+        base_config(
+            s,
+            seed,
+            lr=lr,
+            weight_decay=wd,
+            steps=s.rms_steps,
+            optimizer={"name": "adam", "decay": "decoupled", "betas": [0.9, beta2]},
+            # loss spikes after a second-moment spike recover: only a non-finite loss counts
+            divergence_factor=1e6,
+            eval_every=max(s.rms_steps // 50, 1),
+            diagnostics=["matrix_rms"],
+            model_args={"width": s.width, "depth": 2, "scale_invariant": True},
+        )
+        for lr, wd in pairs
+        for seed in seeds
+    ]
+
+
 def rms_network(
     s: Setup,
     *,
@@ -326,23 +367,7 @@ def rms_network(
     last fifth with the fifth before it (a settled run drifts little; averaging over seeds keeps a
     systematic drift and averages out a one-seed fluctuation); ``drift_per_seed`` is the same per run.
     """
-    configs = [
-        base_config(
-            s,
-            seed,
-            lr=lr,
-            weight_decay=wd,
-            steps=s.rms_steps,
-            optimizer={"name": "adam", "decay": "decoupled", "betas": [0.9, beta2]},
-            # loss spikes after a second-moment spike recover: only a non-finite loss counts
-            divergence_factor=1e6,
-            eval_every=max(s.rms_steps // 50, 1),
-            diagnostics=["matrix_rms"],
-            model_args={"width": s.width, "depth": 2, "scale_invariant": True},
-        )
-        for lr, wd in pairs
-        for seed in seeds
-    ]
+    configs = _rms_configs(s, pairs=pairs, beta2=beta2, seeds=seeds)
     results = [
         _check(r)
         for r in run_many(configs, store, workers=s.workers, device=device, desc="RMS, network", progress=None)
@@ -414,6 +439,31 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 }
 
 
+def _comparison_specs(s: Setup) -> dict[str, dict[str, Any]]:
+    """The LR schedules of :func:`schedule_comparison` at scale ``s`` (warmup-stable-decay sized to its steps)."""
+    return {
+        k: (dict(v, warmup=s.steps // 20, decay_fraction=0.2) if v["name"] == "wsd" else v)
+        for k, v in SCHEDULES.items()
+    }
+
+
+def _comparison_configs(s: Setup, *, lr: float, weight_decay: float, seeds: tuple[int, ...]) -> list[RunConfig]:
+    """The runs of :func:`schedule_comparison`: one per schedule and seed, recording their updates."""
+    return [
+        base_config(
+            s,
+            seed,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=spec,
+            eval_every=max(s.steps // 20, 1),
+            probes=[{"name": "updates", "tensor": 1, "coords": 1024}],
+        )
+        for spec in _comparison_specs(s).values()
+        for seed in seeds
+    ]
+
+
 def schedule_comparison(
     s: Setup, *, lr: float, weight_decay: float, seeds: tuple[int, ...], device: str = "cpu", store: Store | None = None
 ) -> dict[str, Any]:
@@ -424,23 +474,8 @@ def schedule_comparison(
     per-seed lists of ``first_over_last``, ``coefficient_max_over_min``, ``update_norm_first_over_last``,
     ``val_loss``, ``val_acc``, ``train_loss`` and ``weight_rms``, and the seed-mean curves.
     """
-    specs = {
-        k: (dict(v, warmup=s.steps // 20, decay_fraction=0.2) if v["name"] == "wsd" else v)
-        for k, v in SCHEDULES.items()
-    }
-    configs = [
-        base_config(
-            s,
-            seed,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_schedule=spec,
-            eval_every=max(s.steps // 20, 1),
-            probes=[{"name": "updates", "tensor": 1, "coords": 1024}],
-        )
-        for spec in specs.values()
-        for seed in seeds
-    ]
+    specs = _comparison_specs(s)
+    configs = _comparison_configs(s, lr=lr, weight_decay=weight_decay, seeds=seeds)
     results = [
         _check(r)
         for r in run_many(configs, store, workers=s.workers, device=device, desc="schedule comparison", progress=None)
@@ -467,3 +502,32 @@ def schedule_comparison(
         ):
             out[name][key] = [float(r.final[src]) for r in runs]
     return out
+
+
+# --- what the notebook trains ------------------------------------------------------------------------------
+
+#: the arguments ``notebooks/02_ema_view.ipynb`` passes (EMA-1, EMA-2, EMA-3's network pairs, EMA-4)
+NOTEBOOK_RECONSTRUCTION = {
+    "lr": 3e-3,
+    "weight_decay": 1.0,
+    "schedules": {"constant lr": None, "warmup + cosine": {"name": "cosine", "warmup": 100, "final": 0.1}},
+}
+NOTEBOOK_MEMORY = {"lr": 1e-3, "kappas": (0.3, 1.0, 3.0), "perturb_step": 100, "snapshots": 60}
+NOTEBOOK_RMS_PAIRS = ((1e-3, 1.0), (3e-3, 1.0), (1e-2, 1.0), (3e-2, 1.0), (1e-2, 0.3), (1e-2, 0.1))
+NOTEBOOK_RMS_BETA2 = (0.999, 0.99)
+NOTEBOOK_COMPARISON = {"lr": 3e-3, "weight_decay": 0.5}
+
+
+def planned_runs(s: Setup, *, store: Store | None = None) -> list[RunConfig]:
+    """Every run ``notebooks/02_ema_view.ipynb`` trains at the settings ``s`` (its seeds from ``s.seed``), in the
+    order it asks for them, built by the helpers its functions train: EMA-1's reconstruction runs, EMA-2's
+    memory pairs, EMA-3's network runs for both beta2 and EMA-4's schedule comparison. ``store`` is not needed
+    (no run here depends on another's result); it is accepted so every chapter's ``planned_runs`` is called
+    alike."""
+    seeds, rms_seeds = s.seeds(s.n_seeds), s.seeds(s.rms_seeds)
+    configs = _reconstruction_configs(s, seed=seeds[0], **NOTEBOOK_RECONSTRUCTION)
+    configs += [c for _, _, a, b in _memory_plan(s, seeds=seeds, **NOTEBOOK_MEMORY) for c in (a, b)]
+    for beta2 in NOTEBOOK_RMS_BETA2:
+        configs += _rms_configs(s, pairs=NOTEBOOK_RMS_PAIRS, beta2=beta2, seeds=rms_seeds)
+    configs += _comparison_configs(s, seeds=seeds, **NOTEBOOK_COMPARISON)
+    return configs

@@ -18,7 +18,7 @@ slower than float32, and a verdict must not depend on which CPU built it).
 Training seeds are not fixed here: a :class:`Setup` holds seed *counts*, and :func:`plan` takes the
 seeds themselves (the notebook passes ``setting.seeds(seed_count(s))``, derived from its ``seed``
 parameter); each section uses the first of them. The corpus and its split are fixed (they define the
-task, not a draw of it).
+task, not a draw of it). :func:`planned_runs` lists every run the notebook trains.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ __all__ = [
     "BF16_CLAIMS",
     "main_precision",
     "precision_table",
+    "planned_runs",
 ]
 
 
@@ -454,23 +455,24 @@ def finetune_configs(s: Setup, main: dict[tuple, RunResult]) -> dict[tuple, RunC
     fresh optimizer, on new batches (the copy's batch seed is the run's plus 1,000, so it does not
     replay the windows of the run's first steps; its initialization comes from the snapshot).
     """
-    out = {}
-    for (wd, seed), r in main.items():
-        cfg = RunConfig.from_dict(r.config)
-        out[(wd, seed)] = cfg.replace(
-            lr=cfg.lr * s.ft_lr_factor,
-            lr_schedule=None,
-            steps=s.ft_steps,
-            seed=cfg.seed + 1000,
-            init_from={"run": r.info["key"], "step": s.ft_from},
-            ema=None,
-            probes=[],
-            measures=[],
-            snapshots=[],
-            diagnostics=[],
-            eval_every=0,
-        )
-    return out
+    return {arm: _finetune_config(s, RunConfig.from_dict(r.config), r.info["key"]) for arm, r in main.items()}
+
+
+def _finetune_config(s: Setup, cfg: RunConfig, key: str) -> RunConfig:
+    """The fine-tuning copy of main run ``cfg`` (stored under ``key``) of :func:`finetune_configs`."""
+    return cfg.replace(
+        lr=cfg.lr * s.ft_lr_factor,
+        lr_schedule=None,
+        steps=s.ft_steps,
+        seed=cfg.seed + 1000,
+        init_from={"run": key, "step": s.ft_from},
+        ema=None,
+        probes=[],
+        measures=[],
+        snapshots=[],
+        diagnostics=[],
+        eval_every=0,
+    )
 
 
 def run_finetunes(
@@ -486,6 +488,17 @@ def run_finetunes(
             ),
         )
     )
+
+
+def planned_runs(s: Setup, *, store: Store | None = None) -> list[RunConfig]:
+    """Every run ``notebooks/05_llm_regime.ipynb`` trains at the settings ``s`` (its seeds from ``s.seed``, its
+    precision policy for ``s.device``), in the order it asks for them: every run of :func:`plan`, then LLM-2's
+    fine-tuning copies of the main runs (:func:`finetune_configs`; configurations with ``init_from``, buildable
+    before the main runs train). ``store`` is not needed (no configuration here depends on a result); it is
+    accepted so every chapter's ``planned_runs`` is called alike."""
+    runs = plan(s, s.seeds(seed_count(s)), device=str(s.device))
+    configs = [cfg for arms in runs.values() for cfg in arms.values()]
+    return configs + [_finetune_config(s, cfg, cfg.key()) for cfg in runs["main"].values()]
 
 
 # --- reading results ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ weights every few epochs; each snapshot is fine-tuned for a few epochs at a smal
 ``init_from`` names the snapshot), and the fine-tuned copy's Hessian trace
 (:func:`wdlib.hessian.hutchinson_trace`, a fixed number of Rademacher probes on a fixed training
 subset, eval mode) and test error are measured. The notebook computes the verdicts from the tables
-returned here.
+returned here. :func:`planned_runs` lists every run the notebook trains.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ __all__ = [
     "test_size",
     "equal_norm_pairs",
     "pair_excess_z",
+    "planned_runs",
 ]
 
 
@@ -270,6 +271,14 @@ def grid_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None 
     weight_decay, seed, val_acc, val_loss, train_loss, train_acc, weight_norm, and ``noisy_fit``
     (fraction of the wrong training labels the final model reproduces) and ``clean_fit``.
     """
+    configs, extra = _grid_configs(s, seeds)
+    results = run_many(configs, store, workers=s.workers, device=device, desc="lr x wd grid", progress=None)
+    t = _table(configs, results, extra)
+    return t.rename(columns={"noise_fit/noisy_fit": "noisy_fit", "noise_fit/clean_fit": "clean_fit"})
+
+
+def _grid_configs(s: Setup, seeds: Any) -> tuple[list[RunConfig], list[dict[str, Any]]]:
+    """The runs of :func:`grid_runs` and each one's extra table columns (``lr_role``)."""
     configs, extra = [], []
     for lr in s.grid_lrs:
         for wd in (0.0, s.grid_wd):
@@ -287,9 +296,7 @@ def grid_runs(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None 
                     )
                 )
                 extra.append({"lr_role": "large" if lr == max(s.grid_lrs) else "small"})
-    results = run_many(configs, store, workers=s.workers, device=device, desc="lr x wd grid", progress=None)
-    t = _table(configs, results, extra)
-    return t.rename(columns={"noise_fit/noisy_fit": "noisy_fit", "noise_fit/clean_fit": "clean_fit"})
+    return configs, extra
 
 
 def recipes(s: Setup) -> list[tuple[float, float]]:
@@ -324,21 +331,9 @@ def plateau_runs(
     return t, {r.info["key"]: r.history for r in results}
 
 
-def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> Any:
-    """OVER-4 (and OVER-2): fine-tuned, measured copies of the plateau runs' snapshots.
-
-    Every snapshot of the (plateau_lr, plateau_wd) run and every ``nowd_copy_every``-th snapshot of the
-    (plateau_lr, 0) run, of every seed (``role`` "trajectory"), and the last snapshot of each further plateau
-    run of ``plateau_pairs`` (``role`` "final", whose Hessian trace is not measured: they serve OVER-2 only).
-    Each copy trains ``finetune_epochs`` epochs at a tenth (``finetune_factor``) of its run's LR with the same
-    weight decay and batch-order seed ``1000 + seed`` (a gradient-flow proxy, as the source's
-    fine-tuning at a small LR), then its Hessian trace is measured with ``trace_probes`` Rademacher
-    probes on the first ``trace_samples`` training points (eval mode). Returns one row per copy: role,
-    seed, lr and weight_decay (of the run it was copied from), epoch (of the snapshot), trace,
-    trace_se, scale_aware, val_acc, test_err, train_loss, weight_norm.
-    """
-    parents = _plateau_configs(s, seeds)
-    run_many(parents, store, workers=s.workers, device=device, desc="flow parents", progress=None)
+def _copy_configs(s: Setup, parents: list[RunConfig]) -> tuple[list[RunConfig], list[dict[str, Any]]]:
+    """The fine-tuned copies of :func:`flow_copies` (each starting from a snapshot of one of ``parents``, the
+    plateau runs) and each one's extra table columns."""
     configs, extra = [], []
     for p in parents:
         trajectory = p.lr == s.plateau_lr and p.weight_decay in (s.plateau_wd, 0.0)
@@ -377,6 +372,25 @@ def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | Non
                     "role": "trajectory" if trajectory else "final",
                 }
             )
+    return configs, extra
+
+
+def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None) -> Any:
+    """OVER-4 (and OVER-2): fine-tuned, measured copies of the plateau runs' snapshots.
+
+    Every snapshot of the (plateau_lr, plateau_wd) run and every ``nowd_copy_every``-th snapshot of the
+    (plateau_lr, 0) run, of every seed (``role`` "trajectory"), and the last snapshot of each further plateau
+    run of ``plateau_pairs`` (``role`` "final", whose Hessian trace is not measured: they serve OVER-2 only).
+    Each copy trains ``finetune_epochs`` epochs at a tenth (``finetune_factor``) of its run's LR with the same
+    weight decay and batch-order seed ``1000 + seed`` (a gradient-flow proxy, as the source's
+    fine-tuning at a small LR), then its Hessian trace is measured with ``trace_probes`` Rademacher
+    probes on the first ``trace_samples`` training points (eval mode). Returns one row per copy: role,
+    seed, lr and weight_decay (of the run it was copied from), epoch (of the snapshot), trace,
+    trace_se, scale_aware, val_acc, test_err, train_loss, weight_norm.
+    """
+    parents = _plateau_configs(s, seeds)
+    run_many(parents, store, workers=s.workers, device=device, desc="flow parents", progress=None)
+    configs, extra = _copy_configs(s, parents)
     results = run_many(configs, store, workers=s.workers, device=device, desc="flow copies", progress=None)
     t = _table(configs, results, extra)
     t["seed"], t["lr"] = t["parent_seed"], t["parent_lr"]
@@ -522,6 +536,20 @@ def _angular_base(s: Setup, optimizer: str, lr: float, wd: float, decay: str, se
     )
 
 
+def _angular_specs(s: Setup, seeds: Any) -> list[tuple[str, bool, int, RunConfig]]:
+    """The runs of :func:`angular_runs`: ``(rule, with_wd, seed, configuration)``, four per seed."""
+    specs = []
+    for seed in _check_seeds(seeds, s.angular_seeds, "angular_runs"):
+        (sgd_lr, sgd_wd), (adam_lr, adam_wd) = s.angular_sgd, s.angular_adam
+        specs += [
+            ("sgd", True, seed, _angular_base(s, "sgd", sgd_lr, sgd_wd, "l2", seed)),
+            ("sgd", False, seed, _angular_base(s, "sgd", sgd_lr, 0.0, "l2", seed)),
+            ("adam", True, seed, _angular_base(s, "adam", adam_lr, adam_wd, "decoupled", seed)),
+            ("adam", False, seed, _angular_base(s, "adam", adam_lr, 0.0, "decoupled", seed)),
+        ]
+    return specs
+
+
 def angular_runs(
     s: Setup, seeds: Any, *, device: str = "cpu", store: Store | None = None
 ) -> dict[tuple[str, bool, int], Any]:
@@ -532,15 +560,7 @@ def angular_runs(
     Returns ``{(rule, with_wd, seed): RunResult}``, ``rule`` "sgd" or "adam"; each result's probes hold
     the per-step norm, gradient norm, update norm and angle of the two hidden matrices.
     """
-    specs = []
-    for seed in _check_seeds(seeds, s.angular_seeds, "angular_runs"):
-        (sgd_lr, sgd_wd), (adam_lr, adam_wd) = s.angular_sgd, s.angular_adam
-        specs += [
-            ("sgd", True, seed, _angular_base(s, "sgd", sgd_lr, sgd_wd, "l2", seed)),
-            ("sgd", False, seed, _angular_base(s, "sgd", sgd_lr, 0.0, "l2", seed)),
-            ("adam", True, seed, _angular_base(s, "adam", adam_lr, adam_wd, "decoupled", seed)),
-            ("adam", False, seed, _angular_base(s, "adam", adam_lr, 0.0, "decoupled", seed)),
-        ]
+    specs = _angular_specs(s, seeds)
     results = run_many(
         [c for *_, c in specs], store, workers=s.workers, device=device, desc="angular runs", progress=None
     )
@@ -657,3 +677,21 @@ def trace_correlations(copies: Any, seed: int, weight_decay: float) -> dict[str,
         "err_first": float(sub["test_err"].iloc[0]),
         "err_last": float(sub["test_err"].iloc[-1]),
     }
+
+
+# --- what the notebook trains ------------------------------------------------------------------------------
+
+
+def planned_runs(s: Setup, *, store: Store | None = None) -> list[RunConfig]:
+    """Every run ``notebooks/04_overparameterized.ipynb`` trains at the settings ``s`` (its seeds from ``s.seed``),
+    in the order it asks for them, built by the helpers its functions train: OVER-1's grid, the plateau runs
+    (OVER-3, and the parents of OVER-4's copies), the fine-tuned copies of their snapshots (configurations with
+    ``init_from``: buildable before their parents train) and OVER-5's angular runs. ``store`` is not needed (no
+    configuration here depends on a result); it is accepted so every chapter's ``planned_runs`` is called
+    alike."""
+    grid_seeds, plateau_seeds, angular_seeds = (s.seeds(n) for n in (s.grid_seeds, s.plateau_seeds, s.angular_seeds))
+    parents = _plateau_configs(s, plateau_seeds)
+    configs = _grid_configs(s, grid_seeds)[0] + parents
+    configs += _copy_configs(s, parents)[0]
+    configs += [c for *_, c in _angular_specs(s, angular_seeds)]
+    return configs

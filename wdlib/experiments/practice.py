@@ -21,7 +21,7 @@ Every run goes through :func:`wdlib.runs.run_many` (cached in the run store, in 
 workers). The training seeds are arguments (the notebook derives them from its ``seed`` parameter with
 :meth:`wdlib.experiments.Setting.seeds`); a :class:`Setup` holds only how many of them each experiment uses.
 The functions return tables and arrays; the notebook draws them and passes the measurements to the
-claims ledger.
+claims ledger. :func:`planned_runs` lists every run the notebook trains.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ __all__ = [
     "sharing_sweep",
     "quantization_table",
     "basin_cells",
+    "planned_runs",
 ]
 
 
@@ -283,26 +284,34 @@ def grid_sweeps(
     Returns ``label -> table`` with the grid's fields, the final metrics and ``test_error`` (1 for a
     diverged run).
     """
-    store = _store(store)
-    fields = ["seed", "lr", "weight_decay"]
-    plans = {
+    plans = _grid_plans(s, arms, seeds)
+    results = run_many(
+        [c for cs in plans.values() for c in cs],
+        _store(store),
+        workers=s.workers,
+        device=device,
+        desc="lr x wd grids",
+        progress=None,
+    )
+    return _grid_tables(plans, results)
+
+
+def _grid_plans(s: Setup, arms: tuple[Arm, ...], seeds: tuple[int, ...]) -> dict[str, list[RunConfig]]:
+    """The runs of :func:`grid_sweeps`: ``label -> configurations`` (seed, lr, lambda of each arm's grid)."""
+    return {
         arm.label: expand_grid(
             _grid_base(s, arm),
             {"seed": [int(x) for x in seeds], "lr": lr_values(s, arm), "weight_decay": wd_values(s, arm)},
         )
         for arm in arms
     }
-    results = run_many(
-        [c for cs in plans.values() for c in cs],
-        store,
-        workers=s.workers,
-        device=device,
-        desc="lr x wd grids",
-        progress=None,
-    )
+
+
+def _grid_tables(plans: dict[str, list[RunConfig]], results: list[Any]) -> dict[str, Any]:
+    """:func:`grid_sweeps`' tables from the results of its plans (in the order of the plans' configurations)."""
     tables, i = {}, 0
     for label, configs in plans.items():
-        df = results_table(configs, results[i : i + len(configs)], fields)
+        df = results_table(configs, results[i : i + len(configs)], ["seed", "lr", "weight_decay"])
         i += len(configs)
         df["test_error"] = np.where(df["diverged_at"].notna() | df["val_acc"].isna(), 1.0, 1.0 - df["val_acc"])
         df["arm"] = label
@@ -375,6 +384,22 @@ def tilt_measurement(table: Any, basin_factor: float = 2.0, *, resamples: int = 
     return Measurement.bootstrap(statistic, units, resamples=resamples, seed=seed, per_seed=per_seed)
 
 
+def _twin_cells(tables: dict[str, Any], cells: int) -> list[tuple[str, float, float]]:
+    """``(label, lr, lambda)`` of the ``cells`` cells with the lowest seed-mean test error of each decoupled arm of
+    ``tables`` that has a twin in :data:`TORCH_ARMS`."""
+    out = []
+    for label, table in tables.items():
+        if label in TORCH_ARMS:
+            mean = table.groupby(["lr", "weight_decay"])["test_error"].mean().nsmallest(cells)
+            out += [(label, lr, wd) for lr, wd in mean.index]
+    return out
+
+
+def _twin_config(s: Setup, label: str, seed: int, lr: float, wd: float) -> RunConfig:
+    """The PyTorch-convention twin of arm ``label``'s grid cell (lr, lambda_paper): lambda_torch = lambda_paper/lr."""
+    return _grid_base(s, TORCH_ARMS[label]).replace(seed=int(seed), lr=float(lr), weight_decay=float(wd / lr))
+
+
 def convention_twins(
     s: Setup, tables: dict[str, Any], seed: int, cells: int = 2, *, device: str = "cpu", store: Store | None = None
 ) -> Any:
@@ -387,23 +412,19 @@ def convention_twins(
     import pandas as pd
 
     rows, configs = [], []
-    for label, table in tables.items():
-        if label not in TORCH_ARMS:
-            continue
-        mean = table.groupby(["lr", "weight_decay"])["test_error"].mean().nsmallest(cells)
-        for lr, wd in mean.index:
-            paper = table[(table["seed"] == seed) & (table["lr"] == lr) & (table["weight_decay"] == wd)]
-            cfg = _grid_base(s, TORCH_ARMS[label]).replace(seed=int(seed), lr=float(lr), weight_decay=float(wd / lr))
-            configs.append(cfg)
-            rows.append(
-                {
-                    "arm": label,
-                    "lr": float(lr),
-                    "weight_decay_paper": float(wd),
-                    "weight_decay_torch": float(wd / lr),
-                    "test_error_paper": float(paper["test_error"].iloc[0]),
-                }
-            )
+    for label, lr, wd in _twin_cells(tables, cells):
+        table = tables[label]
+        paper = table[(table["seed"] == seed) & (table["lr"] == lr) & (table["weight_decay"] == wd)]
+        configs.append(_twin_config(s, label, seed, lr, wd))
+        rows.append(
+            {
+                "arm": label,
+                "lr": float(lr),
+                "weight_decay_paper": float(wd),
+                "weight_decay_torch": float(wd / lr),
+                "test_error_paper": float(paper["test_error"].iloc[0]),
+            }
+        )
     results = run_many(configs, _store(store), workers=s.workers, device=device, desc="convention twins", progress=None)
     for row, r in zip(rows, results):
         row["test_error_torch"] = 1.0 if r.diverged else 1.0 - float(r.final["val_acc"])
@@ -437,6 +458,16 @@ def _spur_base(s: Setup, decay: str) -> RunConfig:
     )
 
 
+def _spurious_configs(s: Setup, seeds: tuple[int, ...]) -> list[RunConfig]:
+    """The runs of :func:`spurious_sweep`: each rule's lambda grid for every seed (each seed its own data)."""
+    return [
+        _spur_base(s, decay).replace(seed=sd, weight_decay=float(wd), data_args={**s.spur_data, "seed": sd})
+        for decay in ("l2", "decoupled")
+        for sd in map(int, seeds)
+        for wd in s.spur_wds[decay]
+    ]
+
+
 def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cpu", store: Store | None = None) -> Any:
     """Adam+L2 ("l2") and AdamW ("decoupled", torch convention) over their lambda grids and seeds, with
     each model's spurious reliance and out-of-distribution accuracy (:func:`spurious_reliance`).
@@ -446,14 +477,10 @@ def spurious_sweep(s: Setup, seeds: tuple[int, ...] = (0,), *, device: str = "cp
     """
     import pandas as pd
 
-    store = _store(store)
-    configs = [
-        _spur_base(s, decay).replace(seed=sd, weight_decay=float(wd), data_args={**s.spur_data, "seed": sd})
-        for decay in ("l2", "decoupled")
-        for sd in map(int, seeds)
-        for wd in s.spur_wds[decay]
-    ]
-    results = run_many(configs, store, workers=s.workers, device=device, desc="spurious-feature sweep", progress=None)
+    configs = _spurious_configs(s, seeds)
+    results = run_many(
+        configs, _store(store), workers=s.workers, device=device, desc="spurious-feature sweep", progress=None
+    )
     df = results_table(configs, results, ["decay", "seed", "weight_decay"])
     rows = []
     for cfg, result in zip(configs, results):
@@ -535,6 +562,23 @@ def _share_base(s: Setup, model: str, decay: str) -> RunConfig:
     )
 
 
+def _sharing_configs(s: Setup, model: str | tuple[str, ...], seeds: tuple[int, ...]) -> list[RunConfig]:
+    """The runs of :func:`sharing_sweep`: Adam+L2 and AdamW on each model for every sharing factor and seed."""
+    models = (model,) if isinstance(model, str) else tuple(model)
+    for m in models:
+        if m not in _PROBED:
+            raise ValueError(f"model must be one of {', '.join(map(repr, _PROBED))} (or a tuple of them), got {m!r}")
+    configs = []
+    for m in models:
+        ties = s.share_conv_ties if m == "tiedconv" else s.share_rnn_ties
+        for decay in ("l2", "decoupled"):
+            base = _share_base(s, m, decay)
+            configs += [
+                base.replace(seed=sd, model_args={**base.model_args, "tie": t}) for sd in map(int, seeds) for t in ties
+            ]
+    return configs
+
+
 def sharing_sweep(
     s: Setup,
     model: str | tuple[str, ...] = ("tiedconv", "tiedrnn"),
@@ -553,18 +597,7 @@ def sharing_sweep(
     """
     import pandas as pd
 
-    models = (model,) if isinstance(model, str) else tuple(model)
-    for m in models:
-        if m not in _PROBED:
-            raise ValueError(f"model must be one of {', '.join(map(repr, _PROBED))} (or a tuple of them), got {m!r}")
-    configs = []
-    for m in models:
-        ties = s.share_conv_ties if m == "tiedconv" else s.share_rnn_ties
-        for decay in ("l2", "decoupled"):
-            base = _share_base(s, m, decay)
-            configs += [
-                base.replace(seed=sd, model_args={**base.model_args, "tie": t}) for sd in map(int, seeds) for t in ties
-            ]
+    configs = _sharing_configs(s, model, seeds)
     results = run_many(
         configs, _store(store), workers=s.workers, device=device, desc="weight-sharing sweep", progress=None
     )
@@ -654,3 +687,42 @@ def quantization_table(
                         }
                     )
     return pd.DataFrame(rows)
+
+
+# --- what the notebook trains ------------------------------------------------------------------------------
+
+#: cells of each decoupled grid that the notebook retrains in PyTorch's convention (``convention_twins``' default)
+TWIN_CELLS = 2
+
+
+def _planned_twins(s: Setup, plans: dict[str, list[RunConfig]], seed: int, store: Store | None) -> list[RunConfig]:
+    """The configurations of ``convention_twins(s, grid_sweeps(...), seed)``: the twins of the best cells, which
+    only the grids' results tell. With every grid run in ``store`` they are exact; otherwise they are stand-ins
+    that cost the same (cells of each grid's centre column), so a plan made before the grids is right in its
+    counts and times but not in these keys."""
+    grid = [c for cs in plans.values() for c in cs]
+    results = [store.get(c) for c in grid] if store is not None else [None]
+    if all(r is not None for r in results):
+        cells = _twin_cells(_grid_tables(plans, results), TWIN_CELLS)
+        return [_twin_config(s, label, seed, lr, wd) for label, lr, wd in cells]
+    arms = {a.label: a for a in GRID_ARMS}
+    out = []
+    for label in (lb for lb in plans if lb in TORCH_ARMS):
+        lrs, wds = lr_values(s, arms[label]), wd_values(s, arms[label])
+        out += [_twin_config(s, label, seed, lrs[len(lrs) // 2], wds[k % len(wds)]) for k in range(TWIN_CELLS)]
+    return out
+
+
+def planned_runs(s: Setup, *, store: Store | None = None) -> list[RunConfig]:
+    """Every run ``notebooks/01b_decoupling_in_practice.ipynb`` trains at the settings ``s`` (its seeds from
+    ``s.seed``), in the order it asks for them, built by the helpers its functions train: the four (lr, lambda)
+    grids (DEC-8), the PyTorch-convention twins of their best cells, the spurious-feature sweep (DEC-4) and the
+    weight-sharing sweep (DEC-5). The twins depend on the grids' results: exact when ``store`` holds every grid
+    run, stand-ins of the same cost otherwise (:func:`_planned_twins`)."""
+    grid_seeds, spur_seeds, share_seeds = (s.seeds(n) for n in (s.grid_seeds, s.spur_seeds, s.share_seeds))
+    plans = _grid_plans(s, GRID_ARMS, grid_seeds)
+    configs = [c for cs in plans.values() for c in cs]
+    configs += _planned_twins(s, plans, grid_seeds[0], store)
+    configs += _spurious_configs(s, spur_seeds)
+    configs += _sharing_configs(s, ("tiedconv", "tiedrnn"), share_seeds)
+    return configs

@@ -7,7 +7,7 @@ notebook (``setting.seeds(n)``; the Setup holds the counts); the MNIST-1D draw t
 fixed (``data_seed=0``). Optima are read from the seed-mean loss on the factor-2 grid and refined by a
 parabola through the best point and its two neighbours (:func:`refined_index`), so that statistics of
 them move continuously and a bootstrap over seeds gives them a spread. The notebook draws the tables and
-passes the measurements to the claims ledger.
+passes the measurements to the claims ledger. :func:`planned_runs` lists every run the notebook trains.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..config import RunConfig
-from ..runs import Store, sweep
+from ..runs import Store, expand_grid, sweep
 from ._scaffold import Setting, pick_settings
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "lambda_exponent",
     "tau_log2_over_epochs",
     "lr_drift",
+    "planned_runs",
 ]
 
 
@@ -149,6 +150,16 @@ def _base(s: Setup, size: int, epochs: int, width: int, **changes: Any) -> RunCo
     )
 
 
+def _size_sweeps(
+    s: Setup, sizes: tuple[int, ...], seeds: tuple[int, ...]
+) -> list[tuple[int, RunConfig, dict[str, list[Any]]]]:
+    """The sweeps of :func:`data_size_sweep`: ``(size, base configuration, grid)`` per training-set size."""
+    return [
+        (size, _base(s, size, s.epochs, s.width, lr=s.lr), {"weight_decay": list(s.lams), "seed": list(seeds)})
+        for size in sizes
+    ]
+
+
 def data_size_sweep(
     s: Setup, sizes: tuple[int, ...], seeds: tuple[int, ...], *, device: str = "cpu", store: Store | None = None
 ) -> Any:
@@ -160,10 +171,10 @@ def data_size_sweep(
     import pandas as pd
 
     tables = []
-    for size in sizes:
+    for size, base, grid in _size_sweeps(s, sizes, seeds):
         t = sweep(
-            _base(s, size, s.epochs, s.width, lr=s.lr),
-            {"weight_decay": list(s.lams), "seed": list(seeds)},
+            base,
+            grid,
             store,
             workers=s.workers,
             device=device,
@@ -174,6 +185,19 @@ def data_size_sweep(
         t["steps"] = s.epochs * size // s.batch_size
         tables.append(t)
     return pd.concat(tables, ignore_index=True)
+
+
+def _width_sweeps(s: Setup, decay: str, seeds: tuple[int, ...]) -> list[tuple[int, RunConfig, dict[str, list[Any]]]]:
+    """The sweeps of :func:`width_sweep`: ``(width, base configuration, grid)`` per width, muP with ``decay``."""
+    mup = {"base_width": s.base_width, "decay": decay, "zero_readout": True}
+    return [
+        (
+            width,
+            _base(s, s.mup_size, s.mup_epochs, width, weight_decay=s.mup_lambda, mup=dict(mup)),
+            {"lr": list(s.base_lrs), "seed": list(seeds)},
+        )
+        for width in s.widths
+    ]
 
 
 def width_sweep(
@@ -188,18 +212,10 @@ def width_sweep(
     import pandas as pd
 
     tables = []
-    for width in s.widths:
-        base = _base(
-            s,
-            s.mup_size,
-            s.mup_epochs,
-            width,
-            weight_decay=s.mup_lambda,
-            mup={"base_width": s.base_width, "decay": decay, "zero_readout": True},
-        )
+    for width, base, grid in _width_sweeps(s, decay, seeds):
         t = sweep(
             base,
-            {"lr": list(s.base_lrs), "seed": list(seeds)},
+            grid,
             store,
             workers=s.workers,
             device=device,
@@ -299,3 +315,19 @@ def lr_drift(units: list[np.ndarray], values: tuple[float, ...]) -> float:
     """SCALE-3: max - min over widths (rows) of log2(refined best base LR), in factor-2 grid steps."""
     o = optimum_log2(units, values)
     return float(o.max() - o.min()) if np.all(np.isfinite(o)) else float("nan")
+
+
+# --- what the notebook trains ------------------------------------------------------------------------------
+
+
+def planned_runs(s: Setup, *, store: Store | None = None) -> list[RunConfig]:
+    """Every run ``notebooks/03_scaling_rules.ipynb`` trains at the settings ``s`` (its seeds from ``s.seed``), in
+    the order it asks for them, built by the helpers its sweeps train: SCALE-1's lambda grid at every dataset
+    size (the smallest first, then the rest) and SCALE-3's base-LR grid at every width with the hidden decay
+    kept constant, then scaled. ``store`` is not needed (no run here depends on another's result); it is accepted
+    so every chapter's ``planned_runs`` is called alike."""
+    size_seeds, mup_seeds = s.seeds(s.size_seeds), s.seeds(s.mup_seeds)
+    sweeps = _size_sweeps(s, s.sizes[:1], size_seeds) + _size_sweeps(s, s.sizes[1:], size_seeds)
+    for decay in ("constant", "scaled"):
+        sweeps += _width_sweeps(s, decay, mup_seeds)
+    return [c for _, base, grid in sweeps for c in expand_grid(base, grid)]
