@@ -42,34 +42,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wdlib import hessian  # noqa: E402
+from wdlib.check import pyhessian_trace, rademacher_probes  # noqa: E402  (the GPU check's reference, the same)
 from wdlib.data import load  # noqa: E402
 from wdlib.models import CNN  # noqa: E402
-
-
-def rademacher_probes(params: list[torch.Tensor], probes: int, seed: int) -> list[list[torch.Tensor]]:
-    """The probes wdlib.hessian draws (rule in its module docstring), written out here independently."""
-    sizes = [p.numel() for p in params]
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(probes):
-        r = torch.randint(0, 2, (sum(sizes),), generator=gen, dtype=torch.int8)
-        out.append([(2 * c.to(p.dtype) - 1).view(p.shape).to(p.device) for c, p in zip(torch.split(r, sizes), params)])
-    return out
-
-
-def pyhessian_trace(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, probes: list[list[torch.Tensor]]
-) -> list[float]:
-    """PyHessian's single-batch ``trace()``: one reverse pass through the gradient's graph per probe."""
-    model.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss = F.cross_entropy(model(x), y)
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-    trace_vhv = []
-    for v in probes:
-        hv = torch.autograd.grad(grads, params, grad_outputs=v, only_inputs=True, retain_graph=True)
-        trace_vhv.append(sum(torch.sum(a * b) for a, b in zip(hv, v)).cpu().item())
-    return trace_vhv
 
 
 def pyhessian_top_eigenvalue(

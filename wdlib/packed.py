@@ -92,6 +92,7 @@ from .train import (
     _result,
     _rng_state,
     _set_rng_state,
+    load_checkpoint,
 )
 
 __all__ = [
@@ -733,7 +734,7 @@ def train_packed(
     pack = _Pack(configs, ds, dev, inits)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume:
-        saved = load_checkpoint_pack(ckpt_path)
+        saved = load_checkpoint(ckpt_path, PACK_FORMAT)
         if saved is not None and saved.get("keys") == [c.key() for c in configs]:
             pack.load_state_dict(saved)
     autocast = _autocast(cfg0, dev)
@@ -775,20 +776,3 @@ def train_packed(
             r.info["attention_backend"] = "math (packed: the kernel vmap batches)"
         results.append(r)
     return results
-
-
-def load_checkpoint_pack(path: Path) -> dict[str, Any] | None:
-    """A pack checkpoint written by :func:`train_packed`, or None if missing, unreadable or of another format
-    (read by :func:`wdlib.train.load_checkpoint`'s rules: ``weights_only=True``)."""
-    if not path.exists():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: start over rather than trust it
-        warnings.warn(
-            f"pack checkpoint {path} could not be read ({type(err).__name__}); the pack starts over",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == PACK_FORMAT else None

@@ -189,8 +189,10 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """A checkpoint written by :func:`train`, or None if it is missing or unreadable (then the run restarts).
+def load_checkpoint(path: str | os.PathLike[str], kind: str = CHECKPOINT_FORMAT) -> dict[str, Any] | None:
+    """A checkpoint written by :func:`train` (or, with ``kind``, another writer's: a pack's,
+    :data:`wdlib.packed.PACK_FORMAT`), or None if it is missing, unreadable or of another kind (then the
+    run starts over).
 
     Loaded with ``weights_only=True``: a checkpoint is data, never code.
     """
@@ -206,7 +208,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             stacklevel=2,
         )
         return None
-    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else None
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == kind else None
 
 
 # --- the run state -------------------------------------------------------------------------------------
