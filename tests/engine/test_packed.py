@@ -128,6 +128,7 @@ def test_packed_optimizer_refuses_other_optimizers():
         },
         {"model": "convnet", "model_args": {"channels": [4, 4, 4], "norm": "batch"}, "snapshots": (10, 20)},
         {"mup": {"base_width": 8}, "model_args": {"width": 16, "depth": 2}, "decay_vectors": True},
+        {"label_noise": 0.2, "measures": ({"name": "noise_fit"}, {"name": "hessian_trace", "probes": 4})},
     ],
     ids=[
         "adamw",
@@ -137,6 +138,7 @@ def test_packed_optimizer_refuses_other_optimizers():
         "schedule-clip-accum-ema",
         "bn-convnet",
         "mup",
+        "noise-measures",
     ],
 )
 def test_member_matches_solo_run_in_float64(changes):
@@ -149,6 +151,9 @@ def test_member_matches_solo_run_in_float64(changes):
     for a, b in zip(solo, pk):
         close(a, b, 1e-6)
         assert b.info["pack"]["members"] == 3 and a.config == b.config
+        assert a.final.keys() == b.final.keys()
+        for k in set(a.final) - {"wall_time"}:
+            assert b.final[k] == pytest.approx(a.final[k], rel=1e-6, abs=1e-9), k
         if a.ema_state is not None:
             for k in a.ema_state:
                 torch.testing.assert_close(a.ema_state[k], b.ema_state[k], rtol=1e-6, atol=1e-6)
