@@ -309,8 +309,28 @@ def bf16_speed_row() -> str:
     return "| bfloat16 | " + "; ".join(cells) + " |"
 
 
+def run_counts(results: Path | None, chapter: str) -> str:
+    """What a chapter trained, from its run log (``<chapter>.runs.txt``, :func:`run_log_env`) and the results the
+    store filed (``results/../store/results/<key>.json``): ``"N (P packed, in K packs)"``, or ``"-"`` without a log.
+    Runs the chapter found already stored count as trained by whichever way they were."""
+    log = results / f"{chapter}.runs.txt" if results is not None else None
+    if log is None or not log.exists():
+        return "-"
+    keys = list(dict.fromkeys(k for k in log.read_text().split() if k))
+    packs, packed = set(), 0
+    for key in keys:
+        path = results.parent / "store" / "results" / f"{key}.json"  # type: ignore[union-attr]
+        info = json.loads(path.read_text()).get("summary", {}).get("info", {}) if path.exists() else {}
+        pack = info.get("pack") or {}
+        if pack.get("members", 1) > 1:
+            packed += 1
+            packs.add(pack.get("key"))
+    return f"{len(keys)} ({packed} packed, in {len(packs)} packs)"
+
+
 def status_page(records: list[dict], scale: str, results: Path | None = None) -> str:
-    """The build-status page: machine, versions, and per chapter its time, base seed and claims recorded."""
+    """The build-status page: machine, versions, and per chapter its time, base seed, the runs it trained (how
+    many as members of packs, :mod:`wdlib.packed`) and the claims recorded."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -332,8 +352,8 @@ def status_page(records: list[dict], scale: str, results: Path | None = None) ->
         f"| commit | {git_commit() or 'unknown'} |",
         bf16_speed_row(),
         "",
-        "| chapter | scale | base seed | execution time | claims recorded | status |",
-        "|---|---|---|---|---|---|",
+        "| chapter | scale | base seed | execution time | training runs | claims recorded | status |",
+        "|---|---|---|---|---|---|---|",
     ]
     from wdlib.claims import catalogue
 
@@ -347,13 +367,16 @@ def status_page(records: list[dict], scale: str, results: Path | None = None) ->
         claims = f"{len(got & set(wanted))} of {len(wanted)}" if wanted else "none catalogued"
         lines.append(
             f"| [{r['chapter']}](../{r['chapter']}.ipynb) | {r['scale']} | {r.get('seed', 0)} | "
-            f"{r['seconds']:.1f} s | {claims} | {state} |"
+            f"{r['seconds']:.1f} s | {run_counts(results, name)} | {claims} | {state} |"
         )
     lines += ["", f"Total execution time: {sum(r['seconds'] for r in records):.0f} s."]
     lines += [
         "",
         "A chapter built at smoke scale ran on the CPU with offline data; its full-scale setting is",
-        "stated in the chapter and is meant for one GPU.",
+        "stated in the chapter and is meant for one GPU. Training runs: the configurations the chapter asked",
+        "for; those packed trained together with others that differ only in seed, learning rate and weight",
+        "decay, as one batched model (wdlib.packed; on a CPU only small linear models), each still its own run.",
+        "`python -m wdlib.plan NOTEBOOK --scale full --device cuda` estimates a chapter's time on your device.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -105,7 +106,16 @@ def test_ledger_intro_and_status_pages(tmp_path):
     status = status_page(
         [{"chapter": "notebooks/01_x", "seconds": 12.3, "scale": "smoke", "seed": 0, "error": None}], "smoke", results
     )
-    assert "12.3 s" in status and "torch" in status
+    assert "12.3 s" in status and "torch" in status and "| - |" in status  # no run log: no run count
+    (results / "01_x.runs.txt").write_text("a" * 24 + "\n" + "b" * 24 + "\n" + "a" * 24 + "\n")
+    stored = tmp_path / "store" / "results"
+    stored.mkdir(parents=True)
+    (stored / ("a" * 24 + ".json")).write_text(json.dumps({"summary": {"info": {"pack": {"members": 3, "key": "p"}}}}))
+    (stored / ("b" * 24 + ".json")).write_text(json.dumps({"summary": {"info": {"pack": {"members": 1}}}}))
+    status = status_page(
+        [{"chapter": "notebooks/01_x", "seconds": 12.3, "scale": "smoke", "seed": 0, "error": None}], "smoke", results
+    )
+    assert "| 2 (1 packed, in 1 packs) |" in status
 
 
 def test_the_book_intro_has_the_generated_sections():
