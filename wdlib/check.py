@@ -44,9 +44,10 @@ a row without a tolerance is reported, not judged):
     dataset built once, outside both timings). A family that :func:`wdlib.packed.why_not_packed` refuses is
     reported with the reason, not judged.
 ``chapter``
-    chapter 1 (``notebooks/01_l2_vs_decoupled.ipynb``) end to end without its figures: the functions of
-    :mod:`wdlib.experiments.decoupling` its cells call, with the same arguments, judged by the claims ledger
-    into a temporary directory (run store included); passes when every claim gets a verdict.
+    chapter 1 (``notebooks/01_l2_vs_decoupled.ipynb``) executed end to end: its code cells in order in one
+    namespace with the scale and device set as papermill sets them (no Jupyter needed on the GPU machine),
+    figures drawn off screen, run store and claims in a temporary directory; passes when every claim the
+    catalogue gives the chapter gets a verdict.
 
 A section that raises is recorded as failed with its error and the others still run. ``--out`` (default
 ``_build/gpu-check``) receives ``report.json`` and ``report.md``; the Markdown is printed too, and the exit
@@ -87,23 +88,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import hessian, packed
-from .claims import Ledger, Measurement, environment
+from .claims import catalogue, environment
 from .components import build_data
 from .config import RunConfig
-from .experiments import check_parameters, ema_view, overparam, practice
 from .experiments import decoupling as dec
+from .experiments import ema_view, overparam, practice
 from .models import MLP
 from .optim import SGD, SGDW, Adam, AdamW
 from .precision import applied_decay
 from .rounding import ulp
 from .runs import Store
 from .runtime import resolve_device
-from .schedules import Constant, Cosine, Warmup, kappa, values
 from .train import RunResult, train
 
 __all__ = [
@@ -834,119 +835,75 @@ def section_packed(ctx: Context) -> list[Row]:
 # --- 6. a chapter end to end -------------------------------------------------------------------------------
 
 
-def _dec1(s: dec.Setup, seeds: tuple[int, ...], ledger: Ledger, workers: int, opts: dict[str, Any]) -> None:
-    """The notebook's DEC-1 cells: SGD+L2 vs SGDW trajectories with and without momentum, one-step gap."""
-    lr, wd = 0.1, 5e-4
-    cases = ((0.0, "float64"), (0.9, "float64"))
-    gaps = dec.trajectory_gaps_many(s, lr=lr, weight_decay=wd, seeds=seeds, workers=workers, cases=cases, **opts)
-    dec.trajectory_gap(s, lr=lr, weight_decay=wd, momentum=0.0, seed=seeds[0], dtype="float32", **opts)
-    step_gap = max(dec.one_step_gap(s, gaps[cases[0]][sd][2], lr=lr, weight_decay=wd, seed=sd) for sd in seeds)
-    ledger.judge(
-        "DEC-1",
-        measured={
-            "no_momentum_log_gap": Measurement.from_seeds([dec.log_gap(gaps[cases[0]][sd][1]) for sd in seeds]),
-            "momentum_log_gap": Measurement.from_seeds([dec.log_gap(gaps[cases[1]][sd][1]) for sd in seeds]),
-        },
-        sanity={"one_step_gap": step_gap},
-    )
+#: The chapter the ``chapter`` section executes, relative to the repository root.
+CHAPTER_NOTEBOOK = Path("notebooks/01_l2_vs_decoupled.ipynb")
 
 
-def _dec2(s: dec.Setup, seeds: tuple[int, ...], ledger: Ledger, workers: int, opts: dict[str, Any]) -> None:
-    """DEC-2: Adam+L2's per-weight shrinkage against its second moment; AdamW's spread as the sanity check."""
-    lr, wd = 1e-3, 0.05
-    l2 = dec.shrinkage_many(s, decay="l2", lr=lr, weight_decay=wd, seeds=seeds, workers=workers, **opts)
-    adamw = dec.shrinkage_vs_second_moment(s, decay="decoupled", lr=lr, weight_decay=wd, seed=seeds[0], **opts)
-    ledger.judge(
-        "DEC-2",
-        measured={"spearman_l2": Measurement.from_seeds([l2[sd]["spearman"] for sd in seeds])},
-        sanity={"adamw_relative_spread": adamw["relative_spread"]},
-    )
+def notebook_cells(path: Path) -> list[tuple[list[str], str]]:
+    """The code cells of the notebook at ``path`` as ``(tags, source)``, read as JSON (no Jupyter needed)."""
+    nb = json.loads(path.read_text())
+    cells = []
+    for cell in nb["cells"]:
+        if cell.get("cell_type") == "code":
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            cells.append((list(cell.get("metadata", {}).get("tags", [])), source))
+    return cells
 
 
-def _dec3(seed: int, ledger: Ledger) -> None:
-    """DEC-3: fixed points of decoupled SGD on a quadratic (the notebook's one quadratic seed)."""
-    fixed = [f for mom in (0.0, 0.9) for f in dec.quadratic_fixed_points(momentum=mom, seed=seed)]
-    ledger.judge(
-        "DEC-3",
-        measured={},
-        sanity={
-            "fixed_point_error": max(f["error_predicted"] for f in fixed),
-            "other_convention_error": min(f["error_other"] for f in fixed),
-        },
-    )
-
-
-def _warmup_share_at_peak(steps: int = 10_000, peak: float = 1e-3, lam: float = 0.1) -> float:
-    """The notebook's DEC-7 sanity number: the decay a linear warmup (5% or 20%) accumulates against the same
-    steps at the peak LR, ``kappa_w / (peak*lambda*w)``, the larger of the two."""
-    shares = []
-    for warm in (steps // 20, steps // 5):
-        lr = Warmup(Cosine(peak=peak, steps=steps - warm, final=peak / 10), steps=warm)
-        shares.append(kappa(values(lr, steps), values(Constant(lam), steps))[warm - 1] / (peak * lam * warm))
-    return max(shares)
-
-
-def _dec7(s: dec.Setup, seeds: tuple[int, ...], ledger: Ledger, workers: int, opts: dict[str, Any]) -> None:
-    """DEC-7: decay from step 0 against decay after warmup, the final weight RMS."""
-    train_ = dec.warmup_delay_many(
-        s, peak_lr=3e-3, weight_decay=0.1, warmup_steps=s.steps // 10, seeds=seeds, workers=workers, **opts
-    )
-    rms_change = [
-        train_[sd]["decay after warmup"]["weight_rms"] / train_[sd]["decay from step 0"]["weight_rms"] - 1
-        for sd in seeds
-    ]
-    ledger.judge(
-        "DEC-7",
-        measured={"rms_change": Measurement.from_seeds(rms_change)},
-        sanity={"warmup_share_at_peak": _warmup_share_at_peak()},
-    )
-
-
-def _dec9(s: dec.Setup, seed: int, ledger: Ledger, opts: dict[str, Any]) -> None:
-    """DEC-9: torch's AdamW against wdlib's decoupled and independent (converted and not) conventions."""
-    d = dec.convention_runs(s, peak_lr=3e-3, weight_decay=0.1, seed=seed, **opts)["max_abs_diff"]
-    ledger.judge(
-        "DEC-9",
-        measured={},
-        sanity={
-            "decoupled_vs_torch": d["wdlib decoupled"],
-            "converted_vs_torch": d["wdlib independent, converted"],
-            "unconverted_vs_torch": d["wdlib independent, unconverted"],
-        },
-    )
+def run_notebook(path: Path, parameters: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Execute a chapter's code cells in order in one namespace, as papermill would without a kernel: the
+    ``parameters`` cell, then ``parameters`` (plain values, never source text) set over it, the Colab install
+    cell (tag ``colab``) skipped; ``env`` set in ``os.environ`` meanwhile (run store, results directory).
+    Returns the namespace. The cells are this repository's own code, run as the book build runs them."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    namespace: dict[str, Any] = {"__name__": "__chapter__"}
+    try:
+        for i, (tags, source) in enumerate(notebook_cells(path)):
+            if "colab" in tags:
+                continue
+            exec(compile(source, f"{path.name}, code cell {i}", "exec"), namespace)  # the repository's own cells
+            if "parameters" in tags:
+                namespace.update(parameters)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return namespace
 
 
 def section_chapter(ctx: Context) -> list[Row]:
-    """Chapter 1's claims computed end to end at ``sizes.scale``, store and ledger in a temporary directory."""
+    """Chapter 1 executed end to end (:func:`run_notebook`: every code cell, figures drawn off screen) at
+    ``sizes.scale`` on the check's device, its run store and claims in a temporary directory; passes when every
+    claim the catalogue gives the chapter gets a verdict."""
     sz = ctx.sizes
-    setting = check_parameters(sz.scale, ctx.device, 0)
-    s = dec.setup(setting.scale)
-    seeds = setting.seeds(sz.chapter_seeds)
-    workers = sz.chapter_workers or max(1, min(os.cpu_count() or 1, 4))
-    store = Store(ctx.workdir / "store")
-    ledger = Ledger("01_l2_vs_decoupled", scale=setting.scale, directory=ctx.workdir, seed=setting.seed)
-    opts = {"device": setting.device, "store": store}
-    trained = f"scale {setting.scale!r}, {len(seeds)} training seeds"
-    steps: list[tuple[str, str, Callable[[], None]]] = [
-        ("DEC-1", trained, lambda: _dec1(s, seeds, ledger, workers, opts)),
-        ("DEC-2", trained, lambda: _dec2(s, seeds, ledger, workers, opts)),
-        ("DEC-3", "a quadratic, no training", lambda: _dec3(setting.seeds(1)[0], ledger)),
-        ("DEC-7", trained, lambda: _dec7(s, seeds, ledger, workers, opts)),
-        ("DEC-9", f"scale {setting.scale!r}, one seed", lambda: _dec9(s, seeds[0], ledger, opts)),
-    ]
+    path = Path(__file__).resolve().parent.parent / CHAPTER_NOTEBOOK
+    env = {
+        "WDLIB_STORE": str(ctx.workdir / "store"),
+        "WDLIB_RESULTS_DIR": str(ctx.workdir / "results"),
+        "WDLIB_PROGRESS": "0",
+        "MPLBACKEND": "Agg",
+    }
+    params = {"scale": sz.scale, "device": str(ctx.device), "seed": 0}
+    namespace, seconds = ctx.timed(lambda: run_notebook(path, params, env))
+    plt.close("all")
+    ledger = namespace["ledger"]
+    wanted = [cid for cid, c in catalogue().items() if c.chapter == CHAPTER_NOTEBOOK.stem]
     rows = []
-    for claim_id, how, compute in steps:
-        _, seconds = ctx.timed(compute)
+    for claim_id in wanted:
         verdict = next((r.verdict for r in ledger.results if r.claim == claim_id), None)
         rows.append(
             Row(
-                f"{claim_id} (notebooks/01_l2_vs_decoupled.ipynb), {how}",
-                {"verdict": verdict, "seconds": seconds},
+                f"{claim_id} ({CHAPTER_NOTEBOOK}), scale {sz.scale!r}",
+                {"verdict": verdict},
                 "a verdict computed",
                 isinstance(verdict, str) and bool(verdict),
             )
         )
-    rows.append(Row("runs trained", {"runs": len(store.list()), "workers": workers}))
+    store = Store(ctx.workdir / "store")
+    rows.append(Row("the chapter", {"seconds": seconds, "runs": len(store.list()), "workers": namespace["workers"]}))
     return rows
 
 
