@@ -170,8 +170,6 @@ class Sizes:
     packed_members: int  # configurations per packed model (seeds x lrs x lambdas)
     packed_steps: int  # steps of the float64 parity runs and of the float32 speed runs
     parity_steps: int  # steps of the float32 parity runs (PACKED_FLOAT64_RTOL says why fewer)
-    chapter_seeds: int  # training seeds of the chapter's counted measurements (its notebook: 5)
-    chapter_workers: int | None  # worker processes (None: the notebook's rule, min(cpu_count, 4))
 
 
 SIZES: dict[str, Sizes] = {
@@ -197,8 +195,6 @@ SIZES: dict[str, Sizes] = {
         packed_members=8,
         packed_steps=500,
         parity_steps=50,
-        chapter_seeds=5,
-        chapter_workers=None,
     ),
     # every code path in seconds on a 2-core CPU (the unit tests)
     "tiny": Sizes(
@@ -222,8 +218,6 @@ SIZES: dict[str, Sizes] = {
         packed_members=4,
         packed_steps=20,
         parity_steps=20,
-        chapter_seeds=2,
-        chapter_workers=1,
     ),
 }
 
