@@ -15,7 +15,8 @@ difference of the members' final training losses (a parity check, not a test). R
 
 Not a test: numbers depend on the machine and its load. On a 2-core CPU, one thread, 8 members, 30 steps,
 batch 128 the author measured MLP-128x2 1.3x, MLP-256x2 1.0x, MLP-512x2 0.65x and 1-D ConvNets of 3k-10k
-parameters 0.8-1.1x, which set :data:`wdlib.packed.CPU_PACK_MAX_WORK`.
+parameters 0.8-1.1x; the chapters' smoke build ran slower packed, so ``pack="auto"`` packs on a GPU only
+(:data:`wdlib.packed.CPU_REASON`).
 """
 
 from __future__ import annotations

@@ -375,7 +375,7 @@ def status_page(records: list[dict], scale: str, results: Path | None = None) ->
         "A chapter built at smoke scale ran on the CPU with offline data; its full-scale setting is",
         "stated in the chapter and is meant for one GPU. Training runs: the configurations the chapter asked",
         "for; those packed trained together with others that differ only in seed, learning rate and weight",
-        "decay, as one batched model (wdlib.packed; on a CPU only small linear models), each still its own run.",
+        "decay, as one batched model (wdlib.packed; by default on a GPU only), each still its own run.",
         "`python -m wdlib.plan NOTEBOOK --scale full --device cuda` estimates a chapter's time on your device.",
     ]
     return "\n".join(lines) + "\n"

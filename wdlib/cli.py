@@ -46,7 +46,7 @@ _ENV_HELP = """environment:
                before code identities were recorded) is worth: recompute (default: train it again and
                replace it), warn (return it with a warning) or reuse (return it silently)
   WDLIB_PACK   whether sweeps train configurations that differ only in seed, lr and weight decay as one
-               batched model (wdlib.packed): auto (default: on a GPU always, on a CPU small linear models),
+               batched model (wdlib.packed): auto (default: on a GPU always, elsewhere never),
                always or never"""
 
 
@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=PACK_MODES,
         default=None,
         help="train runs that differ only in seed, lr and weight decay as one batched model: auto (default, "
-        "or $WDLIB_PACK: on a GPU always, on a CPU small linear models), always or never",
+        "or $WDLIB_PACK: on a GPU always, elsewhere never), always or never",
     )
     sw.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     ls = sub.add_parser(

@@ -47,11 +47,14 @@ The GPT packs too, but torch 2.13 has no ``vmap`` batching rule for the CPU flas
 CUDA's flash/efficient kernels): attention then loops over the members inside the batched call (a
 performance warning, silenced here), so a packed GPT gains less than an MLP (``benchmarks/packed.py``).
 
-When to pack (:func:`plan_packs`, ``pack="auto"``): always on a GPU, where the members' launches
-collapse into one; on a CPU only models of linear layers whose parameters times batch size is at most
-:data:`CPU_PACK_MAX_WORK`, where batched small matmuls (and one evaluation pass for all members) beat the
-per-run overhead (``benchmarks/packed.py`` measures the ratio per chapter model on the current device; the
-threshold comes from its CPU measurements, recorded at :data:`CPU_PACK_MAX_WORK`).
+When to pack (:func:`plan_packs`, ``pack="auto"``): on a GPU always, where the members' launches collapse
+into one; elsewhere never (:data:`CPU_REASON`), and ``pack="always"`` packs anyway. On a 2-core CPU,
+``benchmarks/packed.py`` (one thread, 8 float32 members, no evaluation) measured packing 1.3x for
+MLP-128x2 at batch 128, 1.0x for MLP-256x2, 0.65x for MLP-512x2 and 0.8-1.1x for 1-D ConvNets; but the
+chapters' smoke build, which trains in two single-thread worker processes with frequent evaluations and
+diagnostics and packs of 2-5 members, ran slower packed: chapter 1 took 92 s against 38 s alone, its
+float64 packs of 3 at 2.3 ms per member-step against about 1.4 ms for a run alone. Packing pays on a CPU
+only in a narrow window (float32, small linear models, many members), too narrow for a default.
 """
 
 from __future__ import annotations
@@ -98,13 +101,12 @@ from .train import (
 __all__ = [
     "VARYING",
     "PARITY_RTOL",
-    "CPU_PACK_MAX_WORK",
+    "CPU_REASON",
     "PACK_MODES",
     "PACK_FORMAT",
     "signature",
     "why_not_packed",
     "model_obstacle",
-    "cpu_obstacle",
     "plan_packs",
     "pack_key",
     "PackedOptimizer",
@@ -115,13 +117,11 @@ __all__ = [
 VARYING: tuple[str, ...] = ("seed", "lr", "weight_decay", "lr_schedule", "wd_schedule", "perturb_step", "init_from")
 #: Relative tolerance of a packed member's final training loss against its solo run (see the module docstring).
 PARITY_RTOL = 1e-3
-#: ``pack="auto"`` on a CPU packs models built of linear layers (every parameter in an ``nn.Linear``,
-#: ``nn.LayerNorm`` or ``nn.Embedding``) whose parameters times batch size is at most this (benchmarks/packed.py,
-#: 2-core CPU, 8 members, one thread: MLP 40-64-64-10 at batch 64 4.5x with its evaluations, MLP-128x2 at
-#: batch 128 1.3x, MLP-256x2 1.0x, MLP-512x2 0.65x; 1-D ConvNets of 3k-10k parameters 0.8-1.1x at batch 128,
-#: so convolutions are not packed on a CPU by default).
-CPU_PACK_MAX_WORK = 3_000_000
-_CPU_PACK_MODULES = (nn.Linear, nn.LayerNorm, nn.Embedding)
+#: Why ``pack="auto"`` trains alone on a device other than a GPU (see the module docstring for the measurements).
+CPU_REASON = (
+    "not packed off a GPU by default: the chapters' smoke build on a 2-core CPU ran slower packed "
+    "(pack='always' packs anyway; benchmarks/packed.py measures the ratio here)"
+)
 #: The values ``pack`` takes in :func:`plan_packs` and :func:`wdlib.runs.run_many`.
 PACK_MODES: tuple[str, ...] = ("auto", "always", "never")
 #: The ``"format"`` of a pack's checkpoint.
@@ -164,28 +164,13 @@ def model_obstacle(model: nn.Module) -> str | None:
     return None
 
 
-def _model_facts(cfg: RunConfig, ds: Any) -> tuple[int, str | None, bool]:
-    """The model's parameter count, its :func:`model_obstacle` and whether it is built of linear layers only
-    (every parameter in one of ``_CPU_PACK_MODULES``); built on the meta device (no memory, no RNG draw)."""
+def _model_facts(cfg: RunConfig, ds: Any) -> tuple[int, str | None]:
+    """The model's parameter count and its :func:`model_obstacle`, built on the meta device (no memory, no RNG
+    draw)."""
     args = {**models.data_args(cfg.model, run_data(cfg, ds).sizes), **cfg.model_args}
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = models.build(cfg.model, **args)
-    linear = all(
-        isinstance(m, _CPU_PACK_MODULES) for m in model.modules() if any(True for _ in m.parameters(recurse=False))
-    )
-    return sum(p.numel() for p in model.parameters()), model_obstacle(model), linear
-
-
-def cpu_obstacle(cfg: RunConfig, count: int, linear: bool) -> str | None:
-    """Why ``pack="auto"`` trains ``cfg`` alone on a CPU (None: packing pays): see :data:`CPU_PACK_MAX_WORK`."""
-    if not linear:
-        return "not packed on a CPU: layers other than linear ones (measured no gain; benchmarks/packed.py)"
-    if count * cfg.batch_size > CPU_PACK_MAX_WORK:
-        return (
-            f"not packed on a CPU: {count} parameters x batch {cfg.batch_size} > CPU_PACK_MAX_WORK="
-            f"{CPU_PACK_MAX_WORK} (packing does not pay there; benchmarks/packed.py)"
-        )
-    return None
+    return sum(p.numel() for p in model.parameters()), model_obstacle(model)
 
 
 def plan_packs(
@@ -202,10 +187,10 @@ def plan_packs(
     configuration shares its :func:`signature`).
 
     ``pack``: ``"never"`` (every run alone), ``"always"`` (every group of two or more packable
-    configurations), ``"auto"`` (as ``"always"`` on a GPU; on a CPU only where it pays:
-    :func:`cpu_obstacle`). Packs hold at most ``max_members`` members and 50M parameters, and a group is
-    split into at least ``split`` packs where it has the members (:func:`wdlib.runs.run_many` passes its
-    number of workers). Configurations with the same key are trained once (the first index).
+    configurations), ``"auto"`` (as ``"always"`` on a GPU, as ``"never"`` elsewhere: :data:`CPU_REASON`).
+    Packs hold at most ``max_members`` members and 50M parameters, and a group is split into at least
+    ``split`` packs where it has the members (:func:`wdlib.runs.run_many` passes its number of workers).
+    Configurations with the same key are trained once (the first index).
     """
     if pack not in PACK_MODES:
         raise ValueError(f"pack must be one of {', '.join(repr(p) for p in PACK_MODES)}, got {pack!r}")
@@ -232,9 +217,9 @@ def plan_packs(
         if len(members) == 1:
             reasons[members[0]] = "alone in its group (no other run shares model, data and settings)"
             continue
-        count, obstacle, linear = _model_facts(configs[members[0]], data(configs[members[0]]))
-        if obstacle is None and pack == "auto" and dev.type == "cpu":
-            obstacle = cpu_obstacle(configs[members[0]], count, linear)
+        count, obstacle = _model_facts(configs[members[0]], data(configs[members[0]]))
+        if obstacle is None and pack == "auto" and dev.type != "cuda":
+            obstacle = CPU_REASON
         if obstacle is not None:
             reasons.update({i: obstacle for i in members})
             continue

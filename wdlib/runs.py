@@ -193,7 +193,7 @@ def run_many(
     ``pack``: whether configurations that differ only in seed, learning rate and weight decay (and their
     schedules) train together as one batched model (:mod:`wdlib.packed`): None reads ``$WDLIB_PACK``
     (default ``"auto"``); ``"auto"`` (on a GPU always, on a
-    CPU where it pays, :func:`wdlib.packed.cpu_obstacle`), ``"always"`` or
+    CPU never: :data:`wdlib.packed.CPU_REASON`), ``"always"`` or
     ``"never"``. Each result's ``info["pack"]`` records the decision: the pack's size and the member's index,
     or why the run trained alone (probes, diagnostics, BatchNorm, dropout, bf16-pure, ...).
 
