@@ -52,9 +52,10 @@ into one; elsewhere never (:data:`CPU_REASON`), and ``pack="always"`` packs anyw
 ``benchmarks/packed.py`` (one thread, 8 float32 members, no evaluation) measured packing 1.3x for
 MLP-128x2 at batch 128, 1.0x for MLP-256x2, 0.65x for MLP-512x2 and 0.8-1.1x for 1-D ConvNets; but the
 chapters' smoke build, which trains in two single-thread worker processes with frequent evaluations and
-diagnostics and packs of 2-5 members, ran slower packed: chapter 1 took 92 s against 38 s alone, its
-float64 packs of 3 at 2.3 ms per member-step against about 1.4 ms for a run alone. Packing pays on a CPU
-only in a narrow window (float32, small linear models, many members), too narrow for a default.
+diagnostics and packs of 2-5 members, ran slower packed: chapter 1 took 92 s packed against 82 s alone
+(same machine, same day), its float64 packs of 3 at 2.3 ms per member-step against 1.6 ms for a run alone
+(its float32 packs of 5 at 1.0 ms against 1.3 ms). Packing pays on a CPU only in a narrow window (float32,
+small linear models, many members), too narrow for a default.
 """
 
 from __future__ import annotations
