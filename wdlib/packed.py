@@ -513,7 +513,6 @@ class _Pack:
         )
         self.feeds = [_Feed(c, ds, dev, _param_dtype(c)) for c in configs]
         self.last_loss = [math.nan] * len(configs)
-        self.watched = bool(configs[0].probes or configs[0].diagnostics)
 
     def expose(self) -> None:
         """Give each active member's own parameters their slice of the stacked gradients, and its own optimizer
