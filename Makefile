@@ -15,10 +15,12 @@
 #               `pip install --no-index --find-links .whl --no-deps -e .` (the check also runs uninstalled).
 # Both set up .venv by themselves on a fresh machine. torch is installed first, pinned, so that the
 # project's `torch>=2.4` is already satisfied and pip never pulls a multi-GB CUDA build.
+# TORCH_INDEX=<url> takes it from that index (the workflow uses https://download.pytorch.org/whl/cpu).
 
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
 SCALE       ?= smoke
 DEVICE      ?= auto
 SEED        ?= 0
@@ -26,14 +28,16 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.wdlib-installed
 CHECK_PY    ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: book test lint unit browser-deps setup clean gpu-check
+WHEELHOUSE  := $(VENV)/wheelhouse
+
+.PHONY: book test lint unit rehearsal browser-deps setup clean gpu-check
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(PY) -m pip install --quiet -e ".[book,test]"
 	@touch $(STAMP)
 
@@ -46,12 +50,26 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 unit: $(STAMP)
-	$(PY) -m pytest -m "not book" -q
+	$(PY) -m pytest -m "not book and not rehearsal" -q
+
+# The wheels a fresh Colab-like environment needs (wdlib[notebooks]'s dependencies and the torch this venv has),
+# downloaded once from the package registry, so that the rehearsal itself installs offline.
+$(WHEELHOUSE)/.complete: $(STAMP)
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
+	$(PY) -m pip download --quiet --disable-pip-version-check -d $(WHEELHOUSE) -c $(VENV)/torch-pin.txt \
+		".[notebooks]" "setuptools>=77"
+	rm -f $(WHEELHOUSE)/wdlib-*
+	@touch $@
+
+# The readers' paths, rehearsed offline: a wheel of wdlib built here and installed (the core alone) into a fresh
+# venv that has only torch, then the Colab install cell run there (as on Colab), and chapter 1 at the test scale.
+rehearsal: $(STAMP) $(WHEELHOUSE)/.complete
+	WDLIB_WHEELHOUSE=$(abspath $(WHEELHOUSE)) $(PY) -m pytest -m rehearsal -q
 
 browser-deps:
 	@sh tools/ensure_chromium.sh
 
-test: lint unit book browser-deps
+test: lint unit rehearsal book browser-deps
 	$(PY) -m pytest -m book -q
 
 gpu-check:

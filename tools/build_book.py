@@ -25,30 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from wdlib.config import SCALES  # noqa: E402  (the one vocabulary of scales: a run's and a chapter's)
 
-
-def toc_files(toc_path: Path) -> list[str]:
-    """Every ``file:`` entry of a Jupyter Book ``_toc.yml``, in order."""
-    toc = yaml.safe_load(toc_path.read_text())
-    files: list[str] = [toc["root"]]
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(str(node["file"]))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
-    return files
+sys.path.insert(0, str(ROOT / "tools"))
+import api_pages  # noqa: E402  (the API reference: one page per public wdlib module)
+from site_config import built_config, load_site, stale, toc_files  # noqa: E402  (where the book lives, set once)
 
 
 def git_commit() -> str | None:
@@ -75,6 +58,9 @@ def kernel_env(results: Path) -> dict[str, str]:
         "WDLIB_STORE": str(results.parent / "store"),  # the chapters' runs (wiped by main())
         # no progress bars: an executed copy would keep widget outputs without their state
         "WDLIB_PROGRESS": "0",
+        # no interactive widgets either: a page has no kernel behind it, so it shows what the widget starts with
+        # and a note (wdlib.plotting.show_interactive)
+        "WDLIB_STATIC": "1",
         "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
     }
 
@@ -89,37 +75,67 @@ def run_log_env(results: Path, notebook: str) -> dict[str, str]:
     return {"WDLIB_RUN_LOG": str(log)}
 
 
-def execute(notebooks: list[str], src: Path, results: Path, scale: str, device: str, seed: int = 0) -> list[dict]:
-    """Run each notebook with papermill into ``src``; return one record per chapter."""
-    import papermill as pm
+def _papermill(nb: str, out: Path, scale: str, device: str, seed: int) -> list[str]:
+    """The command that executes chapter ``nb`` into ``out`` (papermill's CLI in this Python)."""
+    return [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(ROOT / f"{nb}.ipynb"),
+        str(out),
+        *("-p", "scale", scale, "-p", "device", device, "-p", "seed", str(seed)),
+        *("--cwd", str(out.parent), "--kernel", "python3", "--no-progress-bar", "--no-log-output"),
+    ]
 
-    os.environ.update(kernel_env(results))
-    records = []
-    for nb in notebooks:
-        out = src / f"{nb}.ipynb"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[book] executing {nb}.ipynb at scale={scale}", flush=True)
-        os.environ.update(run_log_env(results, nb))
-        start = time.perf_counter()
-        error = None
-        try:
-            pm.execute_notebook(
-                str(ROOT / f"{nb}.ipynb"),
-                str(out),
-                parameters={"scale": scale, "device": device, "seed": seed},
-                cwd=str(out.parent),
-                kernel_name="python3",
-                progress_bar=False,
-                log_output=False,
-            )
-        except Exception as exc:  # every chapter runs; failures are listed at the end
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-        seconds = time.perf_counter() - start
-        print(f"[book] {nb}: {'FAILED ' + error if error else 'ok'} in {seconds:.1f} s", flush=True)
-        records.append(
-            {"chapter": nb, "seconds": seconds, "scale": scale, "seed": seed, "device": device, "error": error}
-        )
-    return records
+
+def _execute_one(nb: str, src: Path, results: Path, scale: str, device: str, seed: int) -> dict:
+    """Execute one chapter in its own papermill process (its kernel's environment: :func:`kernel_env` and
+    :func:`run_log_env`); its wall time, and its CPU time with the kernel's and the worker processes'."""
+    out = src / f"{nb}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = results / f"{Path(nb).name}.papermill.log"
+    env = {**os.environ, **kernel_env(results), **run_log_env(results, nb)}
+    print(f"[book] executing {nb}.ipynb at scale={scale}", flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as stream:
+        proc = subprocess.Popen(_papermill(nb, out, scale, device, seed), env=env, stdout=stream, stderr=stream)
+        _, status, usage = os.wait4(proc.pid, 0)  # the rusage of papermill and every process it waited for
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    cpu = usage.ru_utime + usage.ru_stime
+    error = None
+    if proc.returncode != 0:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        error = f"papermill exited {proc.returncode}: {lines[-1] if lines else 'no output'} (log: {log})"
+    print(f"[book] {nb}: {'FAILED ' + error if error else 'ok'} in {seconds:.1f} s ({cpu:.0f} CPU s)", flush=True)
+    return {
+        "chapter": nb,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "scale": scale,
+        "seed": seed,
+        "device": device,
+        "error": error,
+    }
+
+
+def execute(
+    notebooks: list[str], src: Path, results: Path, scale: str, device: str, seed: int = 0, lanes: int = 1
+) -> list[dict]:
+    """Execute every chapter with papermill into ``src``, ``lanes`` chapters at a time (each in its own process,
+    in ``_toc.yml``'s order); return one record per chapter, in that order.
+
+    Two lanes on two cores: a chapter's own kernel works alone between its batches of training runs (figures,
+    probes, judging), and another chapter's runs fill that time. The numbers do not depend on it: every run is
+    seeded, and each process keeps the thread count it has when chapters run one at a time.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
+    with ThreadPoolExecutor(max_workers=lanes) as pool:
+        futures = [pool.submit(_execute_one, nb, src, results, scale, device, seed) for nb in notebooks]
+        return [f.result() for f in futures]
 
 
 def _cell(text: object) -> str:
@@ -328,7 +344,14 @@ def run_counts(results: Path | None, chapter: str) -> str:
     return f"{len(keys)} ({packed} packed, in {len(packs)} packs)"
 
 
-def status_page(records: list[dict], scale: str, results: Path | None = None) -> str:
+def _cpu(record: dict) -> str:
+    cpu = record.get("cpu_seconds")
+    return "" if cpu is None else f"{cpu:.0f} s"
+
+
+def status_page(
+    records: list[dict], scale: str, results: Path | None = None, wall: float | None = None, lanes: int = 1
+) -> str:
     """The build-status page: machine, versions, and per chapter its time, base seed, the runs it trained (how
     many as members of packs, :mod:`wdlib.packed`) and the claims recorded."""
     import torch
@@ -352,8 +375,8 @@ def status_page(records: list[dict], scale: str, results: Path | None = None) ->
         f"| commit | {git_commit() or 'unknown'} |",
         bf16_speed_row(),
         "",
-        "| chapter | scale | base seed | execution time | training runs | claims recorded | status |",
-        "|---|---|---|---|---|---|---|",
+        "| chapter | scale | base seed | execution time | CPU time | training runs | claims recorded | status |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     from wdlib.claims import catalogue
 
@@ -367,9 +390,17 @@ def status_page(records: list[dict], scale: str, results: Path | None = None) ->
         claims = f"{len(got & set(wanted))} of {len(wanted)}" if wanted else "none catalogued"
         lines.append(
             f"| [{r['chapter']}](../{r['chapter']}.ipynb) | {r['scale']} | {r.get('seed', 0)} | "
-            f"{r['seconds']:.1f} s | {run_counts(results, name)} | {claims} | {state} |"
+            f"{r['seconds']:.1f} s | {_cpu(r)} | {run_counts(results, name)} | {claims} | {state} |"
         )
-    lines += ["", f"Total execution time: {sum(r['seconds'] for r in records):.0f} s."]
+    lines += [
+        "",
+        f"Total execution time: {sum(r['seconds'] for r in records):.0f} s of chapter time, "
+        f"{sum(r.get('cpu_seconds') or 0 for r in records):.0f} CPU s"
+        + (f", {wall:.0f} s from the first chapter's start to the last one's end." if wall else "."),
+        f"Execution time is a chapter's wall time; {lanes} chapter(s) ran at a time (tools/build_book.py",
+        "--lanes), so alone on the machine a chapter can take less: its CPU time (its kernel's and its training",
+        "processes', summed) is what it costs.",
+    ]
     lines += [
         "",
         "A chapter built at smoke scale ran on the CPU with offline data; its full-scale setting is",
@@ -392,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         help="base seed of every chapter (run seeds are seed*1000+i): another value checks the verdicts",
     )
     parser.add_argument("--out", default=str(ROOT / "_build"))
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        help="chapters executed at a time (default: 2 on a CPU with 2+ cores, 1 on a GPU)",
+    )
     args = parser.parse_args(argv)
 
     out = Path(args.out).resolve()
@@ -409,15 +446,24 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"[book] _toc.yml names files that do not exist: {missing}", file=sys.stderr)
         return 1
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, src / name)
+    site = load_site(ROOT)  # where the book lives (_config.yml) and the release readers install
+    stale_cells = stale(ROOT, site)
+    if stale_cells:
+        print(f"[book] install cells out of date in {stale_cells}: run `python tools/site_config.py`", file=sys.stderr)
+        return 1
+    shutil.copy2(ROOT / "_toc.yml", src / "_toc.yml")
+    (src / "_config.yml").write_text(built_config((ROOT / "_config.yml").read_text(), site))
     shutil.copytree(ROOT / "book", src / "book")
+    api_pages.write_pages(src / "book" / "api")
     intro = src / "book" / "intro.md"
     intro.write_text(fill_intro(intro.read_text()))
 
-    records = execute(notebooks, src, results, args.scale, args.device, args.seed)
+    started = time.perf_counter()
+    lanes = args.lanes if args.lanes is not None else (1 if args.device == "cuda" else min(2, os.cpu_count() or 1))
+    records = execute(notebooks, src, results, args.scale, args.device, args.seed, lanes)
     (src / "book" / "ledger.md").write_text(ledger_page(results))
-    (src / "book" / "status.md").write_text(status_page(records, args.scale, results))
+    wall = time.perf_counter() - started
+    (src / "book" / "status.md").write_text(status_page(records, args.scale, results, wall, lanes))
     (out / "build_record.json").write_text(json.dumps(records, indent=2))
 
     print("[book] building HTML with jupyter-book (warnings are errors)", flush=True)

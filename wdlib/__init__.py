@@ -1,8 +1,10 @@
-"""wdlib: optimizers, schedules, timescales and diagnostics for *Weight Decay, Reproduced*.
+"""wdlib: optimizers, schedules, timescales and diagnostics for *Weight Decay, Reproduced*. ::
 
-import wdlib
-opt = wdlib.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)   # = torch.optim.AdamW
-opt = wdlib.Adam(model.parameters(), lr=1e-3, weight_decay=0.1)    # = torch.optim.Adam (coupled L2)
+    import wdlib
+    opt = wdlib.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)   # = torch.optim.AdamW
+    opt = wdlib.Adam(model.parameters(), lr=1e-3, weight_decay=0.1)    # = torch.optim.Adam (coupled L2)
+
+The optimizers are documented in :mod:`wdlib.optim`, the timescales in :mod:`wdlib.timescale`.
 """
 
 from . import optim, schedules, timescale

@@ -1,5 +1,7 @@
 """One prepared GPU check: does wdlib compute on a GPU what the book computes on a CPU, and how fast?
 
+Usage::
+
     python -m wdlib.check --device cuda [--size full|tiny] [--out DIR]     # or: make gpu-check
 
 Six sections, each a table of rows (what was measured, the numbers, the tolerance it is held to, pass/fail;
@@ -26,7 +28,7 @@ a row without a tolerance is reported, not judged):
     :func:`wdlib.hessian.hutchinson_trace` against a PyHessian-style loop (Yao et al. 2020, arXiv 1912.07145:
     one ``create_graph`` gradient, one reverse pass per probe) on the same Rademacher probes (the rule of
     :mod:`wdlib.hessian`, written out here), an MLP on random data: the per-probe ``v^T H v`` agree within
-    ``benchmarks/hessian_trace.py``'s tolerance (rtol 1e-4, atol 1e-5 max(1, |Tr H|)); the time ratio is
+    ``benchmarks/hessian_trace.py``'s tolerance (``rtol 1e-4, atol 1e-5 max(1, |Tr H|)``); the time ratio is
     reported.
 ``optimizer_bandwidth``
     step time of wdlib's AdamW and of ``torch.optim.AdamW(fused=True)`` at ``bw_params`` float32 parameters,
@@ -36,13 +38,13 @@ a row without a tolerance is reported, not judged):
     tests): the section passes if it ran.
 ``packed``
     the chapters' small models (chapter 1's and chapter 2's MLP on MNIST-1D, chapter 4's ConvNet, chapter
-    1b's BatchNorm ConvNet) trained solo (:func:`wdlib.train.train`) and packed (:func:`wdlib.packed.
-    train_packed`, members differing in seed, lr and lambda): largest relative difference of a member's final
-    train loss and weights from its solo run, in float32 over ``parity_steps`` against ``wdlib.packed.PARITY_RTOL``
-    and in float64 over ``packed_steps`` against :data:`PACKED_FLOAT64_RTOL` (which says why float32 is held
-    over fewer steps), and the speed-up ``solo time / packed time`` over ``packed_steps`` in float32 (the
-    dataset built once, outside both timings). A family that :func:`wdlib.packed.why_not_packed` refuses is
-    reported with the reason, not judged.
+    1b's BatchNorm ConvNet) trained solo (:func:`wdlib.train.train`) and packed
+    (:func:`wdlib.packed.train_packed`, members differing in seed, lr and lambda): largest relative difference
+    of a member's final train loss and weights from its solo run, in float32 over ``parity_steps`` against
+    ``wdlib.packed.PARITY_RTOL`` and in float64 over ``packed_steps`` against :data:`PACKED_FLOAT64_RTOL`
+    (which says why float32 is held over fewer steps), and the speed-up ``solo time / packed time`` over
+    ``packed_steps`` in float32 (the dataset built once, outside both timings). A family that
+    :func:`wdlib.packed.why_not_packed` refuses is reported with the reason, not judged.
 ``chapter``
     chapter 1 (``notebooks/01_l2_vs_decoupled.ipynb``) executed end to end: its code cells in order in one
     namespace with the scale and device set as papermill sets them (no Jupyter needed on the GPU machine),
@@ -903,7 +905,9 @@ def section_chapter(ctx: Context) -> list[Row]:
 
 # --- the check ---------------------------------------------------------------------------------------------
 
-#: The sections, in the order they run: ``name -> fn(ctx) -> rows``.
+#: The sections, in the order they run, as ``name -> fn(ctx) -> rows``.
+#:
+#: :meta hide-value:
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "optimizers": section_optimizers,
     "gpt_bf16": section_gpt_bf16,

@@ -83,7 +83,7 @@ __all__ = [
 VERDICTS: tuple[str, ...] = ("reproduced", "partial", "inconclusive", "not reproduced", "not tested")
 OUTCOMES: tuple[str, ...] = ("pass", "inconclusive", "fail")
 MIN_SEEDS = 3
-#: comparison operators a test may use: the claim's side of the threshold
+#: comparison operators a test may use, each with the claim's side of the threshold
 OPS: dict[str, str] = {
     "<=": "value <= threshold",
     ">=": "value >= threshold",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m wdlib {tau,run,sweep,runs}`` (also installed as ``wdlib``).
+"""Command line: ``python -m wdlib {tau,run,sweep,runs}`` (also installed as ``wdlib``). ::
 
     wdlib tau --lr 1e-3 --weight-decay 0.1 --dataset-size 50000 --batch-size 128 [--to-dataset-size N ...]
     wdlib run CONFIG.yaml [--store DIR] [--no-resume] [--rerun] [--device cuda] [--set steps=500 ...]
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._checks import check_integer, check_real, short_repr
+from ._extras import require
 from ._version import __version__
 from .config import FIELD_HELP, SCALES, RunConfig
 from .data import DataNotFoundError
@@ -298,7 +299,7 @@ def _value(text: str) -> Any:
 
 def _read_config(path: str) -> dict[str, Any]:
     """The mapping of fields in a JSON (``.json``) or YAML (anything else) file, or a one-line ValueError."""
-    import yaml
+    yaml = require("yaml", purpose="reading a YAML configuration")
 
     p = Path(path)
     if not p.exists():

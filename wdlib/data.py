@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._extras import require
 from ._registry import call_checked
 
 __all__ = [
@@ -83,7 +84,7 @@ EVAL_CHUNK = 1024  # samples per evaluation batch of classification data
 EVAL_TRAIN_SAMPLES = 4096  # training samples a run evaluates (the first ones: the split is in a seeded order)
 
 
-#: An evaluation set: called, a fresh iterator of ``(x, y)`` batches (see ``Dataset.eval_sets``).
+#: An evaluation set; called, it gives a fresh iterator of ``(x, y)`` batches (see ``Dataset.eval_sets``).
 EvalSet = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -200,7 +201,7 @@ class Dataset:
 
     @property
     def sizes(self) -> dict[str, Any]:
-        """What sizes a model to this data: ``input_shape`` and ``num_classes`` (see :func:`wdlib.models.data_args`)."""
+        """What sizes a model to this data (``input_shape`` and ``num_classes``; see :func:`wdlib.models.data_args`)."""
         return {"input_shape": self.input_shape, "num_classes": self.num_classes}
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Dataset:
@@ -336,7 +337,8 @@ def with_label_noise(dataset: Dataset, fraction: float, seed: int) -> Dataset:
 
 @functools.lru_cache(maxsize=8)
 def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[np.ndarray, ...]:
-    from mnist1d.data import get_dataset_args, make_dataset
+    mnist1d_data = require("mnist1d.data", purpose="the MNIST-1D dataset")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
 
     args = get_dataset_args()
     args.num_samples = num_samples
@@ -376,7 +378,7 @@ def mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", purpose="the digits dataset").load_digits
 
     d = load_digits()
     return d.data.astype(np.float64), d.target.astype(np.int64)
@@ -630,8 +632,8 @@ class TokenDataset:
 
     @property
     def sizes(self) -> dict[str, Any]:
-        """What sizes a model to this data: ``vocab_size``, and ``block_size`` once bound
-        (see :func:`wdlib.models.data_args`)."""
+        """What sizes a model to this data (``vocab_size``, and ``block_size`` once bound;
+        see :func:`wdlib.models.data_args`)."""
         out: dict[str, Any] = {"vocab_size": self.vocab_size}
         if self.block_size is not None:
             out["block_size"] = self.block_size

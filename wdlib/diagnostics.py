@@ -516,11 +516,13 @@ def _adam_elr(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float
     return adam_effective_lr(optimizer)
 
 
-#: Diagnostics recorded at each evaluation: ``name -> f(model, optimizer) -> float or array``. A function
+#: Diagnostics recorded at each evaluation, as ``name -> f(model, optimizer) -> float or array``. A function
 #: with the attribute ``needs_batch = True`` is called as ``f(model, optimizer, batch=(x, y), autocast=...)``
 #: with the first validation batch and the run's autocast context factory. These need the model and the
 #: optimizer alone; :mod:`wdlib.measures` adds those that need a model class (``attn_logit_max``) with
 #: :func:`register_diagnostic`, and is where the training loop reads the registries from.
+#:
+#: :meta hide-value:
 DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] = {
     "params": _params_snapshot,
     "matrix_rms": _matrix_rms,
@@ -528,8 +530,10 @@ DIAGNOSTICS: dict[str, Callable[[torch.nn.Module, torch.optim.Optimizer], Any]] 
     "adam_elr": _adam_elr,
 }
 
-#: Hooks that watch every step: ``name -> factory(model, optimizer, **args)`` returning an object with
+#: Hooks that watch every step, as ``name -> factory(model, optimizer, **args)`` returning an object with
 #: ``before_step(step)``, ``after_step(step)``, ``state_dict()``, ``load_state_dict()`` and ``result()``.
+#:
+#: :meta hide-value:
 PROBES: dict[str, Callable[..., Any]] = {
     "shrinkage": _shrinkage_probe,
     "updates": _update_recorder,

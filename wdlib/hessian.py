@@ -1,4 +1,4 @@
-"""Hessian diagnostics: Hessian-vector products, the Hessian trace and the top eigenvalue of a training loss.
+"""Hessian diagnostics: Hessian-vector products, the Hessian trace and the top eigenvalue of a training loss. ::
 
     from wdlib import hessian
     est = hessian.hutchinson_trace(model, x, y, probes=100, seed=0)   # Tr(H) +- est.stderr

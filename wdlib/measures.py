@@ -183,9 +183,11 @@ def _measure_seen_unseen(
 _measure_seen_unseen.needs_run = True  # type: ignore[attr-defined]
 
 
-#: Measurements of the final model on its dataset: ``name -> f(model, dataset, **args) -> {value: float}``;
+#: Measurements of the final model on its dataset, as ``name -> f(model, dataset, **args) -> {value: float}``;
 #: a run configuration names them in ``measures`` and the values land in ``final["<name>/<value>"]``. A
 #: function with the attribute ``needs_run = True`` also gets ``run=<RunConfig>, autocast=<context factory>``.
+#:
+#: :meta hide-value:
 MEASURES: dict[str, Callable[..., dict[str, float]]] = {
     "hessian_trace": _measure_trace,
     "top_eigenvalue": _measure_top_eigenvalue,

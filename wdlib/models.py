@@ -1,4 +1,4 @@
-"""Models for the chapters, each sized by a few numbers so one class serves smoke and full scale.
+"""Models for the chapters, each sized by a few numbers so one class serves smoke and full scale. ::
 
     from wdlib import models
     net = models.build("resnet18", num_classes=10, width=64, scale_invariant=True)

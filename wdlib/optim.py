@@ -835,6 +835,8 @@ _SGD_OPTIONS = {"momentum": 0.0, "nesterov": False}
 #: and "sgd" are wdlib's (:class:`Adam`, :class:`SGD`) and follow any rule, "decoupled" by default (so a
 #: bare "adam" is AdamW). "torch.adam", "torch.adamw" and "torch.sgd" are ``torch.optim``'s classes as they
 #: are, with the one rule each implements: L2 for Adam and SGD, decoupled for AdamW.
+#:
+#: :meta hide-value:
 OPTIMIZERS: dict[str, OptimizerEntry] = {
     e.name: e
     for e in (

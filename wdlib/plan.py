@@ -1,5 +1,7 @@
 """What a chapter will train, and for how long, before anyone commits an hour of Colab to it.
 
+Usage::
+
     python -m wdlib.plan NOTEBOOK --scale full|smoke|test --device cpu|cuda|auto [--probe-steps N] [--json]
 
 ``NOTEBOOK`` is a chapter (``notebooks/03_scaling_rules.ipynb`` or just ``03_scaling_rules``). The plan lists
@@ -61,6 +63,8 @@ __all__ = [
 ]
 
 #: The chapters, by notebook name, and the module whose ``planned_runs`` lists each one's runs.
+#:
+#: :meta hide-value:
 CHAPTERS: dict[str, ModuleType] = {
     "01_l2_vs_decoupled": decoupling,
     "01b_decoupling_in_practice": practice,
@@ -69,7 +73,7 @@ CHAPTERS: dict[str, ModuleType] = {
     "04_overparameterized": overparam,
     "05_llm_regime": llm,
 }
-#: The devices a plan is made for ("auto": CUDA when there is one).
+#: The devices a plan is made for ("auto" means CUDA when there is one).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: Steps each probe trains before the timed ones (its first steps pay for allocation and kernel selection).
 WARMUP_STEPS = 1

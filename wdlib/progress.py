@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Any
 
+from ._extras import require
+
 __all__ = ["progress_bar", "show_progress"]
 
 
@@ -15,7 +17,7 @@ def progress_bar(**kwargs: Any) -> Any:
         import ipywidgets  # noqa: F401
         from tqdm.auto import tqdm
     except ImportError:
-        from tqdm import tqdm
+        tqdm = require("tqdm", purpose="a progress bar").tqdm
     return tqdm(**kwargs)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._extras import require
 from .config import RunConfig
 from .packed import PACK_MODES, pack_key, plan_packs, train_packed
 from .progress import progress_bar, show_progress
@@ -117,6 +118,29 @@ def expand_grid(base: RunConfig | Mapping[str, Any], grid: Mapping[str, Sequence
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
+
+
+_POOLS: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
+
+
+def _pool(workers: int) -> Any:
+    """The process pool of ``workers`` single-thread workers that :func:`run_many` trains in, kept for the next
+    call: starting a worker (spawn, then importing torch and wdlib) costs seconds, and a chapter calls
+    :func:`run_many` dozens of times; kept workers also keep their datasets cached. A pool is made anew when the
+    environment's ``WDLIB_*`` variables changed since it started (workers read them when they start) or
+    after a worker died."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    key = (workers, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("WDLIB_"))))
+    pool = _POOLS.get(key)
+    if pool is None or getattr(pool, "_broken", False):
+        for other in [k for k in _POOLS if k[0] == workers]:  # an older environment's pool: no longer used
+            _POOLS.pop(other).shutdown(wait=False, cancel_futures=True)
+        pool = _POOLS[key] = ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
+        )
+    return pool
 
 
 def run_pack(
@@ -235,25 +259,29 @@ def run_many(
             bar.update(sum(per_key[todo_cfgs[i].key()] for i in unit))
 
         if workers > 1 and len(units) > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
-            ) as pool:
-                futures = {
-                    pool.submit(
-                        _unit_in_worker,
-                        [todo_cfgs[i].to_dict() for i in unit],
-                        str(store.root),
-                        device,
-                        reasons.get(unit[0]),
-                    ): unit
-                    for unit in units
-                }
+            pool = _pool(workers)
+            futures = {
+                pool.submit(
+                    _unit_in_worker,
+                    [todo_cfgs[i].to_dict() for i in unit],
+                    str(store.root),
+                    device,
+                    reasons.get(unit[0]),
+                ): unit
+                for unit in units
+            }
+            try:
                 for f in as_completed(futures):
                     f.result()
                     done(futures[f])
+            except BaseException:  # an error or an interrupt: the queued runs are dropped, the running ones finish
+                for f in futures:
+                    f.cancel()
+                _POOLS.pop(next((k for k, v in _POOLS.items() if v is pool), None), None)
+                pool.shutdown(wait=True, cancel_futures=True)  # the running ones end (and store) first
+                raise
         else:
             for unit in units:
                 _unit([todo_cfgs[i] for i in unit], store, device, reasons.get(unit[0]))
@@ -298,7 +326,7 @@ def results_table(configs: Sequence[RunConfig], results: Sequence[RunResult], fi
     """One row per run (a pandas DataFrame): the configuration ``fields``, ``key``, ``diverged_at``,
     ``wall_time`` and the final metrics (those named like a field or ``lr``/``wd``/``wall_time``/``step``
     are prefixed ``final_``). The table :func:`sweep` returns, for configurations built another way."""
-    import pandas as pd
+    pd = require("pandas", purpose="a sweep's table")
 
     rows = []
     for c, r in zip(configs, results, strict=True):

@@ -7,7 +7,7 @@ so any schedule can follow a warmup. :class:`HyperparameterScheduler` drives an 
 ``weight_decay`` from two independent schedules.
 
 The moving-average quantities follow Su, "Weight Decay and Learning Rate from a Moving Average
-Perspective" (2025; seed 000): with the update ``theta_t = (1 - eta_t*lambda_t)*theta_{t-1} - eta_t*u_t``,
+Perspective" (2025; seed 000): with the update ``theta_t = (1 - eta_t*lambda_t)*theta_{t-1} - eta_t*u_t``, ::
 
     theta_T = prod_{k<=T}(1 - eta_k*lambda_k) theta_0 - sum_i [eta_i prod_{k>i}(1 - eta_k*lambda_k)] u_i
             ~ exp(-kappa_T) (theta_0 - sum_i exp(kappa_i) eta_i u_i),   kappa_t = sum_{i<=t} eta_i*lambda_i.

@@ -36,7 +36,7 @@ current result again; ``wdlib runs --all-stale`` removes the stale ones, ``--for
 
 Recovery. A damaged ``index.sqlite`` (truncated, overwritten: SQLite reports it as a database
 error) is moved aside to ``index.sqlite.damaged-<UTC time>`` (with its -wal and -shm) and rebuilt
-from the results/*.json files (:meth:`Store.reindex`), with a :class:`StoreRecoveryWarning`; a
+from the ``results/*.json`` files (:meth:`Store.reindex`), with a :class:`StoreRecoveryWarning`; a
 readable index that lacks rows for existing .json files (emptied, or deleted) gets them back on
 lookup. Recovery never deletes a result file. Results stored before the .json files existed are
 described only by their index row and so cannot be recovered from a lost index (the warning counts them).
@@ -162,7 +162,9 @@ _NOT_TRAINING: frozenset[str] = frozenset(
         "stats.py",
     }
 )
-#: The files a run's result depends on: every top-level module of wdlib's core and engine layers.
+#: The files a run's result depends on (every top-level module of wdlib's core and engine layers).
+#:
+#: :meta hide-value:
 CODE_FILES: tuple[str, ...] = tuple(
     sorted(p.name for p in Path(__file__).resolve().parent.glob("*.py") if p.name not in _NOT_TRAINING)
 )

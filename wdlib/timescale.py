@@ -1,7 +1,7 @@
 """The moving-average timescales of AdamW and the transfer of lambda across dataset size and width.
 
 With lr-multiplied decoupled decay, the weights are an exponential moving average of the updates
-with per-step weight ``eta*lambda`` (Su 2025, seed 000; Wang & Aitchison, arXiv 2405.13698, seed 001):
+with per-step weight ``eta*lambda`` (Su 2025, seed 000; Wang & Aitchison, arXiv 2405.13698, seed 001)::
 
     tau_iter  = 1 / (eta * lambda)                       iterations
     tau_epoch = tau_iter / (N / B) = B / (eta * lambda * N)   epochs, N samples, batch size B

@@ -312,7 +312,7 @@ class RunState:
 
     @property
     def wall_time(self) -> float:
-        """Seconds the run has trained: earlier sessions' time plus this session's since :meth:`start_clock`."""
+        """Seconds the run has trained (earlier sessions' time plus this session's since :meth:`start_clock`)."""
         return self.wall_before + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,7 +19,55 @@ def test_book_build_turns_progress_off_in_its_kernels(tmp_path):
     env = build_book.kernel_env(tmp_path / "results")
     assert env["WDLIB_PROGRESS"] == "0"
     assert env["WDLIB_RESULTS_DIR"] == str(tmp_path / "results") and env["WDLIB_STORE"] == str(tmp_path / "store")
-    assert "os.environ.update(kernel_env(" in inspect.getsource(build_book.execute)  # papermill's kernels inherit it
+    assert "**kernel_env(results)" in inspect.getsource(build_book._execute_one)  # each chapter's kernel gets it
+
+
+def _notebook(code: str) -> str:
+    cell = {"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {}, "outputs": [], "source": code}
+    params = {
+        **cell,
+        "id": "p",
+        "metadata": {"tags": ["parameters"]},
+        "source": 'scale = "smoke"\ndevice = "auto"\nseed = 0',
+    }
+    return json.dumps(
+        {
+            "cells": [params, cell],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    )
+
+
+def test_chapters_run_in_lanes_each_with_its_own_kernel_environment(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build_book
+
+    monkeypatch.setattr(build_book, "ROOT", tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    probe = (
+        "import os, time\n"
+        "print(scale, seed, os.environ['WDLIB_STATIC'], os.path.basename(os.environ['WDLIB_RUN_LOG']))\n"
+        "time.sleep(1)"
+    )
+    (tmp_path / "notebooks" / "a.ipynb").write_text(_notebook(probe))
+    (tmp_path / "notebooks" / "b.ipynb").write_text(_notebook(probe))
+    (tmp_path / "notebooks" / "c.ipynb").write_text(_notebook("raise RuntimeError('chapter c fails')"))
+    src, results = tmp_path / "src", tmp_path / "results"
+    records = build_book.execute(["notebooks/a", "notebooks/b", "notebooks/c"], src, results, "test", "cpu", 7, lanes=2)
+    assert [r["chapter"] for r in records] == ["notebooks/a", "notebooks/b", "notebooks/c"]
+    assert records[0]["error"] is None and records[1]["error"] is None
+    assert (
+        "papermill exited 1" in records[2]["error"] and "chapter c fails" in (results / "c.papermill.log").read_text()
+    )
+    for name in ("a", "b"):
+        out = json.loads((src / "notebooks" / f"{name}.ipynb").read_text())
+        text = "".join("".join(o.get("text", "")) for c in out["cells"] for o in c.get("outputs", []))
+        assert f"test 7 1 {name}.runs.txt" in text
+    assert all(r["cpu_seconds"] > 0 for r in records)  # the kernel's CPU time counts (os.wait4 of papermill)
+    with pytest.raises(ValueError, match="lanes"):
+        build_book.execute([], src, results, "test", "cpu", lanes=0)
 
 
 def test_executed_chapters_hold_no_widget_outputs():

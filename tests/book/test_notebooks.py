@@ -52,8 +52,8 @@ def test_first_code_cell_is_the_parameters_cell_then_validated(nb_path):
     # papermill reads the same three (a comment it cannot parse, such as one holding "=", hides a parameter
     # from `papermill --help-notebook` and makes it warn "unknown parameter" when the book passes it)
     assert [p.name for p in PythonTranslator.inspect(params[0])] == ["scale", "device", "seed"]
-    # the Colab install cell installs the book layer, which the chapters import
-    assert any('"wdlib[book] @ git+' in c.source for c in code)
+    # the Colab install cell installs the notebooks extra (the book layer's imports), from a release tag
+    assert any('"wdlib[notebooks] @ git+' in c.source for c in code)
     # next: the Colab install cell (tagged "colab", a no-op elsewhere), then the cell that validates
     rest = [c for c in code[1:] if "colab" not in c.metadata.get("tags", [])]
     assert "check_parameters(" in rest[0].source, "the first cell after the parameters must validate them"

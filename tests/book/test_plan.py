@@ -109,4 +109,4 @@ def test_the_book_build_gives_each_chapter_its_own_empty_run_log(tmp_path):
     log.write_text("abc\n")
     assert build_book.run_log_env(tmp_path / "results", "notebooks/03_scaling_rules") == env
     assert log.read_text() == ""  # emptied for the next build
-    assert "os.environ.update(run_log_env(results, nb))" in inspect.getsource(build_book.execute)
+    assert "**run_log_env(results, nb)" in inspect.getsource(build_book._execute_one)  # each chapter's kernel

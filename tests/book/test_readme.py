@@ -70,8 +70,8 @@ def test_only_the_named_commands_are_skipped():
         skipped[:2]
         == [
             "make book   # execute every chapter at smoke scale (papermill) and build the HTML book into _build/html",
-            "make test   # lint (ruff, import layers), wdlib's tests, then the book, then a headless-Chromium check "
-            "of every page",
+            "make test   # lint, wdlib's tests, a Colab rehearsal in a fresh venv, the book, then a headless-Chromium "
+            "check of the site",
         ][: len(skipped[:2])]
     )
     assert all(c.startswith(("make book", "make test", ".venv/bin/papermill")) for c in skipped), skipped

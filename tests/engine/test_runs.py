@@ -734,3 +734,19 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path, monkeypatch):
     monkeypatch.setattr(runs_mod, "code_identity", lambda: {**real, "code": "0" * 64})
     other = store.checkpoint_path(key)
     assert other != mine and other.parent == mine.parent and key in other.name
+
+
+def test_run_many_keeps_its_worker_processes_between_calls(monkeypatch):
+    import os
+
+    from wdlib import runs
+
+    monkeypatch.setattr(runs, "_POOLS", {})
+    pool = runs._pool(2)
+    pids = {f.result() for f in [pool.submit(os.getpid) for _ in range(4)]}
+    assert runs._pool(2) is pool  # the next call reuses the workers (no new spawn, datasets stay cached)
+    assert {f.result() for f in [pool.submit(os.getpid) for _ in range(4)]} <= pids
+    monkeypatch.setenv("WDLIB_PACK", "never")  # workers read WDLIB_* when they start: a new environment, new pool
+    fresh = runs._pool(2)
+    assert fresh is not pool and list(runs._POOLS.values()) == [fresh]
+    fresh.shutdown()

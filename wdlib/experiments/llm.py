@@ -269,7 +269,7 @@ def base_config(s: Setup, **changes: Any) -> RunConfig:
     return cfg.replace(**changes) if changes else cfg
 
 
-#: The claims about bfloat16 itself: their runs keep their bf16 arms at every scale and on every device.
+#: The claims about bfloat16 itself, whose runs keep their bf16 arms at every scale and on every device.
 BF16_CLAIMS = ("LLM-6", "LLM-7")
 
 
@@ -563,7 +563,9 @@ def bf16_pure_weights(r: RunResult) -> list[torch.Tensor]:
     return [v.float() for k, v in r.model_state.items() if v.ndim >= 2 and not k.endswith("lm_head.weight")]
 
 
-#: The arms of the applied-decay measurement: label -> (optimizer, parameter dtype, bf16_update, kernel).
+#: The arms of the applied-decay measurement, as label -> (optimizer, parameter dtype, bf16_update, kernel).
+#:
+#: :meta hide-value:
 APPLIED_ARMS: dict[str, tuple[str, torch.dtype, str, str]] = {
     "float32": ("adam", torch.float32, "nearest", "auto"),
     "bf16, torch AdamW (default kernel)": ("torch.adamw", torch.bfloat16, "nearest", "auto"),

@@ -88,15 +88,19 @@ class Arm:
 #: ``grid_step``) and ``(grid_wd_points[family] - 1) * grid_step`` decades of lambda around its centre.
 #: Adam's good learning rates span about one decade at smoke, so its arms step a quarter decade in lr
 #: (centred half-way between the pilot's two best columns): five columns inside the band.
+#:
+#: :meta hide-value:
 GRID_ARMS: tuple[Arm, ...] = (
     Arm("SGD+L2", "sgd", "l2", -1.0, -2.0, "L2", "coupled"),
     Arm("SGDW (paper)", "sgd", "independent", -1.0, -2.0, "decoupled", "paper"),
     Arm("Adam+L2", "adam", "l2", -1.75, -2.0, "L2", "coupled", lr_step=0.25),
     Arm("AdamW (paper)", "adam", "independent", -1.75, -2.5, "decoupled", "paper", lr_step=0.25),
 )
-#: PyTorch's convention of the two decoupled arms (``lr*lambda`` per step): the same algorithm as the
+#: PyTorch's convention of the two decoupled arms (``lr*lambda`` per step), the same algorithm as the
 #: paper's with ``lambda_torch = lambda_paper / lr``, so it has no grid of its own (its tilt is the paper
 #: tilt minus 1); :func:`convention_twins` retrains a few paper cells in it, as a cross-check.
+#:
+#: :meta hide-value:
 TORCH_ARMS: dict[str, Arm] = {
     "SGDW (paper)": Arm("SGDW (torch)", "sgd", "decoupled", -1.0, -1.0, "decoupled", "torch"),
     "AdamW (paper)": Arm("AdamW (torch)", "adam", "decoupled", -2.0, -0.5, "decoupled", "torch"),
