@@ -28,7 +28,7 @@ MARKER = "<!-- modules -->"
 LAYERS = (
     ("Core", "`pip install wdlib`"),
     ("Engine", '`pip install "wdlib[engine]"`'),
-    ("Book", '`pip install "wdlib[book]"`'),
+    ("Book", '`pip install "wdlib[notebooks]"`'),
 )
 
 

@@ -127,7 +127,10 @@ def execute(
 
     Two lanes on two cores: a chapter's own kernel works alone between its batches of training runs (figures,
     probes, judging), and another chapter's runs fill that time. The numbers do not depend on it: every run is
-    seeded, and each process keeps the thread count it has when chapters run one at a time.
+    seeded, and each process keeps the thread count it has when chapters run one at a time. Measured on the
+    2-core CPU (2026-12-01): all six chapters in 3,057 s in two lanes; the first four took 1,852 s, against
+    about 1,900-2,100 s one at a time on the same machine, so the gain is small and rests on chapters 4 and 5
+    (not timed alone that day).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -397,9 +400,9 @@ def status_page(
         f"Total execution time: {sum(r['seconds'] for r in records):.0f} s of chapter time, "
         f"{sum(r.get('cpu_seconds') or 0 for r in records):.0f} CPU s"
         + (f", {wall:.0f} s from the first chapter's start to the last one's end." if wall else "."),
-        f"Execution time is a chapter's wall time; {lanes} chapter(s) ran at a time (tools/build_book.py",
-        "--lanes), so alone on the machine a chapter can take less: its CPU time (its kernel's and its training",
-        "processes', summed) is what it costs.",
+        f"Execution time is a chapter's wall time with {lanes} chapter(s) executing at a time",
+        "(tools/build_book.py --lanes), so alone on the machine a chapter takes less; CPU time (its kernel's and",
+        "its training processes', summed) is what it costs.",
     ]
     lines += [
         "",

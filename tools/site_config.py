@@ -103,15 +103,15 @@ if "google.colab" in sys.modules:
         os.environ["WDLIB_STORE"] = "/content/drive/MyDrive/{site.repo}/store\""""
 
 
-def toc_files(toc_path: Path) -> list[str]:
-    """Every ``file:`` entry of a Jupyter Book ``_toc.yml``, in order."""
+def toc_entries(toc_path: Path, key: str = "file") -> list[str]:
+    """Every ``key:`` entry (``file`` or ``glob``) of a Jupyter Book ``_toc.yml``, in order."""
     toc = yaml.safe_load(toc_path.read_text())
-    files: list[str] = [toc["root"]]
+    found: list[str] = []
 
     def walk(node: object) -> None:
         if isinstance(node, dict):
-            if "file" in node:
-                files.append(str(node["file"]))
+            if key in node:
+                found.append(str(node[key]))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -119,7 +119,12 @@ def toc_files(toc_path: Path) -> list[str]:
                 walk(item)
 
     walk({k: v for k, v in toc.items() if k != "root"})
-    return files
+    return found
+
+
+def toc_files(toc_path: Path) -> list[str]:
+    """Every ``file:`` entry of a Jupyter Book ``_toc.yml``, the root first, in order."""
+    return [str(yaml.safe_load(toc_path.read_text())["root"]), *toc_entries(toc_path, "file")]
 
 
 def chapters(root: Path = ROOT) -> list[Path]:

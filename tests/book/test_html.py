@@ -55,30 +55,12 @@ SEARCH_WORD = "decoupled"  # a word of chapter 1's text
 pytestmark = pytest.mark.book
 
 sys.path.insert(0, str(ROOT / "tools"))
-from build_book import toc_files  # noqa: E402
+from site_config import toc_entries, toc_files  # noqa: E402
 
 
 def _built(name: str) -> Path:
     """The built copy of a book source file where there is one, else the repository's."""
     return BUILT_SRC / name if (BUILT_SRC / name).exists() else ROOT / name
-
-
-def _toc_globs(toc: Path) -> list[str]:
-    """The ``glob:`` entries of a ``_toc.yml`` (pages generated at build time, e.g. the API reference's)."""
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "glob" in node:
-                found.append(str(node["glob"]))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load(toc.read_text()))
-    return found
 
 
 PAGES = [f.removesuffix(".ipynb") for f in toc_files(_built("_toc.yml"))]
@@ -88,7 +70,7 @@ CHAPTERS = [p for p in PAGES if p.startswith("notebooks/")]
 GLOBBED = sorted(
     {
         p.relative_to(HTML).with_suffix("").as_posix()
-        for g in _toc_globs(_built("_toc.yml"))
+        for g in toc_entries(_built("_toc.yml"), "glob")
         for p in HTML.glob(f"{g}.html")
     }
     - set(PAGES)

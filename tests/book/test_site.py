@@ -110,3 +110,9 @@ def test_the_built_book_points_colab_at_the_release_tag():
     assert {k: v for k, v in built.items() if k != "repository"} == {
         k: v for k, v in source.items() if k != "repository"
     }
+
+
+def test_the_readme_installs_the_current_release():
+    site = site_config.load_site(ROOT)
+    readme = (ROOT / "README.md").read_text()
+    assert f'pip install "wdlib[engine] @ git+{site.url}@{site.tag}"' in readme
