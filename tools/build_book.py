@@ -61,6 +61,10 @@ def kernel_env(results: Path) -> dict[str, str]:
         # no interactive widgets either: a page has no kernel behind it, so it shows what the widget starts with
         # and a note (wdlib.plotting.show_interactive)
         "WDLIB_STATIC": "1",
+        # idle OpenMP threads sleep instead of spinning: a kernel's torch threads spun while the cores were busy
+        # with training workers (chapter 1 beside chapter 2: 445 s and 456 CPU s spinning, 112 s and 107 CPU s
+        # passive; chapter 2 beside it 425 s -> 340 s). How threads wait changes no number.
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ def test_book_build_turns_progress_off_in_its_kernels(tmp_path):
 
     env = build_book.kernel_env(tmp_path / "results")
     assert env["WDLIB_PROGRESS"] == "0"
+    assert env["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # no spinning beside workers
     assert env["WDLIB_RESULTS_DIR"] == str(tmp_path / "results") and env["WDLIB_STORE"] == str(tmp_path / "store")
     assert "**kernel_env(results)" in inspect.getsource(build_book._execute_one)  # each chapter's kernel gets it
 
