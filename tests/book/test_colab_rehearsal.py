@@ -73,13 +73,12 @@ def venv(tmp_path_factory, wheelhouse) -> dict[str, Path]:
     ]
     _run([*wheel_cmd, str(ROOT)], tmp)
     (wheel,) = (tmp / "dist").glob("wdlib-*.whl")
-    return {"tmp": tmp, "py": py, "wheel": wheel, "wheelhouse": wheelhouse, "torch": torch_version}
+    return {"tmp": tmp, "py": py, "wheel": wheel, "wheelhouse": wheelhouse, "torch": torch_version, "offline": offline}
 
 
 def test_the_core_installs_from_a_wheel_outside_the_repository(venv):
     tmp, py = venv["tmp"], venv["py"]
-    offline = ["--no-index", "--find-links", str(venv["wheelhouse"]), "--disable-pip-version-check", "-q"]
-    _run([str(py), "-m", "pip", "install", *offline, str(venv["wheel"])], tmp, _clean_env())
+    _run([str(py), "-m", "pip", "install", *venv["offline"], str(venv["wheel"])], tmp, _clean_env())
     probe = """
 import importlib.util, json, torch, wdlib
 from wdlib.optim import AdamW
