@@ -24,8 +24,11 @@ decoupled ones. A ``torch.optim`` state dict of the same algorithm loads into it
 
 Both optimizers run on torch's own multi-tensor kernels: the fused kernel where every parameter is
 a floating-point tensor on a device that has one (CPU and CUDA), the ``_foreach`` kernel otherwise.
-The independent convention is the lr-multiplied one with ``lambda / lr_0``; decoupled SGD scales the
-parameters with one ``_foreach_mul_`` and then takes torch's SGD step without decay.
+The independent convention is the lr-multiplied one with ``lambda / lr_0``. Decoupled SGD on the fused
+kernel runs torch's fused *coupled* SGD kernel with transformed scalars and momentum buffer, which
+computes the decoupled update exactly in one pass over memory (:meth:`SGD._folded_step`); elsewhere
+(``impl="foreach"``, Nesterov, the "kahan" and "stochastic" remedies) it scales the parameters with one
+``_foreach_mul_`` and then takes torch's SGD step without decay.
 
 Parameters stored in bfloat16 (``bf16_update``)
 -----------------------------------------------
@@ -65,10 +68,11 @@ are per tensor, plus float32 temporaries for the work tensors and gradients duri
 Under "nearest" how much decay survives depends on the kernel (torch 2.13, CPU): the fused AdamW
 kernel computes ``p*(1 - s) - update`` in float32 and rounds once, so with updates of several ulps
 the decay survives on average (the rounding error is roughly uniform), and is lost with them when
-they are below half an ulp; the foreach paths (``impl="foreach"``, and decoupled SGD, which shrinks
-with ``torch._foreach_mul_`` before the step) round ``p*(1 - s)`` on its own, and ``_foreach_mul_``
-on bfloat16 even rounds the factor ``1 - s`` to bfloat16 first: ``s < 2^-9`` becomes 0 and
-``s = 3e-3`` becomes ``2^-8``. Measured by :func:`wdlib.precision.applied_decay`; used by chapter 5
+they are below half an ulp; decoupled SGD on the fused kernel does the same (the shrink is folded
+into the kernel's arithmetic); the foreach paths (``impl="foreach"``, and decoupled SGD with Nesterov,
+which shrinks with ``torch._foreach_mul_`` before the step) round ``p*(1 - s)`` on its own, and
+``_foreach_mul_`` on bfloat16 even rounds the factor ``1 - s`` to bfloat16 first: ``s < 2^-9``
+becomes 0 and ``s = 3e-3`` becomes ``2^-8``. Measured by :func:`wdlib.precision.applied_decay`; used by chapter 5
 (``notebooks/05_llm_regime.ipynb``, claim LLM-7).
 
 Run configurations name their optimizer through a registry, :data:`OPTIMIZERS`: a spec
@@ -83,6 +87,7 @@ Used by every chapter; introduced in chapter 1 (``notebooks/01_l2_vs_decoupled.i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -108,6 +113,7 @@ __all__ = [
     "convert_weight_decay",
     "decay_factor",
     "decay_rule",
+    "fused_sgd_works",
     "make_optimizer",
     "optimizer_spec",
 ]
@@ -119,7 +125,37 @@ _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FUSED_DEVICES = ("cpu", "cuda")
 BF16_UPDATES: tuple[str, ...] = ("nearest", "master", "kahan", "stochastic")
 _LOW_DTYPES = (torch.bfloat16, torch.float16)
-_MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")  # float32 for remedied low-precision params
+_MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")
+_FOLD_DTYPES = (
+    torch.float32,
+    torch.float64,
+)  # where decoupled SGD runs folded into the coupled kernel  # float32 for remedied low-precision params
+
+
+@functools.cache
+def fused_sgd_works(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether torch's fused SGD kernel updates ``dtype`` tensors on ``device_type`` correctly (probed once).
+
+    torch 2.12.1 and 2.13.0's CPU fused SGD kernel skips the update of every complete SIMD block of a
+    bfloat16 or float16 tensor (pytorch/pytorch#191763, fixed by #192545): a tensor of 16 or more
+    elements is not changed at all. The probe steps 64 ones by a gradient of ones, with and without a
+    momentum buffer of ones (lr 0.25, momentum 0.5: every value exact in both dtypes), and compares
+    with the exact answers 0.75 and 0.625. float32 and float64 are not probed. Where it fails,
+    :class:`SGD` takes the foreach kernels for those parameters (``impl="fused"`` raises ValueError).
+    """
+    if dtype not in _LOW_DTYPES:
+        return True
+    try:
+        p = torch.ones(64, dtype=dtype, device=device_type)
+        g = torch.ones_like(p)
+        torch._fused_sgd_([p], [g], [], weight_decay=0.0, momentum=0.0, lr=0.25, dampening=0.0,
+                          nesterov=False, maximize=False, is_first_step=False)  # fmt: skip
+        q, buf = torch.ones_like(p), torch.ones_like(p)
+        torch._fused_sgd_([q], [g], [buf], weight_decay=0.0, momentum=0.5, lr=0.25, dampening=0.0,
+                          nesterov=False, maximize=False, is_first_step=False)  # fmt: skip
+        return bool((p == 0.75).all()) and bool((q == 0.625).all()) and bool((buf == 1.5).all())
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def _check_number(
@@ -408,25 +444,61 @@ class _DecayOptimizer(torch.optim.Optimizer):
                         self.state[p][key] = value.to(device=p.device, copy=True)
 
     @staticmethod
-    def _use_fused(group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+    def _fits_fused(p: torch.Tensor) -> bool:
+        """Whether torch's fused kernels take ``p``: a dense floating-point tensor on cpu or cuda."""
+        return p.dtype in _FUSED_DTYPES and (p.is_cpu or p.is_cuda) and not p.is_sparse
+
+    @staticmethod
+    def _fused_choice(group: dict[str, Any], fits: bool) -> bool:
+        """Fused kernel or not, from ``impl`` and whether every parameter fits (ValueError for impl="fused")."""
         impl = group["impl"]
-        fits = all(p.dtype in _FUSED_DTYPES and p.device.type in _FUSED_DEVICES and not p.is_sparse for p in params)
         if impl == "fused" and not fits:
             raise ValueError(
-                "impl='fused' needs floating-point dense parameters on cpu or cuda; use impl='auto' or 'foreach'"
+                "impl='fused' needs floating-point dense parameters on cpu or cuda, and a fused kernel that "
+                "updates their dtype correctly (torch 2.12-2.13's CPU fused SGD skips bfloat16/float16 updates, "
+                "pytorch#191763: see wdlib.optim.fused_sgd_works); use impl='auto' or 'foreach'"
             )
         return impl != "foreach" and fits
 
-    def _collect(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        params, grads = [], []
+    @classmethod
+    def _use_fused(cls, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+        return cls._fused_choice(group, all(cls._fits_fused(p) for p in params))
+
+    def _gather(
+        self, group: dict[str, Any]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[dict[str, Any]], bool, bool]:
+        """One pass over a group: the parameters with a gradient, their gradients and states, whether the
+        fused kernel takes them all, and whether any is bfloat16/float16.
+
+        One loop with one state lookup per parameter: at ~40 tensors the optimizer's Python work per step
+        is comparable to a fused kernel on a million parameters (``benchmarks/optim_step.py``).
+        """
+        params, grads, states = [], [], []
+        fits, low = True, False
+        state_of = self.state
+        nearest = group["bf16_update"] == "nearest"  # otherwise the kernel steps float32 work tensors
         for p in group["params"]:
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 continue
-            if p.grad.is_sparse:
+            if g.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             params.append(p)
-            grads.append(p.grad)
-        return params, grads
+            grads.append(g)
+            states.append(state_of[p])
+            dtype = p.dtype
+            if fits and not (dtype in _FUSED_DTYPES and (p.is_cpu or p.is_cuda) and not p.is_sparse):
+                fits = False
+            if dtype in _LOW_DTYPES:
+                low = True
+                if fits and nearest and not self._fused_takes(p):
+                    fits = False
+        return params, grads, states, fits, low
+
+    @staticmethod
+    def _fused_takes(p: torch.Tensor) -> bool:
+        """Whether this optimizer's fused kernel updates a bfloat16/float16 ``p`` correctly (see :class:`SGD`)."""
+        return True
 
     def _work(
         self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
@@ -440,7 +512,7 @@ class _DecayOptimizer(torch.optim.Optimizer):
         mode = group["bf16_update"]
         low = [p.dtype in _LOW_DTYPES for p in params]
         if not any(low):
-            return params, grads, []
+            return params, grads, []  # (callers that know there is none skip this call)
         if mode == "nearest":
             for p, is_low in zip(params, low):
                 if is_low:
@@ -543,6 +615,10 @@ class SGD(_DecayOptimizer):
 
     _HYPER = ("momentum", "nesterov")
 
+    @staticmethod
+    def _fused_takes(p: torch.Tensor) -> bool:
+        return fused_sgd_works(p.device.type, p.dtype)
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -582,13 +658,20 @@ class SGD(_DecayOptimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads = self._collect(group)
+            params, grads, states, fits, low = self._gather(group)
             if not params:
                 continue
-            fused = self._use_fused(group, params)
-            work, work_grads, back = self._work(group, params, grads)
-            bufs = [self.state[p].get("momentum_buffer") for p in params]
+            fused = self._fused_choice(group, fits)
+            work, work_grads, back = self._work(group, params, grads) if low else (params, grads, [])
             shrink = decay_factor(group)
+            if self._foldable(group, work, fused, back, shrink):
+                self._folded_step(group, params, states, work, work_grads, shrink)
+                self._write_back(group, back)
+                continue
+            for p, state in zip(params, states):
+                if "folded" in state:
+                    self._unfold(p)
+            bufs = [state.get("momentum_buffer") for state in states]
             if shrink != 0.0:
                 torch._foreach_mul_(work, 1.0 - shrink)
             _sgd_functional(
@@ -605,10 +688,133 @@ class SGD(_DecayOptimizer):
                 fused=fused,
             )
             if group["momentum"] != 0.0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = buf
+                for state, buf in zip(states, bufs):
+                    state["momentum_buffer"] = buf
             self._write_back(group, back)
         return loss
+
+    # --- decoupled decay folded into the coupled kernel (one pass over memory) -------------------------
+
+    @staticmethod
+    def _foldable(group: dict[str, Any], work: list[torch.Tensor], fused: bool, back: list[Any], shrink: float) -> bool:
+        """Whether this group's decoupled/independent step runs as one fused coupled step (see :meth:`_folded_step`).
+
+        Yes for the fused kernel without Nesterov and with ``shrink < 1``: on float32/float64 parameters, on
+        bfloat16/float16 parameters under "nearest" (the kernel computes the shrink and the step in float32
+        and rounds once, as torch's fused AdamW kernel does) and on the float32 master copies of
+        "master". "kahan" and "stochastic" keep the shrink-then-step path, because the weight their next
+        step starts from is not exactly the one this step computed (the fold's buffer refers to that one).
+        """
+        return (
+            fused
+            and group["decay"] != "l2"
+            and not group["nesterov"]
+            and (not back or group["bf16_update"] == "master")
+            and shrink < 1.0
+        )
+
+    @staticmethod
+    def _decay_rate(group: dict[str, Any]) -> float:
+        """``lambda_t = s_t / lr_t``, the shrink per unit of learning rate: ``weight_decay`` under
+        "decoupled", ``weight_decay / reference_lr`` under "independent" (computed without dividing by lr_t)."""
+        wd = group["weight_decay"]
+        if group["decay"] == "independent":
+            return wd / _reference_lr(group) if wd else 0.0
+        return wd
+
+    def _folded_step(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        work: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        shrink: float,
+    ) -> None:
+        """Decoupled SGD in one pass: torch's fused *coupled* SGD kernel with transformed scalars and buffer.
+
+        The decoupled step with shrink ``s_t = lr_t*lambda_t``::
+
+            b_{t+1} = mu*b_t + g_t;   theta_{t+1} = (1 - s_t)*theta_t - lr_t*b_{t+1}
+
+        costs a separate pass over the weights for the shrink (1.37x torch's fused SGD at 12.9M parameters
+        on 2 CPU threads). The coupled kernel computes ``B <- mu'*B + g + c*theta; theta <- theta - lr*B``
+        in one pass. It computes the decoupled update exactly when it keeps the buffer in a moving basis,
+        ``B_t = alpha_t*b_t + beta_t*theta_t`` with ``alpha_{t+1} = 1/(1 - s_t)`` and ``beta_{t+1} =
+        lambda_t/(1 - s_t)``, and is called with::
+
+            mu' = mu*(1 - s_{t-1}),   c = lambda_t - mu*lambda_{t-1},   lr = lr_t
+
+        (expand ``theta_t - lr_t*B_{t+1}`` and ``B_{t+1}`` and compare coefficients of ``b_t``, ``g_t``,
+        ``theta_t``). A fresh buffer starts in the basis ``(1, 0)``: the kernel's first step sets
+        ``B_1 = g + lambda_0*theta_0``, which is ``alpha_1*b_1 + beta_1*theta_1``. ``c`` may be negative
+        (a weight decay that falls). Each parameter's state keeps ``folded = (s_{t-1}, lambda_{t-1})``
+        beside the transformed buffer ``state["momentum_buffer"] = B``; torch's buffer is
+        ``b = (1 - s_{t-1})*B - lambda_{t-1}*theta`` (:meth:`momentum_buffer`). The state dict saves ``B``
+        and ``folded`` as they are, so a resumed run continues bit for bit; a path that does not fold
+        (foreach, Nesterov, L2) converts the buffer back first. Without momentum it is the coupled
+        kernel with ``c = lambda_t``. Parameters whose last steps differ (one
+        skipped a step without a gradient) are stepped in separate calls.
+        """
+        mu, lr = group["momentum"], group["lr"]
+        lam = self._decay_rate(group)
+        if mu == 0.0:
+            _sgd_functional(
+                work, grads, [None] * len(params), weight_decay=lam, momentum=0.0, lr=lr,
+                dampening=0.0, nesterov=False, maximize=False, foreach=False, fused=True,
+            )  # fmt: skip
+            return
+        # parameters whose last step differs (one skipped a step) need their own call; usually one batch
+        batches: dict[tuple[float, float] | None, list[int]] = {}
+        for i, state in enumerate(states):
+            key = state.get("folded", (0.0, 0.0)) if "momentum_buffer" in state else None
+            batches.setdefault(key, []).append(i)
+        whole = len(batches) == 1
+        new_key = None if shrink == 0.0 and lam == 0.0 else (shrink, lam)
+        for key, idx in batches.items():
+            if whole:
+                ws, gs, sts = work, grads, states
+            else:
+                ws, gs, sts = [work[i] for i in idx], [grads[i] for i in idx], [states[i] for i in idx]
+            if key is None:
+                bufs: list[torch.Tensor | None] = [None] * len(ws)
+                mu_k, c = mu, lam
+            else:
+                bufs = [st["momentum_buffer"] for st in sts]
+                mu_k, c = mu * (1.0 - key[0]), lam - mu * key[1]
+            _sgd_functional(
+                ws, gs, bufs, weight_decay=c, momentum=mu_k, lr=lr,
+                dampening=0.0, nesterov=False, maximize=False, foreach=False, fused=True,
+            )  # fmt: skip
+            for st, buf in zip(sts, bufs):
+                if key is None:
+                    st["momentum_buffer"] = buf
+                if new_key is None:
+                    st.pop("folded", None)
+                else:
+                    st["folded"] = new_key
+
+    def momentum_buffer(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The momentum buffer ``b`` of ``p`` in torch's convention (``b <- mu*b + g``), None before its first step.
+
+        ``state[p]["momentum_buffer"]`` is that buffer except where a decoupled step kept it folded (see
+        :meth:`_folded_step`); this returns a new tensor then.
+        """
+        state = self.state.get(p, {})
+        buf = state.get("momentum_buffer")
+        if buf is None or "folded" not in state:
+            return buf
+        s_prev, lam_prev = state["folded"]
+        theta = state.get("master", p.detach())  # the weights the fold stepped
+        return buf.mul(1.0 - s_prev).add_(theta, alpha=-lam_prev)
+
+    def _unfold(self, p: torch.Tensor) -> None:
+        """Bring a folded buffer back to torch's convention before a step that does not fold (rare: a group
+        switched to Nesterov, L2 or foreach)."""
+        state = self.state.get(p)
+        if state and "folded" in state:
+            state["momentum_buffer"] = self.momentum_buffer(p)
+            del state["folded"]
 
 
 class Adam(_DecayOptimizer):
@@ -671,14 +877,13 @@ class Adam(_DecayOptimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads = self._collect(group)
+            params, grads, states, fits, low = self._gather(group)
             if not params:
                 continue
-            fused = self._use_fused(group, params)
-            work, work_grads, back = self._work(group, params, grads)
+            fused = self._fused_choice(group, fits)
+            work, work_grads, back = self._work(group, params, grads) if low else (params, grads, [])
             exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p, w in zip(params, work):
-                state = self.state[p]
+            for p, w, state in zip(params, work, states):
                 if "step" not in state:
                     state["step"] = torch.zeros(
                         (), dtype=torch.float32, device=p.device if fused else torch.device("cpu")

@@ -331,3 +331,118 @@ def test_convert_weight_decay():
         convert_weight_decay(0.1, 1e-3, "decoupled", "l2")
     with pytest.raises(ValueError, match="peak_lr"):
         convert_weight_decay(0.1, 0.0, "decoupled", "independent")
+
+
+# --- decoupled SGD folded into the fused coupled kernel (one pass) ------------------------------------------
+
+
+def _sgd_pair(decay: str, dtype: torch.dtype, **kw):
+    """The same three tensors under the folded fused path and the two-pass foreach path."""
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=dtype)) for shape in ((40, 30), (30,), (7, 5))]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    args = dict(lr=0.1, momentum=0.9, weight_decay=0.3, decay=decay, **kw)
+    return ps, qs, SGD(ps, **args), SGD(qs, impl="foreach", **args)
+
+
+def _drive(ps, qs, a, b, steps: int, on_step=None) -> None:
+    """Cosine LR, a tensor that skips every 7th step, the weight decay cut to 1/30 half-way (negative c)."""
+    gen = torch.Generator().manual_seed(1)
+    sa = torch.optim.lr_scheduler.CosineAnnealingLR(a, steps)
+    sb = torch.optim.lr_scheduler.CosineAnnealingLR(b, steps)
+    for t in range(steps):
+        for i, (p, q) in enumerate(zip(ps, qs)):
+            if i == 1 and t % 7 == 3:
+                p.grad = q.grad = None
+                continue
+            g = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.1 + 0.05 * p.detach()
+            p.grad, q.grad = g.clone(), g.clone()
+        if t == steps // 2:
+            for group in a.param_groups + b.param_groups:
+                group["weight_decay"] = 0.01
+        if on_step is not None:
+            on_step(t)
+        a.step()
+        b.step()
+        sa.step()
+        sb.step()
+
+
+@pytest.mark.parametrize("decay", ["decoupled", "independent"])
+def test_folded_decoupled_sgd_equals_the_two_pass_path(decay):
+    """Schedules, a falling decay, a skipped tensor: the fold is exact up to float64 rounding, buffers too."""
+    ps, qs, a, b = _sgd_pair(decay, torch.float64)
+    _drive(ps, qs, a, b, 120)
+    assert "folded" in a.state[ps[0]] and "folded" not in b.state[qs[0]]
+    for p, q in zip(ps, qs):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-13)
+        assert torch.allclose(a.momentum_buffer(p), b.momentum_buffer(q), rtol=1e-12, atol=1e-13)
+        assert torch.equal(b.momentum_buffer(q), b.state[q]["momentum_buffer"])
+
+
+def test_folded_buffer_converts_back_when_the_group_stops_folding():
+    """Switching to Nesterov half-way unfolds the buffer: the run still equals the two-pass one."""
+    ps, qs, a, b = _sgd_pair("decoupled", torch.float64)
+
+    def nesterov_at_60(t):
+        if t == 60:
+            a.param_groups[0]["nesterov"] = b.param_groups[0]["nesterov"] = True
+
+    _drive(ps, qs, a, b, 100, nesterov_at_60)
+    assert "folded" not in a.state[ps[0]]
+    for p, q in zip(ps, qs):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-13)
+
+
+def test_folded_decoupled_sgd_is_one_fused_kernel_call_and_no_separate_shrink(monkeypatch):
+    """One pass over memory: the fused coupled kernel once per group, no ``_foreach_mul_`` of the weights."""
+    calls = {"fused": 0, "mul": 0}
+    fused, mul = torch._fused_sgd_, torch._foreach_mul_
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(torch, "_fused_sgd_", count("fused", fused))
+    monkeypatch.setattr(torch, "_foreach_mul_", count("mul", mul))
+    ps = [torch.nn.Parameter(torch.randn(64, 32)) for _ in range(4)]
+    opt = SGDW(ps, lr=0.1, momentum=0.9, weight_decay=0.1)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert calls == {"fused": 3, "mul": 0}
+    SGDW(ps, lr=0.1, momentum=0.9, weight_decay=0.1, impl="foreach").step()
+    assert calls["mul"] == 1  # the reference path does shrink separately, so the count can fail
+
+
+def test_folded_sgdw_resumes_bit_identically_from_a_state_dict():
+    """The state dict keeps the folded buffer and its basis, so a resumed run continues bit for bit."""
+    import io
+
+    ps, _, a, _ = _sgd_pair("decoupled", torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    grads = [[torch.randn(p.shape, generator=gen) for p in ps] for _ in range(40)]
+
+    def steps(params, opt, chunk):
+        for gs in chunk:
+            for p, g in zip(params, gs):
+                p.grad = g.clone()
+            opt.step()
+
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    steps(ps, a, grads[:20])
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    with torch.no_grad():
+        for r, p in zip(resumed, ps):
+            r.copy_(p)
+    buf.seek(0)
+    b = SGD(resumed, lr=0.1, momentum=0.9, weight_decay=0.3, decay="decoupled")
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    steps(ps, a, grads[20:])
+    steps(resumed, b, grads[20:])
+    assert all(torch.equal(p, r) for p, r in zip(ps, resumed))

@@ -261,10 +261,12 @@ def test_nearest_on_bf16_is_torchs_own_kernel(impl, decay):
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_nearest_sgdw_on_bf16_is_shrink_then_torch_sgd(momentum):
+    """On this CPU (torch's fused SGD skips bf16 updates, see the next test) "nearest" bf16 SGD runs the foreach
+    kernels: decoupled is ``_foreach_mul_`` then torch's SGD."""
     a = [torch.nn.Parameter(p.detach().to(torch.bfloat16)) for p in WEIGHTS]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     ours = SGDW(a, lr=0.05, momentum=momentum, weight_decay=0.5)
-    ref = torch.optim.SGD(b, lr=0.05, momentum=momentum, fused=True)
+    ref = torch.optim.SGD(b, lr=0.05, momentum=momentum, foreach=True)
     gen = torch.Generator().manual_seed(9)
     for _ in range(30):
         for x, y in zip(a, b):
@@ -275,6 +277,50 @@ def test_nearest_sgdw_on_bf16_is_shrink_then_torch_sgd(momentum):
         ours.step()
         ref.step()
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(momentum=0.0, decay="l2"),
+        dict(momentum=0.9, decay="l2"),
+        dict(momentum=0.9, nesterov=True, decay="decoupled"),
+        dict(momentum=0.9, decay="decoupled"),
+        dict(momentum=0.0, decay="independent"),
+    ],
+)
+def test_sgd_on_low_precision_parameters_really_steps(dtype, kw):
+    """torch 2.12.1/2.13.0's CPU fused SGD leaves bf16/fp16 tensors of >= 16 elements unchanged
+    (pytorch/pytorch#191763); SGD must not take it there. 50 steps of least squares in low precision
+    follow the float64 run to within a few percent of the distance travelled."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(256, 64, generator=gen)
+    y = x @ torch.randn(64, generator=gen)
+    w0 = torch.randn(64, generator=gen)
+
+    def run(d: torch.dtype) -> torch.Tensor:
+        w = torch.nn.Parameter(w0.to(d))
+        opt = SGD([w], lr=0.05, weight_decay=0.01, **kw)
+        for _ in range(50):
+            opt.zero_grad()
+            ((x @ w.float() - y) ** 2).mean().backward()
+            opt.step()
+        return w.detach().double()
+
+    exact, low = run(torch.float64), run(dtype)
+    travelled = float((exact - w0.double()).norm())
+    assert travelled > 1.0  # the run moves the weights, so a kernel that skips the update fails below
+    assert float((low - exact).norm()) < 0.05 * travelled
+    assert SGD._fused_takes(torch.zeros(1, dtype=dtype)) == precision_fused_sgd_ok(dtype)
+
+
+def precision_fused_sgd_ok(dtype: torch.dtype) -> bool:
+    """Whether torch's CPU fused SGD kernel steps a 64-element ``dtype`` tensor: the probe, written out again."""
+    p, g = torch.ones(64, dtype=dtype), torch.ones(64, dtype=dtype)
+    torch._fused_sgd_([p], [g], [], weight_decay=0.0, momentum=0.0, lr=0.25, dampening=0.0,
+                      nesterov=False, maximize=False, is_first_step=False)  # fmt: skip
+    return bool((p == 0.75).all())
 
 
 def _linear_regression(dtype, bf16_update, cls, kw, steps=200):
