@@ -356,6 +356,73 @@ def _cpu(record: dict) -> str:
     return "" if cpu is None else f"{cpu:.0f} s"
 
 
+BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _machine_line(machine: dict) -> str:
+    keys = ("device", "threads", "torch", "date", "commit", "load_average")
+    return "; ".join(f"{k.replace('_', ' ')} {machine[k]}" for k in keys if machine.get(k) not in (None, ""))
+
+
+def _optim_step_table(rows: list[dict]) -> list[str]:
+    """One row per optimizer and rule, one column per size and dtype: wdlib's step time over torch's."""
+    columns = list(dict.fromkeys((r["params"], r["dtype"]) for r in rows))
+    names = list(dict.fromkeys(r["optimizer"] for r in rows))
+    cell = {(r["optimizer"], r["params"], r["dtype"]): r for r in rows}
+    head = [f"{n / 1e6:.1f}M {d}" for n, d in columns]
+    out = ["| optimizer, rule | " + " | ".join(head) + " |", "|---|" + "---|" * len(columns)]
+    for name in names:
+        cells = []
+        for n, d in columns:
+            r = cell.get((name, n, d))
+            mark = "" if r is None or r.get("reference", "torch fused") == "torch fused" else " (foreach)"
+            cells.append("" if r is None else f"x{r['ratio']:.2f}{mark}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _generic_table(rows: list[dict]) -> list[str]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v: object) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else _cell(v)
+
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    out += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return out
+
+
+#: What each benchmark's table says, above it on the status page.
+BENCHMARK_TEXT = {
+    "optim_step": (
+        "Optimizer step time, wdlib over torch.optim's fused kernel doing the same work (paired medians of "
+        "alternating steps; goal at most x1.05; '(foreach)': torch's fused SGD kernel skips this dtype's "
+        "updates on this machine, pytorch#191763, so both run the foreach kernels)."
+    ),
+}
+
+
+def benchmark_section(results_dir: Path = BENCHMARK_RESULTS) -> list[str]:
+    """The latest benchmark tables (``benchmarks/results/*.json``, written by the benchmark scripts' ``--json``)
+    with the machine and command that measured them; nothing when there are none."""
+    files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
+    if not files:
+        return []
+    lines = ["", "## Latest benchmarks", "", "Measured by the scripts in `benchmarks/`, not by this build:", ""]
+    for path in files:
+        data = json.loads(path.read_text())
+        name, rows = data.get("benchmark", path.stem), data.get("rows", [])
+        lines += [f"### {name}", ""]
+        if name in BENCHMARK_TEXT:
+            lines += [BENCHMARK_TEXT[name], ""]
+        if data.get("summary"):
+            lines += [str(data["summary"]), ""]
+        lines += _optim_step_table(rows) if name == "optim_step" else _generic_table(rows)
+        machine, command = _machine_line(data.get("machine", {})), data.get("command", "")
+        lines += ["", f"Machine: {machine}.", f"Command: `{command}`.", ""]
+    return lines
+
+
 def status_page(
     records: list[dict], scale: str, results: Path | None = None, wall: float | None = None, lanes: int = 1
 ) -> str:
@@ -416,6 +483,7 @@ def status_page(
         "decay, as one batched model (wdlib.packed; by default on a GPU only), each still its own run.",
         "`python -m wdlib.plan NOTEBOOK --scale full --device cuda` estimates a chapter's time on your device.",
     ]
+    lines += benchmark_section()
     return "\n".join(lines) + "\n"
 
 

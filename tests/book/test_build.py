@@ -88,3 +88,30 @@ def test_status_page_reports_the_bf16_speed():
 
     row = build_book.bf16_speed_row()
     assert row.startswith("| bfloat16 |") and "GFLOP/s in float32" in row and "counted as" in row
+
+
+def test_status_page_shows_the_latest_benchmark_tables(tmp_path):
+    """A benchmark's ``--json`` file becomes a table on the status page, with the machine that measured it."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build_book
+
+    machine = {"device": "cpu: Test CPU", "threads": 2, "torch": "2.13.0", "date": "2026-12-01", "commit": "abc1234"}
+    rows = [
+        {"optimizer": "SGD decoupled m0.9", "params": 1_000_000, "dtype": "float32", "ratio": 1.02},
+        {"optimizer": "SGD decoupled m0.9", "params": 1_000_000, "dtype": "bfloat16", "ratio": 0.97,
+         "reference": "torch foreach"},
+        {"optimizer": "Adam l2", "params": 50_000_000, "dtype": "float32", "ratio": 1.04},
+    ]  # fmt: skip
+    (tmp_path / "optim_step.json").write_text(
+        json.dumps(
+            {"benchmark": "optim_step", "command": "python benchmarks/optim_step.py", "machine": machine, "rows": rows}
+        )  # fmt: skip
+    )
+    (tmp_path / "other.json").write_text(json.dumps({"benchmark": "other", "rows": [{"model": "cnn", "x": 0.5}]}))
+    text = "\n".join(build_book.benchmark_section(tmp_path))
+    assert "| optimizer, rule | 1.0M float32 | 1.0M bfloat16 | 50.0M float32 |" in text
+    assert "| SGD decoupled m0.9 | x1.02 | x0.97 (foreach) |  |" in text
+    assert "| Adam l2 |  |  | x1.04 |" in text
+    assert "device cpu: Test CPU; threads 2; torch 2.13.0; date 2026-12-01; commit abc1234" in text
+    assert "### other" in text and "| model | x |" in text and "| cnn | 0.5 |" in text
+    assert build_book.benchmark_section(tmp_path / "missing") == []
