@@ -2,6 +2,7 @@
 
     from wdlib import hessian
     est = hessian.hutchinson_trace(model, x, y, probes=100, seed=0)   # Tr(H) +- est.stderr
+    est = hessian.hessian_trace(model, x, y, probes=30, estimator="xtrace")  # less variance if |lambda| decay
     top = hessian.top_eigenvalue(model, x, y)                         # largest-|lambda| eigenvalue
 
 What is measured. ``H`` is the Hessian, with respect to the model's parameters (by default every parameter
@@ -19,6 +20,17 @@ Formulas.
   ``v_i^T H v_i`` and its standard error is ``std(v_i^T H v_i, ddof=1) / sqrt(n)``. The same probes give
   the trace of each parameter tensor's diagonal block: ``E[v_p^T (H v)_p] = Tr(H_pp)``, since the
   off-diagonal terms have mean zero; the per-tensor values sum to ``v^T H v`` probe by probe.
+- Hutch++ (Meyer, Musco, Musco, Woodruff 2021, arXiv 2010.09649): spend a third of the ``m`` HVPs on a
+  sketch ``Q = orth(H S)`` of the top of the spectrum (``S``: ``m/3`` Rademacher vectors), a third on
+  ``H Q``, whose trace ``Tr(Q^T H Q)`` is then exact, and a third on Hutchinson probes of the rest:
+  ``Tr(H) ~ Tr(Q^T H Q) + mean_i g_i^T (I - Q Q^T) H (I - Q Q^T) g_i``. Its error bound is ``O(1/m)``
+  times the nuclear norm ``sum_j |lambda_j|`` (for PSD ``H``, times ``Tr(H)``) instead of Hutchinson's
+  ``O(1/sqrt(m))``: a gain when the eigenvalues decay fast, a loss (a third of the probes) when they do not.
+- XTrace (Epperly, Tropp, Webber 2024, arXiv 2301.07825): ``m/2`` probes ``w_i``, ``Q R = H W``, ``Z = H
+  Q``; every probe serves both as a sketch vector and, left out, as a Hutchinson probe of the rest:
+  ``t_i = Tr(Q_i^T H Q_i) + w_i^T (I - P_i) H (I - P_i) w_i`` with ``P_i = Q_i Q_i^T`` the projector onto
+  the span of ``H w_j``, ``j != i``, computed from ``n x n`` matrices; the estimate is ``mean_i t_i``.
+  See :func:`hessian_trace` for the budget split, the error bars and the per-tensor split of both.
 - Power iteration ``v <- Hv / ||Hv||`` for the eigenvalue of largest magnitude, reported as the Rayleigh
   quotient ``v^T H v`` of the final unit vector, with the residual ``||Hv - lambda v||``.
 
@@ -40,10 +52,14 @@ Probes are reproducible across devices: probe ``i`` is drawn on the CPU as ``r_i
 (P,), generator=g, dtype=torch.int8)`` from ``g = torch.Generator().manual_seed(seed)`` (advanced through
 probes ``0..i-1``), ``v_i = 2 r_i - 1``, split into the parameter tensors in the order of ``params``
 (``P`` is their total size), cast to each parameter's dtype and moved to its device. Probe ``i`` therefore
-does not depend on ``probes``, ``probe_chunk``, ``data_chunk`` or the device.
+does not depend on ``probes``, ``probe_chunk``, ``data_chunk`` or the device. Hutch++ takes probes ``0..k-1``
+as its sketch and the next ones as its residual probes; XTrace takes probes ``0..n-1`` (Hutchinson's first
+``n``); their derived vectors (``Q``, the projected probes) are computed in float64 and then cast.
 
-Used by :mod:`wdlib.diagnostics` (the ``hessian_trace`` and ``top_eigenvalue`` measures of a run), e.g.
-for the Hessian-trace protocol of the over-parameterization chapter (OVER-4).
+Used by :mod:`wdlib.diagnostics` and :mod:`wdlib.measures` (the ``hessian_trace`` and ``top_eigenvalue``
+measures of a run; ``hessian_trace`` takes ``estimator``), e.g. for the Hessian-trace protocol of the
+over-parameterization chapter (OVER-4, chapter 4). ``benchmarks/trace_estimators.py`` measures how many
+HVPs Hutch++ and XTrace need, against Hutchinson, on that chapter's model.
 """
 
 from __future__ import annotations
@@ -63,7 +79,9 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 __all__ = [
     "EigenEstimate",
+    "ESTIMATORS",
     "TraceEstimate",
+    "hessian_trace",
     "hutchinson_trace",
     "hvp",
     "loss_fn",
@@ -414,18 +432,25 @@ def hvp(
 
 
 # --------------------------------------------------------------------------------------------------
-# Hutchinson trace
+# Trace estimators: Hutchinson, Hutch++, XTrace
 # --------------------------------------------------------------------------------------------------
+
+ESTIMATORS: tuple[str, ...] = ("hutchinson", "hutchpp", "xtrace")
+_MIN_PROBES = {"hutchinson": 1, "hutchpp": 3, "xtrace": 2}
 
 
 @dataclass(frozen=True, eq=False)
 class TraceEstimate:
-    """A Hutchinson estimate of ``Tr(H)`` with its standard error (see :func:`hutchinson_trace`).
+    """An estimate of ``Tr(H)`` with its standard error (see :func:`hessian_trace`).
 
-    ``value`` is the mean of ``samples_per_probe`` (the probes' ``v^T H v``), ``stderr`` their
-    ``std(ddof=1) / sqrt(probes)`` (NaN for a single probe); ``samples`` is the number of data points the
-    loss was averaged over; ``per_param[name] = (trace of that tensor's diagonal block, its stderr)`` from
-    the same probes; ``mode`` is "eval" or "train", the module mode of the measurement.
+    ``value`` is the estimate and ``stderr`` its standard error (NaN when only one sample is available);
+    ``probes`` is the HVP budget asked for and ``hvps`` the Hessian-vector products actually used
+    (``<= probes``); ``estimator`` is "hutchinson", "hutchpp" or "xtrace". ``samples_per_probe`` holds the
+    samples the error is computed from: Hutchinson's per-probe ``v^T H v`` (``value`` is their mean), Hutch++'s
+    residual samples ``g'^T H g'`` (``value`` is ``Tr(Q^T H Q)`` plus their mean), XTrace's leave-one-out
+    estimates (``value`` is their mean). ``samples`` is the number of data points the loss was averaged over;
+    ``per_param[name] = (trace of that tensor's diagonal block, its stderr)``, split from the same HVPs (the
+    per-tensor values sum to ``value``); ``mode`` is "eval" or "train", the module mode of the measurement.
     """
 
     value: float
@@ -435,6 +460,12 @@ class TraceEstimate:
     per_param: dict[str, tuple[float, float]]
     samples_per_probe: np.ndarray = field(repr=False)
     mode: str
+    estimator: str = "hutchinson"
+    hvps: int | None = None  # None: as many as ``probes`` (Hutchinson)
+
+    def __post_init__(self) -> None:
+        if self.hvps is None:
+            object.__setattr__(self, "hvps", self.probes)
 
 
 def _mean_stderr(values: np.ndarray) -> tuple[float, float]:
@@ -456,7 +487,136 @@ def _rademacher(gen: torch.Generator, k: int, names: Sequence[str], params: dict
     return {n: t.mul_(2).sub_(1).to(params[n].device) for n, t in out.items()}
 
 
-def hutchinson_trace(
+class _FlatH:
+    """``H`` applied to the columns of a flat float64 ``(P, k)`` matrix through the :class:`_HVP` engine.
+
+    Rows follow the parameter tensors in the order of ``names``; each column is split into the tensors,
+    cast to their dtypes and devices, and pushed through the engine ``chunk`` columns at a time. Counts the
+    Hessian-vector products it makes in ``hvps``.
+    """
+
+    def __init__(self, engine: _HVP, names: Sequence[str], chunk: int | None) -> None:
+        self.engine, self.names, self.chunk = engine, list(names), chunk
+        first = engine.primals[self.names[0]]
+        self.device = first.device
+        self.sizes = [engine.primals[n].numel() for n in self.names]
+        self.slices = []
+        start = 0
+        for s in self.sizes:
+            self.slices.append(slice(start, start + s))
+            start += s
+        self.hvps = 0
+
+    def flat(self, V: dict[str, Tensor]) -> Tensor:
+        """A dict of ``(k, *shape)`` tensors as a ``(P, k)`` float64 matrix."""
+        k = V[self.names[0]].shape[0]
+        return torch.cat([V[n].detach().reshape(k, -1).to(self.device, torch.float64) for n in self.names], 1).T
+
+    def __call__(self, M: Tensor) -> Tensor:
+        k = M.shape[1]
+        out = torch.empty_like(M)
+        step = k if self.chunk is None else min(self.chunk, k)
+        primals = self.engine.primals
+        for start in range(0, k, step):
+            c = min(step, k - start)
+            block = M[:, start : start + c].T
+            V = {
+                n: block[:, sl].reshape(c, *primals[n].shape).to(device=primals[n].device, dtype=primals[n].dtype)
+                for n, sl in zip(self.names, self.slices)
+            }
+            out[:, start : start + c] = self.flat(self.engine(V, c))
+            self.hvps += c
+            del V
+        return out
+
+    def blocks(self, A: Tensor, B: Tensor) -> Tensor:
+        """Per tensor ``p`` and column ``j``: ``A[p rows, j] . B[p rows, j]``, shape ``(tensors, k)``."""
+        return torch.stack([(A[sl] * B[sl]).sum(0) for sl in self.slices])
+
+
+def _orth(M: Tensor) -> Tensor:
+    """An orthonormal basis of the columns of ``M`` (Householder QR, reduced: ``min(P, k)`` columns)."""
+    return torch.linalg.qr(M, mode="reduced")[0]
+
+
+def _hutchpp(H: _FlatH, gen: torch.Generator, probes: int, names: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """Hutch++ (Meyer, Musco, Musco, Woodruff 2021, arXiv 2010.09649, Algorithm 1), split per tensor.
+
+    Returns ``(sketch, residual, residual_total)``: ``sketch[p] = Tr(Q_p^T (H Q)_p)`` (exact given ``Q``),
+    ``residual[p, i] = g'_{i,p}^T (H g'_i)_p`` and ``residual_total[i] = g'_i^T H g'_i``.
+    """
+    primals = H.engine.primals
+    P = sum(H.sizes)
+    k = probes // 3
+    S = H.flat(_rademacher(gen, k, names, primals))
+    Q = _orth(H(S))  # P x q, q = min(k, P)
+    q = Q.shape[1]
+    r = probes - k - q
+    G = H.flat(_rademacher(gen, r, names, primals))
+    sketch = H.blocks(Q, H(Q)).sum(1)
+    G = G - Q @ (Q.T @ G)  # (I - Q Q^T) G
+    residual = H.blocks(G, H(G))
+    assert H.hvps == k + q + r <= probes and q <= P
+    return sketch, residual, residual.sum(0)
+
+
+def _leave_one_out_directions(R: Tensor, chunk: int = 32) -> Tensor:
+    """Columns ``s_i``: unit vectors orthogonal to every column of the ``n x n`` upper-triangular ``R`` but the
+    ``i``-th, so that ``Q (I - s_i s_i^T) Q^T`` projects onto the span of ``Q R`` without its ``i``-th column.
+
+    For an ``R`` of full numerical rank (every pivot above ``n eps max|R_jj|``), ``s_i`` is the normalised
+    ``i``-th column of ``R^{-T}`` (Epperly, Tropp, Webber 2024): back-substitution is backward stable, so it
+    is orthogonal to the other columns to rounding even when ``R`` is ill-conditioned. Otherwise (``H Omega``
+    of lower rank than ``n``, e.g. a low-rank ``H``) ``R^{-T}`` does not exist, and ``s_i`` is the last column
+    of the complete QR factor of ``R`` without its ``i``-th column (orthogonal to that column space by
+    construction; if it has lower rank than ``n - 1``, one deterministic vector of its complement).
+    """
+    n = R.shape[0]
+    eye = torch.eye(n, dtype=R.dtype, device=R.device)
+    if n == 1:
+        return eye
+    d = torch.diagonal(R).abs()
+    top = float(d.max())
+    if top > 0 and float(d.min()) > n * torch.finfo(R.dtype).eps * top:
+        X = torch.linalg.solve_triangular(R, eye, upper=True).T  # R^{-T}
+        norms = X.norm(dim=0, keepdim=True)
+        if bool(torch.isfinite(X).all()) and bool((norms > 0).all()):
+            return X / norms
+    out = torch.empty_like(R)
+    for start in range(0, n, chunk):
+        idx = range(start, min(start + chunk, n))
+        others = torch.stack([torch.cat([R[:, :i], R[:, i + 1 :]], dim=1) for i in idx])  # (c, n, n - 1)
+        out[:, start : start + len(idx)] = torch.linalg.qr(others, mode="complete")[0][:, :, -1].T
+    return out
+
+
+def _xtrace(H: _FlatH, gen: torch.Generator, probes: int, names: Sequence[str]) -> Tensor:
+    """XTrace (Epperly, Tropp, Webber 2024, arXiv 2301.07825): the ``n`` leave-one-out estimates, per tensor.
+
+    Returns ``(tensors, n)``: entry ``[p, i]`` is tensor ``p``'s share of ``Tr(Q_i^T H Q_i) + w_i^T (I - P_i)
+    H (I - P_i) w_i``, namely ``Tr((I - s_i s_i^T) Q_p^T (HQ)_p) + u_{i,p}^T (H u_i)_p`` with
+    ``u_i = (I - P_i) w_i`` (the formulas are in :func:`hessian_trace`).
+    """
+    P = sum(H.sizes)
+    n = min(probes // 2, P)
+    Omega = H.flat(_rademacher(gen, n, names, H.engine.primals))  # P x n
+    Y = H(Omega)
+    Q, R = torch.linalg.qr(Y, mode="reduced")  # n <= P: Q is P x n, R is n x n
+    Z = H(Q)
+    S = _leave_one_out_directions(R)
+    W = Q.T @ Omega  # column i: Q^T w_i
+    alpha = (S * W).sum(0)  # s_i^T Q^T w_i
+    coef = W - S * alpha  # (I - s_i s_i^T) Q^T w_i, column by column
+    U = Omega - Q @ coef  # u_i = (I - P_i) w_i
+    HU = Y - Z @ coef  # H u_i = H w_i - H Q (I - s_i s_i^T) Q^T w_i
+    resid = H.blocks(U, HU)  # (tensors, n)
+    # Tr(P_i H) per tensor: Tr((I - s_i s_i^T) B_p) with B_p = Q_p^T Z_p
+    proj = torch.stack([torch.trace(B) - (S * (B @ S)).sum(0) for B in (Q[sl].T @ Z[sl] for sl in H.slices)])
+    assert H.hvps == 2 * n <= probes
+    return proj + resid
+
+
+def hessian_trace(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -468,15 +628,57 @@ def hutchinson_trace(
     probe_chunk: int | None = None,
     data_chunk: int | None = None,
     mode: str = "eval",
+    estimator: str = "hutchinson",
 ) -> TraceEstimate:
-    """Hutchinson's estimate of ``Tr(H)``, the Hessian trace of the mean loss over ``(x, y)``, with its error.
+    """An estimate of ``Tr(H)``, the Hessian trace of the mean loss over ``(x, y)``, with its error.
 
-    ``Tr(H) = E[v^T H v]`` for Rademacher ``v`` (Hutchinson 1990). With ``n = probes`` fixed probes the
-    estimate is ``mean_i v_i^T H v_i`` and ``stderr = std_i(v_i^T H v_i, ddof=1) / sqrt(n)``; the
-    per-tensor values ``v_{i,p}^T (H v_i)_p`` estimate the diagonal-block traces ``Tr(H_pp)`` and sum to
-    ``v_i^T H v_i``. Andriushchenko et al. (arXiv 2310.04415) report this trace, measured with PyHessian
-    (Yao et al. 2020, arXiv 1912.07145) on a fixed training subset in eval mode; PyHessian's probe count is
-    set by an early stop (running mean moving by < 1e-3 relative), ours is fixed and comes with a
+    ``probes`` is the budget of Hessian-vector products (HVPs); ``estimator`` picks how they are spent.
+    ``hutchinson_trace`` is the same function (its older name; the default estimator is Hutchinson's).
+
+    - ``"hutchinson"`` (Hutchinson 1990; default): ``Tr(H) = E[v^T H v]`` for Rademacher ``v``. With
+      ``n = probes`` probes the estimate is ``mean_i v_i^T H v_i`` and ``stderr = std_i(v_i^T H v_i, ddof=1) /
+      sqrt(n)``; the per-tensor values ``v_{i,p}^T (H v_i)_p`` estimate the diagonal-block traces
+      ``Tr(H_pp)`` and sum to ``v_i^T H v_i``. At least 1 probe; uses exactly ``probes`` HVPs.
+    - ``"hutchpp"``, Hutch++ (Meyer, Musco, Musco, Woodruff 2021, arXiv 2010.09649, Algorithm 1): ``k =
+      probes // 3`` Rademacher sketch vectors ``S``, ``Q = orth(H S)`` (``q = min(k, P)`` columns, ``k``
+      HVPs), ``H Q`` (``q`` HVPs), and ``r = probes - k - q`` residual Rademacher probes ``G`` (the remainder
+      of the division by 3 goes to them), projected ``g' = (I - Q Q^T) g`` and multiplied by ``H`` (``r``
+      HVPs): ``Tr(H) ~ Tr(Q^T H Q) + mean_i g'_i^T H g'_i``, using exactly ``probes`` HVPs (at least 3).
+      ``stderr = std_i(g'_i^T H g'_i, ddof=1) / sqrt(r)``, the error of the residual Hutchinson part
+      *conditional on the sketch* ``Q`` (``Tr(Q^T H Q)`` is computed exactly given ``Q``; the variation of
+      ``Q`` from draw to draw is not in it). ``samples_per_probe`` holds the ``r`` residual samples, whose
+      mean is *not* the estimate. Per tensor: ``Tr(H_pp) = Tr(Q_p^T (HQ)_p) + Tr(D_p H (I - Q Q^T))``
+      (``D_p`` the coordinate projector onto tensor ``p``, ``Q_p`` its rows), and the second term is
+      ``E[g'_p^T (H g')_p]`` (``Tr(Π D_p H Π) = Tr(D_p H Π)`` for the projector ``Π = I - Q Q^T``), so each
+      block gets its exact sketch part plus the mean of its residual samples, with their standard error;
+      the blocks sum to the total.
+    - ``"xtrace"``, XTrace (Epperly, Tropp, Webber 2024, arXiv 2301.07825, the exchangeable estimator built
+      from Hutch++'s ingredients with every probe used both ways): ``n = min(probes // 2, P)`` Rademacher
+      probes ``Omega = [w_1..w_n]``, ``Y = H Omega`` (``n`` HVPs), ``Q R = Y`` (reduced QR), ``Z = H Q``
+      (``n`` HVPs); ``2 n`` HVPs in all (one probe is left unused when ``probes`` is odd; at least 2). For
+      each ``i``, ``P_i`` projects onto the span of ``Y`` without its ``i``-th column: ``P_i = Q (I - s_i
+      s_i^T) Q^T`` with ``s_i`` the normalised ``i``-th column of ``R^{-T}``; the leave-one-out estimate is
+      ``t_i = Tr(Q_i^T H Q_i) + w_i^T (I - P_i) H (I - P_i) w_i`` with ``Tr(Q_i^T H Q_i) = Tr(B) - s_i^T B s_i``
+      (``B = Q^T Z``), ``u_i = (I - P_i) w_i = w_i - Q c_i``, ``H u_i = y_i - Z c_i``, ``c_i = (I - s_i
+      s_i^T) Q^T w_i``: only ``n x n`` matrices and ``P x n`` products, no further HVPs. The estimate is
+      ``mean_i t_i``; ``stderr = std_i(t_i, ddof=1) / sqrt(n)``, the paper's error estimate, a heuristic:
+      the ``t_i`` are exchangeable, not independent (each uses all probes). ``samples_per_probe`` holds
+      the ``t_i``. Per tensor: ``t_{i,p} = Tr((I - s_i s_i^T) Q_p^T Z_p) + u_{i,p}^T (H u_i)_p``, whose
+      expectation is ``Tr(H_pp)`` by the same argument as for Hutch++; they sum to ``t_i``. (The paper's
+      "improved" rescaling for vectors on the sphere is not used: with Rademacher ``w_i``, ``E[w w^T] = I``
+      makes every ``t_i`` unbiased as it stands.)
+
+    Hutch++ and XTrace are exact (up to rounding) when ``rank(H)`` is at most the sketch size (``k`` for
+    Hutch++, ``n - 1`` for XTrace, for probes in general position); their error falls faster than
+    Hutchinson's ``1/sqrt(probes)`` when the eigenvalues of ``H`` decay fast, and is worse for a flat or
+    slowly decaying spectrum (Hutch++ spends only a third of its budget on the remainder;
+    ``benchmarks/trace_estimators.py`` measures both cases). Their linear algebra runs in float64 on flat
+    ``P x k`` matrices (``P`` parameters, ``k <= probes``) on the parameters' device: up to about ``3 P
+    probes x 8`` bytes beyond the HVPs themselves. ``hvps`` in the result is the number of HVPs used.
+
+    Andriushchenko et al. (arXiv 2310.04415) report this trace, measured with PyHessian's Hutchinson
+    estimator (Yao et al. 2020, arXiv 1912.07145) on a fixed training subset in eval mode; PyHessian's probe
+    count is set by an early stop (running mean moving by < 1e-3 relative), ours is fixed and comes with a
     standard error. ``H v`` is the forward-over-reverse product of :func:`hvp`.
 
     Args:
@@ -485,9 +687,11 @@ def hutchinson_trace(
             batch statistics but its running statistics are not updated; dropout draws a fresh mask per
             probe (the estimate is then of the mask-averaged trace).
         x, y: the data, ``N = x.shape[0]`` points; ``loss(model(x), y)`` must be a scalar.
-        probes: number of Rademacher probes, >= 1 (``stderr`` is NaN for 1).
+        probes: the HVP budget: >= 1 for "hutchinson", >= 3 for "hutchpp", >= 2 for "xtrace" (``stderr``
+            is NaN when it rests on one sample).
         seed: seeds the CPU ``torch.Generator`` the probes are drawn from; the probes are the same on every
-            device and for any ``probe_chunk``/``data_chunk`` (rule in the module docstring).
+            device and for any ``probe_chunk``/``data_chunk`` (rule in the module docstring). Hutch++ draws
+            its sketch vectors first, then its residual probes; XTrace's probes are Hutchinson's first ``n``.
         loss: ``loss(output, y) -> scalar``, default ``F.cross_entropy`` (mean over the batch).
         params: names of the parameters ``H`` is taken over (default: those with ``requires_grad``).
         probe_chunk: probes per ``vmap`` call (None: all at once). Memory grows with ``probe_chunk x
@@ -503,13 +707,16 @@ def hutchinson_trace(
             interact this is exactly the full-batch Hessian (train-mode BatchNorm, whose batch statistics
             couple the samples, is the exception).
         mode: "eval" (default, as PyHessian and the paper) or "train".
+        estimator: "hutchinson" (default), "hutchpp" or "xtrace", as above.
 
     The probe products are batched with ``torch.func.vmap``. If the model has an operation ``vmap`` cannot
     batch, the probes run in a Python loop instead, and if it has no forward-mode derivative the products
     are computed reverse-over-reverse; both give the same values and emit a ``RuntimeWarning``.
-    The returned numbers are computed in float64 from the per-probe ``v^T H v``.
+    The returned numbers are computed in float64.
     """
-    probes = _check_int("probes", probes, 1)
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    probes = _check_int("probes", probes, _MIN_PROBES[estimator])
     seed = _check_int("seed", seed, 0)
     probe_chunk = _check_int("probe_chunk", probe_chunk, 1, allow_none=True)
     data_chunk = _check_int("data_chunk", data_chunk, 1, allow_none=True)
@@ -520,19 +727,50 @@ def hutchinson_trace(
     if seed >= 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
 
-    chunk = probes if probe_chunk is None else min(probe_chunk, probes)
     gen = torch.Generator().manual_seed(seed)
+    if estimator != "hutchinson":
+        with _measuring(model, mode):
+            H = _FlatH(_HVP(model, x, y, loss, names, data_chunk), names, probe_chunk)
+            if estimator == "hutchpp":
+                sketch, residual, values = _hutchpp(H, gen, probes, names)
+                per_np = residual.cpu().numpy()
+                base = sketch.cpu().numpy()
+            else:
+                per_t = _xtrace(H, gen, probes, names)
+                values = per_t.sum(0)
+                per_np = per_t.cpu().numpy()
+                base = np.zeros(len(names))
+        values = values.cpu().numpy()
+        values.setflags(write=False)
+        resid_mean, stderr = _mean_stderr(values)
+        per_param = {}
+        for j, n in enumerate(names):
+            m_p, se_p = _mean_stderr(per_np[j])
+            per_param[n] = (float(base[j]) + m_p, se_p)
+        return TraceEstimate(
+            value=float(base.sum()) + resid_mean,
+            stderr=stderr,
+            probes=probes,
+            samples=n_samples,
+            per_param=per_param,
+            samples_per_probe=values,
+            mode=mode,
+            estimator=estimator,
+            hvps=H.hvps,
+        )
+
+    chunk = probes if probe_chunk is None else min(probe_chunk, probes)
     per = {n: np.empty(probes, dtype=np.float64) for n in names}
     with _measuring(model, mode):
         engine = _HVP(model, x, y, loss, names, data_chunk)
         for start in range(0, probes, chunk):
             k = min(chunk, probes - start)
             V = _rademacher(gen, k, names, engine.primals)
-            H = engine(V, k)
+            Hv = engine(V, k)
             for n in names:
-                dots = (H[n].detach().double() * V[n].double()).reshape(k, -1).sum(dim=1)
+                dots = (Hv[n].detach().double() * V[n].double()).reshape(k, -1).sum(dim=1)
                 per[n][start : start + k] = dots.cpu().numpy()
-            del V, H
+            del V, Hv
     values = np.sum([per[n] for n in names], axis=0)
     values.setflags(write=False)
     value, stderr = _mean_stderr(values)
@@ -544,7 +782,13 @@ def hutchinson_trace(
         per_param={n: _mean_stderr(per[n]) for n in names},
         samples_per_probe=values,
         mode=mode,
+        estimator="hutchinson",
+        hvps=probes,
     )
+
+
+#: The older name of :func:`hessian_trace` (the same function; its default estimator is Hutchinson's).
+hutchinson_trace = hessian_trace
 
 
 # --------------------------------------------------------------------------------------------------

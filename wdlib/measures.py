@@ -69,12 +69,17 @@ def _measure_trace(
     seed: int = 0,
     probe_chunk: int | None = None,
     data_chunk: int | None = 250,
+    estimator: str = "hutchinson",
 ) -> dict[str, float]:
-    """Hutchinson trace of the training-loss Hessian on the first ``samples`` training points, eval mode.
+    """Trace of the training-loss Hessian on the first ``samples`` training points, eval mode.
 
-    Returns ``value``, ``stderr``, ``probes``, ``samples`` and ``scale_aware`` (sum over tensors of the
-    tensor's trace times its squared norm, :func:`wdlib.hessian.scale_aware_trace`). ``data_chunk`` (250)
-    bounds the memory of the batched probes and was the fastest setting on CPU
+    :func:`wdlib.hessian.hessian_trace` (alias ``hutchinson_trace``) with ``estimator`` ("hutchinson", the
+    default, "hutchpp" or "xtrace"; ``probes`` is the budget of Hessian-vector products). Returns ``value``,
+    ``stderr``, ``probes``, ``samples``, ``hvps`` (the products used) and ``scale_aware`` (sum over tensors
+    of the tensor's trace times its squared norm, :func:`wdlib.hessian.scale_aware_trace`), all numbers:
+    the training loop stores every value as a float, so the estimator's name is not among them (it is in
+    the run's ``measures`` specification).
+    ``data_chunk`` (250) bounds the memory of the batched probes and was the fastest setting on CPU
     (``benchmarks/hessian_trace.py``).
     """
     x, y = _train_points(model, ds, samples)
@@ -88,12 +93,14 @@ def _measure_trace(
         probe_chunk=probe_chunk,
         data_chunk=data_chunk,
         mode="eval",
+        estimator=estimator,
     )
     return {
         "value": est.value,
         "stderr": est.stderr,
         "probes": est.probes,
         "samples": est.samples,
+        "hvps": est.hvps,
         "scale_aware": scale_aware_trace(est, model),
     }
 

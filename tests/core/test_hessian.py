@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from wdlib.hessian import (
+    ESTIMATORS,
     EigenEstimate,
     TraceEstimate,
+    hessian_trace,
     hutchinson_trace,
     hvp,
     loss_fn,
@@ -430,3 +432,207 @@ def test_bad_arguments_name_the_parameter(tiny_mlp):
         hvp(model, x, y, {"1.weight": torch.zeros(6, 5, dtype=torch.float64)})
     with pytest.raises(ValueError, match="y must"):
         hutchinson_trace(model, x, y[:5])
+
+
+# ---------------------------------------------------------------- Hutch++ and XTrace
+
+
+def _quadratic_estimates(A: torch.Tensor, estimator: str, probes: int, seeds) -> list[TraceEstimate]:
+    model = Quadratic(A)
+    return [
+        hessian_trace(model, DUMMY_X, DUMMY_Y, probes=probes, seed=s, loss=identity_loss, estimator=estimator)
+        for s in seeds
+    ]
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_estimators_within_error_on_decaying_quadratic(estimator):
+    A = symmetric_with_spectrum([10.0 / (i + 1) ** 1.5 for i in range(30)] + [-0.5, -0.2])
+    exact = float(torch.trace(A))
+    ests = _quadratic_estimates(A, estimator, 14, range(12))
+    for e in ests:
+        assert (e.estimator, e.probes) == (estimator, 14)
+        assert e.hvps <= 14 and e.stderr > 0
+        assert within(e.value, exact, e.stderr), (e.value, exact, e.stderr)
+        assert sum(v for v, _ in e.per_param.values()) == pytest.approx(e.value, rel=1e-12)
+    # the budget split of the docstring: Hutch++ k = 4, q = 4, r = 6; XTrace n = 7
+    n_samples = {"hutchinson": 14, "hutchpp": 6, "xtrace": 7}[estimator]
+    assert all(e.samples_per_probe.shape == (n_samples,) for e in ests)
+    assert ests[0].hvps == {"hutchinson": 14, "hutchpp": 14, "xtrace": 14}[estimator]
+
+
+def test_variance_reduction_on_decaying_spectrum():
+    """Empirical spread over seeds: Hutch++ and XTrace well below Hutchinson at the same budget."""
+    A = symmetric_with_spectrum([10.0 / (i + 1) ** 2 for i in range(40)])
+    spread = {est: float(np.std([e.value for e in _quadratic_estimates(A, est, 12, range(20))])) for est in ESTIMATORS}
+    assert spread["hutchpp"] < 0.5 * spread["hutchinson"]
+    assert spread["xtrace"] < 0.5 * spread["hutchinson"]
+
+
+@pytest.mark.parametrize("estimator, probes", [("hutchpp", 12), ("hutchpp", 13), ("xtrace", 9), ("xtrace", 8)])
+def test_low_rank_hessian_is_exact(estimator, probes):
+    # rank 3 (indefinite) in 30 dimensions: below Hutch++'s sketch (k = 4) and XTrace's n - 1 = 3
+    A = symmetric_with_spectrum([5.0, -2.0, 3.0] + [0.0] * 27, seed=2)
+    for e in _quadratic_estimates(A, estimator, probes, range(3)):
+        assert e.value == pytest.approx(6.0, abs=1e-10)
+        assert e.stderr < 1e-10
+        assert e.per_param["w"][0] == pytest.approx(6.0, abs=1e-10)
+
+
+def test_zero_hessian_gives_zero():
+    A = torch.zeros(6, 6, dtype=torch.float64)
+    for est in ("hutchpp", "xtrace"):
+        e = _quadratic_estimates(A, est, 6, [0])[0]
+        assert e.value == 0.0 and math.isfinite(e.stderr)
+
+
+@pytest.mark.parametrize(
+    "estimator, probes, hvps, n_samples",
+    [
+        ("hutchpp", 3, 3, 1),
+        ("hutchpp", 10, 10, 4),
+        ("hutchpp", 11, 11, 5),
+        ("xtrace", 2, 2, 1),
+        ("xtrace", 7, 6, 3),
+        ("xtrace", 10, 10, 5),
+    ],
+)
+def test_budget_split_and_hvp_count(tiny_mlp, estimator, probes, hvps, n_samples):
+    """hvps <= probes, counted by a wrapper around the HVP engine, and the documented split."""
+    from wdlib import hessian as hmod
+
+    model, x, y, _ = tiny_mlp
+    counted = []
+    original = hmod._HVP.__call__
+
+    def counting(self, V, k):
+        counted.append(k)
+        return original(self, V, k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hmod._HVP, "__call__", counting)
+        e = hessian_trace(model, x, y, probes=probes, estimator=estimator, probe_chunk=4)
+    assert sum(counted) == e.hvps == hvps <= probes
+    assert max(counted) <= 4
+    assert e.samples_per_probe.shape == (n_samples,)
+    if n_samples == 1:
+        assert math.isnan(e.stderr)
+
+
+def test_budget_capped_by_parameter_count():
+    A = symmetric_with_spectrum([3.0, 2.0, 1.0, 0.5])  # P = 4
+    e = _quadratic_estimates(A, "xtrace", 20, [0])[0]  # n = P = 4 probes; leave-one-out spans only 3
+    assert e.hvps == 8 and within(e.value, 6.5, e.stderr)
+    e = _quadratic_estimates(A, "hutchpp", 18, [0])[0]  # k = 6 sketch vectors, Q has 4 columns
+    assert e.hvps == 18 and e.value == pytest.approx(6.5, abs=1e-10)
+
+
+@pytest.mark.parametrize("estimator", ["hutchpp", "xtrace"])
+def test_estimators_on_mlp_against_exact_hessian(tiny_mlp, estimator):
+    model, x, y, H = tiny_mlp
+    exact = float(torch.trace(H))
+    blocks = block_traces(model, H)
+    for seed in range(4):
+        e = hessian_trace(model, x, y, probes=30, seed=seed, estimator=estimator)
+        assert within(e.value, exact, e.stderr), (seed, e.value, exact, e.stderr)
+        assert list(e.per_param) == [n for n, _ in model.named_parameters()]
+        assert sum(v for v, _ in e.per_param.values()) == pytest.approx(e.value, rel=1e-10)
+        for name, block in blocks.items():
+            value, se = e.per_param[name]
+            assert within(value, block, se, tol=1e-8), (seed, name, value, block, se)
+    # scale_aware_trace reads per_param, whatever the estimator
+    manual = sum(t * float(p.detach().pow(2).sum()) for (t, _), p in zip(e.per_param.values(), model.parameters()))
+    assert scale_aware_trace(e, model) == pytest.approx(manual, rel=1e-12)
+
+
+def test_mlp_full_rank_sketch_is_exact(tiny_mlp):
+    """With as many sketch vectors as parameters (57), Hutch++ and XTrace give the exact trace and blocks."""
+    model, x, y, H = tiny_mlp
+    blocks = block_traces(model, H)
+    for estimator, probes in (("hutchpp", 3 * 57), ("xtrace", 2 * 57)):
+        e = hessian_trace(model, x, y, probes=probes, seed=0, estimator=estimator)
+        assert e.value == pytest.approx(float(torch.trace(H)), abs=1e-9)
+        for name, block in blocks.items():
+            assert e.per_param[name][0] == pytest.approx(block, abs=1e-9), (estimator, name)
+
+
+@pytest.mark.parametrize("estimator", ["hutchpp", "xtrace"])
+def test_estimators_deterministic_and_chunk_independent(tiny_mlp, estimator):
+    model, x, y, _ = tiny_mlp
+    full = hessian_trace(model, x, y, probes=11, seed=4, estimator=estimator)
+    again = hessian_trace(model, x, y, probes=11, seed=4, estimator=estimator)
+    assert again.value == full.value and np.array_equal(again.samples_per_probe, full.samples_per_probe)
+    for kwargs in (dict(probe_chunk=2), dict(data_chunk=7), dict(probe_chunk=3, data_chunk=6)):
+        other = hessian_trace(model, x, y, probes=11, seed=4, estimator=estimator, **kwargs)
+        assert abs(other.value - full.value) < 1e-9, kwargs
+        np.testing.assert_allclose(other.samples_per_probe, full.samples_per_probe, rtol=0, atol=1e-9)
+    different = hessian_trace(model, x, y, probes=11, seed=5, estimator=estimator)
+    assert different.value != full.value
+
+
+def test_xtrace_uses_hutchinsons_first_probes(tiny_mlp):
+    """XTrace's leave-one-out estimates, written out with explicit QR of the other probes' H w_j."""
+    model, x, y, H = tiny_mlp
+    e = hessian_trace(model, x, y, probes=8, seed=2, estimator="xtrace")
+    Om = torch.stack([torch.cat([t.reshape(-1) for t in v]) for v in reference_probes(model, 4, 2)], dim=1)
+    Y = H @ Om
+    ref = []
+    for i in range(4):
+        Qi = torch.linalg.qr(Y[:, [j for j in range(4) if j != i]])[0]
+        u = Om[:, i] - Qi @ (Qi.T @ Om[:, i])
+        ref.append(float(torch.trace(Qi.T @ H @ Qi) + u @ H @ u))
+    np.testing.assert_allclose(e.samples_per_probe, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_hutchinson_alias_and_defaults(tiny_mlp):
+    model, x, y, _ = tiny_mlp
+    assert hutchinson_trace is hessian_trace
+    a = hutchinson_trace(model, x, y, probes=5, seed=1)
+    b = hessian_trace(model, x, y, probes=5, seed=1, estimator="hutchinson")
+    assert (a.estimator, a.hvps) == ("hutchinson", 5) and np.array_equal(a.samples_per_probe, b.samples_per_probe)
+    old = TraceEstimate(1.0, 0.0, 3, 2, {}, np.zeros(3), "eval")  # positional, as before the new fields
+    assert (old.estimator, old.hvps) == ("hutchinson", 3)
+
+
+def test_bad_estimator_and_small_budget_name_the_parameter(tiny_mlp):
+    model, x, y, _ = tiny_mlp
+    with pytest.raises(ValueError, match="estimator.*hutchinson.*hutchpp.*xtrace"):
+        hessian_trace(model, x, y, estimator="hutch")
+    with pytest.raises(ValueError, match="estimator"):
+        hutchinson_trace(model, x, y, estimator=None)
+    for estimator, too_few in (("hutchpp", 2), ("xtrace", 1), ("hutchinson", 0)):
+        with pytest.raises(ValueError, match="probes must be an integer >= "):
+            hessian_trace(model, x, y, probes=too_few, estimator=estimator)
+
+
+def test_measure_trace_threads_estimator():
+    from types import SimpleNamespace
+
+    from wdlib.measures import _measure_trace
+
+    torch.manual_seed(0)
+    model = MLP(in_dim=5, width=4, depth=1, out_dim=3).double()
+    ds = SimpleNamespace(x_train=torch.randn(12, 5, dtype=torch.float64), y_train=torch.randint(0, 3, (12,)))
+    default = _measure_trace(model, ds, probes=6, samples=12)
+    assert default["hvps"] == 6 and default["probes"] == 6
+    xt = _measure_trace(model, ds, probes=7, samples=12, estimator="xtrace")
+    assert xt["hvps"] == 6 and all(isinstance(v, (int, float)) for v in xt.values())
+    with pytest.raises(ValueError, match="estimator"):
+        _measure_trace(model, ds, estimator="nope")
+
+
+def test_leave_one_out_directions_both_routes():
+    from wdlib.hessian import _leave_one_out_directions
+
+    g = torch.Generator().manual_seed(0)
+    R = torch.linalg.qr(torch.randn(7, 7, dtype=torch.float64, generator=g))[1]
+    S = _leave_one_out_directions(R)  # full rank: normalised columns of R^{-T}
+    Rd = R.clone()
+    Rd[3, 3] = 0.0  # singular: the complete-QR route
+    Sd = _leave_one_out_directions(Rd)
+    for M, D in ((R, S), (Rd, Sd)):
+        torch.testing.assert_close(D.norm(dim=0), torch.ones(7, dtype=torch.float64))
+        G = D.T @ M  # G[i, j] = s_i . R_j must vanish for j != i
+        assert float((G - torch.diag(torch.diagonal(G))).abs().max()) < 1e-12
+    X = torch.linalg.inv(R).T
+    torch.testing.assert_close(S, X / X.norm(dim=0), rtol=0, atol=1e-12)
