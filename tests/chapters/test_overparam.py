@@ -278,6 +278,12 @@ def test_overparam_pipeline_at_test_scale(tmp_path):
     copies["spoiled"] = False
     c = op.trace_correlations(copies, seeds4[0], s.plateau_wd)
     assert c["trace_fall"] == pytest.approx(1 - c["trace_last"] / c["trace_first"]) and c["max_rel_se"] > 0
+    assert (traj["trace_hvps"] <= s.trace_probes).all() and (traj["trace_hvps"] > 0).all()
+    spread = op.estimator_spread(s, seeds4, store, draws=3)
+    assert spread["hvps"] == s.trace_probes and spread["epoch"] == s.plateau_epochs
+    last = traj[(traj["seed"] == seeds4[0]) & (traj["weight_decay"] == s.plateau_wd)].sort_values("epoch").iloc[-1]
+    assert spread[f"first_{s.trace_estimator}"] == pytest.approx(last["trace"], rel=1e-5)  # the copy, its own draw
+    assert spread["std_hutchinson"] > 0 and spread[f"std_{s.trace_estimator}"] >= 0
     ang = op.angular_runs(s, seeds5, store=store)
     assert set(ang) == {(r, w, sd) for r in ("sgd", "adam") for w in (True, False) for sd in seeds5}
     chk = op.rescaling_check(ang[("sgd", False, seeds5[0])], s, samples=64)

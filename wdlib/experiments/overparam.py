@@ -9,8 +9,8 @@ Every run goes through :func:`wdlib.runs.run_many` (cached in the run store, in 
 single-thread workers). The Hessian-trace protocol (OVER-4): the large-LR phase keeps snapshots of its
 weights every few epochs; each snapshot is fine-tuned for a few epochs at a small LR (a run whose
 ``init_from`` names the snapshot), and the fine-tuned copy's Hessian trace
-(:func:`wdlib.hessian.hutchinson_trace`, a fixed number of Rademacher probes on a fixed training
-subset, eval mode) and test error are measured. The notebook computes the verdicts from the tables
+(:func:`wdlib.hessian.hessian_trace` with XTrace, a fixed budget of Hessian-vector products on a fixed
+training subset, eval mode) and test error are measured. The notebook computes the verdicts from the tables
 returned here. :func:`planned_runs` lists every run the notebook trains.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import hessian, objective
 from ..components import build_data
 from ..config import RunConfig
 from ..diagnostics import weight_angle
@@ -47,6 +48,7 @@ __all__ = [
     "angle_statistics",
     "rescaling_check",
     "trace_correlations",
+    "estimator_spread",
     "window_means",
     "test_size",
     "equal_norm_pairs",
@@ -80,7 +82,8 @@ class Setup(Setting):
     finetune_epochs: int
     finetune_factor: float  # fine-tune LR = factor * large LR
     plateau_seeds: int  # number of seeds of every plateau recipe and of the trajectories
-    trace_probes: int
+    trace_probes: int  # the Hessian-vector products of each trace (the estimator's budget)
+    trace_estimator: str  # "hutchinson", "hutchpp" or "xtrace" (wdlib.hessian.ESTIMATORS)
     trace_samples: int
     trace_probe_chunk: int | None  # probes per vmap call (None: all at once; bounds memory at full scale)
     plateau_pairs: tuple[tuple[float, float], ...]  # further (lr, wd) of the plateau runs (every seed)
@@ -116,7 +119,8 @@ SETTINGS: dict[str, Setup] = {
         finetune_epochs=10,
         finetune_factor=0.1,
         plateau_seeds=3,
-        trace_probes=30,
+        trace_probes=48,
+        trace_estimator="xtrace",
         trace_samples=1000,
         trace_probe_chunk=None,
         plateau_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
@@ -149,7 +153,8 @@ SETTINGS: dict[str, Setup] = {
         finetune_epochs=20,
         finetune_factor=0.1,
         plateau_seeds=5,
-        trace_probes=50,
+        trace_probes=80,
+        trace_estimator="xtrace",
         trace_samples=5000,
         trace_probe_chunk=10,
         plateau_pairs=((0.1, 2.5e-3), (0.1, 5e-3), (0.1, 1e-2), (0.2, 1e-2), (0.1, 0.0)),
@@ -183,6 +188,7 @@ SETTINGS: dict[str, Setup] = {
         finetune_factor=0.1,
         plateau_seeds=2,
         trace_probes=4,
+        trace_estimator="xtrace",
         trace_samples=128,
         trace_probe_chunk=None,
         plateau_pairs=((0.1, 1e-2), (0.1, 0.0)),
@@ -350,6 +356,7 @@ def _copy_configs(s: Setup, parents: list[RunConfig]) -> tuple[list[RunConfig], 
                 "samples": s.trace_samples,
                 "seed": 0,
                 "probe_chunk": s.trace_probe_chunk,
+                "estimator": s.trace_estimator,
             }
         ]
         for step in steps:
@@ -383,10 +390,10 @@ def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | Non
     run of ``plateau_pairs`` (``role`` "final", whose Hessian trace is not measured: they serve OVER-2 only).
     Each copy trains ``finetune_epochs`` epochs at a tenth (``finetune_factor``) of its run's LR with the same
     weight decay and batch-order seed ``1000 + seed`` (a gradient-flow proxy, as the source's
-    fine-tuning at a small LR), then its Hessian trace is measured with ``trace_probes`` Rademacher
-    probes on the first ``trace_samples`` training points (eval mode). Returns one row per copy: role,
-    seed, lr and weight_decay (of the run it was copied from), epoch (of the snapshot), trace,
-    trace_se, scale_aware, val_acc, test_err, train_loss, weight_norm.
+    fine-tuning at a small LR), then its Hessian trace is measured by ``trace_estimator`` with
+    ``trace_probes`` Hessian-vector products on the first ``trace_samples`` training points (eval mode).
+    Returns one row per copy: role, seed, lr and weight_decay (of the run it was copied from), epoch (of the
+    snapshot), trace, trace_se, trace_hvps, scale_aware, val_acc, test_err, train_loss, weight_norm, key.
     """
     parents = _plateau_configs(s, seeds)
     run_many(parents, store, workers=s.workers, device=device, desc="flow parents", progress=None)
@@ -398,6 +405,7 @@ def flow_copies(s: Setup, seeds: Any, *, device: str = "cpu", store: Store | Non
         columns={
             "hessian_trace/value": "trace",
             "hessian_trace/stderr": "trace_se",
+            "hessian_trace/hvps": "trace_hvps",
             "hessian_trace/scale_aware": "scale_aware",
         }
     )
@@ -677,6 +685,54 @@ def trace_correlations(copies: Any, seed: int, weight_decay: float) -> dict[str,
         "err_first": float(sub["test_err"].iloc[0]),
         "err_last": float(sub["test_err"].iloc[-1]),
     }
+
+
+def estimator_spread(s: Setup, seeds: Any, store: Store, draws: int = 6) -> dict[str, float]:
+    """How much the chapter's trace estimator varies from one draw of its probes to the next, against Hutchinson
+    with the same number of Hessian-vector products (a sanity check shown beside OVER-4, not a test).
+
+    On the last fine-tuned copy of the run with decay of the first of ``seeds`` (:func:`flow_copies` must have
+    stored it), both estimators run ``draws`` times (probe seeds ``0..draws-1``) with ``trace_probes`` HVPs on
+    the copy's first ``trace_samples`` training points in eval mode, as the copies' own measurement. Returns,
+    per estimator, the empirical standard deviation over the draws (``std_<estimator>``), the mean reported
+    standard error (``se_<estimator>``), the mean estimate (``mean_<estimator>``) and the estimate with probe
+    seed 0 (``first_<estimator>``, for the chapter's estimator the copy's own measurement), with ``hvps``, ``draws``
+    and ``epoch`` (of the copy's snapshot). Why: XTrace's reported error is the paper's heuristic (its
+    leave-one-out estimates are exchangeable, not independent), and whether it beats Hutchinson depends on
+    how fast the Hessian's spectrum decays (``benchmarks/trace_estimators.py``); this measures both on a model
+    of the chapter.
+    """
+    seeds = _check_seeds(seeds, s.plateau_seeds, "seeds")
+    configs, extra = _copy_configs(s, _plateau_configs(s, seeds))
+    mine = [
+        (c, e)
+        for c, e in zip(configs, extra)
+        if e["role"] == "trajectory" and e["parent_seed"] == seeds[0] and c.weight_decay == s.plateau_wd
+    ]
+    cfg, info = mine[-1]
+    result = store.get(cfg)
+    if result is None:
+        raise ValueError("estimator_spread: the copy is not in the store; run flow_copies first")
+    ds = build_data(cfg)
+    model = result.model(data=ds)
+    n = min(s.trace_samples, ds.x_train.shape[0])
+    p = next(model.parameters())
+    x, y = ds.x_train[:n].to(p.device, p.dtype), ds.y_train[:n].to(p.device)
+    out: dict[str, float] = {"hvps": float(s.trace_probes), "draws": float(draws), "epoch": float(info["epoch"])}
+    for est in dict.fromkeys((s.trace_estimator, "hutchinson")):
+        values, errors = [], []
+        for seed in range(draws):
+            e = hessian.hessian_trace(
+                model, x, y, probes=s.trace_probes, seed=seed, loss=objective.loss, data_chunk=250,
+                probe_chunk=s.trace_probe_chunk, estimator=est,
+            )  # fmt: skip
+            values.append(e.value)
+            errors.append(e.stderr)
+        out[f"first_{est}"] = float(values[0])  # probe seed 0: the copy's own measurement, for that estimator
+        out[f"mean_{est}"] = float(np.mean(values))
+        out[f"std_{est}"] = float(np.std(values, ddof=1))
+        out[f"se_{est}"] = float(np.mean(errors))
+    return out
 
 
 # --- what the notebook trains ------------------------------------------------------------------------------
