@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model and estimator: the HVPs it needs for Hutchinson-30's standard error, and the saving ``30 / m*``
+    """Per model and estimator: the HVPs it needs for Hutchinson-30's standard error and the saving ``30 / m*``;
+    at its largest budget, the Hutchinson probes with the same spread (``H-equiv``) and that over the HVPs
     (the status page shows this table)."""
     out = []
     for r in rows:
@@ -342,12 +343,16 @@ def summary_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if any(o["model"] == r["model"] and o["estimator"] == r["estimator"] for o in out):
             continue
+        top = max((o for o in rows if o["model"] == r["model"] and o["estimator"] == r["estimator"]),
+                  key=lambda o: o["hvps"])  # fmt: skip
         out.append(
             {
                 "model": r["model"],
                 "estimator": r["estimator"],
                 "HVPs for Hutchinson-30's error": f"{r['how']}{r['hvps_to_target']:.1f}".replace("=", ""),
                 "HVP saving (30 / that)": round(r["ratio"], 2),
+                "largest budget": top["hvps"],
+                "Hutchinson probes with its spread there": round(top["hutchinson_equivalent"], 1),
             }
         )
     return out

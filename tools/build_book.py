@@ -360,8 +360,8 @@ BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _machine_line(machine: dict) -> str:
-    keys = ("device", "threads", "torch", "date", "commit", "load_average")
-    return "; ".join(f"{k.replace('_', ' ')} {machine[k]}" for k in keys if machine.get(k) not in (None, ""))
+    """``key value; ...`` for every entry the benchmark recorded (device or CPU, threads, torch, date, ...)."""
+    return "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in machine.items() if v not in (None, ""))
 
 
 def _optim_step_table(rows: list[dict]) -> list[str]:

@@ -68,12 +68,13 @@ are per tensor, plus float32 temporaries for the work tensors and gradients duri
 Under "nearest" how much decay survives depends on the kernel (torch 2.13, CPU): the fused AdamW
 kernel computes ``p*(1 - s) - update`` in float32 and rounds once, so with updates of several ulps
 the decay survives on average (the rounding error is roughly uniform), and is lost with them when
-they are below half an ulp; decoupled SGD on the fused kernel does the same (the shrink is folded
-into the kernel's arithmetic); the foreach paths (``impl="foreach"``, and decoupled SGD with Nesterov,
-which shrinks with ``torch._foreach_mul_`` before the step) round ``p*(1 - s)`` on its own, and
-``_foreach_mul_`` on bfloat16 even rounds the factor ``1 - s`` to bfloat16 first: ``s < 2^-9``
-becomes 0 and ``s = 3e-3`` becomes ``2^-8``. Measured by :func:`wdlib.precision.applied_decay`; used by chapter 5
-(``notebooks/05_llm_regime.ipynb``, claim LLM-7).
+they are below half an ulp; decoupled SGD on a fused kernel does the same (the shrink is folded into
+the kernel's arithmetic; CUDA). The foreach paths (``impl="foreach"``, decoupled SGD with Nesterov, and
+SGD on the CPU, whose fused SGD kernel skips bfloat16 updates in torch 2.12-2.13, see
+:func:`fused_sgd_works`), shrink with ``torch._foreach_mul_`` before the step: they round
+``p*(1 - s)`` on its own, and ``_foreach_mul_`` on bfloat16 even rounds the factor ``1 - s`` to
+bfloat16 first: ``s < 2^-9`` becomes 0 and ``s = 3e-3`` becomes ``2^-8``. Measured by
+:func:`wdlib.precision.applied_decay`; used by chapter 5 (``notebooks/05_llm_regime.ipynb``, claim LLM-7).
 
 Run configurations name their optimizer through a registry, :data:`OPTIMIZERS`: a spec
 ``{"name": "sgd", "decay": "l2", "momentum": 0.9}`` is checked (and completed with its defaults) by
@@ -122,14 +123,9 @@ Decay = Literal["l2", "decoupled", "independent"]
 DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent")
 IMPLS: tuple[str, ...] = ("auto", "fused", "foreach")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_FUSED_DEVICES = ("cpu", "cuda")
 BF16_UPDATES: tuple[str, ...] = ("nearest", "master", "kahan", "stochastic")
 _LOW_DTYPES = (torch.bfloat16, torch.float16)
-_MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")
-_FOLD_DTYPES = (
-    torch.float32,
-    torch.float64,
-)  # where decoupled SGD runs folded into the coupled kernel  # float32 for remedied low-precision params
+_MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")  # float32 for remedied low-precision params
 
 
 @functools.cache
@@ -432,6 +428,7 @@ class _DecayOptimizer(torch.optim.Optimizer):
         """
         state_dict = self._normalize_state_dict(state_dict)
         super().load_state_dict(state_dict)
+        self.__dict__.pop("_settled", None)  # loaded states may be in another mode's form: settle them again
         saved_ids = iter([i for g in state_dict["param_groups"] for i in g["params"]])
         for group in self.param_groups:
             for p in group["params"]:
@@ -514,10 +511,14 @@ class _DecayOptimizer(torch.optim.Optimizer):
         if not any(low):
             return params, grads, []  # (callers that know there is none skip this call)
         if mode == "nearest":
-            for p, is_low in zip(params, low):
-                if is_low:
-                    self._settle_state(p, mode)
+            settled = self.__dict__.setdefault("_settled", {})  # id(group) -> the mode its states were settled to
+            if settled.get(id(group)) != mode:  # after a load or a change of mode; then once per step is wasted
+                for p, is_low in zip(params, low):
+                    if is_low:
+                        self._settle_state(p, mode)
+                settled[id(group)] = mode
             return params, grads, []
+        self.__dict__.get("_settled", {}).pop(id(group), None)  # a later "nearest" must settle again
         work, work_grads, back = [], [], []
         for p, g, is_low in zip(params, grads, low):
             if not is_low:
@@ -664,7 +665,7 @@ class SGD(_DecayOptimizer):
             fused = self._fused_choice(group, fits)
             work, work_grads, back = self._work(group, params, grads) if low else (params, grads, [])
             shrink = decay_factor(group)
-            if self._foldable(group, work, fused, back, shrink):
+            if self._foldable(group, fused, back, shrink):
                 self._folded_step(group, params, states, work, work_grads, shrink)
                 self._write_back(group, back)
                 continue
@@ -696,14 +697,15 @@ class SGD(_DecayOptimizer):
     # --- decoupled decay folded into the coupled kernel (one pass over memory) -------------------------
 
     @staticmethod
-    def _foldable(group: dict[str, Any], work: list[torch.Tensor], fused: bool, back: list[Any], shrink: float) -> bool:
+    def _foldable(group: dict[str, Any], fused: bool, back: list[Any], shrink: float) -> bool:
         """Whether this group's decoupled/independent step runs as one fused coupled step (see :meth:`_folded_step`).
 
         Yes for the fused kernel without Nesterov and with ``shrink < 1``: on float32/float64 parameters, on
-        bfloat16/float16 parameters under "nearest" (the kernel computes the shrink and the step in float32
-        and rounds once, as torch's fused AdamW kernel does) and on the float32 master copies of
-        "master". "kahan" and "stochastic" keep the shrink-then-step path, because the weight their next
-        step starts from is not exactly the one this step computed (the fold's buffer refers to that one).
+        bfloat16/float16 parameters under "nearest" where the fused SGD kernel works for them (CUDA; it
+        computes the shrink and the step in float32 and rounds once, as torch's fused AdamW kernel does)
+        and on the float32 master copies of "master". "kahan" and "stochastic" keep the shrink-then-step
+        path, because the weight their next step starts from is not exactly the one this step computed (the
+        fold's buffer refers to that one).
         """
         return (
             fused
