@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +44,9 @@ from wdlib import hessian  # noqa: E402
 from wdlib.check import pyhessian_trace, rademacher_probes  # noqa: E402  (the GPU check's reference, the same)
 from wdlib.data import load  # noqa: E402
 from wdlib.models import CNN  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 
 
 def pyhessian_top_eigenvalue(
@@ -112,16 +114,6 @@ def parse_chunks(text: str, probes: int | None) -> list[int | None]:
         if value not in out:
             out.append(value)
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,11 +38,8 @@ Not a test: the numbers depend on the seeds drawn; the printed header says what 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -58,17 +55,10 @@ from wdlib.data import load  # noqa: E402
 from wdlib.experiments import overparam  # noqa: E402
 from wdlib.models import build, data_args  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine as describe_machine  # noqa: E402
+
 TARGET_PROBES = 30
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Quadratic(nn.Module):
@@ -298,16 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     args.quad_budgets = [int(b) for b in args.quad_budgets.split(",")]
     args.models = [m.strip() for m in args.models.split(",")]
     torch.set_num_threads(args.threads)
-    machine = {
-        "cpu": cpu_name(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+    machine = describe_machine()
     log = [
-        f"{machine['cpu']}, {machine['cpus']} CPUs, torch {machine['torch']}, {machine['threads']} thread(s), "
+        f"{machine['device']}, {machine['cpus']} CPUs, torch {machine['torch']}, {machine['threads']} thread(s), "
         f"{machine['date']}, load average {machine['load_average']}",
         f"convnet: {args.seeds} seeds, Hutch++/XTrace budgets {args.budgets} (Hutchinson: prefixes of 30 probes); "
         f"quadratics: {args.quad_seeds} seeds, budgets {args.quad_budgets}",
