@@ -117,6 +117,8 @@ FIELD_HELP: dict[str, str] = {
     "optimizer.bf16_update": "how bf16-pure parameters take their step (adam, sgd; precision bf16-pure only): "
     "nearest (plain rounding, the default), master (float32 master weights), kahan "
     "(compensated) or stochastic (stochastic rounding); wdlib.optim",
+    "optimizer.impl": "the kernel (adam, sgd): auto (fused where it fits, the default), fused or foreach; only the "
+    "rounding differs (decoupled SGD on foreach shrinks, then steps)",
     "lr": "peak learning rate",
     "weight_decay": "lambda (peak), in the rule named by `optimizer.decay`",
     "decay_vectors": "also decay 1-D parameters (biases, norms); default false",
@@ -238,7 +240,10 @@ _LATER_FIELDS: dict[str, Any] = {
     "snapshots": [],
     "init_from": None,
     "bf16_update": "nearest",
+    "impl": "auto",
 }
+#: Options of the spec added after it that enter the key (only when not their default, see _LATER_FIELDS).
+_KEYED_OPTIONS: dict[str, Any] = {"impl": "auto"}
 #: The optimizer's settings as configurations held them before the spec (fields of their own), with their
 #: (JSON) defaults: read into the spec by :meth:`RunConfig.from_dict`, and the form :meth:`RunConfig.key` hashes.
 _FLAT_OPTIMIZER: dict[str, Any] = {
@@ -312,6 +317,7 @@ def _flat_optimizer(spec: dict[str, Any]) -> dict[str, Any]:
     ``nesterov``, ``betas``, ``eps``, ``bf16_update``, each at its old default where the optimizer has no such
     option. torch's optimizers ignored ``decay`` and kept the default ("decoupled") whatever their rule."""
     flat = {"optimizer": spec["name"], **{k: spec.get(k, default) for k, default in _FLAT_OPTIMIZER.items()}}
+    flat.update({k: spec.get(k, default) for k, default in _KEYED_OPTIONS.items()})
     if len(_REGISTRY[spec["name"]].decays) == 1:
         flat["decay"] = _FLAT_OPTIMIZER["decay"]
     return flat

@@ -186,9 +186,9 @@ def _check_decay(decay: Any, name: str = "decay") -> str:
     return decay
 
 
-def _check_impl(impl: Any) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {', '.join(repr(i) for i in IMPLS)}, got {impl!r}")
+def _check_impl(impl: Any, name: str = "impl") -> str:
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"{name} must be one of {', '.join(repr(i) for i in IMPLS)}, got {short_repr(impl)}")
     return impl
 
 
@@ -1011,6 +1011,7 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "momentum": _spec_number(high=1.0),
     "nesterov": _spec_bool,
     "bf16_update": lambda name, value: _check_bf16_update(value, name=name),
+    "impl": lambda name, value: _check_impl(value, name),
 }
 
 
@@ -1050,14 +1051,14 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
         OptimizerEntry(
             "adam",
             lambda params, *, betas, decay, **kw: Adam(params, betas=tuple(betas), decay=decay, **kw),
-            {**_ADAM_OPTIONS, "bf16_update": "nearest"},
+            {**_ADAM_OPTIONS, "bf16_update": "nearest", "impl": "auto"},
             ("decoupled", "l2", "independent"),
             "wdlib.optim.Adam, any decay rule",
         ),
         OptimizerEntry(
             "sgd",
             lambda params, *, decay, **kw: SGD(params, decay=decay, **kw),
-            {**_SGD_OPTIONS, "bf16_update": "nearest"},
+            {**_SGD_OPTIONS, "bf16_update": "nearest", "impl": "auto"},
             ("decoupled", "l2", "independent"),
             "wdlib.optim.SGD, any decay rule",
         ),
@@ -1093,15 +1094,18 @@ def optimizer_spec(spec: str | Mapping[str, Any], field: str = "optimizer") -> d
     ``name`` and any of its options::
 
         {"name": "adam", "decay": "l2", "betas": [0.9, 0.999], "eps": 1e-8, "bf16_update": "nearest"}
-        {"name": "sgd", "decay": "decoupled", "momentum": 0.9, "nesterov": True, "bf16_update": "nearest"}
+        {"name": "sgd", "decay": "decoupled", "momentum": 0.9, "nesterov": True, "bf16_update": "nearest",
+         "impl": "auto"}
         {"name": "torch.adamw", "decay": "decoupled", "betas": [0.9, 0.999], "eps": 1e-8}
 
     ``decay`` is the rule (see the module docstring); torch's optimizers take their own only, and asking
     one for another (``{"name": "torch.adamw", "decay": "l2"}``) is an error, as is an option the
     optimizer does not have. Options: ``betas`` (a pair in [0, 1)), ``eps`` (>= 0), ``momentum`` (in
     [0, 1)), ``nesterov`` (needs momentum > 0), ``bf16_update`` (wdlib's optimizers: "nearest",
-    "master", "kahan", "stochastic"). Numbers are stored as floats (a string such as "1e-8", as YAML 1.1
-    reads it, as the number it spells), ``betas`` as a list.
+    "master", "kahan", "stochastic"), ``impl`` (wdlib's optimizers: "auto", "fused", "foreach"; the
+    kernel, which changes rounding only: decoupled SGD on "foreach" shrinks and then steps, two passes,
+    where the fused kernel folds the shrink into the coupled arithmetic). Numbers are stored as floats (a
+    string such as "1e-8", as YAML 1.1 reads it, as the number it spells), ``betas`` as a list.
 
     The one place a spec is checked: a bad one raises ValueError naming the field (``optimizer.<option>``,
     ``field`` being the prefix) and its allowed values. Used by :class:`wdlib.config.RunConfig` and

@@ -182,7 +182,7 @@ STORED_ROWS = [
         '"optimizer": "sgd", "perturb_step": null, "precision": "fp32", "probes": [], "scale": "test", "seed": 0, '
         '"snapshots": [], "steps": 3, "subset": null, "wd_schedule": null, "weight_decay": 0.0005}',
         "f01fd224076ac181e7bccbc7",
-        {"name": "sgd", "decay": "l2", "momentum": 0.9, "nesterov": True, "bf16_update": "nearest"},
+        {"name": "sgd", "decay": "l2", "momentum": 0.9, "nesterov": True, "bf16_update": "nearest", "impl": "auto"},
     ),
     (
         '{"batch_size": 32, "betas": [0.8, 0.99], "bf16_update": "nearest", "block_size": 64, "checkpoint_every": 0, '
@@ -247,6 +247,7 @@ def test_a_name_is_short_for_the_full_spec_with_its_defaults():
         "betas": [0.9, 0.999],
         "eps": 1e-8,
         "bf16_update": "nearest",
+        "impl": "auto",
     }
     assert RunConfig(optimizer="sgd").optimizer == {
         "name": "sgd",
@@ -254,6 +255,7 @@ def test_a_name_is_short_for_the_full_spec_with_its_defaults():
         "momentum": 0.0,
         "nesterov": False,
         "bf16_update": "nearest",
+        "impl": "auto",
     }
     assert RunConfig(optimizer="torch.adamw").optimizer == {
         "name": "torch.adamw",
@@ -399,3 +401,16 @@ def test_the_cli_takes_optimizer_options_in_set_and_grid(tmp_path, capsys):
     assert [r["optimizer.decay"] for r in rows] == ["l2", "decoupled"]
     assert main(["runs", "--store", store]) == 0
     assert "sgd(l2)" in capsys.readouterr().out
+
+
+def test_optimizer_impl_is_a_spec_option_that_enters_the_key_only_when_set():
+    """``optimizer.impl`` picks the kernel (only rounding differs); "auto" keeps every stored run's key."""
+    base = RunConfig(optimizer={"name": "sgd", "decay": "decoupled", "momentum": 0.9})
+    assert base.optimizer["impl"] == "auto"
+    assert RunConfig(optimizer={**base.optimizer, "impl": "auto"}).key() == base.key()
+    foreach = RunConfig(optimizer={**base.optimizer, "impl": "foreach"})
+    assert foreach.key() != base.key() and RunConfig.from_dict(foreach.to_dict()).key() == foreach.key()
+    with pytest.raises(ValueError, match="optimizer.impl must be one of 'auto', 'fused', 'foreach'"):
+        RunConfig(optimizer={"name": "adam", "impl": "cuda"})
+    with pytest.raises(ValueError, match="impl is not an option of optimizer 'torch.sgd'"):
+        RunConfig(optimizer={"name": "torch.sgd", "impl": "foreach"})

@@ -107,8 +107,18 @@ def _pair_configs(
     common = dict(lr=lr, weight_decay=weight_decay, dtype=dtype, eval_every=every, diagnostics=["params"])
     return (
         base_config(s, seed, optimizer={"name": "sgd", "decay": "l2", "momentum": momentum}, **common),
-        base_config(s, seed, optimizer={"name": "sgd", "decay": "decoupled", "momentum": momentum}, **common),
+        base_config(
+            s,
+            seed,
+            optimizer={"name": "sgd", "decay": "decoupled", "momentum": momentum, "impl": IMPL["decoupled"]},
+            **common,
+        ),
     )
+
+
+#: DEC-1's kernels: SGD+L2 on the fused kernel (``theta - lr*(g + lambda*theta)``), SGDW shrinking then stepping
+#: (``theta*(1 - lr*lambda) - lr*g``), the two sides of the identity as written.
+IMPL = {"l2": "auto", "decoupled": "foreach"}
 
 
 def log_gap(gap: Any) -> float:
@@ -190,10 +200,12 @@ def trajectory_gap(
     Two runs through :func:`wdlib.runs.run` that record the parameters ``snapshots`` times
     (diagnostic ``"params"``, at most 32,768 evenly strided coordinates). Both use the lr-multiplied
     lambda, so without momentum the updates are the same algebra:
-    ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``. Returns (steps, gap, the L2 run's
-    result, whose final model :func:`one_step_gap` starts from). (The functions that train one measurement's
-    runs themselves do so through :func:`wdlib.runs.run_many` with ``pack="never"``: each run alone, as
-    :func:`wdlib.runs.run` trains it.)
+    ``theta - lr*(g + lambda*theta) = theta*(1 - lr*lambda) - lr*g``. SGDW runs through its two-pass path
+    (``impl="foreach"``: shrink, then step), the right-hand side as written; on the fused kernel wdlib folds
+    the shrink into the coupled arithmetic, which is SGD+L2's left-hand side bit for bit without momentum.
+    Returns (steps, gap, the L2 run's result, whose final model :func:`one_step_gap` starts from). (The
+    functions that train one measurement's runs themselves do so through :func:`wdlib.runs.run_many` with
+    ``pack="never"``: each run alone, as :func:`wdlib.runs.run` trains it.)
     """
     ca, cb = _pair_configs(
         s, lr=lr, weight_decay=weight_decay, momentum=momentum, dtype=dtype, seed=seed, snapshots=snapshots
@@ -233,7 +245,7 @@ def one_step_gap(
             copies = [torch.nn.Parameter(p.clone()) for p in params]
             for c, g in zip(copies, grads):
                 c.grad = g.clone()
-            SGD(copies, lr=lr, weight_decay=weight_decay, decay=decay).step()
+            SGD(copies, lr=lr, weight_decay=weight_decay, decay=decay, impl=IMPL[decay]).step()
             after.append(torch.cat([c.detach().reshape(-1) for c in copies]))
         worst = max(worst, float((after[0] - after[1]).abs().max()))
     return worst
