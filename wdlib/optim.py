@@ -483,10 +483,9 @@ class _DecayOptimizer(torch.optim.Optimizer):
             params.append(p)
             grads.append(g)
             states.append(state_of[p])
-            dtype = p.dtype
-            if fits and not (dtype in _FUSED_DTYPES and (p.is_cpu or p.is_cuda) and not p.is_sparse):
+            if fits and not self._fits_fused(p):
                 fits = False
-            if dtype in _LOW_DTYPES:
+            if p.dtype in _LOW_DTYPES:
                 low = True
                 if fits and nearest and not self._fused_takes(p):
                     fits = False

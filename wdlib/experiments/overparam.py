@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import hessian, objective
 from ..components import build_data
 from ..config import RunConfig
 from ..diagnostics import weight_angle
+from ..measures import MEASURES
 from ..optim import SGD, Adam
 from ..runs import Store, run_many
 from ..stats import loglog_slope, spearman, two_proportion_p
@@ -715,23 +715,19 @@ def estimator_spread(s: Setup, seeds: Any, store: Store, draws: int = 6) -> dict
         raise ValueError("estimator_spread: the copy is not in the store; run flow_copies first")
     ds = build_data(cfg)
     model = result.model(data=ds)
-    n = min(s.trace_samples, ds.x_train.shape[0])
-    p = next(model.parameters())
-    x, y = ds.x_train[:n].to(p.device, p.dtype), ds.y_train[:n].to(p.device)
     out: dict[str, float] = {"hvps": float(s.trace_probes), "draws": float(draws), "epoch": float(info["epoch"])}
+    trace = MEASURES["hessian_trace"]  # the copies' own measurement, with another estimator or probe seed
     for est in dict.fromkeys((s.trace_estimator, "hutchinson")):
-        values, errors = [], []
-        for seed in range(draws):
-            e = hessian.hessian_trace(
-                model, x, y, probes=s.trace_probes, seed=seed, loss=objective.loss, data_chunk=250,
-                probe_chunk=s.trace_probe_chunk, estimator=est,
-            )  # fmt: skip
-            values.append(e.value)
-            errors.append(e.stderr)
+        results = [
+            trace(model, ds, probes=s.trace_probes, samples=s.trace_samples, seed=seed,
+                  probe_chunk=s.trace_probe_chunk, estimator=est)
+            for seed in range(draws)
+        ]  # fmt: skip
+        values = [d["value"] for d in results]
         out[f"first_{est}"] = float(values[0])  # probe seed 0: the copy's own measurement, for that estimator
         out[f"mean_{est}"] = float(np.mean(values))
         out[f"std_{est}"] = float(np.std(values, ddof=1))
-        out[f"se_{est}"] = float(np.mean(errors))
+        out[f"se_{est}"] = float(np.mean([d["stderr"] for d in results]))
     return out
 
 
