@@ -5,7 +5,7 @@
 #               headless-Chromium check of the built HTML
 # And on a GPU machine:
 #   make gpu-check  the prepared GPU check (python -m wdlib.check --device cuda --size full; under 8 minutes on
-#               one H100/H200): optimizer parity and bf16 remedies, GPT in bf16 autocast, Hutchinson vs a
+#               one H100/H200): optimizer parity (Muon vs torch.optim.Muon too) and bf16 remedies, GPT in bf16 autocast, Hutchinson vs a
 #               PyHessian loop, AdamW bandwidth, packed vs solo training, chapter 1 end to end. Writes
 #               _build/gpu-check/report.{json,md}, prints the Markdown, fails if a section fails. It uses the
 #               Python that has torch there (CHECK_PY: .venv's if present, else $(PYTHON)) and sets up nothing.

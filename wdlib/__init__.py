@@ -9,7 +9,7 @@ The optimizers are documented in :mod:`wdlib.optim`, the timescales in :mod:`wdl
 
 from . import optim, schedules, timescale
 from ._version import __version__
-from .optim import SGD, SGDW, Adam, AdamW, convert_weight_decay
+from .optim import SGD, SGDW, Adam, AdamW, Muon, convert_weight_decay
 from .timescale import tau_epoch, tau_iter, transfer_weight_decay, weight_decay_for
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "SGDW",
     "Adam",
     "AdamW",
+    "Muon",
     "convert_weight_decay",
     "tau_epoch",
     "tau_iter",

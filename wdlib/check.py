@@ -102,7 +102,7 @@ from .config import RunConfig
 from .experiments import decoupling as dec
 from .experiments import ema_view, overparam, practice
 from .models import MLP
-from .optim import SGD, SGDW, Adam, AdamW
+from .optim import SGD, SGDW, Adam, AdamW, Muon
 from .precision import applied_decay
 from .rounding import ulp
 from .runs import Store
@@ -503,9 +503,54 @@ def _applied_decay_rows(ctx: Context) -> list[Row]:
     return rows
 
 
+#: Muon against torch.optim.Muon: the Newton-Schulz iteration runs in bfloat16, and torch keeps its momentum as
+#: an average ((1 - mu) times wdlib's buffer), which the iteration's normalisation cancels up to bf16 rounding.
+MUON_RTOL = 5e-2
+
+
+def _beyond_rows(ctx: Context) -> list[Row]:
+    """Chapter 6's optimizer options on the device: Muon (match_rms_adamw, decoupled decay, Nesterov) against
+    ``torch.optim.Muon`` on the matrices, and cautious AdamW and corrected SGD on the device against the same
+    on the CPU."""
+    mats = tuple(s for s in ctx.sizes.opt_shapes if len(s) == 2)
+    init, grads = _given_grads(mats, ctx.sizes.opt_steps, ctx.device)
+    got = _trajectory(lambda ps: Muon(ps, lr=1e-2, weight_decay=0.1), init, grads)
+    ref = _trajectory(
+        lambda ps: torch.optim.Muon(ps, lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"), init, grads
+    )
+    err = _rel_err(got, ref)
+    rows = [
+        Row(
+            "Muon vs torch.optim.Muon (match_rms_adamw, decoupled decay)",
+            {"rel_err": err, "steps": ctx.sizes.opt_steps},
+            f"<= {MUON_RTOL:g}",
+            err <= MUON_RTOL,
+        )
+    ]
+    init, grads = _given_grads(ctx.sizes.opt_shapes, ctx.sizes.opt_steps, ctx.device)
+    cpu_init, cpu_grads = _given_grads(ctx.sizes.opt_shapes, ctx.sizes.opt_steps, torch.device("cpu"))
+    for what, make in (
+        ("AdamW(cautious=True)", lambda ps: AdamW(ps, lr=1e-2, weight_decay=0.1, cautious=True)),
+        (
+            "SGD(decay='corrected', momentum=0.9)",
+            lambda ps: SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.1, decay="corrected"),
+        ),
+    ):
+        err = _rel_err(_trajectory(make, init, grads), _trajectory(make, cpu_init, cpu_grads))
+        rows.append(
+            Row(
+                f"{what} on the device vs on the CPU, float32",
+                {"rel_err": err, "steps": ctx.sizes.opt_steps},
+                f"<= {FP32_RTOL:g}",
+                err <= FP32_RTOL,
+            )
+        )
+    return rows
+
+
 def section_optimizers(ctx: Context) -> list[Row]:
-    """float32 parity with torch.optim (fused and foreach), then the bfloat16 remedies."""
-    return _parity_rows(ctx) + _bf16_trajectory_rows(ctx) + _applied_decay_rows(ctx)
+    """float32 parity with torch.optim (fused and foreach), chapter 6's options, then the bfloat16 remedies."""
+    return _parity_rows(ctx) + _beyond_rows(ctx) + _bf16_trajectory_rows(ctx) + _applied_decay_rows(ctx)
 
 
 # --- 2. GPT in bf16 autocast -------------------------------------------------------------------------------

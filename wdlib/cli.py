@@ -1,6 +1,6 @@
 """Command line: ``python -m wdlib {tau,run,sweep,runs}`` (also installed as ``wdlib``). ::
 
-    wdlib tau --lr 1e-3 --weight-decay 0.1 --dataset-size 50000 --batch-size 128 [--to-dataset-size N ...]
+    wdlib tau --lr 1e-3 --weight-decay 0.1 --dataset-size 50000 --batch-size 128 [--to-dataset-size N ...] [--steps T]
     wdlib run CONFIG.yaml [--store DIR] [--no-resume] [--rerun] [--device cuda] [--set steps=500 ...]
     wdlib sweep CONFIG.yaml --grid lr=1e-3,3e-3 --grid weight_decay=0.01,0.1 [--workers 2] [--pack auto]
     wdlib runs [--store DIR] [--scale smoke] [--forget KEY | --all-stale | --reindex]
@@ -39,7 +39,7 @@ from .data import DataNotFoundError
 from .packed import PACK_MODES
 from .runs import run, sweep
 from .store import Store
-from .timescale import tau_epoch, tau_iter, transfer_weight_decay
+from .timescale import RISE_SCHEDULES, gradient_rise, tau_epoch, tau_iter, transfer_weight_decay
 
 _ENV_HELP = """environment:
   WDLIB_STORE  the default run store directory (else results/store)
@@ -102,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     tau.add_argument("--width", type=float, help=f"width (fan_in) of the tuned model, in [{w_lo:g}, {w_hi:g}]")
     tau.add_argument("--to-width", type=float, help="width (fan_in) at the target; needs --width")
     tau.add_argument("--mup", action="store_true", help="hidden-layer LR scales like 1/width (muP)")
+    tau.add_argument(
+        "--steps",
+        type=int,
+        help=f"steps of the run, in [{n_lo}, {n_hi:g}]: also say whether the end-of-training rise of the "
+        "gradient norm (NEW-1, arXiv 2506.02285) is expected",
+    )
+    tau.add_argument(
+        "--schedule", choices=RISE_SCHEDULES, default="cosine", help="LR schedule of the run (with --steps)"
+    )
+    tau.add_argument(
+        "--final-lr-fraction", type=float, default=0.0, help="final LR / peak LR, in [0, 1] (with --steps)"
+    )
     tau.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     common = argparse.ArgumentParser(add_help=False)
@@ -205,6 +217,7 @@ def _check_tau_args(args: argparse.Namespace) -> None:
         ("--batch-size", "batch_size"),
         ("--to-dataset-size", "to_dataset_size"),
         ("--to-batch-size", "to_batch_size"),
+        ("--steps", "steps"),
     ):
         if getattr(args, name) is not None:
             check_integer(flag, getattr(args, name), low=_TAU_INT_RANGE[0], high=_TAU_INT_RANGE[1])
@@ -217,6 +230,7 @@ def _check_tau_args(args: argparse.Namespace) -> None:
         raise ValueError("--width needs --to-width (the width to transfer to)")
     if args.mup and args.width is None:
         raise ValueError("--mup needs --width and --to-width")
+    check_real("--final-lr-fraction", args.final_lr_fraction, low=0.0, high=1.0)
 
 
 def _check_device(device: str) -> str:
@@ -271,6 +285,10 @@ def _tau(args: argparse.Namespace) -> str:
                 mup=args.mup,
             )
             out["transfer"] = target.to_dict()
+        rise = None
+        if args.steps is not None:
+            rise = gradient_rise(args.lr, args.weight_decay, args.steps, args.schedule, args.final_lr_fraction)
+            out["gradient_rise"] = rise.to_dict()
     except (ValueError, ArithmeticError) as err:  # the library's own checks (and any overflow they let through)
         raise ValueError(f"tau: {err}") from err
     if args.json:
@@ -287,6 +305,25 @@ def _tau(args: argparse.Namespace) -> str:
             f"at {', '.join(where)}: lr = {target.lr:.6g}, weight_decay = {target.weight_decay:.6g}",
             f"  (tau_epoch kept at {target.tau_epoch:.6g} epochs; tau_iter = {target.tau_iter:.6g} iterations)",
         ]
+    if rise is not None:
+        lines += [
+            f"gradient-norm rise ({rise.schedule} LR, final {rise.final_lr_fraction:g}, {rise.steps} steps): "
+            f"tau_iter = {rise.tau_fraction:.3g} of the run; rise "
+            f"{'expected' if rise.rise_expected else 'not expected'}"
+            f" (rule of thumb: tau_iter <= steps/10 and a falling LR)",
+            f"  steady ||g||/||w|| = sqrt(2*wd/lr_t) = {rise.ratio_peak:.6g} at the peak LR",
+        ]
+        if rise.track_step is None:
+            lines.append("  tau_iter is longer than the run: the steady state is never reached")
+        else:
+            lines.append(
+                f"  tracked until step {rise.track_step} (lr_t = {rise.track_lr_fraction:.3g} x peak): "
+                f"{rise.ratio_at_track:.6g}, {rise.rise_factor:.3g} x the peak value"
+            )
+        track = (
+            "never reached" if rise.corrected_track_step is None else f"tracked until step {rise.corrected_track_step}"
+        )
+        lines.append(f"  corrected decay (wd_t = wd*lr_t/lr): flat at {rise.corrected_ratio:.6g}, {track}")
     return "\n".join(lines)
 
 

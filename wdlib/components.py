@@ -17,8 +17,8 @@ from torch import nn
 from . import data as wd_data
 from . import models
 from .config import RunConfig
-from .optim import make_optimizer
-from .params import decay_groups, group_counts, mup_groups
+from .optim import OPTIMIZERS, make_optimizer
+from .params import decay_groups, group_counts, muon_groups, mup_groups
 
 __all__ = ["build_data", "build_model", "build_optimizer", "run_data"]
 
@@ -61,9 +61,21 @@ def build_model(cfg: RunConfig, ds: Any) -> nn.Module:
 
 def build_optimizer(cfg: RunConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, list[dict[str, Any]]]:
     """The optimizer ``cfg.optimizer`` names, built by the registry (:func:`wdlib.optim.make_optimizer`) over
-    :func:`wdlib.params.decay_groups` of ``model`` (or its muP groups), with ``cfg.lr`` and ``cfg.weight_decay``.
-    Returns it and each group's name and parameter counts."""
+    the parameter groups of ``model``, with ``cfg.lr`` and ``cfg.weight_decay``. Returns it and each group's
+    name and parameter counts.
+
+    The groups (:mod:`wdlib.params`): muP's (:func:`~wdlib.params.mup_groups`) when ``cfg.mup`` is set;
+    Muon's (:func:`~wdlib.params.muon_groups`, a ``muon`` flag per group) for the optimizer "muon"; with
+    ``optimizer.decay`` "corrected", :func:`~wdlib.params.decay_groups` with ``corrected=True`` (the
+    normalized layers keep "corrected", the other decayed tensors are "decoupled"; ValueError for a model
+    without a normalized layer); otherwise :func:`~wdlib.params.decay_groups`. Groups that name their own
+    decay rule need an optimizer that follows it (wdlib's): ValueError otherwise.
+    """
+    name, rule = cfg.optimizer["name"], cfg.optimizer.get("decay")
     if cfg.mup is not None:
+        if name == "muon" or rule == "corrected":
+            what = "the optimizer 'muon'" if name == "muon" else "optimizer.decay 'corrected'"
+            raise ValueError(f"mup is not supported with {what}: their groups would have to be combined")
         groups = mup_groups(
             model,
             int(cfg.mup["base_width"]),
@@ -71,8 +83,18 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> tuple[torch.optim.Optim
             cfg.mup.get("decay", "scaled"),
             bool(cfg.mup.get("zero_readout", True)),
         )
+    elif name == "muon":
+        if rule == "corrected":
+            raise ValueError("optimizer.decay 'corrected' is not supported with the optimizer 'muon'")
+        groups = muon_groups(model, cfg.decay_vectors)
     else:
-        groups = decay_groups(model, cfg.decay_vectors)
+        groups = decay_groups(model, cfg.decay_vectors, corrected=rule == "corrected")
+    own = sorted({g["decay"] for g in groups if "decay" in g} - set(OPTIMIZERS[name].decays))
+    if own:
+        raise ValueError(
+            f"optimizer {name!r} follows only decay {', '.join(repr(d) for d in OPTIMIZERS[name].decays)}, and "
+            f"these parameter groups ask for {', '.join(repr(d) for d in own)}; use a wdlib optimizer (adam, sgd)"
+        )
     counts = group_counts(groups)
     opt = make_optimizer(cfg.optimizer, groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return opt, [{"name": g["name"], **counts[g["name"]]} for g in groups]

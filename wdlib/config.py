@@ -57,6 +57,7 @@ from .data import DATASETS
 from .models import MODELS
 from .optim import BF16_UPDATES, optimizer_spec
 from .optim import OPTIMIZERS as _REGISTRY
+from .params import WIDTH_RULES
 from .schedules import (
     Constant,
     Cosine,
@@ -122,7 +123,8 @@ FIELD_HELP: dict[str, str] = {
     "lr": "peak learning rate",
     "weight_decay": "lambda (peak), in the rule named by `optimizer.decay`",
     "decay_vectors": "also decay 1-D parameters (biases, norms); default false",
-    "mup": "muP groups (wdlib.params.mup_groups): {base_width, decay: scaled|constant, zero_readout}; null: off",
+    "mup": "muP groups (wdlib.params.mup_groups): {base_width, decay: scaled|constant|sqrt|independent, zero_readout}; "
+    "null: off",
     "lr_schedule": "schedule of the LR: {name, final, warmup, delay} (default constant); warmup + delay < steps",
     "wd_schedule": "schedule of the weight decay, same form (default constant)",
     "steps": "optimizer steps (an integer in [1, 2**32 - 1])",
@@ -241,9 +243,12 @@ _LATER_FIELDS: dict[str, Any] = {
     "init_from": None,
     "bf16_update": "nearest",
     "impl": "auto",
+    "cautious": False,
+    "adjust_lr": "match_rms_adamw",
+    "ns_steps": 5,
 }
 #: Options of the spec added after it that enter the key (only when not their default, see _LATER_FIELDS).
-_KEYED_OPTIONS: dict[str, Any] = {"impl": "auto"}
+_KEYED_OPTIONS: dict[str, Any] = {"impl": "auto", "cautious": False, "adjust_lr": "match_rms_adamw", "ns_steps": 5}
 #: The optimizer's settings as configurations held them before the spec (fields of their own), with their
 #: (JSON) defaults: read into the spec by :meth:`RunConfig.from_dict`, and the form :meth:`RunConfig.key` hashes.
 _FLAT_OPTIMIZER: dict[str, Any] = {
@@ -482,8 +487,10 @@ class RunConfig:
             base = self.mup["base_width"]
             if isinstance(base, bool) or not isinstance(base, int) or not 1 <= base <= _MAX_SIZE:
                 raise ValueError(f"mup.base_width must be an integer in [1, {_MAX_SIZE}], got {short_repr(base)}")
-            if self.mup.get("decay", "scaled") not in ("scaled", "constant"):
-                raise ValueError(f"mup.decay must be 'scaled' or 'constant', got {self.mup.get('decay')!r}")
+            if self.mup.get("decay", "scaled") not in WIDTH_RULES:
+                raise ValueError(
+                    f"mup.decay must be one of {', '.join(repr(r) for r in WIDTH_RULES)}, got {self.mup.get('decay')!r}"
+                )
             if self.optimizer["decay"] == "independent":
                 raise ValueError(
                     "mup with optimizer.decay 'independent' is not supported: its lr multipliers "

@@ -336,6 +336,9 @@ class _RowsProbe:
         self.count = state["count"]
 
 
+_ROW_QUANTILES = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+
+
 class AngularProbe(_RowsProbe):
     """Per step, for chosen weight matrices: ``||w||``, the gradient norm, the update norm and the angle
     between ``w_t`` and ``w_{t+1}`` (the angular update, in radians).
@@ -344,15 +347,32 @@ class AngularProbe(_RowsProbe):
     (:func:`effective_lr`): ``eta * ||grad L(w_hat)|| / ||w||^2`` for SGD. ``grad_norm`` is ``p.grad``
     as the optimizer receives it (the data gradient; an L2 penalty is added inside the optimizer).
     Records every ``every`` steps from ``start``.
+
+    With ``per_row=True`` it also records, per matrix, the angular update of each row (each output neuron:
+    the row's angle between ``w_t`` and ``w_{t+1}``) summarised by its median and 10th and 90th percentiles
+    (``row_angle_median``, ``row_angle_p10``, ``row_angle_p90``): the per-neuron equilibrium of Kosson et
+    al. (arXiv 2305.17212, claim NEW-3, chapter 6).
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *, every: int = 1, start: int = 0
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Iterable[torch.Tensor],
+        *,
+        every: int = 1,
+        start: int = 0,
+        per_row: bool = False,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if not isinstance(per_row, bool):
+            raise ValueError(f"per_row must be True or False, got {per_row!r}")
         self.optimizer, self.params, self.every, self.start = optimizer, list(params), every, start
-        self.rows: dict[str, list[Any]] = {k: [] for k in ("step", "lr", "norm", "grad_norm", "update_norm", "angle")}
+        self.per_row = per_row
+        names = ["step", "lr", "norm", "grad_norm", "update_norm", "angle"]
+        if per_row:
+            names += ["row_angle_median", "row_angle_p10", "row_angle_p90"]
+        self.rows: dict[str, list[Any]] = {k: [] for k in names}
         self._prev: list[torch.Tensor] | None = None
         self.count = 0
 
@@ -373,13 +393,20 @@ class AngularProbe(_RowsProbe):
     def after_step(self, step: int) -> None:
         if self._prev is None:
             return
-        upd, ang = [], []
+        upd, ang, rows = [], [], []
         for w0, p in zip(self._prev, self.params):
             w1 = p.detach().double()
             upd.append(float((w1 - w0).norm()))
             ang.append(weight_angle([w0], [w1]))
+            if self.per_row:
+                a, b = w0.flatten(1), w1.flatten(1)
+                cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+                rows.append(torch.quantile(torch.arccos(cos.clamp(-1.0, 1.0)), _ROW_QUANTILES).tolist())
         self.rows["update_norm"].append(upd)
         self.rows["angle"].append(ang)
+        if self.per_row:
+            for k, key in enumerate(("row_angle_p10", "row_angle_median", "row_angle_p90")):
+                self.rows[key].append([q[k] for q in rows])
         self._prev = None
         self.count += 1
 
@@ -395,13 +422,14 @@ def _angular_probe(
     tensors: list[int] | None = None,
     every: int = 1,
     start: int = 0,
+    per_row: bool = False,
 ) -> AngularProbe:
     """An :class:`AngularProbe` on the weight matrices of the given indices (model order), all by default."""
     mats = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     idx = list(range(len(mats))) if tensors is None else list(tensors)
     if not idx or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(mats) for i in idx):
         raise ValueError(f"tensors must index the model's {len(mats)} weight matrices, got {tensors!r}")
-    return AngularProbe(optimizer, [mats[i] for i in idx], every=every, start=start)
+    return AngularProbe(optimizer, [mats[i] for i in idx], every=every, start=start, per_row=per_row)
 
 
 class RelativeUpdateProbe(_RowsProbe):

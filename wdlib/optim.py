@@ -1,6 +1,6 @@
 """Optimizers where the weight-decay rule is a choice.
 
-Three conventions for a weight decay ``lambda`` (argument ``weight_decay``), chosen with ``decay``:
+Four conventions for a weight decay ``lambda`` (argument ``weight_decay``), chosen with ``decay``:
 
 ``"l2"``
     Coupled L2 penalty: the gradient of ``(lambda/2)*||theta||^2`` is added to the gradient before
@@ -17,6 +17,23 @@ Three conventions for a weight decay ``lambda`` (argument ``weight_decay``), cho
     schedulers, ``OneCycleLR`` sets it to ``max_lr / 25``). The original AdamW of Loshchilov &
     Hutter (arXiv 1711.05101, Alg. 2): lambda does not change when the peak learning rate does.
     ``lambda_independent = peak_lr * lambda_decoupled`` (see :func:`convert_weight_decay`).
+``"corrected"``
+    ``theta <- theta*(1 - lr_t*lambda_t)`` with ``lambda_t = lambda * lr_t / reference_lr``, then the
+    update: the shrink is ``s_t = lr_t^2 * lambda / reference_lr``, the decay follows the schedule twice.
+    Defazio et al., "Why gradients rapidly increase near the end of training" (arXiv 2506.02285), AdamC
+    and SGDC: for normalized layers it keeps the steady-state ratio of gradient to weight norm constant
+    as the learning rate decays. It applies to the groups that say it: the param group's own ``decay``
+    key is the per-group rule, so normalized layers go in a group with ``decay="corrected"`` and the rest
+    in one with ``"decoupled"`` (the paper corrects normalized layers only).
+
+Any decoupled rule may be made *cautious* (``cautious=True``; Chen et al., "Cautious weight decay", arXiv
+2510.12402): the shrink applies only to coordinates whose update already moves the weight toward zero,
+``theta <- theta - lr*u - s_t * 1[u*theta >= 0] * theta`` (``theta`` before the step). It masks the decay,
+not the update (timm's ``caution=True`` masks the update, arXiv 2411.16085).
+
+:class:`Muon` (Keller Jordan 2024; Liu et al., arXiv 2502.16982) orthogonalizes the momentum of 2-D
+weights with a Newton-Schulz iteration and steps the other parameters with AdamW; it follows the same
+rules.
 
 Defaults follow torch's names: ``Adam`` and ``SGD`` default to ``decay="l2"``, so they mean what
 ``torch.optim.Adam`` and ``torch.optim.SGD`` mean (a coupled penalty); ``AdamW`` and ``SGDW`` are the
@@ -89,6 +106,7 @@ Used by every chapter; introduced in chapter 1 (``notebooks/01_l2_vs_decoupled.i
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -105,10 +123,12 @@ __all__ = [
     "BF16_UPDATES",
     "DECAYS",
     "IMPLS",
+    "ADJUST_LRS",
     "SGD",
     "SGDW",
     "Adam",
     "AdamW",
+    "Muon",
     "OPTIMIZERS",
     "OptimizerEntry",
     "convert_weight_decay",
@@ -119,8 +139,9 @@ __all__ = [
     "optimizer_spec",
 ]
 
-Decay = Literal["l2", "decoupled", "independent"]
-DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent")
+Decay = Literal["l2", "decoupled", "independent", "corrected"]
+DECAYS: tuple[str, ...] = ("l2", "decoupled", "independent", "corrected")
+ADJUST_LRS: tuple[str, ...] = ("match_rms_adamw", "original")
 IMPLS: tuple[str, ...] = ("auto", "fused", "foreach")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BF16_UPDATES: tuple[str, ...] = ("nearest", "master", "kahan", "stochastic")
@@ -192,6 +213,18 @@ def _check_impl(impl: Any, name: str = "impl") -> str:
     return impl
 
 
+def _check_adjust_lr(adjust_lr: Any, name: str = "adjust_lr") -> str:
+    if not isinstance(adjust_lr, str) or adjust_lr not in ADJUST_LRS:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in ADJUST_LRS)}, got {short_repr(adjust_lr)}")
+    return adjust_lr
+
+
+def _check_ns_steps(ns_steps: Any, name: str = "ns_steps") -> int:
+    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
+        raise ValueError(f"{name} must be an integer in [1, 100), got {short_repr(ns_steps)}")
+    return int(ns_steps)
+
+
 def _check_bf16_update(bf16_update: Any, params: Iterable[torch.Tensor] = (), name: str = "bf16_update") -> str:
     if not isinstance(bf16_update, str) or bf16_update not in BF16_UPDATES:
         raise ValueError(
@@ -229,7 +262,7 @@ def convert_weight_decay(weight_decay: float, peak_lr: float, source: str, targe
 
 
 def decay_rule(group: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> str:
-    """The weight-decay rule ("l2", "decoupled" or "independent") a param group follows.
+    """The weight-decay rule ("l2", "decoupled", "independent" or "corrected") a param group follows.
 
     A group of wdlib's optimizers names it (``group["decay"]``, checked when the group was built). A
     ``torch.optim`` group: "decoupled" when it says ``decoupled_weight_decay=True`` (``torch.optim.AdamW``;
@@ -252,6 +285,7 @@ def decay_factor(group: dict[str, Any], optimizer: torch.optim.Optimizer | None 
 
         decoupled:   s_t = lr_t * lambda                  (torch.optim.AdamW, wdlib's AdamW/SGDW)
         independent: s_t = lr_t / reference_lr * lambda   (the AdamW paper's; = s * lambda, s the schedule)
+        corrected:   s_t = lr_t * lambda * lr_t / reference_lr   (AdamC/SGDC, arXiv 2506.02285)
         l2:          s_t = 0
 
     An L2 penalty shrinks nothing by itself: its gradient ``lambda*theta`` joins the data gradient before
@@ -269,6 +303,8 @@ def decay_factor(group: dict[str, Any], optimizer: torch.optim.Optimizer | None 
         return lr * wd
     if rule == "independent":
         return lr / _reference_lr(group) * wd
+    if rule == "corrected":  # lr * (wd * (lr / ref)): exactly lr * wd when lr == ref
+        return lr * (wd * (lr / _reference_lr(group))) if wd else 0.0
     return 0.0
 
 
@@ -308,6 +344,14 @@ class _DecayOptimizer(torch.optim.Optimizer):
         _check_decay(group["decay"])
         _check_impl(group["impl"])
         _check_bf16_update(group["bf16_update"], group.get("params", ()))
+        cautious = group.setdefault("cautious", False)
+        if not isinstance(cautious, bool):
+            raise ValueError(f"cautious must be True or False, got {short_repr(cautious)}")
+        if cautious and group["decay"] == "l2":
+            raise ValueError(
+                "cautious=True needs a decoupled decay ('decoupled', 'independent' or 'corrected'), got decay='l2': "
+                "cautious weight decay (arXiv 2510.12402) masks the decoupled shrink, and an L2 penalty has none"
+            )
         return group
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -324,9 +368,13 @@ class _DecayOptimizer(torch.optim.Optimizer):
             if "reference_lr" in group:
                 group["reference_lr"] = _check_number("reference_lr", group["reference_lr"])
             group.setdefault("reference_lr", group["lr"])
-            if group["decay"] == "independent" and group["reference_lr"] == 0.0 and group["weight_decay"] != 0.0:
+            if (
+                group["decay"] in ("independent", "corrected")
+                and group["reference_lr"] == 0.0
+                and group["weight_decay"] != 0.0
+            ):
                 raise ValueError(
-                    "lr must be > 0 with decay='independent': the decay is scaled by lr_t / lr, "
+                    f"lr must be > 0 with decay={group['decay']!r}: the decay is scaled by lr_t / lr, "
                     "the schedule multiplier, which needs the constructed lr"
                 )
         except ValueError:
@@ -339,6 +387,7 @@ class _DecayOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:  # state dicts saved before bf16_update / reference_lr existed
             group.setdefault("bf16_update", "nearest")
             group.setdefault("reference_lr", group.get("initial_lr", group["lr"]))
+            group.setdefault("cautious", False)
 
     def _foreign_group(self, saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         """A param group of a ``torch.optim`` state dict, as a group of this optimizer.
@@ -381,7 +430,7 @@ class _DecayOptimizer(torch.optim.Optimizer):
                 f"this state dict is from {source}, but wdlib.{me} uses decay={current['decay']!r}; load it into {fix}"
             )
         group = {k: v for k, v in saved.items() if k not in _TORCH_ONLY_KEYS}
-        for key in ("decay", "impl", "bf16_update"):
+        for key in ("decay", "impl", "bf16_update", "cautious"):
             group[key] = current[key]
         if not adam_like:
             group.setdefault("nesterov", False)
@@ -412,6 +461,7 @@ class _DecayOptimizer(torch.optim.Optimizer):
                 saved = dict(saved)
                 saved.setdefault("bf16_update", "nearest")
                 saved.setdefault("reference_lr", saved.get("initial_lr", saved["lr"]))
+                saved.setdefault("cautious", False)
             groups.append(saved)
         return {**state_dict, "param_groups": groups}
 
@@ -586,6 +636,34 @@ class _DecayOptimizer(torch.optim.Optimizer):
             torch._foreach_copy_(params, [stochastic_round_float32_(w) for w in work])
 
 
+def _cautious_decay_(work: list[torch.Tensor], before: list[torch.Tensor], shrink: float) -> None:
+    """Cautious weight decay (Chen et al., arXiv 2510.12402) after a step taken without decay, in place.
+
+    ``work`` holds the weights after the step, ``before`` their values before it (overwritten: scratch).
+    With ``delta = work - before`` (``-lr*u``), ``work <- work - shrink * 1[delta*before <= 0] * before``:
+    the decay applies where the update moves the weight toward zero (or not at all), ``u*theta >= 0``.
+    """
+    delta = torch._foreach_sub(work, before)
+    torch._foreach_mul_(delta, before)
+    for d in delta:
+        d.le_(0)  # 1.0 where the step does not move away from zero, else 0.0 (NaN: 0.0)
+    torch._foreach_addcmul_(work, delta, before, value=-shrink)
+
+
+def _decay_rate_of(group: dict[str, Any]) -> float:
+    """``lambda_t = s_t / lr_t``, the shrink per unit of learning rate of a decoupled rule (0 under "l2"):
+    ``weight_decay`` ("decoupled"), ``weight_decay / reference_lr`` ("independent"), ``weight_decay * lr_t /
+    reference_lr`` ("corrected"); computed without dividing by lr_t."""
+    wd, decay = group["weight_decay"], group["decay"]
+    if not wd or decay == "l2":
+        return 0.0
+    if decay == "independent":
+        return wd / _reference_lr(group)
+    if decay == "corrected":
+        return wd * (group["lr"] / _reference_lr(group))
+    return wd
+
+
 class SGD(_DecayOptimizer):
     """Stochastic gradient descent with heavy-ball or Nesterov momentum and a chosen decay rule.
 
@@ -594,8 +672,12 @@ class SGD(_DecayOptimizer):
         l2:          g <- g + lambda*theta;  b <- mu*b + g;  theta <- theta - lr*b
         decoupled:   theta <- theta*(1 - lr*lambda);            b <- mu*b + g;  theta <- theta - lr*b
         independent: theta <- theta*(1 - lr/reference_lr*lambda); b <- mu*b + g;  theta <- theta - lr*b
+        corrected:   theta <- theta*(1 - lr^2/reference_lr*lambda); b <- mu*b + g;  theta <- theta - lr*b
 
-    (Nesterov uses ``g + mu*b`` in place of ``b`` in the last step.) Without momentum the three rules
+    (Nesterov uses ``g + mu*b`` in place of ``b`` in the last step.) "corrected" is SGDC (Defazio et al.,
+    arXiv 2506.02285); the group's ``decay`` key is per group. With ``cautious=True`` the shrink is applied
+    only where ``-lr*b`` moves the weight toward zero (arXiv 2510.12402; see the module docstring; not timm's
+    ``caution``, which masks the update). Without momentum the first three rules
     give the same iterates when ``lambda`` is matched; with momentum L2 feeds the decay through the
     buffer and decoupled decay does not (claim DEC-1, chapter 1).
 
@@ -605,10 +687,13 @@ class SGD(_DecayOptimizer):
         momentum: momentum factor in [0, 1).
         nesterov: Nesterov momentum (needs momentum > 0).
         weight_decay: lambda (>= 0).
-        decay: "l2" (default, as ``torch.optim.SGD``), "decoupled" (:class:`SGDW`) or "independent".
+        decay: "l2" (default, as ``torch.optim.SGD``), "decoupled" (:class:`SGDW`), "independent" or
+            "corrected".
         impl: "auto" (fused where it fits, else foreach), "fused" or "foreach".
         bf16_update: how bfloat16/float16 parameters are updated: "nearest", "master", "kahan" or
             "stochastic" (see the module docstring); float32/float64 parameters ignore it.
+        cautious: cautious weight decay (arXiv 2510.12402); needs a decoupled rule (ValueError with "l2").
+            Takes the shrink-then-step path (never the fold): a copy of the weights and three extra passes.
 
     Numbers may be Python numbers, numpy scalars or 0-d tensors (stored as floats).
     """
@@ -629,6 +714,7 @@ class SGD(_DecayOptimizer):
         decay: Decay = "l2",
         impl: str = "auto",
         bf16_update: str = "nearest",
+        cautious: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -638,6 +724,7 @@ class SGD(_DecayOptimizer):
             decay=decay,
             impl=impl,
             bf16_update=bf16_update,
+            cautious=cautious,
         )
         super().__init__(params, defaults)
 
@@ -672,7 +759,10 @@ class SGD(_DecayOptimizer):
                 if "folded" in state:
                     self._unfold(p)
             bufs = [state.get("momentum_buffer") for state in states]
-            if shrink != 0.0:
+            cautious = group["cautious"] and shrink != 0.0
+            if cautious:
+                before = [w.clone() for w in work]
+            elif shrink != 0.0:
                 torch._foreach_mul_(work, 1.0 - shrink)
             _sgd_functional(
                 work,
@@ -687,6 +777,8 @@ class SGD(_DecayOptimizer):
                 foreach=not fused,
                 fused=fused,
             )
+            if cautious:
+                _cautious_decay_(work, before, shrink)
             if group["momentum"] != 0.0:
                 for state, buf in zip(states, bufs):
                     state["momentum_buffer"] = buf
@@ -697,7 +789,8 @@ class SGD(_DecayOptimizer):
 
     @staticmethod
     def _foldable(group: dict[str, Any], fused: bool, back: list[Any], shrink: float) -> bool:
-        """Whether this group's decoupled/independent step runs as one fused coupled step (see :meth:`_folded_step`).
+        """Whether this group's decoupled/independent/corrected step runs as one fused coupled step (see
+        :meth:`_folded_step`). Never with ``cautious`` (its mask needs the step before the shrink).
 
         Yes for the fused kernel without Nesterov and with ``shrink < 1``: on float32/float64 parameters, on
         bfloat16/float16 parameters under "nearest" where the fused SGD kernel works for them (CUDA; it
@@ -710,6 +803,7 @@ class SGD(_DecayOptimizer):
             fused
             and group["decay"] != "l2"
             and not group["nesterov"]
+            and not group["cautious"]
             and (not back or group["bf16_update"] == "master")
             and shrink < 1.0
         )
@@ -717,11 +811,10 @@ class SGD(_DecayOptimizer):
     @staticmethod
     def _decay_rate(group: dict[str, Any]) -> float:
         """``lambda_t = s_t / lr_t``, the shrink per unit of learning rate: ``weight_decay`` under
-        "decoupled", ``weight_decay / reference_lr`` under "independent" (computed without dividing by lr_t)."""
-        wd = group["weight_decay"]
-        if group["decay"] == "independent":
-            return wd / _reference_lr(group) if wd else 0.0
-        return wd
+        "decoupled", ``weight_decay / reference_lr`` under "independent", ``weight_decay * lr_t /
+        reference_lr`` under "corrected" (it changes every step, which the fold allows: ``c = lambda_t -
+        mu*lambda_{t-1}``); computed without dividing by lr_t."""
+        return _decay_rate_of(group)
 
     def _folded_step(
         self,
@@ -826,10 +919,14 @@ class Adam(_DecayOptimizer):
         l2:          g <- g + lambda*theta;  theta <- theta - lr*m/(sqrt(v) + eps)
         decoupled:   theta <- theta*(1 - lr*lambda);            theta <- theta - lr*m/(sqrt(v) + eps)
         independent: theta <- theta*(1 - lr/reference_lr*lambda); theta <- theta - lr*m/(sqrt(v) + eps)
+        corrected:   theta <- theta*(1 - lr^2/reference_lr*lambda); theta <- theta - lr*m/(sqrt(v) + eps)
 
     Under "l2" the decay is divided by ``sqrt(v)``: weights with large gradients are decayed less
     (claim DEC-2, chapter 1). "decoupled" is ``torch.optim.AdamW``; "independent" is Loshchilov &
-    Hutter's AdamW (arXiv 1711.05101).
+    Hutter's AdamW (arXiv 1711.05101); "corrected" is AdamC (Defazio et al., arXiv 2506.02285), meant for
+    the groups of normalized layers (the group's ``decay`` key is per group). With ``cautious=True`` the
+    shrink applies only where the Adam step moves the weight toward zero (arXiv 2510.12402; not timm's
+    ``caution``, which masks the update).
 
     Args:
         params: parameters or param groups.
@@ -838,10 +935,12 @@ class Adam(_DecayOptimizer):
         eps: term added to the denominator (>= 0).
         weight_decay: lambda (>= 0).
         decay: "l2" (default, as ``torch.optim.Adam``), "decoupled" (:class:`AdamW`, as
-            ``torch.optim.AdamW``) or "independent" (the AdamW paper's).
+            ``torch.optim.AdamW``), "independent" (the AdamW paper's) or "corrected" (AdamC).
         impl: "auto" (fused where it fits, else foreach), "fused" or "foreach".
         bf16_update: how bfloat16/float16 parameters are updated: "nearest", "master", "kahan" or
             "stochastic" (see the module docstring); float32/float64 parameters ignore it.
+        cautious: cautious weight decay (arXiv 2510.12402); needs a decoupled rule (ValueError with "l2").
+            The kernel steps without decay, then the masked shrink (a copy of the weights, three more passes).
 
     Numbers may be Python numbers, numpy scalars or 0-d tensors (stored as floats).
     """
@@ -858,9 +957,17 @@ class Adam(_DecayOptimizer):
         decay: Decay = "l2",
         impl: str = "auto",
         bf16_update: str = "nearest",
+        cautious: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, impl=impl, bf16_update=bf16_update
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decay=decay,
+            impl=impl,
+            bf16_update=bf16_update,
+            cautious=cautious,
         )
         super().__init__(params, defaults)
 
@@ -879,51 +986,63 @@ class Adam(_DecayOptimizer):
                 loss = closure()
         for group in self.param_groups:
             params, grads, states, fits, low = self._gather(group)
-            if not params:
-                continue
-            fused = self._fused_choice(group, fits)
-            work, work_grads, back = self._work(group, params, grads) if low else (params, grads, [])
-            exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p, w, state in zip(params, work, states):
-                if "step" not in state:
-                    state["step"] = torch.zeros(
-                        (), dtype=torch.float32, device=p.device if fused else torch.device("cpu")
-                    )
-                    state["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
-                elif fused and state["step"].device != p.device:
-                    state["step"] = state["step"].to(p.device)  # fused kernels want the step beside p
-                elif not fused and state["step"].device.type != "cpu":
-                    state["step"] = state["step"].cpu()
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            beta1, beta2 = group["betas"]
-            decay, wd = group["decay"], group["weight_decay"]
-            if decay == "l2":
-                functional, wd_arg = _adam_functional, wd
-            else:  # lr-multiplied kernel; the independent rule divides lambda by the constructed lr
-                functional = _adamw_functional
-                wd_arg = wd if decay == "decoupled" else (wd / _reference_lr(group) if wd else 0.0)
-            functional(
-                work,
-                work_grads,
-                exp_avgs,
-                exp_avg_sqs,
-                [],
-                steps,
-                foreach=not fused,
-                fused=fused,
-                amsgrad=False,
-                beta1=beta1,
-                beta2=beta2,
-                lr=group["lr"],
-                weight_decay=wd_arg,
-                eps=group["eps"],
-                maximize=False,
-            )
-            self._write_back(group, back)
+            if params:
+                self._adam_group(group, params, grads, states, fits, low)
         return loss
+
+    def _adam_group(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        fits: bool,
+        low: bool,
+    ) -> None:
+        """One group's Adam step (what :meth:`_gather` found); :class:`Muon` steps its non-Muon groups with it."""
+        fused = self._fused_choice(group, fits)
+        work, work_grads, back = self._work(group, params, grads) if low else (params, grads, [])
+        exp_avgs, exp_avg_sqs, steps = [], [], []
+        for p, w, state in zip(params, work, states):
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if fused else torch.device("cpu"))
+                state["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+            elif fused and state["step"].device != p.device:
+                state["step"] = state["step"].to(p.device)  # fused kernels want the step beside p
+            elif not fused and state["step"].device.type != "cpu":
+                state["step"] = state["step"].cpu()
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        if group["decay"] == "l2":
+            functional, wd_arg = _adam_functional, group["weight_decay"]
+        else:  # lr-multiplied kernel with lambda_t = s_t / lr_t (independent: lambda/lr_0; corrected: lambda*lr_t/lr_0)
+            functional, wd_arg = _adamw_functional, _decay_rate_of(group)
+        before = None
+        if group["cautious"] and wd_arg != 0.0 and group["decay"] != "l2":
+            before, wd_arg = [w.clone() for w in work], 0.0  # step without decay, then the masked shrink
+        functional(
+            work,
+            work_grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            foreach=not fused,
+            fused=fused,
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=wd_arg,
+            eps=group["eps"],
+            maximize=False,
+        )
+        if before is not None:
+            _cautious_decay_(work, before, decay_factor(group))
+        self._write_back(group, back)
 
 
 class SGDW(SGD):
@@ -938,6 +1057,7 @@ class SGDW(SGD):
         weight_decay: float = 0.0,
         impl: str = "auto",
         bf16_update: str = "nearest",
+        cautious: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -948,6 +1068,7 @@ class SGDW(SGD):
             decay="decoupled",
             impl=impl,
             bf16_update=bf16_update,
+            cautious=cautious,
         )
 
 
@@ -963,6 +1084,7 @@ class AdamW(Adam):
         weight_decay: float = 1e-2,
         impl: str = "auto",
         bf16_update: str = "nearest",
+        cautious: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -973,7 +1095,198 @@ class AdamW(Adam):
             decay="decoupled",
             impl=impl,
             bf16_update=bf16_update,
+            cautious=cautious,
         )
+
+
+_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (torch.optim.Muon's defaults)
+_NS_EPS = 1e-7  # torch.optim.Muon's: the Frobenius norm is clamped to at least this before dividing
+
+
+def _newton_schulz5(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """``U V^T``-ish orthogonalization of a 2-D ``x = U S V^T`` by the quintic Newton-Schulz iteration, in bfloat16.
+
+    ``X <- X / max(||X||_F, 1e-7)`` (transposed when it has more rows than columns), then ``steps`` times
+    ``A = X X^T;  X <- a X + (b A + c A^2) X`` with ``(a, b, c) = (3.4445, -4.7750, 2.0315)``: the singular
+    values end near ``Uniform(0.5, 1.5)`` rather than 1 (Keller Jordan 2024). The operations, their order
+    and the bfloat16 arithmetic are those of ``torch.optim.Muon`` (torch 2.13, ``_zeropower_via_newtonschulz``).
+    """
+    a, b, c = _NS_COEFFICIENTS
+    o = x.bfloat16()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        o = o.T
+    o.div_(o.norm().clamp(min=_NS_EPS))
+    for _ in range(steps):
+        gram = o @ o.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        o = torch.addmm(o, poly, o, beta=a)
+    return o.T if tall else o
+
+
+def _muon_scale(adjust_lr: str, shape: torch.Size) -> float:
+    """The factor on lr for a ``rows x cols`` weight: ``0.2*sqrt(max(rows, cols))`` ("match_rms_adamw", Liu et
+    al.: update RMS ~0.2, AdamW's) or ``sqrt(max(1, rows/cols))`` ("original", Keller Jordan's)."""
+    rows, cols = shape[0], shape[1]
+    if adjust_lr == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1.0, rows / cols))
+
+
+class Muon(_DecayOptimizer):
+    """Muon (Keller Jordan 2024) for 2-D weights, AdamW for the rest, with a chosen decay rule.
+
+    The conventions of Liu et al., "Muon is scalable for LLM training" (arXiv 2502.16982). In a group with
+    ``muon=True`` (every parameter 2-D, ``rows x cols``), with ``g`` the gradient and ``b`` the momentum buffer::
+
+        b <- mu*b + g;   d = g + mu*b (nesterov) or b;   O = NS5(d)
+        theta <- theta*(1 - s_t) - lr*scale*O
+
+    ``NS5`` is five steps of the quintic Newton-Schulz iteration in bfloat16 (as ``torch.optim.Muon``;
+    :func:`_newton_schulz5`); ``scale = 0.2*sqrt(max(rows, cols))`` (``adjust_lr="match_rms_adamw"``, Liu et
+    al.: the update RMS is ~0.2 like AdamW's, so AdamW's lr and lambda carry over) or ``sqrt(max(1,
+    rows/cols))`` (``"original"``, Keller Jordan's). The shrink ``s_t`` is :func:`decay_factor`'s with the
+    *unadjusted* lr: "decoupled" ``lr*lambda`` (Liu et al., torch.optim.Muon), "independent",
+    "corrected"; under "l2" ``lambda*theta`` joins ``g`` before the momentum. ``cautious`` masks the
+    shrink with the Muon step (arXiv 2510.12402).
+
+    ``torch.optim.Muon`` keeps ``b`` as an average, ``b <- mu*b + (1-mu)*g`` and ``d = (1-mu)*g + mu*b``:
+    its ``d`` is ``(1-mu)`` times this one, and the iteration divides by the norm first, so the steps agree
+    up to bfloat16 rounding (its buffer is ``(1-mu)`` times this ``momentum_buffer``).
+
+    Groups with ``muon=False`` take the AdamW step of :class:`Adam` (``betas``, ``eps``, the same rule and
+    ``cautious``): Liu et al. use AdamW for embeddings, the readout and vectors. Plain tensors are split:
+    the 2-D ones into a Muon group, the others into an AdamW group (a 2-D embedding or readout belongs in an
+    explicit ``muon=False`` group: :func:`wdlib.params.muon_groups` builds them).
+
+    Args:
+        params: parameters (split by dimension) or param groups (``muon`` defaults to True).
+        lr: learning rate (>= 0), of both Muon and AdamW groups.
+        momentum: Muon's momentum factor in [0, 1) (0.95).
+        nesterov: Nesterov momentum (needs momentum > 0).
+        adjust_lr: "match_rms_adamw" (default) or "original".
+        ns_steps: Newton-Schulz steps, an integer in [1, 100) (5).
+        betas, eps: the AdamW groups' (Liu et al.'s Moonlight code: (0.9, 0.95), 1e-8).
+        weight_decay: lambda (>= 0); 0.1 as torch.optim.Muon.
+        decay: "decoupled" (default), "l2", "independent" or "corrected".
+        impl: the AdamW groups' kernel: "auto", "fused" or "foreach" (Muon groups ignore it).
+        bf16_update: "nearest", "master", "kahan" or "stochastic" (see the module docstring): Muon's step
+            runs on the float32 work tensors like Adam's.
+        cautious: cautious weight decay (needs a decoupled rule).
+    """
+
+    _HYPER = ("betas", "eps", "momentum", "nesterov", "adjust_lr", "ns_steps", "muon")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        adjust_lr: str = "match_rms_adamw",
+        ns_steps: int = 5,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        decay: Decay = "decoupled",
+        impl: str = "auto",
+        bf16_update: str = "nearest",
+        cautious: bool = False,
+    ) -> None:
+        params = list(params)
+        if params and all(isinstance(p, torch.Tensor) for p in params):
+            matrices = [p for p in params if p.ndim == 2]
+            others = [p for p in params if p.ndim != 2]
+            params = [{"params": ps, "muon": flag} for ps, flag in ((matrices, True), (others, False)) if ps]
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            adjust_lr=adjust_lr,
+            ns_steps=ns_steps,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decay=decay,
+            impl=impl,
+            bf16_update=bf16_update,
+            cautious=cautious,
+            muon=True,
+        )
+        super().__init__(params, defaults)
+
+    def _normalize(self, group: dict[str, Any]) -> dict[str, Any]:
+        group = super()._normalize(group)
+        group["betas"] = _check_betas(group["betas"])
+        group["eps"] = _check_number("eps", group["eps"])
+        group["momentum"] = _check_number("momentum", group["momentum"], high=1.0, high_open=True)
+        for key in ("nesterov", "muon"):
+            if not isinstance(group[key], bool):
+                raise ValueError(f"{key} must be True or False, got {short_repr(group[key])}")
+        if group["nesterov"] and group["momentum"] == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
+        _check_adjust_lr(group["adjust_lr"])
+        group["ns_steps"] = _check_ns_steps(group["ns_steps"])
+        if group["muon"]:
+            for p in group.get("params", ()):
+                if p.ndim != 2:
+                    raise ValueError(
+                        f"a param group with muon=True takes 2-D parameters only, got one of shape {tuple(p.shape)}; "
+                        "put it in a group with muon=False (stepped by AdamW)"
+                    )
+        return group
+
+    def _foreign_group(self, saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("wdlib.Muon loads its own state dicts only (this one is not from wdlib.Muon)")
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        """Take one step; ``closure`` re-evaluates the model and returns the loss (optional)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states, fits, low = self._gather(group)
+            if not params:
+                continue
+            if group["muon"]:
+                self._muon_group(group, params, grads, states, low)
+            else:
+                Adam._adam_group(self, group, params, grads, states, fits, low)  # type: ignore[arg-type]
+        return loss
+
+    def _muon_group(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        low: bool,
+    ) -> None:
+        work, work_grads, back = self._work(group, params, grads) if low else (params, grads, [])
+        mu, lr = group["momentum"], group["lr"]
+        if group["decay"] == "l2" and group["weight_decay"]:
+            work_grads = torch._foreach_add(work_grads, work, alpha=group["weight_decay"])
+        bufs = []
+        for w, state in zip(work, states):
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+            bufs.append(state["momentum_buffer"])
+        torch._foreach_mul_(bufs, mu)
+        torch._foreach_add_(bufs, work_grads)
+        directions = torch._foreach_add(work_grads, bufs, alpha=mu) if group["nesterov"] else bufs
+        shrink = decay_factor(group)
+        before = None
+        if group["cautious"] and shrink != 0.0:
+            before = [w.clone() for w in work]
+        elif shrink != 0.0:
+            torch._foreach_mul_(work, 1.0 - shrink)
+        for w, d in zip(work, directions):
+            w.add_(_newton_schulz5(d, group["ns_steps"]), alpha=-lr * _muon_scale(group["adjust_lr"], w.shape))
+        if before is not None:
+            _cautious_decay_(work, before, shrink)
+        self._write_back(group, back)
 
 
 # --- the optimizers a run configuration names ----------------------------------------------------------
@@ -1011,6 +1324,9 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "nesterov": _spec_bool,
     "bf16_update": lambda name, value: _check_bf16_update(value, name=name),
     "impl": lambda name, value: _check_impl(value, name),
+    "cautious": _spec_bool,
+    "adjust_lr": lambda name, value: _check_adjust_lr(value, name),
+    "ns_steps": lambda name, value: _check_ns_steps(value, name),
 }
 
 
@@ -1024,7 +1340,7 @@ class OptimizerEntry:
             ``params`` (tensors or param groups).
         options: its options besides ``decay``, with their defaults (checked by :data:`_OPTION_CHECKS`).
         decays: the weight-decay rules it can follow, its default first. wdlib's optimizers follow all
-            three; torch's follow the one their class implements.
+            four; torch's follow the one their class implements.
         summary: what it is, in a few words (error messages and help).
     """
 
@@ -1037,11 +1353,13 @@ class OptimizerEntry:
 
 _ADAM_OPTIONS = {"betas": [0.9, 0.999], "eps": 1e-8}
 _SGD_OPTIONS = {"momentum": 0.0, "nesterov": False}
+_ANY_DECAY = ("decoupled", "l2", "independent", "corrected")  # wdlib's optimizers: any rule, "decoupled" first
 
-#: The optimizers a run configuration can name (``RunConfig.optimizer``; :func:`optimizer_spec`). "adam"
-#: and "sgd" are wdlib's (:class:`Adam`, :class:`SGD`) and follow any rule, "decoupled" by default (so a
-#: bare "adam" is AdamW). "torch.adam", "torch.adamw" and "torch.sgd" are ``torch.optim``'s classes as they
-#: are, with the one rule each implements: L2 for Adam and SGD, decoupled for AdamW.
+#: The optimizers a run configuration can name (``RunConfig.optimizer``; :func:`optimizer_spec`). "adam",
+#: "sgd" and "muon" are wdlib's (:class:`Adam`, :class:`SGD`, :class:`Muon`) and follow any rule,
+#: "decoupled" by default (so a bare "adam" is AdamW). "torch.adam", "torch.adamw" and "torch.sgd" are
+#: ``torch.optim``'s classes as they are, with the one rule each implements: L2 for Adam and SGD, decoupled
+#: for AdamW.
 #:
 #: :meta hide-value:
 OPTIMIZERS: dict[str, OptimizerEntry] = {
@@ -1050,16 +1368,33 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
         OptimizerEntry(
             "adam",
             lambda params, *, betas, decay, **kw: Adam(params, betas=tuple(betas), decay=decay, **kw),
-            {**_ADAM_OPTIONS, "bf16_update": "nearest", "impl": "auto"},
-            ("decoupled", "l2", "independent"),
+            {**_ADAM_OPTIONS, "bf16_update": "nearest", "impl": "auto", "cautious": False},
+            _ANY_DECAY,
             "wdlib.optim.Adam, any decay rule",
         ),
         OptimizerEntry(
             "sgd",
             lambda params, *, decay, **kw: SGD(params, decay=decay, **kw),
-            {**_SGD_OPTIONS, "bf16_update": "nearest", "impl": "auto"},
-            ("decoupled", "l2", "independent"),
+            {**_SGD_OPTIONS, "bf16_update": "nearest", "impl": "auto", "cautious": False},
+            _ANY_DECAY,
             "wdlib.optim.SGD, any decay rule",
+        ),
+        OptimizerEntry(
+            "muon",
+            lambda params, *, betas, decay, **kw: Muon(params, betas=tuple(betas), decay=decay, **kw),
+            {
+                "momentum": 0.95,
+                "nesterov": True,
+                "adjust_lr": "match_rms_adamw",
+                "ns_steps": 5,
+                "betas": [0.9, 0.95],
+                "eps": 1e-8,
+                "cautious": False,
+                "bf16_update": "nearest",
+                "impl": "auto",
+            },
+            _ANY_DECAY,
+            "wdlib.optim.Muon (AdamW for groups with muon=False), any decay rule",
         ),
         OptimizerEntry(
             "torch.adam",
@@ -1096,6 +1431,8 @@ def optimizer_spec(spec: str | Mapping[str, Any], field: str = "optimizer") -> d
         {"name": "sgd", "decay": "decoupled", "momentum": 0.9, "nesterov": True, "bf16_update": "nearest",
          "impl": "auto"}
         {"name": "torch.adamw", "decay": "decoupled", "betas": [0.9, 0.999], "eps": 1e-8}
+        {"name": "muon", "decay": "decoupled", "momentum": 0.95, "nesterov": True, "adjust_lr": "match_rms_adamw",
+         "ns_steps": 5, "betas": [0.9, 0.95], "eps": 1e-8, "cautious": False, "bf16_update": "nearest", "impl": "auto"}
 
     ``decay`` is the rule (see the module docstring); torch's optimizers take their own only, and asking
     one for another (``{"name": "torch.adamw", "decay": "l2"}``) is an error, as is an option the
@@ -1103,7 +1440,9 @@ def optimizer_spec(spec: str | Mapping[str, Any], field: str = "optimizer") -> d
     [0, 1)), ``nesterov`` (needs momentum > 0), ``bf16_update`` (wdlib's optimizers: "nearest",
     "master", "kahan", "stochastic"), ``impl`` (wdlib's optimizers: "auto", "fused", "foreach"; the
     kernel, which changes rounding only: decoupled SGD on "foreach" shrinks and then steps, two passes,
-    where the fused kernel folds the shrink into the coupled arithmetic). Numbers are stored as floats (a
+    where the fused kernel folds the shrink into the coupled arithmetic), ``cautious`` (wdlib's optimizers:
+    cautious weight decay, not with "l2"), ``adjust_lr`` ("muon": "match_rms_adamw" or "original"),
+    ``ns_steps`` ("muon": Newton-Schulz steps, an integer in [1, 100)). Numbers are stored as floats (a
     string such as "1e-8", as YAML 1.1 reads it, as the number it spells), ``betas`` as a list.
 
     The one place a spec is checked: a bad one raises ValueError naming the field (``optimizer.<option>``,
@@ -1147,6 +1486,10 @@ def optimizer_spec(spec: str | Mapping[str, Any], field: str = "optimizer") -> d
         out[key] = _OPTION_CHECKS[key](f"{field}.{key}", spec.get(key, default))
     if out.get("nesterov") and out["momentum"] == 0.0:
         raise ValueError(f"{field}.nesterov true needs {field}.momentum > 0, got momentum 0.0")
+    if out.get("cautious") and decay == "l2":
+        raise ValueError(
+            f"{field}.cautious true needs a decoupled decay ('decoupled', 'independent' or 'corrected'), got 'l2'"
+        )
     return out
 
 

@@ -44,7 +44,7 @@ import torch
 
 from .components import build_data, build_model
 from .config import SCALES, TOKEN_DATA, RunConfig
-from .experiments import decoupling, ema_view, llm, overparam, practice, scaling
+from .experiments import beyond, decoupling, ema_view, llm, overparam, practice, scaling
 from .packed import PACK_MODES, plan_packs, train_packed
 from .runs import pack_mode
 from .runtime import resolve_device
@@ -72,6 +72,7 @@ CHAPTERS: dict[str, ModuleType] = {
     "03_scaling_rules": scaling,
     "04_overparameterized": overparam,
     "05_llm_regime": llm,
+    "06_beyond_sources": beyond,
 }
 #: The devices a plan is made for ("auto" means CUDA when there is one).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")

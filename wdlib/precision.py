@@ -37,6 +37,7 @@ from .runtime import resolve_device
 
 __all__ = [
     "FAST_BF16_RATIO",
+    "DecayOutsideKahanAdamW",
     "applied_decay",
     "bf16_matmul_speed",
     "decay_changes_fraction",
@@ -44,6 +45,10 @@ __all__ = [
     "stochastic_round",
     "ulp",
 ]
+
+
+#: The optimizers :func:`applied_decay` steps.
+_APPLIED_OPTIMIZERS = ("adam", "sgd", "torch.adamw", "decay_outside_kahan")
 
 
 def decay_changes_fraction(x: torch.Tensor, shrink: float) -> float:
@@ -68,6 +73,72 @@ def _norm64(params: list[torch.Tensor]) -> float:
     return math.sqrt(sum(float(p.detach().double().square().sum()) for p in params))
 
 
+class DecayOutsideKahanAdamW(torch.optim.Optimizer):
+    """AdamW on low-precision weights with Kahan-compensated updates and the decay *outside* the compensation.
+
+    A re-implementation of a placement some widely used bfloat16 optimizers chose (claim NEW-7, chapter 6),
+    not their code: each step first multiplies the stored weights by ``1 - lr*lambda`` in their own dtype,
+    rounding to nearest, and only then adds the Adam update through the Kahan buffer::
+
+        p <- round(p * (1 - lr*lambda))                     # outside the compensation
+        u = lr * m_hat / (sqrt(v_hat) + eps)                # float32 moments
+        w = p + comp - u  (float32);  p <- round(w);  comp <- w - p
+
+    At ``lr*lambda`` below about ``2^-9`` the first line changes no weight (:func:`decay_changes_fraction`),
+    so the decay is lost however long the run. :class:`wdlib.optim.Adam` with ``bf16_update="kahan"`` puts
+    the decay inside (``w = (p + comp)*(1 - lr*lambda) - u``), where it accumulates in ``comp``. Measured by
+    :func:`applied_decay` (``optimizer="decay_outside_kahan"``). Float32 parameters run the same arithmetic
+    without rounding.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        super().__init__(
+            params, dict(lr=float(lr), betas=tuple(betas), eps=float(eps), weight_decay=float(weight_decay))
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """One step (``closure`` re-evaluates the loss, optional)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["kahan_comp"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                g = p.grad.float()
+                state["exp_avg"].lerp_(g, 1.0 - b1)
+                state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                if wd != 0.0:
+                    p.mul_(1.0 - lr * wd)  # in p's dtype: rounds to nearest, outside the compensation
+                denom = (state["exp_avg_sq"] / (1.0 - b2**t)).sqrt_().add_(eps)
+                w = p.float() + state["kahan_comp"].float()
+                w.addcdiv_(state["exp_avg"], denom, value=-lr / (1.0 - b1**t))
+                p.copy_(w)
+                state["kahan_comp"].copy_(w - p.float())
+        return loss
+
+
 def applied_decay(
     weights: torch.Tensor | Sequence[torch.Tensor],
     lr: float,
@@ -85,11 +156,12 @@ def applied_decay(
 
     ``weights`` (a tensor or a list of them, e.g. a trained model's matrices) are copied into
     ``dtype`` (round to nearest) and stepped ``steps`` times by :class:`wdlib.optim.Adam`,
-    :class:`wdlib.optim.SGD` (no momentum) or ``torch.optim.AdamW`` (``optimizer="torch.adamw"``, its
-    own kernel choice; on CPU a per-tensor ``p.mul_(1 - lr*wd)``) with the given ``lr``, ``weight_decay``, ``decay``,
-    ``impl`` and ``bf16_update``, on **zero gradients**: Adam's moments stay exactly zero, so its
-    update is exactly zero too, and the decay is the only change. Then, from the stored
-    (low-precision) values, in float64::
+    :class:`wdlib.optim.SGD` (no momentum), ``torch.optim.AdamW`` (``optimizer="torch.adamw"``, its
+    own kernel choice; on CPU a per-tensor ``p.mul_(1 - lr*wd)``) or :class:`DecayOutsideKahanAdamW`
+    (``optimizer="decay_outside_kahan"``: Kahan updates, the decay outside the compensation) with the
+    given ``lr``, ``weight_decay``, ``decay``, ``impl`` and ``bf16_update``, on **zero gradients**:
+    Adam's moments stay exactly zero, so its update is exactly zero too, and the decay is the only change.
+    Then, from the stored (low-precision) values, in float64::
 
         requested          = s = decay_factor(group)  (lr*lambda decoupled, torch AdamW too; lambda independent;
                                                     lr*lambda l2-SGD, whose step on a zero gradient is that shrink)
@@ -111,11 +183,23 @@ def applied_decay(
 
     Used by chapter 5 (``notebooks/05_llm_regime.ipynb``), claim LLM-7.
     """
-    if optimizer not in ("adam", "sgd", "torch.adamw"):
-        raise ValueError(f"optimizer must be 'adam', 'sgd' or 'torch.adamw', got {optimizer!r}")
+    if optimizer not in _APPLIED_OPTIMIZERS:
+        raise ValueError(
+            f"optimizer must be one of {', '.join(repr(o) for o in _APPLIED_OPTIMIZERS)}, got {optimizer!r}"
+        )
+    outside = optimizer == "decay_outside_kahan"
+    if outside and (decay != "decoupled" or bf16_update != "nearest" or impl != "auto"):
+        raise ValueError(
+            "optimizer 'decay_outside_kahan' takes decay='decoupled', bf16_update='nearest' (its Kahan buffer is "
+            f"built in) and impl='auto', got decay={decay!r}, bf16_update={bf16_update!r}, impl={impl!r}"
+        )
     # the registry's checks: the rule (torch.adamw follows 'decoupled' only) and bf16_update (wdlib's only)
     optimizer_spec(
-        {"name": optimizer, "decay": decay, **({} if bf16_update == "nearest" else {"bf16_update": bf16_update})}
+        {
+            "name": "torch.adamw" if outside else optimizer,
+            "decay": decay,
+            **({} if bf16_update == "nearest" else {"bf16_update": bf16_update}),
+        }
     )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -125,15 +209,19 @@ def applied_decay(
             "gradient is normalised by Adam, not a per-step shrink"
         )
     params = [torch.nn.Parameter(w.detach().to(dtype=dtype, copy=True)) for w in _as_list(weights)]
-    if optimizer == "torch.adamw":  # impl "auto": torch's own default; "foreach" / "fused" force that kernel
+    if outside:
+        opt: torch.optim.Optimizer = DecayOutsideKahanAdamW(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "torch.adamw":  # impl "auto": torch's own default; "foreach" / "fused" force that kernel
         kernel = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl)
         if kernel is None:
             raise ValueError(f"impl must be 'auto', 'foreach' or 'fused', got {impl!r}")
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kernel)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kernel)
     else:
         cls = Adam if optimizer == "adam" else SGD
         opt = cls(params, lr=lr, weight_decay=weight_decay, decay=decay, impl=impl, bf16_update=bf16_update)
     group = opt.param_groups[0]
+    if outside:
+        group = {**group, "decay": "decoupled"}
     if decay == "l2":  # SGD without momentum on a zero gradient: theta - lr*lambda*theta, the decoupled shrink
         group = {**group, "decay": "decoupled"}
     requested = decay_factor(group, opt)

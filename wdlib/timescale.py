@@ -11,6 +11,10 @@ the right form is the one above.) Wang & Aitchison's rule: hold ``tau_epoch`` fi
 optimal lambda falls like 1/N; under muP, where the hidden-layer LR scales like 1/fan_in, scale lambda
 like fan_in so that ``eta*lambda`` stays fixed.
 
+The end-of-training rise of the gradient norm (NEW-1; Defazio et al., arXiv 2506.02285) is the same
+timescale read against the schedule: :func:`gradient_rise` says whether ``tau_iter`` is short enough for
+the steady state ``||g||/||w|| = sqrt(2*lambda/eta_t)`` of normalized layers to follow a falling LR.
+
 Used by chapter 1 (conventions) and the scaling chapter (SCALE-1..3); ``python -m wdlib tau`` prints it.
 """
 
@@ -22,7 +26,16 @@ from typing import Any
 
 from ._checks import as_real, short_repr
 
-__all__ = ["tau_iter", "tau_epoch", "weight_decay_for", "Transfer", "transfer_weight_decay"]
+__all__ = [
+    "tau_iter",
+    "tau_epoch",
+    "weight_decay_for",
+    "Transfer",
+    "transfer_weight_decay",
+    "GradientRise",
+    "RISE_SCHEDULES",
+    "gradient_rise",
+]
 
 
 def _pos(name: str, value: Any) -> float:
@@ -140,4 +153,147 @@ def transfer_weight_decay(
         dataset_size=int(n1),
         batch_size=int(b1),
         width=w1,
+    )
+
+
+#: The LR schedules :func:`gradient_rise` knows (the per-step values of :mod:`wdlib.schedules`' classes).
+RISE_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear")
+
+#: ``rise_expected`` needs ``tau_iter`` at the peak LR at most this fraction of the run (a rule of thumb).
+RISE_TAU_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class GradientRise:
+    """What :func:`gradient_rise` predicts for one run; the fields are documented there."""
+
+    lr: float
+    weight_decay: float
+    steps: int
+    schedule: str
+    final_lr_fraction: float
+    tau_iter: float
+    tau_fraction: float
+    ratio_peak: float
+    track_step: int | None
+    track_lr_fraction: float | None
+    ratio_at_track: float | None
+    rise_factor: float | None
+    rise_expected: bool
+    corrected_ratio: float
+    corrected_track_step: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lr_fraction(schedule: str, final: float, t: int, steps: int) -> float:
+    """``eta_t/eta_max`` at step ``t`` (``t < steps``): :class:`wdlib.schedules.Cosine`/``LinearDecay``'s form."""
+    u = t / steps
+    if schedule == "cosine":
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * u))
+    if schedule == "linear":
+        return 1.0 + (final - 1.0) * u
+    return 1.0
+
+
+def _last_tracked(steps: int, tau: Any) -> int | None:
+    """The last step ``t`` in ``[0, steps)`` with ``tau(t) <= steps - t``, or None when even step 0 fails.
+
+    ``tau(t)`` is non-decreasing for the schedules here (the LR does not rise), ``steps - t`` falls, so the
+    condition holds on a prefix of the steps: bisection on the integer steps finds its end.
+    """
+    if not tau(0) <= steps:
+        return None
+    lo, hi = 0, steps - 1  # the condition holds at lo; find the last step where it holds
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if tau(mid) <= steps - mid:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def gradient_rise(
+    lr: float, weight_decay: float, steps: int, schedule: str = "cosine", final_lr_fraction: float = 0.0
+) -> GradientRise:
+    """Whether the end-of-training rise of the gradient norm (NEW-1) is expected, and how large it gets.
+
+    For a normalized (scale-invariant) layer under SGD with decoupled decay, the weight norm settles where
+    the decay's shrink balances the growth from the orthogonal updates, which gives the steady state
+    (Defazio et al. 2025, arXiv 2506.02285)::
+
+        ||g_t|| / ||w_t|| = sqrt(2 * lambda / eta_t)
+
+    As the LR falls to zero the steady ratio grows without bound, but the weights can only follow it
+    while the equilibration time ``tau_iter(t) = 1/(eta_t*lambda)`` is short compared with what is left of
+    the run. The tracked rise is read at ``track_step``, the last step ``t`` with ``tau_iter(t) <= steps -
+    t`` (found on the schedule's per-step values ``eta_t = lr * s(t/steps)``, :mod:`wdlib.schedules`'
+    ``Cosine``/``LinearDecay`` forms with ``final = final_lr_fraction``). Fields of :class:`GradientRise`:
+
+    ``tau_iter``, ``tau_fraction``
+        ``1/(lr*lambda)`` at the peak LR, and as a fraction of ``steps``.
+    ``ratio_peak``
+        ``sqrt(2*lambda/lr)``, the steady ratio at the peak LR.
+    ``track_step``, ``track_lr_fraction``, ``ratio_at_track``, ``rise_factor``
+        the last tracked step, ``eta_t/lr`` there, ``sqrt(2*lambda/eta_t)`` there, and its rise over the
+        peak, ``sqrt(lr/eta_t)`` (1 for a constant LR: the ratio is flat). None when ``tau_iter`` at the
+        peak is already longer than the run: no equilibrium is reached.
+    ``rise_expected``
+        ``tau_iter <= steps/10`` and an LR that falls (not "constant", ``final_lr_fraction < 1``). The
+        threshold is a rule of thumb, not a derivation: after ``3*tau_iter`` the initial weights' share
+        is ``e^-3 = 5%``, so at ``tau_iter <= steps/10`` the equilibrium is reached within the first third
+        of the run; and for cosine to zero it is tracked until about 64% of the run, where the LR is down to
+        28% of its peak and the tracked ratio has risen 1.9 times: a rise large enough to see.
+    ``corrected_ratio``, ``corrected_track_step``
+        the "corrected" rule's counterpart (``lambda_t = lambda*eta_t/eta_max``): its steady ratio
+        ``sqrt(2*lambda_t/eta_t) = sqrt(2*lambda/lr)`` is flat through the schedule, which is how it removes
+        the rise; its timescale ``lr/(eta_t^2*lambda)`` grows faster, so it tracks until ``corrected_track_step``.
+
+    Example: ``gradient_rise(0.1, 5e-4, 50_000)`` (SGD on CIFAR-scale runs): ``tau_iter = 20,000`` steps,
+    40% of the run: no rise expected (1.2 times at most); with ``weight_decay=5e-3``, 4% and a rise of 2.5 times.
+    """
+    lr, weight_decay = _pos("lr", lr), _pos("weight_decay", weight_decay)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {short_repr(steps)}")
+    if not isinstance(schedule, str) or schedule not in RISE_SCHEDULES:
+        raise ValueError(
+            f"schedule must be one of {', '.join(repr(s) for s in RISE_SCHEDULES)}, got {short_repr(schedule)}"
+        )
+    final = as_real(final_lr_fraction)
+    if final is None or not 0.0 <= final <= 1.0:
+        raise ValueError(f"final_lr_fraction must be a number in [0, 1], got {short_repr(final_lr_fraction)}")
+    tau = tau_iter(lr, weight_decay)
+
+    def frac(t: int) -> float:
+        return _lr_fraction(schedule, final, t, steps)
+
+    def tau_at(t: int) -> float:
+        f = frac(t)
+        return math.inf if f <= 0.0 else tau / f
+
+    def tau_corrected(t: int) -> float:
+        f = frac(t)
+        return math.inf if f <= 0.0 else tau / (f * f)
+
+    ratio_peak = math.sqrt(2.0 * weight_decay / lr)
+    track = _last_tracked(steps, tau_at)
+    track_frac = None if track is None else frac(track)
+    return GradientRise(
+        lr=lr,
+        weight_decay=weight_decay,
+        steps=steps,
+        schedule=schedule,
+        final_lr_fraction=final,
+        tau_iter=tau,
+        tau_fraction=tau / steps,
+        ratio_peak=ratio_peak,
+        track_step=track,
+        track_lr_fraction=track_frac,
+        ratio_at_track=None if track_frac is None else ratio_peak / math.sqrt(track_frac),
+        rise_factor=None if track_frac is None else 1.0 / math.sqrt(track_frac),
+        rise_expected=tau <= RISE_TAU_FRACTION * steps and schedule != "constant" and final < 1.0,
+        corrected_ratio=ratio_peak,
+        corrected_track_step=_last_tracked(steps, tau_corrected),
     )

@@ -211,8 +211,8 @@ def test_catalogue_validation(tmp_path, mutation, match):
 
 def test_the_book_catalogue_is_complete_and_cites_known_sources():
     cat = catalogue()
-    assert len(cat) == 29
-    families = {"DEC": 9, "EMA": 5, "SCALE": 3, "OVER": 5, "LLM": 7}
+    assert len(cat) == 36
+    families = {"DEC": 9, "EMA": 5, "SCALE": 3, "OVER": 5, "LLM": 7, "NEW": 7}
     for fam, n in families.items():
         assert sorted(k for k in cat if k.startswith(fam + "-")) == sorted(f"{fam}-{i}" for i in range(1, n + 1))
     refs = set(re.findall(r"^## (\S+)$", (ROOT / "book" / "references.md").read_text(), flags=re.M))

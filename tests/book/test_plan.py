@@ -63,7 +63,7 @@ def test_plan_json_counts_done_runs_apart(tmp_path, monkeypatch, capsys):
     "argv, words",
     [
         (["01_l2_vs_decoupled", "--scale", "huge"], ["--scale", "'smoke'", "'full'", "'test'"]),
-        (["06_missing"], ["notebook must be one of", "01_l2_vs_decoupled", "05_llm_regime"]),
+        (["07_missing"], ["notebook must be one of", "01_l2_vs_decoupled", "05_llm_regime"]),
         (["01_l2_vs_decoupled", "--device", "tpu"], ["--device", "'auto'", "'cpu'", "'cuda'"]),
         (["01_l2_vs_decoupled", "--probe-steps", "0"], ["--probe-steps must be an integer >= 1"]),
     ],

@@ -16,7 +16,7 @@ from wdlib import config, runtime
 from wdlib.experiments import SCALES, Setting, check_parameters, pick_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAPTERS = ("decoupling", "ema_view", "scaling", "overparam", "practice", "llm")
+CHAPTERS = ("decoupling", "ema_view", "scaling", "overparam", "practice", "llm", "beyond")
 
 
 def test_one_vocabulary_of_scales():

@@ -182,7 +182,15 @@ STORED_ROWS = [
         '"optimizer": "sgd", "perturb_step": null, "precision": "fp32", "probes": [], "scale": "test", "seed": 0, '
         '"snapshots": [], "steps": 3, "subset": null, "wd_schedule": null, "weight_decay": 0.0005}',
         "f01fd224076ac181e7bccbc7",
-        {"name": "sgd", "decay": "l2", "momentum": 0.9, "nesterov": True, "bf16_update": "nearest", "impl": "auto"},
+        {
+            "name": "sgd",
+            "decay": "l2",
+            "momentum": 0.9,
+            "nesterov": True,
+            "bf16_update": "nearest",
+            "impl": "auto",
+            "cautious": False,
+        },
     ),
     (
         '{"batch_size": 32, "betas": [0.8, 0.99], "bf16_update": "nearest", "block_size": 64, "checkpoint_every": 0, '
@@ -248,6 +256,7 @@ def test_a_name_is_short_for_the_full_spec_with_its_defaults():
         "eps": 1e-8,
         "bf16_update": "nearest",
         "impl": "auto",
+        "cautious": False,
     }
     assert RunConfig(optimizer="sgd").optimizer == {
         "name": "sgd",
@@ -256,6 +265,7 @@ def test_a_name_is_short_for_the_full_spec_with_its_defaults():
         "nesterov": False,
         "bf16_update": "nearest",
         "impl": "auto",
+        "cautious": False,
     }
     assert RunConfig(optimizer="torch.adamw").optimizer == {
         "name": "torch.adamw",
@@ -269,13 +279,14 @@ def test_a_name_is_short_for_the_full_spec_with_its_defaults():
 
 
 def test_the_registry_declares_every_optimizer_its_options_and_rules():
-    assert list(OPTIMIZERS) == ["adam", "sgd", "torch.adam", "torch.adamw", "torch.sgd"]
+    assert list(OPTIMIZERS) == ["adam", "sgd", "muon", "torch.adam", "torch.adamw", "torch.sgd"]
     assert {n: e.decays for n, e in OPTIMIZERS.items() if n.startswith("torch.")} == {
         "torch.adam": ("l2",),
         "torch.adamw": ("decoupled",),
         "torch.sgd": ("l2",),
     }
     assert set(OPTIMIZERS["adam"].decays) == set(optim.DECAYS) == set(OPTIMIZERS["sgd"].decays)
+    assert set(OPTIMIZERS["muon"].decays) == set(optim.DECAYS)
     for name in OPTIMIZERS:
         assert optimizer_spec(name) == optimizer_spec(optimizer_spec(name))  # the full form is a fixed point
 
@@ -407,10 +418,20 @@ def test_optimizer_impl_is_a_spec_option_that_enters_the_key_only_when_set():
     """``optimizer.impl`` picks the kernel (only rounding differs); "auto" keeps every stored run's key."""
     base = RunConfig(optimizer={"name": "sgd", "decay": "decoupled", "momentum": 0.9})
     assert base.optimizer["impl"] == "auto"
-    assert RunConfig(optimizer={**base.optimizer, "impl": "auto"}).key() == base.key()
+    assert RunConfig(optimizer={**base.optimizer, "impl": "auto", "cautious": False}).key() == base.key()
     foreach = RunConfig(optimizer={**base.optimizer, "impl": "foreach"})
     assert foreach.key() != base.key() and RunConfig.from_dict(foreach.to_dict()).key() == foreach.key()
     with pytest.raises(ValueError, match="optimizer.impl must be one of 'auto', 'fused', 'foreach'"):
         RunConfig(optimizer={"name": "adam", "impl": "cuda"})
     with pytest.raises(ValueError, match="impl is not an option of optimizer 'torch.sgd'"):
         RunConfig(optimizer={"name": "torch.sgd", "impl": "foreach"})
+
+
+def test_cautious_and_muon_options_enter_the_key_only_off_their_defaults():
+    plain = RunConfig(optimizer="adam")
+    assert RunConfig(optimizer={"name": "adam", "cautious": False}).key() == plain.key()
+    assert RunConfig(optimizer={"name": "adam", "cautious": True}).key() != plain.key()
+    muon = RunConfig(optimizer="muon")
+    assert RunConfig(optimizer={"name": "muon", "adjust_lr": "original"}).key() != muon.key()
+    assert RunConfig(optimizer={"name": "muon", "ns_steps": 3}).key() != muon.key()
+    assert muon.key() != plain.key()
