@@ -336,9 +336,6 @@ class _RowsProbe:
         self.count = state["count"]
 
 
-_ROW_QUANTILES = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
-
-
 class AngularProbe(_RowsProbe):
     """Per step, for chosen weight matrices: ``||w||``, the gradient norm, the update norm and the angle
     between ``w_t`` and ``w_{t+1}`` (the angular update, in radians).
@@ -348,10 +345,11 @@ class AngularProbe(_RowsProbe):
     as the optimizer receives it (the data gradient; an L2 penalty is added inside the optimizer).
     Records every ``every`` steps from ``start``.
 
-    With ``per_row=True`` it also records, per matrix, the angular update of each row (each output neuron:
-    the row's angle between ``w_t`` and ``w_{t+1}``) summarised by its median and 10th and 90th percentiles
-    (``row_angle_median``, ``row_angle_p10``, ``row_angle_p90``): the per-neuron equilibrium of Kosson et
-    al. (arXiv 2305.17212, claim NEW-3, chapter 6).
+    With ``per_row=True`` it also records ``row_angle``: the angular update of every row (each output
+    neuron: the row's angle between ``w_t`` and ``w_{t+1}``), the rows of the watched matrices one after
+    another (``sum of their rows`` values per recorded step), so a neuron's average over steps can be
+    compared with another's: the per-neuron equilibrium of Kosson et al. (arXiv 2305.17212, claim NEW-3,
+    chapter 6).
     """
 
     def __init__(
@@ -371,7 +369,7 @@ class AngularProbe(_RowsProbe):
         self.per_row = per_row
         names = ["step", "lr", "norm", "grad_norm", "update_norm", "angle"]
         if per_row:
-            names += ["row_angle_median", "row_angle_p10", "row_angle_p90"]
+            names.append("row_angle")
         self.rows: dict[str, list[Any]] = {k: [] for k in names}
         self._prev: list[torch.Tensor] | None = None
         self.count = 0
@@ -401,12 +399,11 @@ class AngularProbe(_RowsProbe):
             if self.per_row:
                 a, b = w0.flatten(1), w1.flatten(1)
                 cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
-                rows.append(torch.quantile(torch.arccos(cos.clamp(-1.0, 1.0)), _ROW_QUANTILES).tolist())
+                rows += torch.arccos(cos.clamp(-1.0, 1.0)).tolist()
         self.rows["update_norm"].append(upd)
         self.rows["angle"].append(ang)
         if self.per_row:
-            for k, key in enumerate(("row_angle_p10", "row_angle_median", "row_angle_p90")):
-                self.rows[key].append([q[k] for q in rows])
+            self.rows["row_angle"].append(rows)
         self._prev = None
         self.count += 1
 

@@ -75,7 +75,7 @@ def test_every_experiment_runs_at_test_scale_and_trains_the_planned_runs(tmp_pat
     caut = bs.cautious(TINY, seeds, **opts)
     assert set(caut["table"][seeds[0]][TINY.caut_wds[0]]) == {"plain", "cautious"}
     gpt = bs.gpt_runs(TINY, seeds, **opts)
-    assert set(gpt["table"][seeds[0]]) == set(bs.GPT_ARMS)
+    assert set(gpt["table"][seeds[0]]) == set(bs.gpt_arms(TINY))
     assert len(gpt["table"][seeds[0]]["adamw wd 0"]["qk_ranks"]) == TINY.gpt_model_args["n_head"]
     ws = bs.width_sweep(TINY, seeds, **opts)
     assert set(ws["table"]) == set(bs.WIDTH_RULES)
@@ -92,6 +92,23 @@ def test_arms_differ_in_what_they_compare():
     assert {c.optimizer["cautious"] for _, _, c in caut} == {False, True}
     assert len({c.key() for _, _, c in caut}) == len(caut)
     arms = bs.gpt_configs(TINY, 0)
-    assert arms["muon wd 0.1"].optimizer["name"] == "muon" and arms["adamw wd 0.1"].weight_decay == 0.1
+    assert arms["muon wd 1"].optimizer["name"] == "muon" and arms["adamw wd 1"].weight_decay == 1.0
+    assert set(bs.gpt_arms(bs.setup("full"))) >= {"muon wd 0.1", "adamw wd 0.1", "adamw wd 0", "adamw wd 1"}
     widths = bs.width_configs(TINY, 0)
     assert len({c.key() for *_, c in widths}) == len(widths)
+
+
+def test_kappa_sums_the_schedule_times_lambda():
+    assert bs.kappa(None, 1e-2, 0.5, 100) == pytest.approx(0.5)  # constant LR: steps * lr * lambda
+    cos = bs.kappa({"name": "cosine", "final": 0.0}, 1e-2, 0.5, 1000)
+    assert cos == pytest.approx(0.5 * 1e-2 * 1000 / 2, rel=0.01)  # a cosine to zero averages half its peak
+
+
+def test_the_smoke_settings_span_the_timescales_their_rules_ask_for():
+    s = bs.setup("smoke")
+    assert bs.width_kappa_min(s) >= 3  # NEW-5's sanity check
+    assert bs.kappa(bs._gpt_schedule(s), bs.GPT_LR, s.gpt_decay, s.gpt_steps) >= 0.5  # NEW-6's
+    # the first build's settings (lambda 0.1, 600 steps; lambda_d 0.1) did not: the checks can fail
+    short = type(s)(**{**{f: getattr(s, f) for f in s.__dataclass_fields__}, "width_steps": 120, "gpt_decay": 0.1})
+    assert bs.width_kappa_min(short) < 3
+    assert bs.kappa(bs._gpt_schedule(short), bs.GPT_LR, short.gpt_decay, short.gpt_steps) < 0.5

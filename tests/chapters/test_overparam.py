@@ -246,6 +246,30 @@ def test_angular_probe_matches_the_sgd_step():
     assert out["step"].tolist() == [0, 2] and out["angle"].shape == (2, 1)
 
 
+def test_angular_probe_per_row_records_each_neurons_angle():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.randn(2, 5, dtype=torch.float64))
+    opt = SGD([a, b], lr=0.1)
+    probe = AngularProbe(opt, [a, b], per_row=True)
+    before = [a.detach().clone(), b.detach().clone()]
+    a.grad, b.grad = torch.randn(4, 3, dtype=torch.float64), torch.zeros(2, 5, dtype=torch.float64)
+    a.grad[1] = 0.0  # row 1 of a does not move
+    probe.before_step(0)
+    opt.step()
+    probe.after_step(0)
+    rows = probe.rows["row_angle"][0]
+    assert len(rows) == 6  # the rows of a, then those of b
+    for i in range(4):
+        w0, w1 = before[0][i], a.detach()[i]
+        cos = float(w0 @ w1 / (w0.norm() * w1.norm()))
+        assert rows[i] == pytest.approx(math.acos(min(cos, 1.0)), abs=1e-7)
+    assert rows[1] == pytest.approx(0.0, abs=1e-7) and rows[4:] == pytest.approx([0.0, 0.0], abs=1e-7)
+    assert rows[0] > 1e-3
+    with pytest.raises(ValueError, match="per_row"):
+        AngularProbe(opt, [a], per_row="yes")
+
+
 # --- the chapter's experiment functions at test scale ------------------------------------------------------
 
 

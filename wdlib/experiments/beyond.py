@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from ..components import build_data, build_model
-from ..config import RunConfig
+from ..config import RunConfig, schedule_from_spec
 from ..precision import applied_decay
 from ..runs import Store, run_many
+from ..schedules import values
 from ..timescale import gradient_rise
 from ._scaffold import Setting, pick_settings
 
@@ -39,8 +40,12 @@ __all__ = [
     "cautious",
     "factorization_toy",
     "effective_rank",
+    "gpt_arms",
     "gpt_configs",
     "gpt_runs",
+    "kappa",
+    "predicted_angle",
+    "width_kappa_min",
     "width_configs",
     "width_sweep",
     "kahan_placement",
@@ -68,6 +73,7 @@ class Setup(Setting):
     gpt_block: int = 64
     gpt_batch: int = 16
     gpt_steps: int = 300
+    gpt_decay: float = 1.0  # NEW-6: lambda of the decayed arms, so that the run spans a timescale 1/(eta*lambda)
     width_widths: tuple[int, ...] = (64, 256)  # NEW-5
     width_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     width_steps: int = 600
@@ -92,15 +98,16 @@ SETTINGS: dict[str, Setup] = {
         caut_steps=1500,
         caut_wds=(0.1, 0.3, 1.0),
         toy_dim=20,
-        toy_steps=20_000,
+        toy_steps=5000,
         gpt_data_args=dict(_GPT_DATA),
         gpt_model_args={"n_layer": 2, "n_head": 2, "n_embd": 128},
         gpt_block=64,
         gpt_batch=16,
         gpt_steps=300,
+        gpt_decay=1.0,
         width_widths=(64, 256),
         width_lrs=(1e-3, 3e-3, 1e-2, 3e-2),
-        width_steps=600,
+        width_steps=1200,
         kahan_steps=200,
         kahan_numel=65536,
         n_seeds=3,
@@ -119,11 +126,17 @@ SETTINGS: dict[str, Setup] = {
         caut_wds=(0.03, 0.1, 0.3, 1.0, 3.0),
         toy_dim=64,
         toy_steps=100_000,
-        gpt_data_args={"max_bytes": 40_000_000, "val_split": "interleaved"},
+        gpt_data_args={
+            "max_bytes": 400_000_000,
+            "site_packages": True,
+            "val_split": "interleaved",
+            "val_block": 65_536,
+        },
         gpt_model_args={"n_layer": 6, "n_head": 6, "n_embd": 384},
         gpt_block=256,
         gpt_batch=64,
         gpt_steps=5000,
+        gpt_decay=0.1,
         width_widths=(64, 128, 256, 512, 1024),
         width_lrs=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         width_steps=5000,
@@ -151,6 +164,7 @@ SETTINGS: dict[str, Setup] = {
         gpt_block=16,
         gpt_batch=4,
         gpt_steps=8,
+        gpt_decay=1.0,
         width_widths=(8, 16),
         width_lrs=(1e-3, 1e-2),
         width_steps=20,
@@ -171,18 +185,12 @@ ROT = {"lr": 3e-3, "weight_decay": 0.5, "betas": (0.9, 0.999)}
 CAUT_LR = 3e-3
 #: NEW-4 toy: lambda against singular values of D spread over [0.2, 2]
 TOY_LAMBDA = 1.0
-#: NEW-4 and NEW-6: the GPT arms (optimizer, weight decay) at the chapter-5 recipe's LR
+#: NEW-4 and NEW-6: the GPT's peak LR (chapter 5's recipe) and AdamW's decays besides NEW-6's (NEW-4 compares 0 and 1)
 GPT_LR = 5e-3
-GPT_ARMS: dict[str, tuple[str, float]] = {
-    "adamw wd 0": ("adam", 0.0),
-    "adamw wd 0.1": ("adam", 0.1),
-    "adamw wd 1": ("adam", 1.0),
-    "muon wd 0": ("muon", 0.0),
-    "muon wd 0.1": ("muon", 0.1),
-}
+GPT_ADAMW_WDS = (0.0, 1.0)
 #: NEW-5: the three width rules of lambda under muP, and the base lambda and width (at the base width all agree)
 WIDTH_RULES = ("scaled", "sqrt", "independent")
-WIDTH_WD, WIDTH_BASE = 0.1, 64
+WIDTH_WD, WIDTH_BASE = 1.0, 64
 #: NEW-7: per-step shrinks lr*lambda below 2^-9 (where rounding to nearest loses them) and above
 KAHAN_SHRINKS = (6e-5, 3e-4, 1e-3, 3e-3, 1e-2)
 
@@ -303,8 +311,8 @@ def predicted_angle(lr: float, weight_decay: float, beta1: float) -> float:
 
 def rotation(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None, device: str = "cpu") -> dict[str, Any]:
     """NEW-3 per seed: the mean angular update of each matrix over the second half of the run against
-    :func:`predicted_angle`, and the per-neuron angles' median, 10th and 90th percentiles (their medians over
-    those steps)."""
+    :func:`predicted_angle`, and each neuron's (row's) mean angular update over those steps, summarised per
+    hidden matrix by its 10th, 50th and 90th percentiles across neurons."""
     rs = run_many(
         [rotation_configs(s, seed) for seed in seeds],
         store,
@@ -320,21 +328,21 @@ def rotation(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None, de
         step = r.probes["angular/step"]
         half = step >= s.rot_steps / 2
         angle = r.probes["angular/angle"][half].mean(0)
-        row = {
-            "seed": seed,
-            "angle_over_prediction": (angle / pred).tolist(),
-            "row_p10": np.median(r.probes["angular/row_angle_p10"][half], 0).tolist(),
-            "row_median": np.median(r.probes["angular/row_angle_median"][half], 0).tolist(),
-            "row_p90": np.median(r.probes["angular/row_angle_p90"][half], 0).tolist(),
-            "norm_end": r.probes["angular/norm"][-1].tolist(),
-        }
-        per_seed.append(row)
-        if curve is None:
-            curve = {
-                "step": step,
-                "angle": r.probes["angular/angle"],
-                "row_median": r.probes["angular/row_angle_median"],
+        neuron = r.probes["angular/row_angle"][half].mean(0)  # each row's mean over the second half
+        hidden = [neuron[k * s.width : (k + 1) * s.width] for k in range(2)]  # the two hidden matrices come first
+        q = [np.percentile(h, [10, 50, 90]).tolist() for h in hidden]
+        per_seed.append(
+            {
+                "seed": seed,
+                "angle_over_prediction": (angle / pred).tolist(),
+                "neuron_p10": [x[0] for x in q],
+                "neuron_median": [x[1] for x in q],
+                "neuron_p90": [x[2] for x in q],
+                "norm_end": r.probes["angular/norm"][-1].tolist(),
             }
+        )
+        if curve is None:
+            curve = {"step": step, "angle": r.probes["angular/angle"], "neurons": hidden}
     return {"prediction": pred, "per_seed": per_seed, "curve": curve}
 
 
@@ -438,12 +446,32 @@ def _qk_ranks(state: dict[str, torch.Tensor], n_head: int) -> list[float]:
 # --- NEW-4 (GPT part) and NEW-6: the small GPT --------------------------------------------------------------
 
 
+def gpt_arms(s: Setup) -> dict[str, tuple[str, float]]:
+    """The GPT arms, name -> (optimizer, lambda): AdamW at :data:`GPT_ADAMW_WDS` and ``s.gpt_decay``, Muon at 0
+    and ``s.gpt_decay`` (NEW-6 compares Muon and AdamW at ``s.gpt_decay``, chosen so that the run spans about a
+    timescale ``1/(eta*lambda)``: 1 at smoke scale, Liu et al.'s 0.1 at full scale)."""
+    arms = {f"adamw wd {wd:g}": ("adam", wd) for wd in sorted({*GPT_ADAMW_WDS, s.gpt_decay})}
+    arms |= {"muon wd 0": ("muon", 0.0), f"muon wd {s.gpt_decay:g}": ("muon", s.gpt_decay)}
+    return arms
+
+
+def kappa(spec: dict[str, Any], lr: float, weight_decay: float, steps: int) -> float:
+    """``kappa_T = sum_t eta_t*lambda``: how many timescales ``1/(eta*lambda)`` a run with LR schedule ``spec``
+    (a run configuration's ``lr_schedule``) spans; ``exp(-kappa_T)`` of the initial weights survives the decay
+    alone (chapter 2)."""
+    return float(values(schedule_from_spec(spec, lr, steps), steps).sum() * weight_decay)
+
+
+def _gpt_schedule(s: Setup) -> dict[str, Any]:
+    return {"name": "cosine", "warmup": max(1, s.gpt_steps // 10), "final": 0.1}
+
+
 def gpt_configs(s: Setup, seed: int) -> dict[str, RunConfig]:
-    """The GPT arms of one seed (:data:`GPT_ARMS`): the chapter-5 model and data, float32, betas (0.9, 0.95),
+    """The GPT arms of one seed (:func:`gpt_arms`): the chapter-5 model and data, float32, betas (0.9, 0.95),
     clip 1.0, cosine from 5e-3 to a tenth after 10% warmup; Muon on the hidden matrices with its update RMS
     matched to AdamW's (Liu et al.), AdamW on embeddings and vectors."""
     out = {}
-    for arm, (name, wd) in GPT_ARMS.items():
+    for arm, (name, wd) in gpt_arms(s).items():
         opt: dict[str, Any] = {"name": name, "decay": "decoupled", "betas": [0.9, 0.95]}
         out[arm] = RunConfig(
             data="stdlib_chars",
@@ -457,7 +485,7 @@ def gpt_configs(s: Setup, seed: int) -> dict[str, RunConfig]:
             steps=s.gpt_steps,
             batch_size=s.gpt_batch,
             block_size=s.gpt_block,
-            lr_schedule={"name": "cosine", "warmup": max(1, s.gpt_steps // 10), "final": 0.1},
+            lr_schedule=_gpt_schedule(s),
             eval_batches=8,
             seed=seed,
             scale=s.scale,
@@ -473,7 +501,8 @@ def _hidden_rms(state: dict[str, torch.Tensor]) -> float:
 
 def gpt_runs(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None, device: str = "cpu") -> dict[str, Any]:
     """Every GPT arm per seed: final validation loss, RMS of the hidden matrices at the start and the end, and
-    the effective ranks of ``W_Q^T W_K`` per layer and head."""
+    the effective ranks of ``W_Q^T W_K`` per layer and head; and ``kappa``, the timescales the decayed arms
+    span (:func:`kappa` at ``s.gpt_decay``)."""
     plan = [(seed, arm, cfg) for seed in seeds for arm, cfg in gpt_configs(s, seed).items()]
     rs = run_many([p[-1] for p in plan], store, workers=s.workers, device=device, desc="GPT runs", progress=None)
     table: dict[int, dict[str, dict[str, Any]]] = {}
@@ -489,7 +518,11 @@ def gpt_runs(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None, de
             "rms_end": _hidden_rms(r.model_state),
             "qk_ranks": _qk_ranks(r.model_state, n_head),
         }
-    return {"arms": list(GPT_ARMS), "table": table}
+    return {
+        "arms": list(gpt_arms(s)),
+        "table": table,
+        "kappa": kappa(_gpt_schedule(s), GPT_LR, s.gpt_decay, s.gpt_steps),
+    }
 
 
 # --- NEW-5: lambda across width under muP -------------------------------------------------------------------
@@ -536,7 +569,26 @@ def width_sweep(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None,
         loss = float("inf") if r.diverged else float(r.final["val_loss"])
         sv = float("nan") if r.diverged else _top_sv(r.model_state)
         table.setdefault(rule, {}).setdefault(width, {}).setdefault(lr, []).append({"val_loss": loss, "top_sv": sv})
-    return {"rules": list(WIDTH_RULES), "widths": list(s.width_widths), "lrs": list(s.width_lrs), "table": table}
+    return {
+        "rules": list(WIDTH_RULES),
+        "widths": list(s.width_widths),
+        "lrs": list(s.width_lrs),
+        "table": table,
+        "kappa_min": width_kappa_min(s),
+    }
+
+
+def width_kappa_min(s: Setup) -> float:
+    """The fewest timescales a hidden layer of NEW-5 spans at the middle base LR: ``min`` over rules and widths
+    of ``sum_t s_t``, the hidden group's per-step shrink (scaled: ``eta_t*lambda``; sqrt: ``eta_t*lambda/sqrt(m)``;
+    independent: ``lambda_ind*schedule_t``, equal to scaled at the middle LR; m = width/base width). Below a few,
+    the hidden weights still carry their initialization and the top singular value says little about decay."""
+    mid = s.width_lrs[len(s.width_lrs) // 2]
+    spec = {"name": "cosine", "warmup": min(50, s.width_steps // 10), "final": 0.1}
+    base = kappa(spec, mid, WIDTH_WD, s.width_steps)
+    return min(
+        base / math.sqrt(w / WIDTH_BASE) if rule == "sqrt" else base for rule in WIDTH_RULES for w in s.width_widths
+    )
 
 
 # --- NEW-7: decay outside the Kahan compensation -------------------------------------------------------------
@@ -558,7 +610,7 @@ def kahan_placement(s: Setup, seeds: tuple[int, ...]) -> dict[str, Any]:
     out: dict[str, dict[float, list[float]]] = {a: {x: [] for x in KAHAN_SHRINKS} for a in arms}
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
-        w = 0.02 * torch.randn(s.kahan_numel, generator=g)
+        w = (0.02 * torch.randn(s.kahan_numel, generator=g)).to(s.device)
         for arm, kw in arms.items():
             for shrink in KAHAN_SHRINKS:
                 r = applied_decay(w, 1.0, shrink, steps=s.kahan_steps, seed=seed, **kw)
