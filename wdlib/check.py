@@ -539,7 +539,7 @@ def _beyond_rows(ctx: Context) -> list[Row]:
         err = _rel_err(_trajectory(make, init, grads), _trajectory(make, cpu_init, cpu_grads))
         rows.append(
             Row(
-                f"{what} on the device vs on the CPU, float32",
+                f"{what}: the device against the CPU (float32)",
                 {"rel_err": err, "steps": ctx.sizes.opt_steps},
                 f"<= {FP32_RTOL:g}",
                 err <= FP32_RTOL,

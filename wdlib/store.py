@@ -284,10 +284,21 @@ class Store:
             raise ValueError(f"run store {self.root} is not a directory")
         if not create and not (index.exists() or (self.root / "results").is_dir()):
             raise ValueError(f"no run store at {self.root} (it has no index.sqlite or results/)")
-        fresh = not index.exists()
         for sub in ("results", "checkpoints", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self._db(lambda db: db.execute(_SCHEMA))
+        # processes opening a new store at once (DDP ranks, workers) create the index one at a time: switching a
+        # new database to WAL needs it alone, and SQLite answers "database is locked" without waiting for that
+        with self._index_lock():
+            fresh = not index.exists()
+            try:
+                self._connection(lambda db: db.execute(_SCHEMA))
+                damaged = False
+            except sqlite3.DatabaseError as err:
+                if not _is_damage(err):
+                    raise
+                damaged = True  # recovered below, outside this lock (the recovery takes it itself)
+        if damaged:
+            self._db(lambda db: db.execute(_SCHEMA))
         if fresh and any((self.root / "results").glob("*.json")):
             n = self.reindex()
             warnings.warn(

@@ -69,6 +69,9 @@ def test_the_report_has_what_a_reader_needs(tiny):
     parity = [w for w in numbers if w.endswith("float32")]
     assert len(parity) == 14 and sum("impl=fused" in w for w in parity) == 7
     assert all(numbers[w]["rel_err"] <= check.FP32_RTOL for w in parity)
+    beyond = [w for w in numbers if w.startswith("Muon vs torch.optim.Muon") or "against the CPU" in w]
+    assert len(beyond) == 3 and numbers[beyond[0]]["rel_err"] <= check.MUON_RTOL
+    assert all(numbers[w]["rel_err"] <= check.FP32_RTOL for w in beyond[1:])
     bf16 = [n for w, n in numbers.items() if w.startswith("bf16 weights")]
     assert len(bf16) == 4 and all(
         set(n) == {"master_ulps", "kahan_ulps", "stochastic_ulps", "nearest_ulps"} for n in bf16
