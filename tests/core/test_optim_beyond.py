@@ -287,14 +287,9 @@ def test_cautious_on_master_copies_equals_float32(cls, kw):
     _same(masters, full)
 
 
-def test_pytorch_optimizer_has_no_cautious_weight_decay_to_compare_with():
-    """pytorch_optimizer 4.1's BaseOptimizer has ``apply_cautious(update, grad)`` (timm's Cautious optimizers,
-    arXiv 2411.16085: it masks the *update* where it disagrees with the gradient and rescales it), and no
-    cautious weight decay; the formula tests above are the reference. Should it gain one, compare with it."""
-    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    from pytorch_optimizer.base.optimizer import BaseOptimizer
-
-    assert not hasattr(BaseOptimizer, "apply_cautious_weight_decay"), pytorch_optimizer.__version__
+# No third-party cautious weight decay to compare with: pytorch_optimizer 4.1's BaseOptimizer has
+# ``apply_cautious(update, grad)`` (timm's Cautious optimizers, arXiv 2411.16085: it masks the *update* where it
+# disagrees with the gradient), not the decay mask of arXiv 2510.12402; the formula tests above are the reference.
 
 
 # --- Muon ----------------------------------------------------------------------------------------------
