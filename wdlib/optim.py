@@ -636,6 +636,17 @@ class _DecayOptimizer(torch.optim.Optimizer):
             torch._foreach_copy_(params, [stochastic_round_float32_(w) for w in work])
 
 
+def _check_momentum(group: dict[str, Any]) -> dict[str, Any]:
+    """A group's ``momentum`` (in [0, 1)) and ``nesterov`` (a bool, True only with momentum > 0), checked in
+    place (:class:`SGD`, :class:`Muon`)."""
+    group["momentum"] = _check_number("momentum", group["momentum"], high=1.0, high_open=True)
+    if not isinstance(group["nesterov"], bool):
+        raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
+    if group["nesterov"] and group["momentum"] == 0.0:
+        raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
+    return group
+
+
 def _cautious_decay_(work: list[torch.Tensor], before: list[torch.Tensor], shrink: float) -> None:
     """Cautious weight decay (Chen et al., arXiv 2510.12402) after a step taken without decay, in place.
 
@@ -729,13 +740,7 @@ class SGD(_DecayOptimizer):
         super().__init__(params, defaults)
 
     def _normalize(self, group: dict[str, Any]) -> dict[str, Any]:
-        group = super()._normalize(group)
-        group["momentum"] = _check_number("momentum", group["momentum"], high=1.0, high_open=True)
-        if not isinstance(group["nesterov"], bool):
-            raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
-        if group["nesterov"] and group["momentum"] == 0.0:
-            raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
-        return group
+        return _check_momentum(super()._normalize(group))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -1216,15 +1221,11 @@ class Muon(_DecayOptimizer):
         super().__init__(params, defaults)
 
     def _normalize(self, group: dict[str, Any]) -> dict[str, Any]:
-        group = super()._normalize(group)
+        group = _check_momentum(super()._normalize(group))
         group["betas"] = _check_betas(group["betas"])
         group["eps"] = _check_number("eps", group["eps"])
-        group["momentum"] = _check_number("momentum", group["momentum"], high=1.0, high_open=True)
-        for key in ("nesterov", "muon"):
-            if not isinstance(group[key], bool):
-                raise ValueError(f"{key} must be True or False, got {short_repr(group[key])}")
-        if group["nesterov"] and group["momentum"] == 0.0:
-            raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
+        if not isinstance(group["muon"], bool):
+            raise ValueError(f"muon must be True or False, got {short_repr(group['muon'])}")
         _check_adjust_lr(group["adjust_lr"])
         group["ns_steps"] = _check_ns_steps(group["ns_steps"])
         if group["muon"]:
