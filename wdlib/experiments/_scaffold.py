@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from ..config import SCALES
 from ..runtime import resolve_device, seed_everything
 
-__all__ = ["SCALES", "Setting", "check_parameters", "pick_settings", "check_scale", "check_seed"]
+__all__ = ["SCALES", "Setting", "check_finished", "check_parameters", "pick_settings", "check_scale", "check_seed"]
 
 S = TypeVar("S", bound="Setting")
 
@@ -88,3 +88,11 @@ def pick_settings(settings: Mapping[str, S], scale: str, *, device: str | torch.
     if s.scale != scale:
         raise ValueError(f"the settings filed under scale {scale!r} are those of scale {s.scale!r}")
     return dataclasses.replace(s, device=resolve_device(device), seed=check_seed(seed))
+
+
+def check_finished(r: Any) -> Any:
+    """The run result ``r`` when its run finished; RuntimeError naming its key and step when it diverged (for the
+    experiments whose statistics need every run)."""
+    if r.diverged:
+        raise RuntimeError(f"run {r.info.get('key')} diverged at step {r.diverged_at}")
+    return r

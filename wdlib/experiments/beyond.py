@@ -24,9 +24,10 @@ from ..components import build_data, build_model
 from ..config import RunConfig, schedule_from_spec
 from ..precision import applied_decay
 from ..runs import Store, run_many
+from ..schedules import kappa as schedule_kappa
 from ..schedules import values
 from ..timescale import gradient_rise
-from ._scaffold import Setting, pick_settings
+from ._scaffold import Setting, check_finished, pick_settings
 
 __all__ = [
     "Setup",
@@ -214,12 +215,6 @@ def _mlp(s: Setup, seed: int, **changes: Any) -> RunConfig:
     return cfg.replace(**changes)
 
 
-def _check(r: Any) -> Any:
-    if r.diverged:
-        raise RuntimeError(f"run {r.info.get('key')} diverged at step {r.diverged_at}")
-    return r
-
-
 def _window(steps: np.ndarray, total: int, frac: tuple[float, float]) -> np.ndarray:
     return (steps >= frac[0] * total) & (steps < frac[1] * total)
 
@@ -261,7 +256,7 @@ def gradient_rise_runs(
     for seed, pair in zip(seeds, pairs):
         row: dict[str, Any] = {"seed": seed}
         for rule in pair:
-            r = _check(next(results))
+            r = check_finished(next(results))
             step = r.probes["angular/step"]
             lr = r.probes["angular/lr"]
             norm = r.probes["angular/norm"][:, :-1]  # the hidden (normalized) matrices; the readout is last
@@ -324,7 +319,7 @@ def rotation(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None, de
     pred = predicted_angle(ROT["lr"], ROT["weight_decay"], ROT["betas"][0])
     per_seed, curve = [], None
     for seed, r in zip(seeds, rs):
-        _check(r)
+        check_finished(r)
         step = r.probes["angular/step"]
         half = step >= s.rot_steps / 2
         angle = r.probes["angular/angle"][half].mean(0)
@@ -374,7 +369,7 @@ def cautious(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None, de
     rs = run_many([p[-1] for p in plan], store, workers=s.workers, device=device, desc="NEW-2 runs", progress=None)
     table: dict[int, dict[float, dict[str, dict[str, float]]]] = {}
     for (seed, wd, c, _), r in zip(plan, rs):
-        _check(r)
+        check_finished(r)
         name = "cautious" if c else "plain"
         table.setdefault(seed, {}).setdefault(wd, {})[name] = {
             "train_loss": float(r.final["train_loss"]),
@@ -459,7 +454,7 @@ def kappa(spec: dict[str, Any], lr: float, weight_decay: float, steps: int) -> f
     """``kappa_T = sum_t eta_t*lambda``: how many timescales ``1/(eta*lambda)`` a run with LR schedule ``spec``
     (a run configuration's ``lr_schedule``) spans; ``exp(-kappa_T)`` of the initial weights survives the decay
     alone (chapter 2)."""
-    return float(values(schedule_from_spec(spec, lr, steps), steps).sum() * weight_decay)
+    return float(schedule_kappa(values(schedule_from_spec(spec, lr, steps), steps), weight_decay)[-1])
 
 
 def _gpt_schedule(s: Setup) -> dict[str, Any]:
@@ -509,7 +504,7 @@ def gpt_runs(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None, de
     init: dict[int, float] = {}
     n_head = int(s.gpt_model_args["n_head"])
     for (seed, arm, cfg), r in zip(plan, rs):
-        _check(r)
+        check_finished(r)
         if seed not in init:
             init[seed] = _hidden_rms(build_model(cfg, build_data(cfg)).state_dict())
         table.setdefault(seed, {})[arm] = {
@@ -526,6 +521,10 @@ def gpt_runs(s: Setup, seeds: tuple[int, ...], *, store: Store | None = None, de
 
 
 # --- NEW-5: lambda across width under muP -------------------------------------------------------------------
+
+
+def _width_schedule(s: Setup) -> dict[str, Any]:
+    return {"name": "cosine", "warmup": min(50, s.width_steps // 10), "final": 0.1}
 
 
 def width_configs(s: Setup, seed: int) -> list[tuple[str, int, float, RunConfig]]:
@@ -546,7 +545,7 @@ def width_configs(s: Setup, seed: int) -> list[tuple[str, int, float, RunConfig]
                     mup={"base_width": WIDTH_BASE, "decay": rule},
                     lr=lr,
                     weight_decay=wd,
-                    lr_schedule={"name": "cosine", "warmup": min(50, s.width_steps // 10), "final": 0.1},
+                    lr_schedule=_width_schedule(s),
                     steps=s.width_steps,
                 )
                 out.append((rule, width, lr, cfg))
@@ -584,8 +583,7 @@ def width_kappa_min(s: Setup) -> float:
     independent: ``lambda_ind*schedule_t``, equal to scaled at the middle LR; m = width/base width). Below a few,
     the hidden weights still carry their initialization and the top singular value says little about decay."""
     mid = s.width_lrs[len(s.width_lrs) // 2]
-    spec = {"name": "cosine", "warmup": min(50, s.width_steps // 10), "final": 0.1}
-    base = kappa(spec, mid, WIDTH_WD, s.width_steps)
+    base = kappa(_width_schedule(s), mid, WIDTH_WD, s.width_steps)
     return min(
         base / math.sqrt(w / WIDTH_BASE) if rule == "sqrt" else base for rule in WIDTH_RULES for w in s.width_widths
     )

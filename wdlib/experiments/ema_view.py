@@ -20,7 +20,7 @@ from ..config import RunConfig
 from ..ema import predicted_rms, reconstruct
 from ..runs import Store, run_many
 from ..schedules import contribution_weights
-from ._scaffold import Setting, pick_settings
+from ._scaffold import Setting, check_finished, pick_settings
 
 __all__ = [
     "Setup",
@@ -124,12 +124,6 @@ def base_config(s: Setup, seed: int = 0, **changes: Any) -> RunConfig:
     return cfg.replace(**changes) if changes else cfg
 
 
-def _check(r: Any) -> Any:
-    if r.diverged:
-        raise RuntimeError(f"run {r.info.get('key')} diverged at step {r.diverged_at}")
-    return r
-
-
 def _reconstruction_configs(
     s: Setup, *, lr: float, weight_decay: float, schedules: dict[str, dict[str, Any] | None], seed: int
 ) -> list[RunConfig]:
@@ -169,7 +163,7 @@ def reconstruction(
     for name, r in zip(
         schedules, run_many(configs, store, workers=s.workers, device=device, desc="EMA reconstruction", progress=None)
     ):
-        p = _probe(_check(r))
+        p = _probe(check_finished(r))
         rec = reconstruct(p["theta0"], p["updates"], p["lr"], p["shrink"])
         scale = np.abs(p["final"]).max()
         err_exact = np.abs(rec["exact"] - p["final"])
@@ -285,7 +279,7 @@ def memory(
     results = run_many(configs, store, workers=s.workers, device=device, desc="memory", progress=None)
     out: dict[str, Any] = {}
     for i, (wd, _seed, a_cfg, _) in enumerate(plan):
-        a, b = _check(results[2 * i]), _check(results[2 * i + 1])
+        a, b = check_finished(results[2 * i]), check_finished(results[2 * i + 1])
         init_model = build_model(a_cfg, build_data(a_cfg))
         init = torch.cat([p.detach().reshape(-1).double() for p in init_model.parameters()]).numpy()
         mask = np.concatenate([np.full(p.numel(), p.ndim >= 2) for p in init_model.parameters()])
@@ -369,7 +363,7 @@ def rms_network(
     """
     configs = _rms_configs(s, pairs=pairs, beta2=beta2, seeds=seeds)
     results = [
-        _check(r)
+        check_finished(r)
         for r in run_many(configs, store, workers=s.workers, device=device, desc="RMS, network", progress=None)
     ]
     rows = []
@@ -477,7 +471,7 @@ def schedule_comparison(
     specs = _comparison_specs(s)
     configs = _comparison_configs(s, lr=lr, weight_decay=weight_decay, seeds=seeds)
     results = [
-        _check(r)
+        check_finished(r)
         for r in run_many(configs, store, workers=s.workers, device=device, desc="schedule comparison", progress=None)
     ]
     out = {}
